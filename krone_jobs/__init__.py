@@ -1,0 +1,1 @@
+"""krone: hierarchical, modular log anomaly detection (KRONE) as a nightly pipeline."""

@@ -1,0 +1,193 @@
+"""The Log Abstraction Model: every template gets a place ENTITY -> ACTION -> STATUS.
+
+One :class:`TemplateNode` per template (the design's hierarchy contract). Node ids are plain, deterministic
+strings so that a hierarchy built twice from the same input is identical and extending it with new
+templates never changes an existing id. The tree must nest: an action node belongs to exactly one entity
+node and a status node to exactly one action node; :class:`Hierarchy` refuses anything else, because the
+KRONE Seq cut relies on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+ORIGINS = ("offline", "llm", "override", "file")
+FIELDS = (
+    "template_id",
+    "template",
+    "entity",
+    "action",
+    "status",
+    "entity_node",
+    "action_node",
+    "status_node",
+    "origin",
+    "version",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateNode:
+    """Where one template sits in the hierarchy (one row of the ``hierarchy`` table)."""
+
+    template_id: str
+    template: str
+    entity: str
+    action: str
+    status: str
+    entity_node: str
+    action_node: str
+    status_node: str
+    origin: str = "offline"
+    version: int = 1
+
+    def as_row(self) -> dict[str, str | int]:
+        return asdict(self)
+
+
+class HierarchyError(ValueError):
+    """A hierarchy that does not nest or names a template twice."""
+
+
+class Hierarchy(Mapping[str, TemplateNode]):
+    """Immutable mapping template_id -> :class:`TemplateNode`, validated to nest as a tree."""
+
+    def __init__(self, nodes: Iterable[TemplateNode]) -> None:
+        by_id: dict[str, TemplateNode] = {}
+        action_parent: dict[str, str] = {}
+        status_parent: dict[str, str] = {}
+        for node in nodes:
+            if node.template_id in by_id:
+                raise HierarchyError(f"template {node.template_id!r} appears twice")
+            if action_parent.setdefault(node.action_node, node.entity_node) != node.entity_node:
+                raise HierarchyError(
+                    f"action node {node.action_node!r} sits under two entities "
+                    f"({action_parent[node.action_node]!r} and {node.entity_node!r})"
+                )
+            if status_parent.setdefault(node.status_node, node.action_node) != node.action_node:
+                raise HierarchyError(
+                    f"status node {node.status_node!r} sits under two actions "
+                    f"({status_parent[node.status_node]!r} and {node.action_node!r})"
+                )
+            by_id[node.template_id] = node
+        self._nodes = by_id
+
+    # Mapping protocol -------------------------------------------------------------------------
+    def __getitem__(self, template_id: str) -> TemplateNode:
+        return self._nodes[template_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Hierarchy) and self._nodes == other._nodes
+
+    # Views --------------------------------------------------------------------------------------
+    def nodes(self) -> list[TemplateNode]:
+        return list(self._nodes.values())
+
+    def count(self, level: str) -> int:
+        """Number of distinct nodes at ``level`` (entity, action or status)."""
+        attr = f"{level}_node"
+        return len({getattr(n, attr) for n in self._nodes.values()})
+
+    # Growth -------------------------------------------------------------------------------------
+    def extend(self, new_nodes: Iterable[TemplateNode]) -> Hierarchy:
+        """Add templates not yet present; existing rows (and so their node ids) never change."""
+        merged = dict(self._nodes)
+        for node in new_nodes:
+            merged.setdefault(node.template_id, node)
+        return Hierarchy(merged.values())
+
+    def with_overrides(self, overrides: Iterable[TemplateNode]) -> Hierarchy:
+        """Human decisions win over any extractor: replace rows, marking them ``override``."""
+        merged = dict(self._nodes)
+        for node in overrides:
+            previous = merged.get(node.template_id)
+            version = previous.version + 1 if previous else node.version
+            template = node.template or (previous.template if previous else "")
+            merged[node.template_id] = replace(node, template=template, origin="override", version=version)
+        return Hierarchy(merged.values())
+
+    # Persistence --------------------------------------------------------------------------------
+    def save_csv(self, path: str | Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer.writeheader()
+            for node in sorted(self._nodes.values(), key=lambda n: n.template_id):
+                writer.writerow(node.as_row())
+
+    @classmethod
+    def load_csv(cls, path: str | Path) -> Hierarchy:
+        """Load our own CSV format (the columns of :data:`FIELDS`)."""
+        with open(path, newline="", encoding="utf-8") as fh:
+            return cls(_node_from_row(row) for row in csv.DictReader(fh))
+
+    def to_json(self) -> str:
+        return json.dumps([n.as_row() for n in sorted(self._nodes.values(), key=lambda n: n.template_id)])
+
+    @classmethod
+    def from_json(cls, text: str) -> Hierarchy:
+        return cls(_node_from_row(row) for row in json.loads(text))
+
+
+def _node_from_row(row: Mapping[str, object]) -> TemplateNode:
+    return TemplateNode(
+        template_id=str(row["template_id"]),
+        template=str(row.get("template", "") or ""),
+        entity=str(row["entity"]),
+        action=str(row["action"]),
+        status=str(row["status"]),
+        entity_node=str(row["entity_node"]),
+        action_node=str(row["action_node"]),
+        status_node=str(row["status_node"]),
+        origin=str(row.get("origin") or "file"),
+        version=int(row.get("version") or 1),
+    )
+
+
+NONE = "none"
+
+
+def node_ids(entity: str, action: str, status: str, template_id: str) -> tuple[str, str, str]:
+    """Deterministic node ids from names, shared by every extractor and by overrides.
+
+    As in the paper, a ``none`` entity or action is not a real grouping: such a template gets an entity
+    or action node of its own. Status nodes are one per template (the authors' tree does the same), so
+    the status level sees template sequences inside one action.
+    """
+    e_node = f"E:{entity}" if entity != NONE else f"E:none#{template_id}"
+    a_node = f"A:{e_node[2:]}/{action}" if action != NONE else f"A:{e_node[2:]}/none#{template_id}"
+    s_node = f"S:{a_node[2:]}/{status}#{template_id}"
+    return e_node, a_node, s_node
+
+
+def make_node(template_id: str, template: str, entity: str, action: str, status: str, origin: str) -> TemplateNode:
+    """A :class:`TemplateNode` whose node ids follow :func:`node_ids`."""
+    e_node, a_node, s_node = node_ids(entity, action, status, template_id)
+    return TemplateNode(template_id, template, entity, action, status, e_node, a_node, s_node, origin)
+
+
+def load_overrides(path: str | Path, base: Hierarchy | None = None) -> list[TemplateNode]:
+    """Read a human overrides CSV: ``template_id,entity,action[,status]``.
+
+    Node ids are derived with :func:`node_ids`, so an override that names an existing entity/action joins
+    that node instead of creating a look-alike.
+    """
+    out: list[TemplateNode] = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            tid = str(row["template_id"]).strip()
+            entity = row["entity"].strip()
+            action = row["action"].strip()
+            status = (row.get("status") or "none").strip()
+            template = base[tid].template if base is not None and tid in base else str(row.get("template", ""))
+            out.append(make_node(tid, template, entity, action, status, "override"))
+    return out
