@@ -1,0 +1,75 @@
+"""The ``krone`` console script: one sub-command per stage; each calls the same functions the DAGs call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError("expected on or off")
+    return value == "on"
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="train and test a detector on a labelled demo set")
+    p.add_argument("--dataset", required=True, choices=["hdfs-demo", "thunderbird-demo"])
+    p.add_argument("--train-percent", type=int, default=80, choices=[1, 10, 80])
+    p.add_argument("--hierarchy", default="official", choices=["official", "offline"])
+    p.add_argument("--detector", default="local", choices=["local"])
+    p.add_argument("--automaton", type=_on_off, default=None, help="on|off (default: see README)")
+    p.add_argument("--compat", action="store_true", help="reproduce the KRONE authors' rule exactly")
+    p.add_argument("--split", default="official", choices=["official", "random", "chronological"])
+    p.add_argument("--data-dir", type=Path, default=None, help="shared data root (default ../shared/data)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from krone_jobs.evaluate import EvalConfig, run_evaluation
+
+    config = EvalConfig(
+        dataset=args.dataset,
+        train_percent=args.train_percent,
+        hierarchy=args.hierarchy,
+        detector=args.detector,
+        automaton=args.automaton,
+        compat=args.compat,
+        split=args.split,
+        data_dir=args.data_dir,
+    )
+    result = run_evaluation(config)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['dataset']} train={result['train_percent']}% hierarchy={result['hierarchy']} "
+            f"detector={result['detector']} automaton={'on' if result['automaton'] else 'off'}"
+            f"{' compat' if result['compat'] else ''}: F1 {result['f1']:.4f} P {result['precision']:.4f} "
+            f"R {result['recall']:.4f} TP/FP/TN/FN {result['tp']}/{result['fp']}/{result['tn']}/{result['fn']}"
+        )
+        for level, fig in result["per_level"].items():
+            print(f"  {level:<7} F1 {fig['f1']:.4f}  first anomalous level for {fig['first_anomalous']} sessions")
+        print(f"  train {result['train_seconds']:.2f}s, detect {result['detect_seconds']:.2f}s "
+              f"({result['sessions_per_s']} sessions/s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="krone", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_evaluate(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Drain3 template mining and matching with stable template ids and plain-JSON miner state.
+
+Template ids are a hash of the template text only (``template_id``), never Drain's cluster id, so the
+same template gets the same id in every partition, run, process and executor.
+
+Drain generalises a cluster when a later line differs in some token: its text, and therefore its id,
+changes. We *re-id*: a template's id always follows its current text, so two miners whose final
+templates coincide agree on every id whatever order they saw the lines in. The retired id is recorded
+(``superseded``, see :meth:`TemplateStore.resolve`) so rows written with it earlier can be remapped, and
+:meth:`TemplateStore.mine` reports it in :attr:`TemplateMatch.supersedes`. For final ids, mine a batch
+first and then :meth:`~TemplateStore.match` it. The contract: for a given miner state, the same line always
+maps to the same id.
+
+Masking happens before Drain sees a line; block ids become ``<BLK>`` because HDFS session keys are taken
+from the unmasked content and a block id is never part of *what* happened. IPs (with optional port),
+hex literals and standalone numbers are masked as well; paths are not (their shape often is the event).
+
+State is persisted as plain JSON we define (settings, clusters, the prefix tree, superseded ids), never
+jsonpickle/pickle, because a miner state may travel between machines and must not execute code on load.
+The prefix tree is stored as is rather than rebuilt by re-adding clusters: Drain files a cluster under the
+tokens it was *created* with, so re-adding a generalised template would move it and change matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from drain3 import TemplateMiner
+from drain3.drain import LogCluster, Node
+from drain3.masking import MaskingInstruction
+from drain3.template_miner_config import TemplateMinerConfig
+
+STATE_FORMAT = "krone.templates"
+STATE_VERSION = 1
+
+DEFAULT_MASKS: tuple[tuple[str, str], ...] = (
+    (r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])", "IP"),
+    (r"\bblk_-?\d+\b", "BLK"),
+    (r"\b0[xX][0-9a-fA-F]+\b", "HEX"),
+    (r"(?<![\w.+-])[-+]?\d+(?:\.\d+)?(?![\w.])", "NUM"),
+)
+"""(regex, mask name) pairs applied in order; each is linear-time on attacker-controlled content."""
+
+
+class TemplateStateError(ValueError):
+    """A persisted miner state is malformed or incompatible."""
+
+
+def template_id(template: str) -> str:
+    """Stable id of a template text: ``T`` + 64-bit BLAKE2b hex (collision odds ~1e-8 at 1M templates)."""
+    return "T" + hashlib.blake2b(template.encode("utf-8"), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class MinerSettings:
+    """The Drain parameters that shape templates; part of the state so a restored miner behaves the same."""
+
+    sim_th: float = 0.4
+    depth: int = 4
+    max_children: int = 100
+    masks: tuple[tuple[str, str], ...] = DEFAULT_MASKS
+    extra_delimiters: tuple[str, ...] = ()
+    parametrize_numeric_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if not 3 <= self.depth <= 16:
+            raise ValueError("depth must be between 3 and 16")
+        if not 0.0 <= self.sim_th <= 1.0:
+            raise ValueError("sim_th must be between 0 and 1")
+        if self.max_children < 2:
+            raise ValueError("max_children must be at least 2")
+
+    def to_config(self) -> TemplateMinerConfig:
+        config = TemplateMinerConfig()
+        config.drain_sim_th = self.sim_th
+        config.drain_depth = self.depth
+        config.drain_max_children = self.max_children
+        config.drain_extra_delimiters = list(self.extra_delimiters)
+        config.masking_instructions = [MaskingInstruction(regex, name) for regex, name in self.masks]
+        config.parametrize_numeric_tokens = self.parametrize_numeric_tokens
+        return config
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MinerSettings:
+        return cls(
+            sim_th=float(data["sim_th"]),
+            depth=int(data["depth"]),
+            max_children=int(data["max_children"]),
+            masks=tuple((str(regex), str(name)) for regex, name in data["masks"]),
+            extra_delimiters=tuple(str(d) for d in data["extra_delimiters"]),
+            parametrize_numeric_tokens=bool(data["parametrize_numeric_tokens"]),
+        )
+
+
+class TemplateMatch(NamedTuple):
+    """Result of mining or matching one line."""
+
+    template_id: str
+    template: str
+    is_new: bool = False
+    """The store had never produced this template id before this call."""
+    supersedes: str | None = None
+    """The id this call retired by generalising its cluster's template, if any."""
+
+
+class TemplateInfo(NamedTuple):
+    """One row of the ``templates`` table: lines seen is summed over clusters sharing the text."""
+
+    template_id: str
+    template: str
+    size: int
+
+
+class TemplateStore:
+    """A Drain3 miner with stable ids. Not thread-safe: mine on one side, share state as JSON."""
+
+    def __init__(self, settings: MinerSettings | None = None) -> None:
+        self.settings = settings or MinerSettings()
+        self._miner = TemplateMiner(config=self.settings.to_config())
+        self._cluster_text: dict[int, str] = {}
+        self._live: dict[str, int] = {}
+        """template id -> number of clusters whose current text has that id."""
+        self._superseded: dict[str, str] = {}
+
+    # --- mining and matching ------------------------------------------------------------------------
+
+    def mine(self, content: str) -> TemplateMatch:
+        """Add a line to the miner (may create or generalise a template) and return its template."""
+        cluster, _ = self._miner.drain.add_log_message(self._miner.masker.mask(content))
+        text = cluster.get_template()
+        tid = template_id(text)
+        old_text = self._cluster_text.get(cluster.cluster_id)
+        if old_text == text:
+            return TemplateMatch(tid, text)
+        is_new = tid not in self._live and tid not in self._superseded
+        supersedes = None
+        if old_text is not None:
+            supersedes = template_id(old_text)
+            self._forget(supersedes)
+            if supersedes not in self._live:
+                self._superseded[supersedes] = tid
+        self._remember(cluster.cluster_id, text)
+        return TemplateMatch(tid, text, is_new, supersedes)
+
+    def match(self, content: str) -> TemplateMatch | None:
+        """Match-only inference: never changes state; ``None`` when no template fits exactly."""
+        cluster = self._miner.match(content, full_search_strategy="fallback")
+        if cluster is None:
+            return None
+        text = cluster.get_template()
+        return TemplateMatch(template_id(text), text)
+
+    def resolve(self, tid: str) -> str:
+        """The current id for ``tid``: itself if live or unknown, else the id that (transitively) replaced it."""
+        seen = {tid}
+        while tid not in self._live and tid in self._superseded:
+            tid = self._superseded[tid]
+            if tid in seen:
+                break
+            seen.add(tid)
+        return tid
+
+    def templates(self) -> list[TemplateInfo]:
+        """Live templates sorted by id, with sizes summed over clusters that share a text."""
+        sizes: dict[str, int] = {}
+        for cluster in self._miner.drain.clusters:
+            text = cluster.get_template()
+            sizes[text] = sizes.get(text, 0) + cluster.size
+        infos = (TemplateInfo(template_id(text), text, size) for text, size in sizes.items())
+        return sorted(infos, key=lambda info: info.template_id)
+
+    @property
+    def superseded(self) -> Mapping[str, str]:
+        """Retired id -> the id that replaced it when it retired (read-only view)."""
+        return MappingProxyType(self._superseded)
+
+    def _remember(self, cluster_id: int, text: str) -> None:
+        tid = template_id(text)
+        self._cluster_text[cluster_id] = text
+        self._live[tid] = self._live.get(tid, 0) + 1
+
+    def _forget(self, tid: str) -> None:
+        if self._live[tid] == 1:
+            del self._live[tid]
+        else:
+            self._live[tid] -= 1
+
+    # --- merging ------------------------------------------------------------------------------------
+
+    def merge(self, other: TemplateStore) -> None:
+        """Add ``other``'s templates, keyed by template text (e.g. stores mined per Spark partition).
+
+        A text both stores know keeps this store's cluster and adds the other's line count; a new text
+        becomes a new cluster filed under its template tokens. Ids need no mapping: they are text hashes.
+        """
+        if other.settings != self.settings:
+            raise ValueError("cannot merge template stores mined with different settings")
+        drain = self._miner.drain
+        by_text: dict[str, LogCluster] = {}
+        for cluster in sorted(drain.clusters, key=lambda c: c.cluster_id):
+            by_text.setdefault(cluster.get_template(), cluster)
+        for theirs in sorted(other._miner.drain.clusters, key=lambda c: c.cluster_id):
+            text = theirs.get_template()
+            ours = by_text.get(text)
+            if ours is not None:
+                ours.size += theirs.size
+                continue
+            drain.clusters_counter += 1
+            ours = LogCluster(theirs.log_template_tokens, drain.clusters_counter)
+            ours.size = theirs.size
+            drain.id_to_cluster[ours.cluster_id] = ours
+            drain.add_seq_to_prefix_tree(drain.root_node, ours)
+            by_text[text] = ours
+            self._remember(ours.cluster_id, text)
+        for old, new in other._superseded.items():
+            if old not in self._live:
+                self._superseded.setdefault(old, new)
+
+    # --- persistence --------------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        """Plain-JSON state: settings, clusters, prefix tree and superseded ids (deterministic output)."""
+        drain = self._miner.drain
+        state = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "settings": asdict(self.settings),
+            "clusters_counter": drain.clusters_counter,
+            "clusters": [
+                {"cluster_id": c.cluster_id, "tokens": list(c.log_template_tokens), "size": c.size}
+                for c in sorted(drain.clusters, key=lambda c: c.cluster_id)
+            ],
+            "tree": _node_to_json(drain.root_node),
+            "superseded": dict(sorted(self._superseded.items())),
+        }
+        return json.dumps(state, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> TemplateStore:
+        """Rebuild a store from :meth:`to_json` output; raises :class:`TemplateStateError` if malformed."""
+        try:
+            state = json.loads(text)
+            if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+                raise TemplateStateError(f"not a {STATE_FORMAT} v{STATE_VERSION} state")
+            store = cls(MinerSettings.from_dict(state["settings"]))
+            drain = store._miner.drain
+            for item in state["clusters"]:
+                tokens = item["tokens"]
+                if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+                    raise TemplateStateError("cluster tokens must be a list of strings")
+                cluster = LogCluster(tokens, _int(item["cluster_id"]))
+                cluster.size = _int(item["size"])
+                drain.id_to_cluster[cluster.cluster_id] = cluster
+                store._remember(cluster.cluster_id, cluster.get_template())
+            drain.clusters_counter = _int(state["clusters_counter"])
+            if drain.id_to_cluster and max(drain.id_to_cluster) > drain.clusters_counter:
+                raise TemplateStateError("clusters_counter is below a cluster id")
+            drain.root_node = _node_from_json(state["tree"], set(drain.id_to_cluster), store.settings.depth)
+            superseded = state["superseded"]
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in superseded.items()):
+                raise TemplateStateError("superseded must map strings to strings")
+            store._superseded = dict(superseded)
+        except TemplateStateError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, re.error) as exc:
+            raise TemplateStateError(f"malformed template state: {exc!r}") from exc
+        return store
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TemplateStateError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _node_to_json(node: Node) -> dict[str, Any]:
+    return {
+        "children": {key: _node_to_json(child) for key, child in node.key_to_child_node.items()},
+        "cluster_ids": list(node.cluster_ids),
+    }
+
+
+def _node_from_json(data: Mapping[str, Any], cluster_ids: set[int], depth_left: int) -> Node:
+    """Inverse of :func:`_node_to_json`, bounded by the Drain depth and checked against known clusters."""
+    if depth_left < 0:
+        raise TemplateStateError("prefix tree deeper than the Drain depth allows")
+    node = Node()
+    ids = [_int(cid) for cid in data["cluster_ids"]]
+    if not cluster_ids.issuperset(ids):
+        raise TemplateStateError("prefix tree refers to an unknown cluster")
+    node.cluster_ids = ids
+    node.key_to_child_node = {
+        str(key): _node_from_json(child, cluster_ids, depth_left - 1) for key, child in data["children"].items()
+    }
+    return node
