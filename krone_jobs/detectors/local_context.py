@@ -49,7 +49,7 @@ class LocalContextDetector(BaseEstimator):
         when that exceeds ``fp_budget`` the data is too varied for exact matching and the automaton
         generalises. No anomaly labels are used.
     compat: reproduce the authors' rule exactly, quirks included (needs an explicit ``automaton``).
-    cache_size: maximum number of cached session verdicts (the cache is cleared when full).
+    cache_size: maximum number of cached session verdicts (cleared when full; 0 disables the cache).
     """
 
     def __init__(
@@ -242,9 +242,10 @@ class LocalContextDetector(BaseEstimator):
             verdict = cache.get(key)
             if verdict is None:
                 verdict = self._judge(key)
-                if len(cache) >= self.cache_size:
-                    cache.clear()
-                cache[key] = verdict
+                if self.cache_size > 0:
+                    if len(cache) >= self.cache_size:
+                        cache.clear()
+                    cache[key] = verdict
             else:
                 hits += 1
             out.append(verdict)

@@ -16,7 +16,7 @@ values (ints in the hot path of the detectors, strings for reports and the Spark
 wraps it with readable, deterministic keys:
 
 * level key ``<level>|<parent>|<n1>,<n2>,...`` (what the knowledge base stores),
-* overall identifier ``E:<entities>|A:<actions>|S:<statuses>`` over the chunk's span (all three levels),
+* overall identifier ``entity=<nodes>|action=<nodes>|status=<nodes>`` over the chunk's span (all three levels),
 * ``cache_key``: a 32-hex BLAKE2b digest of the overall identifier (the verdict cache key).
 """
 
@@ -97,7 +97,7 @@ class KroneSeq:
     @property
     def overall(self) -> str:
         """The authors' overall identifier: entity, action and status nodes of the chunk's span."""
-        return f"E:{','.join(self.entities)}|A:{','.join(self.actions)}|S:{','.join(self.statuses)}"
+        return f"entity={','.join(self.entities)}|action={','.join(self.actions)}|status={','.join(self.statuses)}"
 
     @property
     def cache_key(self) -> str:

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from krone_jobs.hierarchy.extractor import build_hierarchy
+from krone_jobs.hierarchy.model import Hierarchy, HierarchyError, TemplateNode, load_overrides, make_node, node_ids
+from krone_jobs.hierarchy.official import load_node_table
+
+
+def test_tree_must_nest() -> None:
+    with pytest.raises(HierarchyError, match="two entities"):
+        Hierarchy([TemplateNode("a", "", "x", "go", "none", "E:x", "A:go", "S:1"),
+                   TemplateNode("b", "", "y", "go", "none", "E:y", "A:go", "S:2")])
+    with pytest.raises(HierarchyError, match="twice"):
+        Hierarchy([make_node("a", "", "x", "go", "none", "offline")] * 2)
+
+
+def test_none_entity_and_action_get_their_own_nodes() -> None:
+    assert node_ids("none", "none", "none", "t1") != node_ids("none", "none", "none", "t2")
+    assert node_ids("blob", "read", "ok", "t1")[:2] == node_ids("blob", "read", "failed", "t2")[:2]
+
+
+def test_extend_adds_only_new_templates(toy: Hierarchy) -> None:
+    changed = make_node("t1", "job <*> submitted", "scheduler", "accept", "none", "offline")
+    new = make_node("t8", "job <*> cancelled", "job", "cancel", "none", "offline")
+    grown = toy.extend([changed, new])
+    assert grown["t1"] == toy["t1"]  # existing node ids never change
+    assert grown["t8"] == new and len(grown) == len(toy) + 1
+
+
+def test_overrides_always_win(toy: Hierarchy, tmp_path: Path) -> None:
+    path = tmp_path / "overrides.csv"
+    path.write_text("template_id,entity,action,status\nt4,blob,read,checksum error\n")
+    result = toy.with_overrides(load_overrides(path, toy))
+    assert result["t4"].status == "checksum error"
+    assert result["t4"].origin == "override" and result["t4"].version == 2
+    assert result["t4"].template == toy["t4"].template
+
+
+class _Fixed:
+    origin = "offline"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def extract(self, templates: dict[str, str]) -> list[TemplateNode]:
+        self.seen.extend(templates)
+        return [make_node(t, x, "thing", "do", "none", self.origin) for t, x in templates.items()]
+
+
+def test_build_hierarchy_extracts_new_templates_only(toy: Hierarchy) -> None:
+    extractor = _Fixed()
+    result = build_hierarchy({"t1": "job <*> submitted", "t9": "new one"}, extractor, base=toy)
+    assert extractor.seen == ["t9"]
+    assert result["t1"] == toy["t1"] and result["t9"].entity == "thing"
+
+
+def test_csv_and_json_round_trip(toy: Hierarchy, tmp_path: Path) -> None:
+    toy.save_csv(tmp_path / "h.csv")
+    assert Hierarchy.load_csv(tmp_path / "h.csv") == toy
+    assert Hierarchy.from_json(toy.to_json()) == toy
+
+
+@pytest.mark.shared_data
+def test_official_node_tables_load(shared_data: Path) -> None:
+    official = shared_data / "krone_demo" / "official"
+    hdfs = load_node_table(official / "krone_official_HDFS_tree_nodes.csv")
+    assert (hdfs.count("entity"), hdfs.count("action"), hdfs.count("status")) == (8, 35, 47)
+    tb = load_node_table(official / "krone_official_ThunderBird_tree_nodes.csv")
+    assert (tb.count("entity"), tb.count("action"), tb.count("status")) == (265, 850, 1206)
+    assert hdfs["1"].action == "receiving"
