@@ -5,7 +5,8 @@ small batch-job service whose logs hide nested executions. A session is one job:
 
     scheduler  submit -> (wait)* -> schedule
     auth       verify token (-> refresh) -> check acl
-    per input  rpc connect -> blobstore open -> read+ (slow retries) -> close   | or a local cache hit
+    cache      lookup of all inputs: hit | partial | miss
+    per miss   rpc connect -> blobstore open -> read+ (slow retries) -> close
     worker     task start -> progress+ (gc pauses, spills) -> finish
     blobstore  write replica 1/3, 2/3, 3/3 -> commit
     scheduler  complete
@@ -99,8 +100,12 @@ TEMPLATES: dict[str, Template] = {
            "{job} slow read of {path} took {ms} ms, retrying from another replica"),
         _t("blobstore.close.ok", "INFO", "normal",
            "{job} close blob {path} after reading {size} bytes"),
-        _t("blobstore.cache.hit", "INFO", "normal",
-           "{job} input {path} served from local cache ({size} bytes)"),
+        _t("cache.lookup.hit", "INFO", "normal",
+           "{job} all {inputs} inputs found in local cache"),
+        _t("cache.lookup.partial", "INFO", "normal",
+           "{job} local cache holds {hits} of {inputs} inputs, fetching the rest"),
+        _t("cache.lookup.miss", "INFO", "normal",
+           "{job} local cache miss for all {inputs} inputs"),
         _t("blobstore.list.ok", "INFO", "normal",
            "{job} listed {count} objects under {dir} in {ms} ms"),
         _t("worker.task.started", "INFO", "normal",
@@ -109,9 +114,9 @@ TEMPLATES: dict[str, Template] = {
            "{job} task {task} progress {pct}% ({records} records)"),
         _t("worker.task.finished", "INFO", "normal",
            "{job} task {task} finished in {ms} ms, output {size} bytes"),
-        _t("worker.gc.paused", "WARN", "normal",
+        _t("worker.task.gc_paused", "WARN", "normal",
            "{job} gc pause of {ms} ms in task {task}"),
-        _t("worker.spill.ok", "INFO", "normal",
+        _t("worker.task.spilled", "INFO", "normal",
            "{job} task {task} spilled {mb} MB to local disk"),
         _t("blobstore.write.ok", "INFO", "normal",
            "{job} write replica {r}/3 of {path} to {ip} ok"),
@@ -122,7 +127,7 @@ TEMPLATES: dict[str, Template] = {
         _t("auth.token.rejected", "ERROR", "failure",
            "token {token} rejected for {job}: signature invalid"),
         _t("auth.acl.denied", "ERROR", "failure",
-           "{job} permission denied: user {user} lacks role {role} on {dir}"),
+           "{job} permission denied: user {user} lacks role {role} to read {dir}"),
         _t("rpc.connect.timeout", "ERROR", "failure",
            "{job} rpc connect to {ip}:{port} timed out after {ms} ms, giving up"),
         _t("blobstore.read.failed", "ERROR", "failure",
@@ -165,8 +170,8 @@ GAP_MS: dict[str, tuple[int, int]] = {
     "worker.task.finished": (500, 5_000),
     "blobstore.read.ok": (2, 300),
     "blobstore.read.slow": (300, 2_000),
-    "worker.gc.paused": (50, 800),
-    "worker.spill.ok": (200, 3_000),
+    "worker.task.gc_paused": (50, 800),
+    "worker.task.spilled": (200, 3_000),
 }
 DEFAULT_GAP_MS = (1, 100)
 
@@ -261,34 +266,43 @@ class _Job:
             self.emit("blobstore.list.ok", self.rng.choice(STORES), count=self.rng.randint(1, 5000),
                       dir=f"/data/in/{self.dataset}", ms=self.rng.randint(1, 900))
         else:
-            for part in self.rng.sample(range(64), self.rng.randint(2, 6) if self.nightly else self.rng.randint(1, 4)):
-                self.read_input(f"/data/in/{self.dataset}/part-{part:04d}")
+            self.read_inputs()
             self.run_task()
             self.commit_output()
         self.emit("scheduler.complete.succeeded", self.master, sec=self.rng.randint(1, 900))
 
     def submit(self) -> None:
         rng = self.rng
-        self.emit("scheduler.submit.accepted", self.master, user=self.user, queue=self.queue, prio=rng.randint(0, 9))
+        self.emit("scheduler.submit.accepted", self.master, user=self.user, queue=self.queue,
+                  prio=rng.randint(0, 9))
         if rng.random() < 0.3:
             for ahead in sorted(rng.sample(range(1, 40), rng.randint(1, 3)), reverse=True):
                 self.emit("scheduler.schedule.waiting", self.master, False, ahead=ahead, queue=self.queue)
-        self.emit("scheduler.schedule.assigned", self.master, node=self.node, ms=rng.randint(1, 800), queue=self.queue)
+        self.emit("scheduler.schedule.assigned", self.master, node=self.node, ms=rng.randint(1, 800),
+                  queue=self.queue)
 
     def authenticate(self) -> None:
         rng = self.rng
         self.emit("auth.token.verified", self.auth, token=self.token, user=self.user, ttl=rng.randint(60, 3600))
         if rng.random() < 0.15:
             self.emit("auth.token.refreshed", self.auth, False, token=self.token, ttl=3600)
-        self.emit("auth.acl.granted", self.auth, dir=f"/data/in/{self.dataset}", user=self.user, role=rng.choice(ROLES))
+        self.emit("auth.acl.granted", self.auth, dir=f"/data/in/{self.dataset}", user=self.user,
+                  role=rng.choice(ROLES))
 
-    def read_input(self, path: str) -> None:
+    def read_inputs(self) -> None:
+        """One cache lookup for all inputs (a single fixed step), then a fetch for every miss."""
+        rng = self.rng
+        inputs = rng.randint(2, 6) if self.nightly else rng.randint(1, 4)
+        fetch = [part for part in rng.sample(range(64), inputs) if rng.random() >= 0.2]
+        hits = inputs - len(fetch)
+        status = "hit" if not fetch else "miss" if not hits else "partial"
+        self.emit(f"cache.lookup.{status}", self.node, inputs=inputs, hits=hits)
+        for part in fetch:
+            self.fetch_input(f"/data/in/{self.dataset}/part-{part:04d}")
+
+    def fetch_input(self, path: str) -> None:
         rng = self.rng
         store = rng.choice(STORES)
-        size = 65_536 * rng.randint(1, 64)
-        if rng.random() < 0.2:
-            self.emit("blobstore.cache.hit", self.node, False, path=path, size=size)
-            return
         self.emit("rpc.connect.established", self.node, ip=STORE_IPS[store], port=7070, ms=rng.randint(1, 40))
         self.emit("blobstore.open.ok", store, path=path, store=store)
         chunks = rng.randint(1, 6)
@@ -297,12 +311,12 @@ class _Job:
             if i == slow_at:
                 self.emit("blobstore.read.slow", store, False, path=path, ms=rng.randint(300, 2000))
             self.emit("blobstore.read.ok", store, False, path=path, size=rng.randint(1, 65_536))
-        self.emit("blobstore.close.ok", store, path=path, size=size)
+        self.emit("blobstore.close.ok", store, path=path, size=65_536 * rng.randint(1, 64))
 
     def run_task(self) -> None:
         rng = self.rng
-        self.emit("worker.task.started", self.node, task=self.task, node=self.node, cores=rng.choice((2, 4, 8, 16)),
-                  mem=rng.choice((2048, 4096, 8192)))
+        self.emit("worker.task.started", self.node, task=self.task, node=self.node,
+                  cores=rng.choice((2, 4, 8, 16)), mem=rng.choice((2048, 4096, 8192)))
         steps = rng.randint(4, 10) if self.nightly else rng.randint(1, 6)
         gc_at = rng.randrange(steps) if rng.random() < 0.2 else -1
         spill_at = rng.randrange(steps) if rng.random() < 0.15 else -1
@@ -312,10 +326,11 @@ class _Job:
             self.emit("worker.task.progress", self.node, False, task=self.task, pct=(i + 1) * 100 // (steps + 1),
                       records=records)
             if i == gc_at:
-                self.emit("worker.gc.paused", self.node, False, task=self.task, ms=rng.randint(50, 800))
+                self.emit("worker.task.gc_paused", self.node, False, task=self.task, ms=rng.randint(50, 800))
             if i == spill_at:
-                self.emit("worker.spill.ok", self.node, False, task=self.task, mb=rng.randint(64, 4096))
-        self.emit("worker.task.finished", self.node, task=self.task, ms=rng.randint(1_000, 600_000), size=records * 64)
+                self.emit("worker.task.spilled", self.node, False, task=self.task, mb=rng.randint(64, 4096))
+        self.emit("worker.task.finished", self.node, task=self.task, ms=rng.randint(1_000, 600_000),
+                  size=records * 64)
 
     def commit_output(self) -> None:
         path = f"/data/out/{self.dataset}/{self.job.replace('job_', 'run-')}"
@@ -345,10 +360,13 @@ class _Job:
             hosts = {TEMPLATES[e.key].entity: e.host for e in reversed(events)}
             key = rng.choice([k for k in NOVEL_KEYS if TEMPLATES[k].entity in hosts])
             store = rng.choice(STORES)
-            params = {"job": self.job, "path": f"/data/in/{self.dataset}/part-{rng.randrange(64):04d}",
-                      "sectors": rng.randint(1, 64), "task": self.task, "mb": rng.randint(4096, 65_536),
-                      "ip": STORE_IPS[store], "port": 7070, "magic": f"0x{rng.getrandbits(16):04x}", "token": self.token}
-            events.insert(rng.randint(1, len(events) - 1), _Event(key, hosts[TEMPLATES[key].entity], params, False))
+            params: dict[str, object] = {
+                "job": self.job, "token": self.token, "task": self.task, "ip": STORE_IPS[store], "port": 7070,
+                "path": f"/data/in/{self.dataset}/part-{rng.randrange(64):04d}", "sectors": rng.randint(1, 64),
+                "mb": rng.randint(4096, 65_536), "magic": f"0x{rng.getrandbits(16):04x}",
+            }
+            novel = _Event(key, hosts[TEMPLATES[key].entity], params, False)
+            events.insert(rng.randint(1, len(events) - 1), novel)
         else:
             raise ValueError(f"unknown anomaly kind {kind!r}; expected one of {ANOMALY_KINDS}")
 
@@ -364,7 +382,9 @@ class _Job:
         return lines
 
 
-def _session(rng: random.Random, number: int, nightly: bool, kind: str, start_ms: int, clock: _Clock) -> SyntheticSession:
+def _session(
+    rng: random.Random, number: int, nightly: bool, kind: str, start_ms: int, clock: _Clock
+) -> SyntheticSession:
     job = _Job(rng, number, nightly)
     job.build()
     if kind != NO_ANOMALY:
@@ -404,10 +424,21 @@ def generate_sessions(n: int, seed: int = 0, anomaly_rate: float = 0.03,
 
 
 @cache
-def _mean_session_lines() -> float:
-    """Average lines per job, measured once on a pilot batch, to turn a line target into a job count."""
-    pilot = generate_sessions(2000, seed=-1, anomaly_rate=0.0)
-    return sum(len(s.lines) for s in pilot) / len(pilot)
+def _mean_job_lines(nightly: bool) -> float:
+    """Average lines of a normal job, from a pilot of built (not rendered) jobs."""
+    rng = random.Random("krone-synthetic:pilot")
+    total = 0
+    for number in range(2000):
+        job = _Job(rng, number, nightly)
+        job.build()
+        total += len(job.events)
+    return total / 2000
+
+
+def _mean_day_lines(quiet_end: bool) -> float:
+    """Expected lines per job on a day: what turns a line target into job counts."""
+    share = 0.0 if quiet_end else NIGHTLY_SHARE
+    return (1 - share) * _mean_job_lines(False) + share * _mean_job_lines(True)
 
 
 def _write_day(path: Path, lines: list[str], compress: bool) -> int:
@@ -416,7 +447,7 @@ def _write_day(path: Path, lines: list[str], compress: bool) -> int:
         if stale != path:
             stale.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+    data = ("\n".join(lines) + "\n").encode("utf-8")
     with open(path, "wb") as fh:
         if compress:
             with gzip_lib.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=6) as gz:
@@ -450,31 +481,35 @@ def generate(
     """Write ``raw/<source>/dt=D/<source>.log[.gz]`` per day plus ``labels/<source>/{labels,templates}.csv``.
 
     Days are generated one at a time; lines of jobs that run past midnight are carried into the next day's
-    file, so memory holds about one day. ``lines`` (a target total, met to within a few percent) overrides
+    file, so memory holds about one day. ``lines`` (a target total, met to about one percent) overrides
     ``sessions_per_day``.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
     clock = _Clock(date.fromisoformat(start_date))
-    if lines is not None:
-        sessions_per_day = max(1, round(lines / days / _mean_session_lines()))
     labels_path = out / "labels" / source / "labels.csv"
     _write_templates(labels_path.with_name("templates.csv"))
     per_day: dict[str, int] = {}
     kinds: Counter[str] = Counter()
-    n_bytes = 0
+    n_bytes = produced = 0
+    next_job = FIRST_JOB
     spill: list[str] = []
     with open(labels_path, "w", newline="", encoding="utf-8") as fh:
         labels = csv.writer(fh, lineterminator="\n")
         labels.writerow(("session_id", "label", "anomaly_kind", "first_date", "n_lines"))
         for day in range(days):
+            n = sessions_per_day
+            if lines is not None:  # re-planned every day, so the total lands close to the target
+                one_job_each_day = sum(_mean_day_lines(d == days - 1) for d in range(day, days))
+                n = max(1, round((lines - produced) / one_job_each_day))
             rng = random.Random(f"krone-synthetic:{seed}:{day}")
-            sessions = _batch(rng, clock, day, sessions_per_day, FIRST_JOB + day * sessions_per_day,
-                              sum(kinds.values()), anomaly_rate, quiet_end=day == days - 1)
+            sessions = _batch(rng, clock, day, n, next_job, sum(kinds.values()), anomaly_rate, day == days - 1)
+            next_job += n
             today = clock.date(day)
             day_lines, spill = spill, []
             for s in sessions:
                 labels.writerow((s.session_id, s.label, s.anomaly_kind, today, len(s.lines)))
+                produced += len(s.lines)
                 if s.label:
                     kinds[s.anomaly_kind] += 1
                 if s.lines[-1].startswith(today):
@@ -488,7 +523,7 @@ def generate(
             per_day[today] = len(day_lines)
     return GenerateSummary(
         lines_per_day=per_day,
-        sessions=sessions_per_day * days,
+        sessions=next_job - FIRST_JOB,
         anomalies={k: kinds[k] for k in ANOMALY_KINDS},
         lines=sum(per_day.values()),
         bytes=n_bytes,
@@ -498,7 +533,7 @@ def generate(
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m krone_jobs.synthetic OUT [--lines N]``: generate and print the summary (scale runs)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description="Generate synthetic nested-execution logs with labelled anomalies.")
     p.add_argument("out_dir")
     p.add_argument("--days", type=int, default=3)
     p.add_argument("--sessions-per-day", type=int, default=2000)

@@ -15,10 +15,13 @@ Masking happens before Drain sees a line; block ids become ``<BLK>`` because HDF
 from the unmasked content and a block id is never part of *what* happened. IPs (with optional port),
 hex literals and standalone numbers are masked as well; paths are not (their shape often is the event).
 
-State is persisted as plain JSON we define (settings, clusters, the prefix tree, superseded ids), never
-jsonpickle/pickle, because a miner state may travel between machines and must not execute code on load.
-The prefix tree is stored as is rather than rebuilt by re-adding clusters: Drain files a cluster under the
-tokens it was *created* with, so re-adding a generalised template would move it and change matches.
+State is persisted as plain JSON we define (settings, clusters, superseded ids), never jsonpickle/pickle,
+because a miner state may travel between machines and must not execute code on load. The prefix tree is
+not stored: it is rebuilt by re-adding the clusters in cluster-id (= creation) order with Drain's own
+``add_seq_to_prefix_tree``. That reproduces the original tree exactly, child order included (checked on all
+16 loghub samples, depths 3-6, max_children 3-100), because a cluster's tree path only ever holds tokens
+that stay literal in its template, or the wildcard node. Drain's LRU eviction (``max_clusters``) would break
+that, so it is not offered.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from drain3 import TemplateMiner
-from drain3.drain import LogCluster, Node
+from drain3.drain import LogCluster
 from drain3.masking import MaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
 
@@ -124,20 +127,24 @@ class TemplateStore:
         self.settings = settings or MinerSettings()
         self._miner = TemplateMiner(config=self.settings.to_config())
         self._cluster_text: dict[int, str] = {}
-        self._live: dict[str, int] = {}
-        """template id -> number of clusters whose current text has that id."""
+        self._live: dict[str, int] = {}  # template id -> clusters whose current text has that id
         self._superseded: dict[str, str] = {}
 
     # --- mining and matching ------------------------------------------------------------------------
 
     def mine(self, content: str) -> TemplateMatch:
         """Add a line to the miner (may create or generalise a template) and return its template."""
-        cluster, _ = self._miner.drain.add_log_message(self._miner.masker.mask(content))
+        return self._add(self._miner.masker.mask(content), 1)[0]
+
+    def _add(self, masked: str, weight: int) -> tuple[TemplateMatch, int]:
+        """Mine ``masked`` as ``weight`` lines; returns the match and the cluster id it landed in."""
+        cluster, _ = self._miner.drain.add_log_message(masked)
+        cluster.size += weight - 1
         text = cluster.get_template()
         tid = template_id(text)
         old_text = self._cluster_text.get(cluster.cluster_id)
         if old_text == text:
-            return TemplateMatch(tid, text)
+            return TemplateMatch(tid, text), cluster.cluster_id
         is_new = tid not in self._live and tid not in self._superseded
         supersedes = None
         if old_text is not None:
@@ -146,7 +153,7 @@ class TemplateStore:
             if supersedes not in self._live:
                 self._superseded[supersedes] = tid
         self._remember(cluster.cluster_id, text)
-        return TemplateMatch(tid, text, is_new, supersedes)
+        return TemplateMatch(tid, text, is_new, supersedes), cluster.cluster_id
 
     def match(self, content: str) -> TemplateMatch | None:
         """Match-only inference: never changes state; ``None`` when no template fits exactly."""
@@ -194,30 +201,29 @@ class TemplateStore:
     # --- merging ------------------------------------------------------------------------------------
 
     def merge(self, other: TemplateStore) -> None:
-        """Add ``other``'s templates, keyed by template text (e.g. stores mined per Spark partition).
+        """Fold ``other``'s templates into this store (e.g. stores mined per Spark partition).
 
-        A text both stores know keeps this store's cluster and adds the other's line count; a new text
-        becomes a new cluster filed under its template tokens. Ids need no mapping: they are text hashes.
+        A text this store already has just adds its line count. Any other text is mined here like a line
+        carrying its cluster's count, so overlapping templates unify the way one miner would have unified
+        them. Every id ``other`` ever produced then resolves here (:meth:`resolve`). Where templates
+        overlap the outcome can depend on merge order: merge partitions in a fixed order.
         """
         if other.settings != self.settings:
             raise ValueError("cannot merge template stores mined with different settings")
         drain = self._miner.drain
-        by_text: dict[str, LogCluster] = {}
-        for cluster in sorted(drain.clusters, key=lambda c: c.cluster_id):
-            by_text.setdefault(cluster.get_template(), cluster)
+        by_text = {text: cid for cid, text in sorted(self._cluster_text.items(), reverse=True)}  # lowest id wins
         for theirs in sorted(other._miner.drain.clusters, key=lambda c: c.cluster_id):
             text = theirs.get_template()
-            ours = by_text.get(text)
-            if ours is not None:
-                ours.size += theirs.size
+            cid = by_text.get(text)
+            if cid is not None and self._cluster_text[cid] == text:  # entries go stale when a cluster generalises
+                drain.id_to_cluster[cid].size += theirs.size  # type: ignore[union-attr]
                 continue
-            drain.clusters_counter += 1
-            ours = LogCluster(theirs.log_template_tokens, drain.clusters_counter)
-            ours.size = theirs.size
-            drain.id_to_cluster[ours.cluster_id] = ours
-            drain.add_seq_to_prefix_tree(drain.root_node, ours)
-            by_text[text] = ours
-            self._remember(ours.cluster_id, text)
+            ours, cid = self._add(text, theirs.size)
+            known = by_text.get(ours.template)
+            if known is None or self._cluster_text[known] != ours.template:
+                by_text[ours.template] = cid
+            if template_id(text) not in self._live:
+                self._superseded.setdefault(template_id(text), ours.template_id)
         for old, new in other._superseded.items():
             if old not in self._live:
                 self._superseded.setdefault(old, new)
@@ -225,7 +231,7 @@ class TemplateStore:
     # --- persistence --------------------------------------------------------------------------------
 
     def to_json(self) -> str:
-        """Plain-JSON state: settings, clusters, prefix tree and superseded ids (deterministic output)."""
+        """Plain-JSON state: settings, clusters (id, tokens, size) and superseded ids; deterministic output."""
         drain = self._miner.drain
         state = {
             "format": STATE_FORMAT,
@@ -236,7 +242,6 @@ class TemplateStore:
                 {"cluster_id": c.cluster_id, "tokens": list(c.log_template_tokens), "size": c.size}
                 for c in sorted(drain.clusters, key=lambda c: c.cluster_id)
             ],
-            "tree": _node_to_json(drain.root_node),
             "superseded": dict(sorted(self._superseded.items())),
         }
         return json.dumps(state, ensure_ascii=False, separators=(",", ":"))
@@ -250,18 +255,17 @@ class TemplateStore:
                 raise TemplateStateError(f"not a {STATE_FORMAT} v{STATE_VERSION} state")
             store = cls(MinerSettings.from_dict(state["settings"]))
             drain = store._miner.drain
-            for item in state["clusters"]:
-                tokens = item["tokens"]
-                if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-                    raise TemplateStateError("cluster tokens must be a list of strings")
-                cluster = LogCluster(tokens, _int(item["cluster_id"]))
-                cluster.size = _int(item["size"])
+            clusters = [_cluster_from_json(item) for item in state["clusters"]]
+            clusters.sort(key=lambda c: c.cluster_id)
+            for cluster in clusters:  # creation order, as Drain filed them: the tree comes out identical
+                if cluster.cluster_id in drain.id_to_cluster:
+                    raise TemplateStateError(f"duplicate cluster id {cluster.cluster_id}")
                 drain.id_to_cluster[cluster.cluster_id] = cluster
+                drain.add_seq_to_prefix_tree(drain.root_node, cluster)
                 store._remember(cluster.cluster_id, cluster.get_template())
             drain.clusters_counter = _int(state["clusters_counter"])
-            if drain.id_to_cluster and max(drain.id_to_cluster) > drain.clusters_counter:
+            if clusters and clusters[-1].cluster_id > drain.clusters_counter:
                 raise TemplateStateError("clusters_counter is below a cluster id")
-            drain.root_node = _node_from_json(state["tree"], set(drain.id_to_cluster), store.settings.depth)
             superseded = state["superseded"]
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in superseded.items()):
                 raise TemplateStateError("superseded must map strings to strings")
@@ -279,23 +283,10 @@ def _int(value: object) -> int:
     return value
 
 
-def _node_to_json(node: Node) -> dict[str, Any]:
-    return {
-        "children": {key: _node_to_json(child) for key, child in node.key_to_child_node.items()},
-        "cluster_ids": list(node.cluster_ids),
-    }
-
-
-def _node_from_json(data: Mapping[str, Any], cluster_ids: set[int], depth_left: int) -> Node:
-    """Inverse of :func:`_node_to_json`, bounded by the Drain depth and checked against known clusters."""
-    if depth_left < 0:
-        raise TemplateStateError("prefix tree deeper than the Drain depth allows")
-    node = Node()
-    ids = [_int(cid) for cid in data["cluster_ids"]]
-    if not cluster_ids.issuperset(ids):
-        raise TemplateStateError("prefix tree refers to an unknown cluster")
-    node.cluster_ids = ids
-    node.key_to_child_node = {
-        str(key): _node_from_json(child, cluster_ids, depth_left - 1) for key, child in data["children"].items()
-    }
-    return node
+def _cluster_from_json(item: Mapping[str, Any]) -> LogCluster:
+    tokens = item["tokens"]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t.split() == [t] for t in tokens):
+        raise TemplateStateError("cluster tokens must be a list of non-blank strings without whitespace")
+    cluster = LogCluster(tokens, _int(item["cluster_id"]))
+    cluster.size = _int(item["size"])
+    return cluster

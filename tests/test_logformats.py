@@ -1,0 +1,405 @@
+"""Line formats, bad-input quarantine, session keys and the bounded file reader."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import pickle
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from krone_jobs.logformats import (
+    BGL,
+    DEFAULT_MAX_LINE_BYTES,
+    HDFS,
+    KRONE,
+    QUARANTINE_SAMPLE_BYTES,
+    THUNDERBIRD,
+    BlockIdSessionKey,
+    IdPatternSessionKey,
+    LineFormat,
+    LogReadError,
+    NodeWindowSessionKey,
+    OversizedLine,
+    ParsedLine,
+    Quarantined,
+    QuarantineReason,
+    default_session_rule,
+    get_format,
+    iter_lines,
+    parse_line,
+)
+
+LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub_2k"
+
+HDFS_LINE = (
+    b"081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block "
+    b"blk_38865049064139660 terminating"
+)
+KRONE_LINE = b"2024-03-01 23:59:58.123 INFO scheduler.Worker [node-7] job_42 started step 3 of job_43"
+
+
+def parsed(raw: bytes, fmt: LineFormat = HDFS, **kwargs: int) -> ParsedLine:
+    result = parse_line(raw, fmt, **kwargs)
+    assert isinstance(result, ParsedLine), result
+    return result
+
+
+def quarantined(raw: bytes | OversizedLine, fmt: LineFormat = HDFS, **kwargs: int) -> Quarantined:
+    result = parse_line(raw, fmt, **kwargs)
+    assert isinstance(result, Quarantined), result
+    return result
+
+
+# --- built-in formats ---------------------------------------------------------------------------------
+
+
+def test_hdfs_line() -> None:
+    line = parsed(HDFS_LINE)
+    assert line.timestamp == datetime(2008, 11, 9, 20, 36, 15)
+    assert (line.level, line.component, line.node, line.label) == ("INFO", "dfs.DataNode$PacketResponder", None, None)
+    assert line.content == "PacketResponder 1 for block blk_38865049064139660 terminating"
+    assert line.is_alert is None
+    warn = parsed(
+        b"081109 214043 2561 WARN dfs.DataNode$DataXceiver: 10.251.30.85:50010:Got exception while serving "
+        b"blk_-2918118818249673980 to /10.251.90.64:"
+    )
+    assert warn.level == "WARN" and warn.content.startswith("10.251.30.85:50010:Got exception")
+
+
+def test_bgl_lines_keep_the_alert_label() -> None:
+    normal = parsed(
+        b"- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 R02-M1-N0-C:J12-U11 "
+        b"RAS KERNEL INFO instruction cache parity error corrected",
+        BGL,
+    )
+    assert normal.timestamp == datetime(2005, 6, 3, 15, 42, 50, 675872)
+    assert (normal.node, normal.component, normal.level) == ("R02-M1-N0-C:J12-U11", "KERNEL", "INFO")
+    assert normal.content == "instruction cache parity error corrected"
+    assert (normal.label, normal.is_alert) == ("-", False)
+    alert = parsed(
+        b"APPREAD 1117869872 2005.06.04 R04-M1-N4-I:J18-U11 2005-06-04-00.24.32.432192 R04-M1-N4-I:J18-U11 "
+        b"RAS APP FATAL ciod: failed to read message prefix on control stream (CioStream socket to "
+        b"172.16.96.116:33569",
+        BGL,
+    )
+    assert (alert.label, alert.is_alert, alert.level, alert.component) == ("APPREAD", True, "FATAL", "APP")
+    assert alert.content.startswith("ciod: failed to read")
+
+
+def test_thunderbird_lines() -> None:
+    cron = parsed(
+        b"- 1131566461 2005.11.09 dn228 Nov 9 12:01:01 dn228/dn228 crond(pam_unix)[2915]: "
+        b"session closed for user root",
+        THUNDERBIRD,
+    )
+    assert cron.timestamp == datetime(2005, 11, 9, 20, 1, 1)  # epoch column, naive UTC
+    assert (cron.node, cron.component, cron.level, cron.label) == ("dn228", "crond(pam_unix)", None, "-")
+    assert cron.content == "session closed for user root"
+    no_pid = parsed(
+        b"- 1131566501 2005.11.09 aadmin1 Nov 9 12:01:41 src@aadmin1 dhcpd: DHCPDISCOVER from "
+        b"00:11:43:e3:ba:c3 via eth1",
+        THUNDERBIRD,
+    )
+    assert (no_pid.component, no_pid.content) == ("dhcpd", "DHCPDISCOVER from 00:11:43:e3:ba:c3 via eth1")
+    no_component = parsed(
+        b"- 1131567043 2005.11.09 tbird-admin1 Nov 9 12:10:43 local@tbird-admin1 scsi0 : LSI Logic MegaRAID driver",
+        THUNDERBIRD,
+    )
+    assert (no_component.component, no_component.content) == (None, "scsi0 : LSI Logic MegaRAID driver")
+
+
+def test_krone_format_is_the_generator_regex() -> None:
+    assert KRONE.regex.pattern == (
+        r"^(?P<timestamp>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}) (?P<level>[A-Z]+) "
+        r"(?P<component>[\w.$-]+) \[(?P<node>[\w.-]+)\] (?P<content>.*)$"
+    )
+    line = parsed(KRONE_LINE, KRONE)
+    assert line.timestamp == datetime.strptime("2024-03-01 23:59:58.123", "%Y-%m-%d %H:%M:%S.%f")
+    assert (line.level, line.component, line.node) == ("INFO", "scheduler.Worker", "node-7")
+    assert line.content == "job_42 started step 3 of job_43"
+
+
+def test_registry() -> None:
+    assert get_format("HDFS") is HDFS and get_format("thunderbird") is THUNDERBIRD
+    with pytest.raises(KeyError, match="known"):
+        get_format("syslog")
+
+
+def test_user_defined_format() -> None:
+    fmt = LineFormat.from_regex(
+        r"^(?P<timestamp>\S+ \S+) (?P<level>\w+) (?P<content>.*)$", timestamp_format="%d/%m/%Y %H:%M", name="app"
+    )
+    line = parsed(b"31/12/2024 23:59 ERROR disk full", fmt)
+    assert (line.timestamp, line.level, line.content) == (datetime(2024, 12, 31, 23, 59), "ERROR", "disk full")
+    no_time = LineFormat.from_regex(r"^(?P<content>.+)$")
+    assert parsed(b"anything", no_time).timestamp is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "timestamp_format", "error"),
+    [
+        (r"^(?P<msg>.*)$", None, "unknown named groups"),
+        (r"^(?P<level>\w+)$", None, "content"),
+        (r"^(?P<timestamp>\S+) (?P<content>.*)$", None, "timestamp"),
+        (r"^(?P<content>.*)$", "%Y", "timestamp"),
+    ],
+)
+def test_invalid_formats_are_rejected(pattern: str, timestamp_format: str | None, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        LineFormat.from_regex(pattern, timestamp_format=timestamp_format)
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r", b"\r\r\n", b""])
+def test_line_endings_are_stripped(ending: bytes) -> None:
+    assert parsed(HDFS_LINE + ending).content.endswith("terminating")
+
+
+def test_unparseable_line() -> None:
+    q = quarantined(b"this is not an HDFS line")
+    assert q.reason is QuarantineReason.NO_FORMAT_MATCH and q.raw == b"this is not an HDFS line"
+    assert q.reason == "no_format_match"  # stored as a plain string
+
+
+def test_bad_timestamp() -> None:
+    q = quarantined(b"081309 203615 148 INFO dfs.DataNode: month thirteen")
+    assert q.reason is QuarantineReason.BAD_TIMESTAMP and "081309 203615" in q.message
+    year_33658 = b"x 999999999999 2005.11.09 dn1 Nov 9 12:01:01 loc prog: c"
+    assert quarantined(year_33658, THUNDERBIRD).reason == "bad_timestamp"
+
+
+@pytest.mark.parametrize("raw", [b"", b"\n", b"\r\n", b"   \t \r\n"])
+def test_empty_lines(raw: bytes) -> None:
+    assert quarantined(raw).reason is QuarantineReason.EMPTY
+
+
+def test_utf8_is_decoded_strictly() -> None:
+    line = parsed(HDFS_LINE + " caf\u00e9 \u2713".encode())
+    assert line.encoding == "utf-8" and line.content.endswith("caf\u00e9 \u2713")
+
+
+def test_latin1_fallback_for_text_that_is_not_utf8() -> None:
+    line = parsed(HDFS_LINE + b" user Jos\xe9 M\xfcller")
+    assert line.encoding == "latin-1" and line.content.endswith("user Jos\u00e9 M\u00fcller")
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b" \x93quoted\x94",  # C1 range: cp1252 smart quotes or garbage, never plain latin-1 text
+        b" " + bytes(range(0xA0, 0x100)) * 4,  # mostly non-ASCII: not text
+    ],
+)
+def test_non_text_bytes_are_bad_encoding(tail: bytes) -> None:
+    q = quarantined(b"081109 203615 148 INFO x:" + tail)
+    assert q.reason is QuarantineReason.BAD_ENCODING and q.raw.endswith(tail)
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\x01\x02ELF\x7f", b"abc\x00def", b"bell\x07", b"back\x08space"])
+def test_binary_garbage(garbage: bytes) -> None:
+    q = quarantined(HDFS_LINE + garbage)
+    assert q.reason is QuarantineReason.BINARY and "control byte" in q.message
+
+
+def test_tab_and_ansi_escape_are_text() -> None:
+    assert parsed(HDFS_LINE + b"\t\x1b[31mred\x1b[0m").content.endswith("\x1b[0m")
+
+
+def test_ten_megabyte_line_is_quarantined_without_regex() -> None:
+    huge = b"081109 203615 148 INFO dfs.X: " + b"a(" * (5 * 1024 * 1024) + b"\n"
+    start = time.perf_counter()
+    q = quarantined(huge)
+    assert time.perf_counter() - start < 0.05
+    assert q.reason is QuarantineReason.OVERSIZED and q.truncated
+    assert len(q.raw) == QUARANTINE_SAMPLE_BYTES and huge.startswith(q.raw)
+    assert str(len(huge) - 1) in q.message
+
+
+def test_max_bytes_bounds_the_content_not_the_line_ending() -> None:
+    body = HDFS_LINE + b"x" * (200 - len(HDFS_LINE))
+    assert parsed(body + b"\r\n", max_bytes=200).content.endswith("x")
+    assert quarantined(body + b"y\r\n", max_bytes=200).reason is QuarantineReason.OVERSIZED
+    assert quarantined(OversizedLine(b"head", 10**9)).message.startswith("line of 1000000000 bytes")
+
+
+@pytest.mark.parametrize("fmt", [HDFS, BGL, THUNDERBIRD, KRONE], ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    "body", [b"a" * 65400, b"a:" * 32700, b"a[1]" * 16350, b"1 " * 32700, b"[x] " * 16350], ids=range(5)
+)
+def test_adversarial_lines_at_the_size_limit_stay_fast(fmt: LineFormat, body: bytes) -> None:
+    prefixes = [b"", b"081109 203615 148 INFO ", b"- 1131566461 2005.11.09 dn228 Nov 9 12:01:01 dn228/dn228 "]
+    for prefix in prefixes:
+        start = time.perf_counter()
+        parse_line(prefix + body, fmt)
+        assert time.perf_counter() - start < 0.05
+
+
+def test_formats_and_rules_pickle_for_spark() -> None:
+    custom = LineFormat.from_regex(r"^(?P<timestamp>\S+) (?P<content>.*)$", timestamp_format="%Y%m%d")
+    for fmt in (HDFS, BGL, THUNDERBIRD, KRONE):
+        assert pickle.loads(pickle.dumps(fmt)) == fmt
+    assert parse_line(b"20240101 x", pickle.loads(pickle.dumps(custom))) == ParsedLine(
+        datetime(2024, 1, 1), None, None, None, "x"
+    )
+    rule = NodeWindowSessionKey()
+    rule.assign("n1", datetime(2024, 1, 1))
+    assert pickle.loads(pickle.dumps(rule)).state == rule.state
+
+
+# --- session keys -------------------------------------------------------------------------------------
+
+
+def test_block_ids_give_one_session_per_block() -> None:
+    rule = BlockIdSessionKey()
+    two = parsed(
+        b"081109 204608 31 INFO dfs.FSNamesystem: BLOCK* ask 10.250.14.224:50010 to delete "
+        b"blk_-1608999687919862906 blk_7503483334202473044"
+    )
+    assert rule.keys(two) == ("blk_-1608999687919862906", "blk_7503483334202473044")
+    same_twice = parsed(
+        b"081109 213837 19 INFO dfs.FSDataset: Deleting block blk_1781953582842324563 file "
+        b"/mnt/hadoop/dfs/data/current/subdir5/blk_1781953582842324563"
+    )
+    assert rule.keys(same_twice) == ("blk_1781953582842324563",)
+    assert rule.keys(parsed(b"081109 203615 148 INFO x: no block here")) == ()
+
+
+def test_id_pattern_session_key() -> None:
+    assert IdPatternSessionKey(r"\b(job_\d+)\b").keys(parsed(KRONE_LINE, KRONE)) == ("job_42", "job_43")
+    assert IdPatternSessionKey(r"job_\d+").keys(parsed(KRONE_LINE, KRONE)) == ("job_42", "job_43")
+
+
+def test_node_windows_split_on_gaps() -> None:
+    rule = NodeWindowSessionKey(gap_seconds=60)
+    t0, epoch = datetime(2005, 11, 9, 12, 0, 0), 1131537600  # t0 as naive UTC epoch seconds
+
+    def at(seconds: float, node: str = "dn1") -> str:
+        return rule.assign(node, t0 + timedelta(seconds=seconds))
+
+    assert at(0) == f"dn1#{epoch}"
+    assert at(30) == at(90) == f"dn1#{epoch}"  # every gap is 60 s or less
+    assert at(151) == f"dn1#{epoch + 151}"  # 61 s after the previous line: a new session
+    assert at(100) == f"dn1#{epoch + 151}"  # out of order: joins the current window
+    assert at(5, node="dn2") == f"dn2#{epoch + 5}"  # nodes are independent
+    assert at(211) == f"dn1#{epoch + 151}"  # the gap counts from the latest line (151), not from 100
+
+
+def test_node_windows_are_deterministic_and_carry_over() -> None:
+    stamps = [datetime(2005, 11, 9, 23, 59, 0), datetime(2005, 11, 9, 23, 59, 50), datetime(2005, 11, 10, 0, 0, 30)]
+    first = NodeWindowSessionKey()
+    keys = [first.assign("cn1", ts) for ts in stamps]
+    assert keys == [NodeWindowSessionKey().assign("cn1", ts) for ts in stamps[:1]] + keys[1:]
+    assert len(set(keys)) == 1  # the window crosses midnight
+    # a day's run hands its open windows to the next day's run
+    yesterday = NodeWindowSessionKey()
+    yesterday.assign("cn1", stamps[0])
+    yesterday.assign("cn1", stamps[1])
+    assert NodeWindowSessionKey(state=yesterday.state).assign("cn1", stamps[2]) == keys[0]
+
+
+def test_node_window_rule_on_parsed_lines() -> None:
+    rule = default_session_rule("thunderbird")
+    line = parsed(b"- 1131566461 2005.11.09 dn228 Nov 9 12:01:01 dn228/dn228 crond[2916]: (root) CMD x", THUNDERBIRD)
+    assert rule.keys(line) == ("dn228#1131566461",)
+    assert rule.keys(parsed(HDFS_LINE)) == ()  # no node: no node session
+    with pytest.raises(ValueError):
+        NodeWindowSessionKey(gap_seconds=0.5)
+
+
+def test_default_session_rules() -> None:
+    assert isinstance(default_session_rule("HDFS"), BlockIdSessionKey)
+    assert default_session_rule("krone").keys(parsed(KRONE_LINE, KRONE)) == ("job_42", "job_43")
+    assert isinstance(default_session_rule("bgl"), NodeWindowSessionKey)
+    assert default_session_rule("bgl") is not default_session_rule("bgl")  # stateful: always fresh
+
+
+# --- reading files ------------------------------------------------------------------------------------
+
+
+def test_iter_lines_plain_file_with_crlf_and_no_final_newline(tmp_path: Path) -> None:
+    path = tmp_path / "a.log"
+    path.write_bytes(b"one\r\ntwo\r\n\r\nthree")
+    assert list(iter_lines(path)) == [(1, b"one\r\n"), (2, b"two\r\n"), (3, b"\r\n"), (4, b"three")]
+    assert list(iter_lines(path, max_bytes=5)) == list(iter_lines(path))
+    assert list(iter_lines(path, max_bytes=3))[3] == (4, OversizedLine(b"three", 5))
+
+
+def test_iter_lines_gzip_is_detected_by_content(tmp_path: Path) -> None:
+    path = tmp_path / "no-suffix"
+    path.write_bytes(gzip.compress(HDFS_LINE + b"\n" + HDFS_LINE))
+    assert [parse_line(raw, HDFS) for _, raw in iter_lines(path)] == [parsed(HDFS_LINE)] * 2
+
+
+def test_iter_lines_truncated_gzip(tmp_path: Path) -> None:
+    lines = [b"%06d line of text that compresses\n" % i for i in range(20000)]
+    data = gzip.compress(b"".join(lines))
+    path = tmp_path / "cut.log.gz"
+    path.write_bytes(data[: len(data) // 2])
+    got: list[bytes] = []
+    with pytest.raises(LogReadError) as err:
+        for line_no, raw in iter_lines(path):
+            assert isinstance(raw, bytes) and line_no == len(got) + 1
+            got.append(raw)
+    assert err.value.kind == "truncated" and err.value.lines_read == len(got)
+    assert 0 < len(got) < len(lines) and got == lines[: len(got)]
+    assert "truncated compressed input" in str(err.value)
+
+
+def test_iter_lines_corrupt_gzip(tmp_path: Path) -> None:
+    data = bytearray(gzip.compress(b"hello\n" * 1000))
+    data[20:40] = b"\xff" * 20
+    path = tmp_path / "bad.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(LogReadError) as err:
+        list(iter_lines(path))
+    assert err.value.kind == "corrupt"
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_iter_lines_bounds_a_ten_megabyte_line(tmp_path: Path, compress: bool) -> None:
+    huge = b"x" * (10 * 1024 * 1024)
+    data = b"before\n" + huge + b"\r\nafter\n"
+    path = tmp_path / "big.log"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    items = list(iter_lines(path))
+    assert items[0] == (1, b"before\n") and items[2] == (3, b"after\n")
+    line_no, big = items[1]
+    assert line_no == 2 and big == OversizedLine(huge[:QUARANTINE_SAMPLE_BYTES], len(huge))
+    q = quarantined(big)
+    assert q.reason is QuarantineReason.OVERSIZED and str(len(huge)) in q.message
+
+
+def test_iter_lines_oversized_boundary(tmp_path: Path) -> None:
+    path = tmp_path / "edge.log"
+    path.write_bytes(b"a" * 10 + b"\r\n" + b"b" * 11 + b"\r\n" + b"c" * 13)
+    items = [raw for _, raw in iter_lines(path, max_bytes=10)]
+    assert items[0] == b"a" * 10 + b"\r\n"
+    assert isinstance(parse_line(items[1], HDFS, max_bytes=10), Quarantined)  # 11 bytes: caught by parse_line
+    assert items[2] == OversizedLine(b"c" * 12, 13)
+
+
+# --- real data ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("system", "fmt"), [("HDFS", HDFS), ("BGL", BGL), ("Thunderbird", THUNDERBIRD)])
+def test_loghub_samples_parse_like_the_ground_truth(system: str, fmt: LineFormat) -> None:
+    if not LOGHUB.is_dir():
+        pytest.skip("../shared/data not present")
+    with open(LOGHUB / system / f"{system}_2k.log_structured.csv", encoding="utf-8", newline="") as f:
+        truth = list(csv.DictReader(f))
+    lines = [parse_line(raw, fmt) for _, raw in iter_lines(LOGHUB / system / f"{system}_2k.log")]
+    assert len(lines) == len(truth) == 2000
+    assert all(isinstance(line, ParsedLine) for line in lines)
+    # loghub lets a Thunderbird component contain spaces ("Kernel command line"); ours is one token or none
+    differ = [t for line, t in zip(lines, truth) if line.content != t["Content"] and " " not in t["Component"]]
+    assert differ == []
+    if "Label" in truth[0]:
+        assert [line.label for line in lines] == [t["Label"] for t in truth]
+    assert DEFAULT_MAX_LINE_BYTES > max(len(t["Content"]) for t in truth)
