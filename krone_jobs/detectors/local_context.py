@@ -30,7 +30,8 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict
-from krone_jobs.hierarchy.kseqs import LEVELS, Cut, cut
+from krone_jobs.detectors.codebook import Codebook
+from krone_jobs.hierarchy.kseqs import LEVELS, Cut
 from krone_jobs.hierarchy.model import Hierarchy
 
 _END = -1
@@ -102,34 +103,12 @@ class LocalContextDetector(BaseEstimator):
         return self
 
     def _intern(self) -> None:
-        """Map node ids to ints per level; ``codebook_[template_id] = (entity, action, status)``."""
         if self.compat and self.automaton == "auto":
             raise ValueError("compat mode needs an explicit automaton=True/False (the authors' setting)")
-        names: list[list[str]] = [[], [], []]
-        index: list[dict[str, int]] = [{}, {}, {}]
-        codebook: dict[str, tuple[int, int, int]] = {}
-        for tid in sorted(self.hierarchy):
-            node = self.hierarchy[tid]
-            codes = []
-            for lvl, node_id in enumerate((node.entity_node, node.action_node, node.status_node)):
-                if node_id not in index[lvl]:
-                    index[lvl][node_id] = len(names[lvl])
-                    names[lvl].append(node_id)
-                codes.append(index[lvl][node_id])
-            codebook[tid] = (codes[0], codes[1], codes[2])
-        self.codebook_ = codebook
-        self.node_names_ = names  # [entity names, action names, status names]
+        self.codebook_ = Codebook.from_hierarchy(self.hierarchy)
 
     def _cut(self, seq: Sequence[str]) -> Cut | None:
-        """Cut a session on int codes; ``None`` for an empty session or an unknown template."""
-        if not seq:
-            return None
-        cb = self.codebook_
-        try:
-            codes = [cb[t] for t in seq]
-        except KeyError:
-            return None
-        return cut([c[0] for c in codes], [c[1] for c in codes], [c[2] for c in codes])
+        return self.codebook_.cut(seq)
 
     def _edges(self, level: int, key: Key) -> list[Key]:
         """Transitions of one chunk. Compat: bare (a, b) pairs at action/entity level only."""
@@ -176,7 +155,7 @@ class LocalContextDetector(BaseEstimator):
     def _judge(self, seq: tuple[str, ...]) -> SessionVerdict:
         if not seq:
             return EMPTY
-        unknown = next((i for i, t in enumerate(seq) if t not in self.codebook_), None)
+        unknown = next((i for i, t in enumerate(seq) if t not in self.codebook_.codes), None)
         if unknown is not None:
             return SessionVerdict(
                 anomalous=True,
@@ -200,9 +179,9 @@ class LocalContextDetector(BaseEstimator):
         return NORMAL
 
     def _verdict(self, level: int, index: int, key: Key, c: Cut, missing: Key) -> SessionVerdict:
-        names = self.node_names_
+        names = self.codebook_.names
         if level == 0:
-            parent, nodes = names[1][key[0]], tuple(names[2][s] for s in key[1:])  # type: ignore[index]
+            parent, nodes = names[1][key[0]], tuple(names[2][x] for x in key[1:])  # type: ignore[index]
             span = c.status_spans[index]
         elif level == 1:
             parent, nodes = names[0][key[0]], tuple(names[1][a] for a in key[1:])  # type: ignore[index]
