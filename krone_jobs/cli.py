@@ -20,7 +20,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, choices=["hdfs-demo", "thunderbird-demo"])
     p.add_argument("--train-percent", type=int, default=80, choices=[1, 10, 80])
     p.add_argument("--hierarchy", default="official", choices=["official", "offline"])
-    p.add_argument("--detector", default="local", choices=["local"])
+    p.add_argument("--detector", default="local", help="local, nested, routed or a baseline (new-event, "
+                   "new-countvec, pca, invariants)")
     p.add_argument("--automaton", type=_on_off, default=None, help="on|off (default: see README)")
     p.add_argument("--compat", action="store_true", help="reproduce the KRONE authors' rule exactly")
     p.add_argument("--split", default="official", choices=["official", "random", "chronological"])
@@ -48,11 +49,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(
             f"{result['dataset']} train={result['train_percent']}% hierarchy={result['hierarchy']} "
-            f"detector={result['detector']} automaton={'on' if result['automaton'] else 'off'}"
+            f"detector={result['detector']}"
+            f"{(' automaton=' + ('on' if result['automaton'] else 'off')) if 'automaton' in result else ''}"
             f"{' compat' if result['compat'] else ''}: F1 {result['f1']:.4f} P {result['precision']:.4f} "
             f"R {result['recall']:.4f} TP/FP/TN/FN {result['tp']}/{result['fp']}/{result['tn']}/{result['fn']}"
         )
-        for level, fig in result["per_level"].items():
+        for level, fig in result.get("per_level", {}).items():
             print(f"  {level:<7} F1 {fig['f1']:.4f}  first anomalous level for {fig['first_anomalous']} sessions")
         print(f"  train {result['train_seconds']:.2f}s, detect {result['detect_seconds']:.2f}s "
               f"({result['sessions_per_s']} sessions/s)")

@@ -79,10 +79,33 @@ def load_hierarchy(dataset: str, kind: str, data_dir: Path | None = None) -> Hie
     raise ValueError(f"unknown hierarchy {kind!r} (official or offline)")
 
 
-def make_detector(config: EvalConfig, hierarchy: Hierarchy) -> LocalContextDetector:
+DETECTORS = ("local", "nested", "routed")
+
+
+def detector_names() -> list[str]:
+    """Every ``--detector`` choice: ours, then the classical baselines."""
+    from krone_jobs.detectors.baselines import BASELINES
+
+    return [*DETECTORS, *BASELINES]
+
+
+def make_detector(config: EvalConfig, hierarchy: Hierarchy) -> Any:
+    """A fresh, unfitted detector for ``config``."""
     if config.detector == "local":
         return LocalContextDetector(hierarchy, automaton=config.resolved_automaton(), compat=config.compat)
-    raise ValueError(f"unknown detector {config.detector!r}")
+    if config.detector == "nested":
+        from krone_jobs.detectors.nested_aware import NestedAwareDetector
+
+        return NestedAwareDetector(hierarchy)
+    if config.detector == "routed":
+        from krone_jobs.detectors.router import RoutedDetector
+
+        return RoutedDetector(hierarchy)
+    from krone_jobs.detectors.baselines import BASELINES
+
+    if config.detector in BASELINES:
+        return BASELINES[config.detector]()
+    raise ValueError(f"unknown detector {config.detector!r}; choose from {detector_names()}")
 
 
 def run_evaluation(config: EvalConfig) -> dict[str, Any]:
@@ -97,27 +120,35 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    verdicts = detector.detect(test.sequences)
+    y_pred = np.asarray(detector.predict(test.sequences), dtype=np.int8)
     detect_seconds = time.perf_counter() - t0
 
-    y_pred = np.fromiter((v.anomalous for v in verdicts), dtype=np.int8, count=len(verdicts))
-    levels = detector.predict_levels(test.sequences)
-    first_level = Counter(v.level for v in verdicts if v.anomalous)
     result: dict[str, Any] = {
         **{k: v for k, v in asdict(config).items() if k != "data_dir"},
-        "automaton": detector.automaton_,
-        "automaton_setting": config.resolved_automaton(),
         "n_train": len(train),
         "n_test": len(test),
         "test_anomalies": int(test.labels.sum()),
         **confusion(test.labels, y_pred),
-        "per_level": {
-            name: {**confusion(test.labels, levels[:, i]), "first_anomalous": first_level.get(name, 0)}
-            for i, name in enumerate(LEVELS)
-        },
         "hierarchy_nodes": {lvl: hierarchy.count(lvl) for lvl in ("entity", "action", "status")},
         "train_seconds": round(train_seconds, 4),
         "detect_seconds": round(detect_seconds, 4),
         "sessions_per_s": round(len(test) / detect_seconds, 1) if detect_seconds > 0 else None,
     }
+    result.pop("automaton")
+    if hasattr(detector, "automaton_"):
+        result["automaton"] = detector.automaton_
+        result["automaton_setting"] = config.resolved_automaton()
+    if hasattr(detector, "predict_levels"):
+        levels = detector.predict_levels(test.sequences)
+        first = Counter(v.level for v in detector.detect(test.sequences) if v.anomalous) if hasattr(detector, "detect") else Counter()
+        result["per_level"] = {
+            name: {**confusion(test.labels, levels[:, i]), "first_anomalous": first.get(name, 0)}
+            for i, name in enumerate(LEVELS)
+        }
+    if hasattr(detector, "stats_"):
+        detector.stats_.update(flagged_by_local=0, rescued_by_nested=0)
+        detector.detect(test.sequences)
+        result["flagged_by_local"] = detector.stats_["flagged_by_local"]
+        result["rescued_by_nested"] = detector.stats_["rescued_by_nested"]
+        result["llm_calls"] = detector.stats_["llm_calls"]
     return result

@@ -25,11 +25,12 @@ repeated sessions a dictionary lookup.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict
+from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict, unknown_template_verdict
 from krone_jobs.detectors.codebook import Codebook
 from krone_jobs.hierarchy.kseqs import LEVELS, Cut
 from krone_jobs.hierarchy.model import Hierarchy
@@ -157,15 +158,7 @@ class LocalContextDetector(BaseEstimator):
             return EMPTY
         unknown = next((i for i, t in enumerate(seq) if t not in self.codebook_.codes), None)
         if unknown is not None:
-            return SessionVerdict(
-                anomalous=True,
-                level="status",
-                span=(unknown, unknown + 1),
-                nodes=(seq[unknown],),
-                key=f"status|?|{seq[unknown]}",
-                score=1.0,
-                reason=f"template {seq[unknown]} is not in the hierarchy (a new template)",
-            )
+            return unknown_template_verdict(seq, unknown)
         c = self._cut(seq)
         assert c is not None
         for level, keys in enumerate((c.status_keys, c.action_keys, (c.entity_key,))):
@@ -254,6 +247,37 @@ class LocalContextDetector(BaseEstimator):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    # ---------------------------------------------------------------------------- persistence
+    def to_state(self) -> dict[str, Any]:
+        """Learned state as plain lists (node codes follow the hierarchy, so they are reproducible)."""
+        return {
+            "params": {"automaton": str(self.automaton), "fp_budget": self.fp_budget, "cv_folds": self.cv_folds,
+                       "compat": self.compat, "cache_size": self.cache_size},
+            "knowledge": [[list(k) for k in level] for level in self.knowledge_],
+            "transitions": [[[-2 if x is None else x for x in e] for e in level] for level in self.transitions_],
+            "automaton": self.automaton_,
+            "heldout_fp_rate": self.heldout_fp_rate_,
+            "n_sessions": self.n_sessions_,
+        }
+
+    @classmethod
+    def from_state(cls, hierarchy: Hierarchy, state: dict[str, Any]) -> LocalContextDetector:
+        p = dict(state["params"])
+        p["automaton"] = {"True": True, "False": False}.get(p["automaton"], p["automaton"])
+        det = cls(hierarchy, **p)
+        det.codebook_ = Codebook.from_hierarchy(hierarchy)
+        det.knowledge_ = tuple({tuple(k) for k in level} for level in state["knowledge"])  # type: ignore[assignment]
+        det.transitions_ = tuple(
+            {tuple(None if x == -2 else x for x in e) for e in level} for level in state["transitions"]
+        )  # type: ignore[assignment]
+        det.automaton_ = bool(state["automaton"])
+        det.heldout_fp_rate_ = float(state["heldout_fp_rate"])
+        det.n_sessions_ = int(state["n_sessions"])
+        det.n_skipped_sessions_ = 0
+        det._cache = {}
+        det.cache_hits_ = det.cache_misses_ = 0
+        return det
 
 
 def _heldout_flag_rate(cuts: Sequence[Cut], folds: int) -> float:

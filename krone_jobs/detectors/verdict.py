@@ -32,3 +32,16 @@ class SessionVerdict:
 
 NORMAL = SessionVerdict(anomalous=False, reason="every KRONE Seq seen in training")
 EMPTY = SessionVerdict(anomalous=False, reason="empty session: nothing to judge", quarantined=True)
+
+
+def unknown_template_verdict(seq: tuple[str, ...], index: int) -> SessionVerdict:
+    """A template the hierarchy does not know: anomalous at the status level, pointing at the line."""
+    return SessionVerdict(
+        anomalous=True,
+        level="status",
+        span=(index, index + 1),
+        nodes=(seq[index],),
+        key=f"status|?|{seq[index]}",
+        score=1.0,
+        reason=f"template {seq[index]} is not in the hierarchy (a new template)",
+    )

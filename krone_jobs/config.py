@@ -1,0 +1,71 @@
+"""One settings object for every stage, read from ``KRONE_*`` environment variables.
+
+Credentials never live in code: the LLM key comes from ``KRONE_LLM_API_KEY`` (or ``OPENAI_API_KEY``), the
+warehouse URL (which may carry a password) from ``KRONE_WAREHOUSE_URL``; in Airflow both can come from
+connections that the DAGs export into these variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Paths, engines and budgets. Relative defaults live under ``home`` (``KRONE_HOME``, default: cwd)."""
+
+    home: Path = field(default_factory=lambda: Path(_env("KRONE_HOME", os.getcwd())).resolve())
+
+    @property
+    def data_root(self) -> Path:
+        """Root of ``raw/``, ``parsed/``, ``quarantine/``, ``sessions/``, ``kseqs/`` partitions."""
+        return Path(_env("KRONE_DATA_ROOT", str(self.home / "data")))
+
+    @property
+    def spark_master(self) -> str:
+        return _env("KRONE_SPARK_MASTER", "local[2]")
+
+    @property
+    def mlflow_uri(self) -> str:
+        return _env("KRONE_MLFLOW_URI", f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}")
+
+    @property
+    def mlflow_artifacts(self) -> str:
+        """Artifact root for experiments created by krone (absolute, so the cwd never matters)."""
+        return _env("KRONE_MLFLOW_ARTIFACTS", (self.home / "mlflow" / "artifacts").as_uri())
+
+    @property
+    def warehouse_url(self) -> str:
+        return _env("KRONE_WAREHOUSE_URL", f"duckdb:///{self.data_root / 'warehouse.duckdb'}")
+
+    @property
+    def llm_base_url(self) -> str | None:
+        return os.environ.get("KRONE_LLM_BASE_URL") or None
+
+    @property
+    def llm_model(self) -> str | None:
+        return os.environ.get("KRONE_LLM_MODEL") or None
+
+    @property
+    def llm_api_key(self) -> str | None:
+        return os.environ.get("KRONE_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or None
+
+    @property
+    def llm_max_calls(self) -> int:
+        return int(_env("KRONE_LLM_MAX_CALLS", "200"))
+
+    @property
+    def llm_max_fraction(self) -> float:
+        return float(_env("KRONE_LLM_MAX_FRACTION", "0.005"))
+
+
+def settings() -> Settings:
+    """Fresh settings (environment is read on every call, so tests and DAG tasks can change it)."""
+    return Settings()

@@ -1,0 +1,281 @@
+"""Routed detection: Local-Context -> Nested-Aware -> LLM, level by level, with early exit and caches.
+
+For each session, levels are judged in order (status, action, entity). A KRONE Seq in the knowledge base
+is normal at once. An unseen one goes to the Nested-Aware detector, which scores it in context; when that
+score is close to the threshold (within ``llm_band``) and an LLM judge is plugged in, the LLM decides.
+The first anomalous chunk ends the session's judgement. Two caches make a night cheap: per chunk (level
++ KRONE Seq key -> decision, so each distinct unseen chunk is scored once) and per session (template
+sequence -> verdict). Unseen chunks of a whole batch are scored in one batched pass per level.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+
+from krone_jobs.detectors.explain import describe_difference, nearest
+from krone_jobs.detectors.local_context import LocalContextDetector
+from krone_jobs.detectors.nested_aware import TABLES, ChunkExample, NestedAwareDetector, chunk_examples
+from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict, unknown_template_verdict
+from krone_jobs.hierarchy.kseqs import LEVELS, Cut
+from krone_jobs.hierarchy.model import Hierarchy
+
+Key = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRequest:
+    """What an LLM judge gets for one uncertain chunk (node ids only; the judge renders and redacts)."""
+
+    level: str
+    parent: str
+    nodes: tuple[str, ...]
+    children: tuple[tuple[str, ...], ...]
+    nested_score: float
+    nearest_normal: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkDecision:
+    anomalous: bool
+    detector: str
+    score: float
+    reason: str
+
+
+class ChunkJudge(Protocol):
+    """The LLM seam: return a decision, or ``None`` to keep the Nested-Aware verdict (budget spent, endpoint
+    down, invalid answer...)."""
+
+    def judge(self, request: ChunkRequest) -> ChunkDecision | None: ...
+
+
+class RoutedDetector(BaseEstimator):
+    """Local-Context knowledge base, then the Nested-Aware model on unseen chunks, then an optional LLM."""
+
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        *,
+        nested: bool = True,
+        nested_params: dict[str, Any] | None = None,
+        llm: ChunkJudge | None = None,
+        llm_band: float = 0.25,
+        cache_size: int = 1_000_000,
+    ) -> None:
+        self.hierarchy = hierarchy
+        self.nested = nested
+        self.nested_params = nested_params
+        self.llm = llm
+        self.llm_band = llm_band
+        self.cache_size = cache_size
+
+    # -------------------------------------------------------------------------------- training
+    def fit(self, X: Iterable[Sequence[str]], y: object = None) -> RoutedDetector:
+        sessions = [tuple(s) for s in X]
+        self.local_ = LocalContextDetector(self.hierarchy, automaton=False).fit(sessions)
+        self.nested_ = (
+            NestedAwareDetector(self.hierarchy, **(self.nested_params or {})).fit(sessions) if self.nested else None
+        )
+        self._reset_runtime()
+        return self
+
+    def _reset_runtime(self) -> None:
+        self._sessions: dict[tuple[str, ...], SessionVerdict] = {}
+        self._levels: dict[tuple[str, ...], tuple[int, int, int]] = {}
+        self._chunks: dict[tuple[int, Key], ChunkDecision] = {}
+        self._normals_by_parent: dict[tuple[int, Any], list[tuple[str, ...]]] | None = None
+        self.stats_ = {"sessions": 0, "session_cache_hits": 0, "flagged_by_local": 0, "rescued_by_nested": 0,
+                       "chunks_scored": 0, "llm_calls": 0}
+
+    # ------------------------------------------------------------------------------- judging
+    def _keys(self, c: Cut) -> tuple[list[Key], ...]:
+        return (c.status_keys, c.action_keys, [c.entity_key])  # type: ignore[return-value]
+
+    def _prepare(self, seqs: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], Cut | None]:
+        """Cut new sessions and score, in one batch per level, every unseen chunk not yet decided."""
+        cb = self.local_.codebook_
+        kb = self.local_.knowledge_
+        cuts: dict[tuple[str, ...], Cut | None] = {}
+        pending: list[dict[Key, ChunkExample]] = [{}, {}, {}]
+        for seq in seqs:
+            if seq in cuts:
+                continue
+            c = cuts[seq] = cb.cut(seq)
+            if c is None:
+                continue
+            exs = chunk_examples(c)
+            for li, (keys, lvl) in enumerate(zip(self._keys(c), LEVELS)):
+                for key, ex in zip(keys, exs[lvl]):
+                    if key not in kb[li] and (li, key) not in self._chunks:
+                        pending[li][key] = ex
+        for li, lvl in enumerate(LEVELS):
+            if pending[li]:
+                self._decide(li, lvl, pending[li])
+        return cuts
+
+    def _decide(self, li: int, level: str, pending: dict[Key, ChunkExample]) -> None:
+        keys = list(pending)
+        self.stats_["chunks_scored"] += len(keys)
+        if self.nested_ is None:
+            for key in keys:
+                self._chunks[(li, key)] = ChunkDecision(True, "local", 1.0, self._unseen_reason(li, key, pending[key]))
+            return
+        scores = self.nested_.score_examples(level, [pending[k] for k in keys])
+        threshold = self.nested_.thresholds_[level]
+        for key, s in zip(keys, scores):
+            ex = pending[key]
+            ratio = s.score / threshold if threshold > 0 else math.inf
+            decision = ChunkDecision(ratio > 1.0, "nested", ratio, "")
+            if self.llm is not None and math.isfinite(ratio) and abs(ratio - 1.0) <= self.llm_band:
+                self.stats_["llm_calls"] += 1
+                answer = self.llm.judge(self._request(li, level, ex, ratio))
+                if answer is not None:
+                    decision = answer
+            if decision.anomalous and not decision.reason:
+                why = self.nested_.explain(level, ex, s)
+                decision = ChunkDecision(True, decision.detector, ratio, f"{self._unseen_reason(li, key, ex)}; {why}")
+            elif not decision.anomalous and not decision.reason:
+                decision = ChunkDecision(False, decision.detector, ratio, "unseen but plausible in context")
+            self._chunks[(li, key)] = decision
+
+    def _names(self, li: int, ex: ChunkExample) -> tuple[str, tuple[str, ...]]:
+        names = self.local_.codebook_.names
+        own_t, parent_t, _ = TABLES[LEVELS[li]]
+        parent = names[parent_t][ex.parent] if parent_t is not None else ""
+        return parent, tuple(names[own_t][n] for n in ex.nodes)
+
+    def _unseen_reason(self, li: int, key: Key, ex: ChunkExample) -> str:
+        parent, nodes = self._names(li, ex)
+        where = f" under {parent}" if parent else ""
+        reason = f"{LEVELS[li]}-level KRONE Seq{where} never seen in training: {' -> '.join(nodes)}"
+        near = self._nearest(li, ex)
+        if near is not None:
+            reason += f"; nearest normal: {' -> '.join(near[0])} ({describe_difference(near[0], nodes)})"
+        return reason
+
+    def _nearest(self, li: int, ex: ChunkExample) -> tuple[tuple[str, ...], float] | None:
+        if self._normals_by_parent is None:
+            by_parent: dict[tuple[int, Any], list[tuple[str, ...]]] = {}
+            names = self.local_.codebook_.names
+            for lj, keys in enumerate(self.local_.knowledge_):
+                own_t = TABLES[LEVELS[lj]][0]
+                for key in keys:
+                    parent, nodes = (key[0], key[1:]) if lj < 2 else (None, key)
+                    by_parent.setdefault((lj, parent), []).append(tuple(names[own_t][n] for n in nodes))
+            self._normals_by_parent = by_parent
+        parent = ex.parent if li < 2 else None
+        _, nodes = self._names(li, ex)
+        return nearest(nodes, self._normals_by_parent.get((li, parent), []))
+
+    def _request(self, li: int, level: str, ex: ChunkExample, ratio: float) -> ChunkRequest:
+        parent, nodes = self._names(li, ex)
+        names = self.local_.codebook_.names
+        child_t = TABLES[level][2]
+        children = tuple(tuple(names[child_t][n] for n in kid) for kid in ex.children) if child_t is not None else ()
+        near = self._nearest(li, ex)
+        return ChunkRequest(level, parent, nodes, children, ratio, near[0] if near else ())
+
+    def _route(self, seq: tuple[str, ...], c: Cut | None) -> tuple[SessionVerdict, tuple[int, int, int]]:
+        if not seq:
+            return EMPTY, (0, 0, 0)
+        if c is None:
+            unknown = next(i for i, t in enumerate(seq) if t not in self.local_.codebook_.codes)
+            return unknown_template_verdict(seq, unknown), (1, 0, 0)
+        kb = self.local_.knowledge_
+        verdict: SessionVerdict | None = None
+        flags = [0, 0, 0]
+        flagged = False
+        for li, keys in enumerate(self._keys(c)):
+            spans = c.status_spans if li == 0 else c.action_spans if li == 1 else [(0, len(seq))]
+            for i, key in enumerate(keys):
+                if key in kb[li]:
+                    continue
+                flagged = True
+                d = self._chunks[(li, key)]
+                if d.anomalous:
+                    flags[li] = 1
+                    if verdict is None:
+                        names = self.local_.codebook_.names
+                        own = TABLES[LEVELS[li]][0]
+                        nodes = tuple(names[own][n] for n in (key[1:] if li < 2 else key))
+                        verdict = SessionVerdict(True, LEVELS[li], i, spans[i], nodes,
+                                                 f"{LEVELS[li]}|{','.join(nodes)}", d.detector, d.score, d.reason)
+                    break
+        if verdict is None:
+            verdict = NORMAL if not flagged else SessionVerdict(False, detector="nested", reason="unseen KRONE Seqs judged plausible in context")
+        return verdict, (flags[0], flags[1], flags[2])
+
+    def _run(self, X: Iterable[Sequence[str]]) -> list[tuple[str, ...]]:
+        seqs = [tuple(s) for s in X]
+        new = [s for s in dict.fromkeys(seqs) if s not in self._sessions]
+        if new:
+            cuts = self._prepare(new)
+            if len(self._sessions) + len(new) > self.cache_size:
+                self._sessions.clear()
+                self._levels.clear()
+            for seq in new:
+                v, flags = self._route(seq, cuts.get(seq))
+                self._sessions[seq] = v
+                self._levels[seq] = flags
+            if len(self._chunks) > self.cache_size:
+                self._chunks.clear()
+        self.stats_["sessions"] += len(seqs)
+        self.stats_["session_cache_hits"] += len(seqs) - len(new)
+        return seqs
+
+    def detect(self, X: Iterable[Sequence[str]]) -> list[SessionVerdict]:
+        seqs = self._run(X)
+        out = [self._sessions[s] for s in seqs]
+        for v in out:
+            if v.anomalous or v.detector != "local":  # the knowledge base did not vouch for it
+                self.stats_["flagged_by_local"] += 1
+                self.stats_["rescued_by_nested"] += int(not v.anomalous)
+        return out
+
+    def predict(self, X: Iterable[Sequence[str]]) -> np.ndarray:
+        return np.fromiter((v.anomalous for v in self.detect(X)), dtype=np.int8)
+
+    def score_samples(self, X: Iterable[Sequence[str]]) -> np.ndarray:
+        """Higher is more normal: minus the deciding chunk's score (0 for sessions fully in the KB)."""
+        return -np.fromiter((v.score if v.anomalous else 0.0 for v in self.detect(X)), dtype=np.float64)
+
+    def predict_levels(self, X: Iterable[Sequence[str]]) -> np.ndarray:
+        seqs = self._run(X)
+        return np.asarray([self._levels[s] for s in seqs], dtype=np.int8).reshape(-1, 3)
+
+    # --------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> None:
+        """Write the fitted detector as ``hierarchy.json`` + ``detector.pt`` (tensors and plain lists only,
+        readable with ``torch.load(weights_only=True)``: loading never runs code from the file)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "hierarchy.json").write_text(self.hierarchy.to_json())
+        state: dict[str, Any] = {"params": {"nested": self.nested, "llm_band": self.llm_band,
+                                            "cache_size": self.cache_size,
+                                            "nested_params": json.dumps(self.nested_params or {})},
+                                 "local": self.local_.to_state()}
+        if self.nested_ is not None:
+            state["nested"] = self.nested_.to_state()
+        torch.save(state, path / "detector.pt")
+
+    @classmethod
+    def load(cls, path: str | Path, llm: ChunkJudge | None = None) -> RoutedDetector:
+        path = Path(path)
+        hierarchy = Hierarchy.from_json((path / "hierarchy.json").read_text())
+        state = torch.load(path / "detector.pt", weights_only=True)
+        p = state["params"]
+        det = cls(hierarchy, nested=p["nested"], nested_params=json.loads(p["nested_params"]) or None,
+                  llm=llm, llm_band=p["llm_band"], cache_size=p["cache_size"])
+        det.local_ = LocalContextDetector.from_state(hierarchy, state["local"])
+        det.nested_ = NestedAwareDetector.from_state(hierarchy, state["nested"]) if "nested" in state else None
+        det._reset_runtime()
+        return det
