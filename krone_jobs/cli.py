@@ -61,10 +61,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="generate sample logs and run the whole pipeline on them")
+    p.add_argument("--workdir", type=Path, default=None, help="default: <data root>/demo")
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--sessions-per-day", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from krone_jobs.config import settings
+    from krone_jobs.demo import print_summary, run_demo
+
+    workdir = args.workdir or settings().data_root / "demo"
+    result = run_demo(workdir, days=args.days, sessions_per_day=args.sessions_per_day, seed=args.seed)
+    print_summary(result, workdir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krone", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_evaluate(sub)
+    _add_demo(sub)
     return parser
 
 

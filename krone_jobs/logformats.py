@@ -176,6 +176,7 @@ THUNDERBIRD = LineFormat(
     ),
     _epoch_ts,
 )
+KRONE_SESSION_PATTERN = r"\b(job_\d+)\b"  # every line of a synthetic job names it
 KRONE = LineFormat(
     "krone",
     re.compile(
@@ -334,7 +335,7 @@ def default_session_rule(format_name: str) -> SessionKeyRule:
     if name == "hdfs":
         return BlockIdSessionKey()
     if name == "krone":
-        return IdPatternSessionKey(r"\b(job_\d+)\b")
+        return IdPatternSessionKey(KRONE_SESSION_PATTERN)
     return NodeWindowSessionKey()
 
 

@@ -34,11 +34,10 @@ from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
-LINE_RE = re.compile(
-    r"^(?P<timestamp>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}) (?P<level>[A-Z]+) "
-    r"(?P<component>[\w.$-]+) \[(?P<node>[\w.-]+)\] (?P<content>.*)$"
-)
-SESSION_RE = re.compile(r"\b(job_\d+)\b")
+from krone_jobs.logformats import KRONE, KRONE_SESSION_PATTERN
+
+LINE_RE = KRONE.regex  # the generator writes exactly what the parser's ``krone`` format reads
+SESSION_RE = re.compile(KRONE_SESSION_PATTERN)
 ANOMALY_KINDS: tuple[str, ...] = ("missing_step", "extra_step", "wrong_order", "unexpected_status", "new_template")
 NO_ANOMALY = "none"
 
