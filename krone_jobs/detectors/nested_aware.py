@@ -187,7 +187,9 @@ def _drop(tokens: torch.Tensor, lookup: torch.Tensor, p: float, gen: torch.Gener
 class ChunkScore:
     """Surprise of one chunk and where it peaks (position in the chunk, what came, what was expected)."""
 
-    score: float
+    score: float  # surprise of the worst inner step (or inf for an unseen error step)
+    end: float  # surprise of the chunk ending where it ends
+    ratio: float  # the decision: > 1 is anomalous (inf for an unseen error step); nan before calibration
     position: int
     observed: int  # model token id
     expected: int
@@ -358,13 +360,16 @@ class NestedAwareDetector(BaseEstimator):
             nll = -logp.gather(2, targets.unsqueeze(-1)).squeeze(-1)
             nll = nll.masked_fill(targets == PAD, -1.0)
             nll = nll.masked_fill(targets == UNSEEN_ERROR, math.inf)
-            worst, pos = nll.max(dim=1)
+            end_nll = nll.gather(1, batch["length"].unsqueeze(1)).squeeze(1)
+            inner = nll.masked_fill(targets == END, -1.0)
+            worst, pos = inner.max(dim=1)
             best_p, best_tok = logp.max(dim=-1)
             for row, i in enumerate(idx):
                 p = int(pos[row])
+                w = float(worst[row])
                 out[i] = ChunkScore(
-                    score=float(worst[row]), position=p, observed=int(targets[row, p]),
-                    expected=int(best_tok[row, p]), p_observed=math.exp(-float(worst[row])) if math.isfinite(worst[row]) else 0.0,
+                    score=w, end=float(end_nll[row]), ratio=self._ratio(level, w), position=p, observed=int(targets[row, p]),
+                    expected=int(best_tok[row, p]), p_observed=math.exp(-w) if math.isfinite(w) else 0.0,
                     p_expected=math.exp(float(best_p[row, p])),
                 )
         return out  # type: ignore[return-value]
@@ -397,6 +402,12 @@ class NestedAwareDetector(BaseEstimator):
             det.models_[lvl] = model
         return det
 
+    def _ratio(self, level: str, score: float) -> float:
+        thresholds = getattr(self, "thresholds_", None)
+        if thresholds is None:
+            return math.nan
+        return score / thresholds[level] if thresholds[level] > 0 else math.inf
+
     def token_name(self, level: str, token: int) -> str:
         if token < OFFSET:
             return SPECIAL_NAMES.get(token, "?")
@@ -419,9 +430,7 @@ class NestedAwareDetector(BaseEstimator):
                 rows.append((math.inf if seq else 0.0, 0.0, 0.0))
                 continue
             exs = chunk_examples(c)
-            rows.append(tuple(
-                max(s.score for s in self.score_examples(lvl, exs[lvl])) / self.thresholds_[lvl] for lvl in LEVELS
-            ))
+            rows.append(tuple(max(s.ratio for s in self.score_examples(lvl, exs[lvl])) for lvl in LEVELS))
         return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
     def predict_levels(self, X: Iterable[Sequence[str]]) -> np.ndarray:

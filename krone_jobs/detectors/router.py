@@ -130,10 +130,9 @@ class RoutedDetector(BaseEstimator):
                 self._chunks[(li, key)] = ChunkDecision(True, "local", 1.0, self._unseen_reason(li, key, pending[key]))
             return
         scores = self.nested_.score_examples(level, [pending[k] for k in keys])
-        threshold = self.nested_.thresholds_[level]
         for key, s in zip(keys, scores):
             ex = pending[key]
-            ratio = s.score / threshold if threshold > 0 else math.inf
+            ratio = s.ratio
             decision = ChunkDecision(ratio > 1.0, "nested", ratio, "")
             if self.llm is not None and math.isfinite(ratio) and abs(ratio - 1.0) <= self.llm_band:
                 self.stats_["llm_calls"] += 1
