@@ -204,10 +204,12 @@ class RoutedDetector(BaseEstimator):
                     flags[li] = 1
                     if verdict is None:
                         names = self.local_.codebook_.names
-                        own = TABLES[LEVELS[li]][0]
+                        own, parent_t, _ = TABLES[LEVELS[li]]
                         nodes = tuple(names[own][n] for n in (key[1:] if li < 2 else key))
+                        parent = names[parent_t][key[0]] if parent_t is not None else ""
                         verdict = SessionVerdict(True, LEVELS[li], i, spans[i], nodes,
-                                                 f"{LEVELS[li]}|{','.join(nodes)}", d.detector, d.score, d.reason)
+                                                 f"{LEVELS[li]}|{parent}|{','.join(nodes)}", d.detector, d.score,
+                                                 d.reason)
                     break
         if verdict is None:
             verdict = NORMAL if not flagged else SessionVerdict(False, detector="nested", reason="unseen KRONE Seqs judged plausible in context")
