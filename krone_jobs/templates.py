@@ -45,6 +45,9 @@ STATE_VERSION = 1
 DEFAULT_MASKS: tuple[tuple[str, str], ...] = (
     (r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])", "IP"),
     (r"\bblk_-?\d+\b", "BLK"),
+    # word + separator + hex run holding a digit: job_101546, tok-e776a48d, node-07, part-0003
+    # (possessive quantifiers: no backtracking on long attacker-made runs)
+    (r"\b[A-Za-z]++[_-](?=[0-9a-fA-F]*\d)[0-9a-fA-F]++\b", "ID"),
     (r"\b0[xX][0-9a-fA-F]+\b", "HEX"),
     (r"(?<![\w.+-])[-+]?\d+(?:\.\d+)?(?![\w.])", "NUM"),
 )
