@@ -144,8 +144,14 @@ class OfflineExtractor:
 
 
 # ------------------------------------------------------------------------------------------- the rules
+_MASK = re.compile(r"<[A-Z]{2,8}>")
+
+
 def place(template: str) -> Placement:
-    """Entity, action and status of one template text (the whole rule set; see :class:`OfflineExtractor`)."""
+    """Entity, action and status of one template text (the whole rule set; see :class:`OfflineExtractor`).
+
+    Named masks from the template miner (``<NUM>``, ``<IP>``, ``<ID>``...) are parameters like ``<*>``."""
+    template = _MASK.sub(_VAR, template)
     status = find_status(template)
     body = _strip_noise(template)
     entity = NONE

@@ -174,3 +174,9 @@ def test_offline_hierarchy_matches_or_beats_the_authors(
     result = run_evaluation(EvalConfig(dataset, train_percent, "offline", "local", compat=True, data_dir=shared_data))
     assert result["f1"] >= authors
     assert result["f1"] == pytest.approx(measured, abs=0.02)
+
+
+def test_named_masks_are_parameters() -> None:
+    from krone_jobs.hierarchy.offline import place
+
+    assert place("job <ID> read blob <*> from <IP> took <NUM> ms") == place("job <*> read blob <*> from <*> took <*> ms")
