@@ -8,7 +8,7 @@ import pytest
 from krone_jobs.detectors.router import ChunkDecision, ChunkRequest, RoutedDetector
 from krone_jobs.hierarchy.model import Hierarchy
 
-TINY = {"epochs": 15, "dim": 8, "hidden": 16, "holdout": 0.25, "min_calibration": 1}
+TINY = {"epochs": 15, "dim": 8, "hidden": 16}
 NORMAL = [
     ["t1", "t2", "t3", "t5", "t6", "t7"],
     ["t1", "t2", "t3", "t3", "t5", "t6", "t7"],
