@@ -20,6 +20,8 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 import pytest  # noqa: E402
 
 from krone_jobs.datasets import default_data_dir  # noqa: E402
+from krone_jobs.hierarchy.model import Hierarchy  # noqa: E402
+from tests.toy import toy_hierarchy  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +31,9 @@ def shared_data() -> Path:
     if not (root / "krone_demo").is_dir():
         pytest.skip(f"shared data not present at {root} (set KRONE_SHARED_DATA)")
     return root
+
+
+@pytest.fixture()
+def toy() -> Hierarchy:
+    """The tiny job/blob/worker hierarchy of :mod:`tests.toy`."""
+    return toy_hierarchy()

@@ -19,7 +19,7 @@ FAILED_READ = ["t1", "t2", "t4", "t5", "t6", "t7"]
 
 @pytest.fixture(scope="module")
 def routed() -> RoutedDetector:
-    from tests.detectors.conftest import toy_hierarchy
+    from tests.toy import toy_hierarchy
 
     return RoutedDetector(toy_hierarchy(), nested_params=TINY).fit(NORMAL)
 
@@ -80,7 +80,7 @@ class _AlwaysNormal:
 
 
 def test_llm_seam_only_sees_uncertain_chunks(tmp_path: Path) -> None:
-    from tests.detectors.conftest import toy_hierarchy
+    from tests.toy import toy_hierarchy
 
     judge = _AlwaysNormal()
     det = RoutedDetector(toy_hierarchy(), nested_params=TINY, llm=judge, llm_band=1e9).fit(NORMAL)

@@ -47,7 +47,7 @@ def test_keys_are_readable_and_deterministic(toy: Hierarchy) -> None:
     assert d.status[0].overall == "entity=E:job|action=A:job/submit|status=S:job/submit/none#t1"
     code = (
         "from krone_jobs.hierarchy.kseqs import decompose;"
-        "from tests.hierarchy.conftest import toy_hierarchy;"
+        "from tests.toy import toy_hierarchy;"
         f"print(decompose({SESSION!r}, toy_hierarchy()).entity.cache_key)"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

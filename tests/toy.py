@@ -1,14 +1,12 @@
-"""A tiny hand-made hierarchy shared by the hierarchy and detector tests."""
+"""A tiny hand-made hierarchy shared by hierarchy, detector and job tests."""
 
 from __future__ import annotations
-
-import pytest
 
 from krone_jobs.hierarchy.model import Hierarchy, make_node
 
 
 def toy_hierarchy() -> Hierarchy:
-    """job: submit; blob: open, read (ok / failed), close; worker: run."""
+    """job: submit, complete; blob: open, read (ok / failed), close; worker: run."""
     rows = [
         ("t1", "job <*> submitted", "job", "submit", "none"),
         ("t2", "open blob <*>", "blob", "open", "none"),
@@ -19,8 +17,3 @@ def toy_hierarchy() -> Hierarchy:
         ("t7", "job <*> completed", "job", "complete", "success"),
     ]
     return Hierarchy(make_node(tid, text, e, a, s, "offline") for tid, text, e, a, s in rows)
-
-
-@pytest.fixture()
-def toy() -> Hierarchy:
-    return toy_hierarchy()
