@@ -1,0 +1,161 @@
+"""Data layout under the data root and atomic, idempotent partition writes.
+
+Layout::
+
+    raw/<source>/dt=D/*.log[.gz]                  input (read-only to the jobs)
+    <stage>/source=S/dt=D/part-NNNNN.parquet      stage output: parsed, quarantine, sessions, kseqs
+    state/<source>/...                            per-source state (miner JSON, hierarchy CSV, open sessions)
+
+Stage files hold no ``source``/``dt`` columns: they come from the path, so ``spark.read.parquet(root/stage)``
+sees them as partition columns, and :func:`read_partition` adds them when one partition is read directly.
+
+A job writes its whole partition into a hidden sibling folder (``_tmp...``: Spark and pandas readers skip
+names starting with ``_``), then swaps it in with two renames, so a reader never sees a half-written
+partition and a rerun replaces the partition instead of adding to it. Part files are renamed to
+``part-NNNNN.parquet`` in task order and Spark's ``.crc`` side files dropped, so a rerun on the same input
+and configuration leaves the same file names and the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+STAGES = ("parsed", "quarantine", "sessions", "kseqs")
+RAW_SUFFIXES = (".log", ".log.gz")
+_DT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})(?:\.\w+)?$")
+_PART = re.compile(r"^part-(\d+)")
+
+
+def check_date(dt: str) -> str:
+    """``YYYY-MM-DD`` or ValueError: partition names are built from it, so nothing else may get through."""
+    if date.fromisoformat(dt).isoformat() != dt:
+        raise ValueError(f"expected a date as YYYY-MM-DD, got {dt!r}")
+    return dt
+
+
+def check_source(source: str) -> str:
+    """A source name safe to use as a folder name and a partition value."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", source):
+        raise ValueError(f"source must be letters, digits, '_', '.', '-': {source!r}")
+    return source
+
+
+def raw_dir(root: Path, source: str, dt: str) -> Path:
+    return root / "raw" / source / f"dt={dt}"
+
+
+def raw_files(root: Path, source: str, dt: str) -> list[Path]:
+    """The partition's raw log files, sorted by name (a missing folder is an empty partition)."""
+    folder = raw_dir(root, source, dt)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(RAW_SUFFIXES))
+
+
+def partition_dir(root: Path, stage: str, source: str, dt: str) -> Path:
+    return root / stage / f"source={source}" / f"dt={dt}"
+
+
+def state_dir(root: Path, source: str) -> Path:
+    return root / "state" / source
+
+
+def dated_files(folder: Path) -> dict[str, Path]:
+    """``dt=D`` entries (files like ``dt=D.json`` or folders) of a state folder, keyed by date."""
+    if not folder.is_dir():
+        return {}
+    found = {m.group(1): p for p in folder.iterdir() if (m := _DT.match(p.name))}
+    return dict(sorted(found.items()))
+
+
+def latest_before(folder: Path, dt: str, *, inclusive: bool = False) -> Path | None:
+    """The newest ``dt=`` entry strictly before ``dt`` (or at ``dt`` with ``inclusive``)."""
+    hits = [p for d, p in dated_files(folder).items() if d < dt or inclusive and d == dt]
+    return hits[-1] if hits else None
+
+
+def source_format(root: Path, source: str) -> str:
+    """The log format the source was last parsed with (recorded by the parse job), so later stages know
+    whether sessions are id-keyed or node windows without being told again."""
+    path = state_dir(root, source) / "source.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: parse the source first (or pass its format)")
+    return str(json.loads(path.read_text(encoding="utf-8"))["format"])
+
+
+def record_source_format(root: Path, source: str, fmt_name: str) -> None:
+    atomic_write_text(state_dir(root, source) / "source.json", json.dumps({"format": fmt_name}) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small state file so readers see the old or the new content, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"_tmp_{path.name}_{uuid.uuid4().hex}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def temp_dir_for(target: Path) -> Path:
+    """A hidden, unique sibling of ``target`` for staging its replacement."""
+    return target.parent / f"_tmp_{target.name}_{uuid.uuid4().hex}"
+
+
+def swap_in(staged: Path, target: Path) -> None:
+    """Replace ``target`` by ``staged`` (two renames; the old copy is removed last)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.parent / f"_old_{target.name}_{uuid.uuid4().hex}"
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _normalise_parts(folder: Path) -> None:
+    """Drop ``.crc``/marker files and name part files ``part-NNNNN.parquet`` by Spark task number."""
+    for p in folder.iterdir():
+        if p.name.startswith((".", "_")):
+            p.unlink()
+    parts = sorted(folder.glob("part-*"), key=lambda p: (int(_PART.match(p.name).group(1)), p.name))  # type: ignore[union-attr]
+    for i, p in enumerate(parts):
+        p.rename(folder / f"part-{i:05d}.parquet")
+
+
+def write_partition(
+    frame: DataFrame, target: Path, *, sort_by: Sequence[str], files: int | None = None,
+    cluster_by: Sequence[str] = (),
+) -> None:
+    """Overwrite ``target`` with ``frame``, rows sorted by ``sort_by`` inside each file.
+
+    ``files`` fixes the file count (hash-partitioned on ``cluster_by``, else ``sort_by``); ``None`` keeps
+    the frame's own partitioning (no shuffle), which is deterministic for a given input and configuration.
+    """
+    staged = temp_dir_for(target)
+    if files is not None:
+        frame = frame.repartition(files, *(cluster_by or sort_by))
+    try:
+        frame.sortWithinPartitions(*sort_by).write.mode("overwrite").parquet(str(staged))
+        _normalise_parts(staged)
+        swap_in(staged, target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def read_partition(spark: SparkSession, root: Path, stage: str, source: str, dt: str) -> DataFrame:
+    """One stage partition with ``source`` and ``dt`` added as columns (as a whole-table read has them)."""
+    from pyspark.sql import functions as F
+
+    path = partition_dir(root, stage, source, dt)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no {stage} partition for source={source} dt={dt} at {path}")
+    return spark.read.parquet(str(path)).withColumn("source", F.lit(source)).withColumn("dt", F.lit(dt))
