@@ -80,11 +80,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from krone_jobs.jobs.train import add_train_arguments, main_train
+
+    p = sub.add_parser("train", help="train, register and gate a KRONE model (MLflow krone-<source>)")
+    add_train_arguments(p)
+    p.set_defaults(func=main_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krone", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_evaluate(sub)
     _add_demo(sub)
+    _add_train(sub)
     return parser
 
 

@@ -1,0 +1,385 @@
+"""The KRONE model in MLflow: one pyfunc per source, registered as ``krone-<source>``, served by alias.
+
+The model is one unit (design contract): hierarchy + knowledge base + Nested-Aware weights + thresholds
+(the :class:`RoutedDetector` directory, a safe tensors-and-lists format) + the template miner state. It is
+logged *from code* (a three-line entry file that imports :class:`KroneModel`), so no pickled Python object
+is stored and loading never unpickles; ``krone_jobs`` must therefore be importable where it is loaded.
+
+The ``champion`` alias is what scoring loads (``models:/krone-<source>@champion``). It moves only through
+:func:`promote_if_better`, whose validation gate compares candidate and champion on the *same* held-out
+normal sessions, so a nightly retrain on a bad window can never silently replace a good model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.types.schema import AnyType, ColSpec, Schema
+
+from krone_jobs.config import settings
+from krone_jobs.detectors.nested_aware import TABLES
+from krone_jobs.detectors.router import RoutedDetector
+from krone_jobs.detectors.verdict import SessionVerdict
+from krone_jobs.evaluate import confusion
+from krone_jobs.hierarchy.kseqs import LEVELS
+from krone_jobs.hierarchy.model import Hierarchy
+from krone_jobs.templates import TemplateStore
+
+CHAMPION = "champion"
+MODEL_NAME = "model"  # the pyfunc's name inside its run
+FP_BOUND = 0.02
+FP_TOLERANCE = 0.002
+# Pinned, never inferred: inference starts a slow subprocess (stack.md). krone itself is not on an index:
+# the loading side must have the package installed (it does: scoring runs in the same image).
+PIP_REQUIREMENTS = [
+    "mlflow==3.17.2",
+    "torch==2.13.0",
+    "numpy==2.4.6",
+    "pandas==2.3.3",
+    "scikit-learn==1.9.1",
+    "drain3-improved==0.10.0",
+]
+OUTPUT_COLUMNS = ("anomalous", "level", "chunk_index", "span_start", "span_end", "detector", "score", "reason")
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec(AnyType(), "template_ids")]),  # a list of ids or one space-separated string
+    outputs=Schema([
+        ColSpec("boolean", "anomalous"),
+        ColSpec("string", "level", required=False),
+        ColSpec("long", "chunk_index", required=False),
+        ColSpec("long", "span_start", required=False),
+        ColSpec("long", "span_end", required=False),
+        ColSpec("string", "detector"),
+        ColSpec("double", "score"),
+        ColSpec("string", "reason"),
+    ]),
+)
+_ENTRY = '''"""MLflow models-from-code entry for the KRONE pyfunc (nothing pickled)."""
+import mlflow
+
+from krone_jobs.model_registry import KroneModel
+
+mlflow.models.set_model(KroneModel())
+'''
+_ID_TOKEN = re.compile(r"[^\s\[\]'\",]+")
+
+Predictor = Callable[[Sequence[Sequence[str]]], np.ndarray]
+"""Sessions -> 0/1 flags (1 = anomalous): what the gate needs from a candidate or a champion."""
+
+
+class Validation(NamedTuple):
+    """Labelled sessions (1 = anomalous) for the gate's recall check."""
+
+    sessions: Sequence[Sequence[str]]
+    labels: Sequence[int]
+
+
+# ----------------------------------------------------------------------------------- input / output
+def template_ids(value: object) -> tuple[str, ...]:
+    """One session's template ids from a list/array, a space-separated string or a list written as text
+    (``["a", "b"]``, as CSV writers render lists); missing values are an empty session."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ()
+    if isinstance(value, str):
+        return tuple(_ID_TOKEN.findall(value))
+    if isinstance(value, Iterable):
+        return tuple(str(x) for x in value)
+    raise TypeError(f"template_ids must be a list or a string, not {type(value).__name__}")
+
+
+def sessions_frame(sessions: Sequence[Sequence[str]]) -> pd.DataFrame:
+    """The pyfunc's input for in-process callers."""
+    return pd.DataFrame({"template_ids": [list(s) for s in sessions]})
+
+
+def verdict_frame(verdicts: Sequence[SessionVerdict]) -> pd.DataFrame:
+    """The pyfunc's output: one row per session, nullable where a normal session has no location."""
+    spans = [v.span or (None, None) for v in verdicts]
+    return pd.DataFrame({
+        "anomalous": pd.array([v.anomalous for v in verdicts], dtype="bool"),
+        "level": pd.array([v.level for v in verdicts], dtype="string"),
+        "chunk_index": pd.array([v.chunk_index for v in verdicts], dtype="Int64"),
+        "span_start": pd.array([s[0] for s in spans], dtype="Int64"),
+        "span_end": pd.array([s[1] for s in spans], dtype="Int64"),
+        "detector": pd.array([v.detector for v in verdicts], dtype="string"),
+        "score": np.asarray([v.score for v in verdicts], dtype=np.float64),
+        "reason": pd.array([v.reason for v in verdicts], dtype="string"),
+    }, columns=list(OUTPUT_COLUMNS))
+
+
+class KroneModel(mlflow.pyfunc.PythonModel):
+    """The registered model: routed detection of template-id sessions.
+
+    After loading, ``detector`` is the :class:`RoutedDetector` and ``templates`` the miner state it was
+    trained with (``None`` if none was logged), for jobs that must match raw lines exactly as training did
+    (``load_champion(source).unwrap_python_model().templates``).
+    """
+
+    def load_context(self, context: Any) -> None:
+        self.detector = RoutedDetector.load(context.artifacts["detector"])
+        miner = context.artifacts.get("miner")
+        self.templates = TemplateStore.from_json(Path(miner).read_text(encoding="utf-8")) if miner else None
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        sessions = [template_ids(v) for v in model_input["template_ids"]]
+        return verdict_frame(self.detector.detect(sessions))
+
+
+# ---------------------------------------------------------------------------------------- tracking
+def registered_name(source: str) -> str:
+    return f"krone-{source}"
+
+
+def connect(tracking_uri: str | None = None) -> MlflowClient:
+    """Point MLflow (tracking and registry) at ``tracking_uri`` or krone's settings; a SQLite store's
+    folder is created, because SQLite will not create it and the first run of a fresh checkout needs it."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = tracking_uri or settings().mlflow_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client: MlflowClient, source: str, artifact_root: str | None = None) -> str:
+    """Experiment ``krone-<source>`` with an absolute artifact location (with a SQLite store MLflow would
+    otherwise write to ``./mlruns`` of whatever the current directory is)."""
+    name = registered_name(source)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    root = (artifact_root or settings().mlflow_artifacts).rstrip("/")
+    return str(client.create_experiment(name, artifact_location=f"{root}/{name}"))
+
+
+# ------------------------------------------------------------------------------------------ logging
+def knowledge_base(detector: RoutedDetector) -> dict[str, list[dict[str, Any]]]:
+    """The Local-Context knowledge base in node ids (what a person reads in the UI), sorted."""
+    names = detector.local_.codebook_.names
+    out: dict[str, list[dict[str, Any]]] = {}
+    for li, level in enumerate(LEVELS):
+        own_t, parent_t, _ = TABLES[level]
+        rows = []
+        for key in detector.local_.knowledge_[li]:
+            parent = names[parent_t][key[0]] if parent_t is not None else ""
+            nodes = key[1:] if parent_t is not None else key
+            rows.append({"parent": parent, "nodes": [names[own_t][n] for n in nodes]})  # type: ignore[index]
+        out[level] = sorted(rows, key=lambda r: (r["parent"], r["nodes"]))
+    return out
+
+
+def thresholds(detector: RoutedDetector) -> dict[str, Any]:
+    """Per-level Nested-Aware thresholds (``null`` = never exceeded) and the routing settings."""
+    nested = detector.nested_.thresholds_ if detector.nested_ is not None else {}
+    return {
+        "nested": {lvl: (t if math.isfinite(t) else None) for lvl, t in nested.items()},
+        "llm_band": detector.llm_band,
+        "automaton": bool(detector.local_.automaton_),
+    }
+
+
+def log_krone_model(detector: RoutedDetector, *, miner_state: str | None = None) -> ModelInfo:
+    """Log the fitted detector (and miner state) as the pyfunc ``model`` of the active run, plus readable
+    copies of its parts: ``hierarchy.csv``, ``knowledge_base.json``, ``thresholds.json``."""
+    with tempfile.TemporaryDirectory(prefix="krone-model-") as tmp:
+        work = Path(tmp)
+        detector.save(work / "detector")
+        artifacts = {"detector": str(work / "detector")}
+        if miner_state is not None:
+            (work / "miner.json").write_text(miner_state, encoding="utf-8")
+            artifacts["miner"] = str(work / "miner.json")
+        entry = work / "krone_model.py"
+        entry.write_text(_ENTRY, encoding="utf-8")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME, python_model=str(entry), artifacts=artifacts,
+                pip_requirements=PIP_REQUIREMENTS, signature=SIGNATURE,
+            )
+        detector.hierarchy.save_csv(work / "hierarchy.csv")
+        mlflow.log_artifact(str(work / "hierarchy.csv"))
+    mlflow.log_dict(knowledge_base(detector), "knowledge_base.json")
+    mlflow.log_dict(thresholds(detector), "thresholds.json")
+    return info
+
+
+# ----------------------------------------------------------------------------------------- registry
+def register(run_id: str, source: str) -> str:
+    """Register the run's logged ``model`` as a new version of ``krone-<source>``; returns the version."""
+    run = mlflow.get_run(run_id)
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
+        output_format="list",
+    )
+    if not models:
+        raise LookupError(f"run {run_id} has no logged model named {MODEL_NAME!r}")
+    version = mlflow.register_model(models[0].model_uri, registered_name(source), tags={"krone.source": source})
+    return str(version.version)
+
+
+def champion_version(client: MlflowClient, source: str) -> str | None:
+    """The version the ``champion`` alias points at, ``None`` before the first promotion."""
+    try:
+        return str(client.get_model_version_by_alias(registered_name(source), CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def champion_hierarchy(client: MlflowClient, source: str) -> tuple[Hierarchy | None, str | None]:
+    """The champion's hierarchy (to extend with new templates only, keeping every node id) and its version."""
+    version = champion_version(client, source)
+    if version is None:
+        return None, None
+    run_id = client.get_model_version(registered_name(source), version).run_id
+    with tempfile.TemporaryDirectory(prefix="krone-hierarchy-") as tmp:
+        path = client.download_artifacts(run_id, "hierarchy.csv", tmp)
+        return Hierarchy.load_csv(path), version
+
+
+def load_champion(source: str, tracking_uri: str | None = None) -> mlflow.pyfunc.PyFuncModel:
+    """What scoring uses: ``models:/krone-<source>@champion``."""
+    connect(tracking_uri)
+    return mlflow.pyfunc.load_model(f"models:/{registered_name(source)}@{CHAMPION}")
+
+
+def pyfunc_predictor(model: mlflow.pyfunc.PyFuncModel) -> Predictor:
+    """A loaded model as the gate sees it (flags only)."""
+    return lambda sessions: model.predict(sessions_frame(sessions))["anomalous"].to_numpy(dtype=np.int8)
+
+
+# --------------------------------------------------------------------------------------------- gate
+@dataclass(frozen=True)
+class GateVerdict:
+    """Why the champion alias moved or stayed: every check in words (``ok:``/``FAIL:``) and the figures."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+    candidate_fp_rate: float
+    champion_fp_rate: float | None
+    candidate_recall: float | None
+    champion_recall: float | None
+    champion_version: str | None
+    n_heldout: int
+    n_validation: int
+    fp_bound: float
+    tolerance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (tuples as lists, an unmeasurable NaN as ``null``)."""
+        out = asdict(self)
+        out["reasons"] = list(self.reasons)
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
+
+
+def _fp_rate(predict: Predictor, sessions: Sequence[Sequence[str]]) -> float:
+    return float(np.mean(predict(sessions))) if len(sessions) else math.nan
+
+
+def _recall(predict: Predictor, validation: Validation) -> float:
+    return float(confusion(np.asarray(validation.labels), predict(validation.sessions))["recall"])
+
+
+def gate(
+    candidate: Predictor,
+    heldout: Sequence[Sequence[str]],
+    *,
+    champion: Predictor | None = None,
+    champion_version: str | None = None,
+    validation: Validation | None = None,
+    fp_bound: float = FP_BOUND,
+    tolerance: float = FP_TOLERANCE,
+) -> GateVerdict:
+    """Judge a candidate on held-out *normal* sessions (and optional labelled ones), against the champion
+    evaluated on the very same sessions, so the comparison measures the models and not the data."""
+    reasons: list[str] = []
+    ok = True
+
+    def check(passed: bool, text: str) -> None:
+        nonlocal ok
+        ok &= passed
+        reasons.append(("ok: " if passed else "FAIL: ") + text)
+
+    cand_fp = _fp_rate(candidate, heldout)
+    if math.isnan(cand_fp):
+        check(False, "no held-out normal sessions: the false-positive rate cannot be measured")
+    else:
+        check(cand_fp <= fp_bound, f"held-out false-positive rate {cand_fp:.4f} vs bound {fp_bound:.4f}")
+    champ_fp = _fp_rate(champion, heldout) if champion is not None else None
+    if champ_fp is None:
+        reasons.append("ok: no champion yet, nothing to regress against")
+    elif not math.isnan(cand_fp):
+        check(cand_fp <= champ_fp + tolerance, f"false-positive rate {cand_fp:.4f} vs champion v{champion_version} "
+              f"{champ_fp:.4f} + tolerance {tolerance:.4f} on the same {len(heldout)} sessions")
+    cand_recall = champ_recall = None
+    n_validation = len(validation.sessions) if validation is not None else 0
+    if validation is not None and n_validation:
+        cand_recall = _recall(candidate, validation)
+        if champion is not None:
+            champ_recall = _recall(champion, validation)
+            check(cand_recall >= champ_recall, f"recall {cand_recall:.4f} vs champion v{champion_version} "
+                  f"{champ_recall:.4f} on {n_validation} labelled sessions")
+    return GateVerdict(ok, tuple(reasons), cand_fp, champ_fp, cand_recall, champ_recall, champion_version,
+                       len(heldout), n_validation, fp_bound, tolerance)
+
+
+def promote_if_better(
+    client: MlflowClient,
+    source: str,
+    version: str,
+    candidate: Predictor,
+    heldout: Sequence[Sequence[str]],
+    *,
+    run_id: str,
+    validation: Validation | None = None,
+    fp_bound: float = FP_BOUND,
+    tolerance: float = FP_TOLERANCE,
+) -> GateVerdict:
+    """Run the gate against the current champion, record the verdict (run params/metrics, ``gate.json``,
+    model-version tags) and move ``champion`` to ``version`` only if it passed."""
+    name = registered_name(source)
+    current = champion_version(client, source)
+    champion = None
+    if current is not None and current != version:
+        champion = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{current}"))
+    verdict = gate(candidate, heldout, champion=champion, champion_version=current if champion else None,
+                   validation=validation, fp_bound=fp_bound, tolerance=tolerance)
+    _record(client, run_id, name, version, verdict)
+    if verdict.passed:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return verdict
+
+
+def _record(client: MlflowClient, run_id: str, name: str, version: str, verdict: GateVerdict) -> None:
+    for key, value in (("fp_bound", verdict.fp_bound), ("tolerance", verdict.tolerance),
+                       ("champion_version", verdict.champion_version or "none"),
+                       ("n_heldout", verdict.n_heldout), ("n_validation", verdict.n_validation)):
+        client.log_param(run_id, f"gate_{key}", value)
+    client.log_metric(run_id, "gate_passed", float(verdict.passed))
+    for key in ("candidate_fp_rate", "champion_fp_rate", "candidate_recall", "champion_recall"):
+        value = getattr(verdict, key)
+        if value is not None and not math.isnan(value):
+            client.log_metric(run_id, f"gate_{key}", value)
+    client.log_dict(run_id, verdict.to_dict(), "gate.json")
+    client.set_tag(run_id, "krone.gate", "passed" if verdict.passed else "refused")
+    tags = {"gate.passed": str(verdict.passed).lower(), "gate.reasons": "; ".join(verdict.reasons),
+            "gate.candidate_fp_rate": f"{verdict.candidate_fp_rate:.6f}",
+            "gate.champion_version": verdict.champion_version or "none"}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)

@@ -1,0 +1,138 @@
+"""The KRONE pyfunc, registration and the validation gate (pure checks first, then on a SQLite store)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from krone_jobs.detectors.router import RoutedDetector
+from krone_jobs.hierarchy.model import Hierarchy, make_node
+from krone_jobs.model_registry import (
+    CHAMPION,
+    Predictor,
+    Validation,
+    champion_hierarchy,
+    connect,
+    ensure_experiment,
+    gate,
+    load_champion,
+    log_krone_model,
+    promote_if_better,
+    register,
+    sessions_frame,
+    template_ids,
+    verdict_frame,
+)
+from krone_jobs.synthetic import TEMPLATES, generate_sessions
+
+
+def flags(bad: set[str]) -> Predictor:
+    """A stand-in model: flags every session whose first template is in ``bad``."""
+    return lambda sessions: np.asarray([int(bool(s) and s[0] in bad) for s in sessions], dtype=np.int8)
+
+
+HELDOUT = [("ok",)] * 96 + [("rare",)] * 3 + [("odd",)]  # 100 normal sessions
+
+
+def test_template_ids_accepts_lists_strings_and_missing_values() -> None:
+    assert template_ids(["a", "b"]) == ("a", "b")
+    assert template_ids(np.asarray([1, 2])) == ("1", "2")
+    assert template_ids("a  b\tc") == ("a", "b", "c")
+    assert template_ids('["a", "b"]') == template_ids("['a', 'b']") == ("a", "b")
+    assert template_ids(None) == template_ids(float("nan")) == template_ids("") == ()
+
+
+def test_gate_bound_without_champion() -> None:
+    ok = gate(flags({"odd"}), HELDOUT)
+    assert ok.passed and ok.candidate_fp_rate == 0.01 and ok.champion_fp_rate is None
+    assert any("no champion" in r for r in ok.reasons)
+    too_many = gate(flags({"rare"}), HELDOUT)
+    assert not too_many.passed and too_many.reasons[0].startswith("FAIL: held-out false-positive rate 0.0300")
+    assert gate(flags({"rare"}), HELDOUT, fp_bound=0.05).passed  # the bound is configurable
+    empty = gate(flags(set()), [])
+    assert not empty.passed and math.isnan(empty.candidate_fp_rate) and empty.to_dict()["candidate_fp_rate"] is None
+
+
+def test_gate_compares_with_the_champion_on_the_same_sessions() -> None:
+    worse = gate(flags({"odd"}), HELDOUT, champion=flags(set()), champion_version="3")
+    assert not worse.passed and worse.champion_fp_rate == 0.0
+    assert worse.reasons[-1].startswith("FAIL: false-positive rate 0.0100 vs champion v3 0.0000")
+    within = gate(flags({"odd"}), HELDOUT, champion=flags(set()), champion_version="3", tolerance=0.01)
+    assert within.passed
+
+
+def test_gate_requires_recall_at_least_the_champions() -> None:
+    validation = Validation([("ok",), ("boom",), ("bang",)], [0, 1, 1])
+    champion = flags({"boom", "bang"})
+    lower = gate(flags({"boom"}), HELDOUT, champion=champion, champion_version="1", validation=validation)
+    assert not lower.passed and (lower.candidate_recall, lower.champion_recall) == (0.5, 1.0)
+    assert lower.reasons[-1].startswith("FAIL: recall 0.5000")
+    same = gate(flags({"boom", "bang"}), HELDOUT, champion=champion, champion_version="1", validation=validation)
+    assert same.passed and same.n_validation == 3
+
+
+# ------------------------------------------------------------------------------------ with MLflow
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowClient]:
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KRONE_MLFLOW_URI", f"sqlite:///{root / 'store' / 'mlflow.db'}")  # folder made by connect()
+        mp.setenv("KRONE_MLFLOW_ARTIFACTS", (root / "artifacts").as_uri())
+        yield connect()
+
+
+@pytest.fixture(scope="module")
+def detector() -> RoutedDetector:
+    hierarchy = Hierarchy(make_node(t.key, t.text, t.entity, t.action, t.status, "offline") for t in TEMPLATES.values())
+    sessions = [s.template_keys for s in generate_sessions(200, seed=11, anomaly_rate=0.0)]
+    return RoutedDetector(hierarchy, nested_params={"epochs": 2, "hidden": 8, "dim": 8}).fit(sessions)
+
+
+def log_version(client: MlflowClient, detector: RoutedDetector, source: str) -> tuple[str, str]:
+    with mlflow.start_run(experiment_id=ensure_experiment(client, source)) as run:
+        log_krone_model(detector)
+        return run.info.run_id, register(run.info.run_id, source)
+
+
+def test_promotion_moves_the_alias_only_through_the_gate(client: MlflowClient, detector: RoutedDetector,
+                                                         tmp_path: Path) -> None:
+    heldout: Sequence[Sequence[str]] = [s.template_keys for s in generate_sessions(60, seed=12, anomaly_rate=0.0)]
+    run1, v1 = log_version(client, detector, "reg")
+    first = promote_if_better(client, "reg", v1, detector.predict, heldout, run_id=run1)
+    assert first.passed and client.get_model_version_by_alias("krone-reg", CHAMPION).version == int(v1)
+
+    run2, v2 = log_version(client, detector, "reg")
+    flag_all: Predictor = lambda s: np.ones(len(s), dtype=np.int8)  # noqa: E731  (a deliberately broken candidate)
+    second = promote_if_better(client, "reg", v2, flag_all, heldout, run_id=run2)
+    assert not second.passed and second.champion_version == v1 and second.champion_fp_rate == first.candidate_fp_rate
+    assert client.get_model_version_by_alias("krone-reg", CHAMPION).version == int(v1)
+    assert client.get_model_version("krone-reg", v2).tags["gate.passed"] == "false"
+    logged = json.loads(Path(client.download_artifacts(run2, "gate.json", str(tmp_path))).read_text())
+    assert logged["passed"] is False and logged["candidate_fp_rate"] == 1.0
+    params = client.get_run(run2).data.params
+    assert params["gate_champion_version"] == v1 and params["gate_fp_bound"] == "0.02"
+
+    hierarchy, version = champion_hierarchy(client, "reg")
+    assert version == v1 and hierarchy == detector.hierarchy
+
+
+def test_loaded_model_predicts_like_the_detector(client: MlflowClient, detector: RoutedDetector) -> None:
+    run_id, version = log_version(client, detector, "pyfunc")
+    heldout = [s.template_keys for s in generate_sessions(20, seed=13, anomaly_rate=0.0)]
+    assert promote_if_better(client, "pyfunc", version, detector.predict, heldout, run_id=run_id).passed
+    sessions = [s.template_keys for s in generate_sessions(80, seed=14, anomaly_rate=0.4)] + [["nope"], []]
+    loaded = load_champion("pyfunc")
+    out = loaded.predict(sessions_frame(sessions))
+    pd.testing.assert_frame_equal(out, verdict_frame(detector.detect(sessions)))
+    assert out["anomalous"].iloc[-2] and out["level"].iloc[-2] == "status" and not out["anomalous"].iloc[-1]
+    assert loaded.unwrap_python_model().templates is None  # no miner state was logged
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"hierarchy.csv", "knowledge_base.json", "thresholds.json"} <= names
