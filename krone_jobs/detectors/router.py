@@ -193,6 +193,7 @@ class RoutedDetector(BaseEstimator):
         verdict: SessionVerdict | None = None
         flags = [0, 0, 0]
         flagged = False
+        rescuer = "nested"
         for li, keys in enumerate(self._keys(c)):
             spans = c.status_spans if li == 0 else c.action_spans if li == 1 else [(0, len(seq))]
             for i, key in enumerate(keys):
@@ -200,6 +201,8 @@ class RoutedDetector(BaseEstimator):
                     continue
                 flagged = True
                 d = self._chunks[(li, key)]
+                if d.detector == "llm" and not d.anomalous:
+                    rescuer = "llm"
                 if d.anomalous:
                     flags[li] = 1
                     if verdict is None:
@@ -212,7 +215,9 @@ class RoutedDetector(BaseEstimator):
                                                  d.reason)
                     break
         if verdict is None:
-            verdict = NORMAL if not flagged else SessionVerdict(False, detector="nested", reason="unseen KRONE Seqs judged plausible in context")
+            verdict = NORMAL if not flagged else SessionVerdict(
+                False, detector=rescuer, reason="unseen KRONE Seqs judged plausible in context"
+            )
         return verdict, (flags[0], flags[1], flags[2])
 
     def _run(self, X: Iterable[Sequence[str]]) -> list[tuple[str, ...]]:
