@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _on_off(value: str) -> bool:
@@ -88,11 +89,66 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main_train)
 
 
+def _metrics(m: Any) -> int:
+    print(json.dumps(m.to_dict(), default=str))
+    return 0
+
+
+def _add_stages(sub: argparse._SubParsersAction) -> None:
+    from krone_jobs.logformats import FORMATS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--source", required=True)
+    common.add_argument("--data-root", type=Path, default=None, help="default: $KRONE_DATA_ROOT or <home>/data")
+    p = sub.add_parser("parse", parents=[common], help="raw/<source>/dt=D -> parsed/ + quarantine/")
+    p.add_argument("--date", required=True, help="YYYY-MM-DD")
+    p.add_argument("--format", required=True, choices=sorted(FORMATS))
+    p.add_argument("--partitions", type=int, default=None, help="stripes per file (default: Spark parallelism)")
+    p.add_argument("--max-quarantine-ratio", type=float, default=0.05)
+    p.set_defaults(func=_cmd_parse)
+    p = sub.add_parser("sessionize", parents=[common], help="parsed/ -> sessions/ (open sessions carry over)")
+    p.add_argument("--date", required=True, help="YYYY-MM-DD")
+    p.add_argument("--gap-seconds", type=float, default=None, help="default: 1800 (id keys) or the format's gap")
+    p.set_defaults(func=_cmd_sessionize)
+    p = sub.add_parser("hierarchy", parents=[common], help="add new templates to state/<source>/hierarchy.csv")
+    p.add_argument("--date", default=None, help="use the miner state of this day (default: newest)")
+    p.set_defaults(func=_cmd_hierarchy)
+    p = sub.add_parser("kseqs", parents=[common], help="sessions/ -> kseqs/ (distinct KRONE Seqs with counts)")
+    p.add_argument("--date", required=True, help="YYYY-MM-DD")
+    p.set_defaults(func=_cmd_kseqs)
+
+
+def _cmd_parse(a: argparse.Namespace) -> int:
+    from krone_jobs.jobs.parse import run_parse
+
+    return _metrics(run_parse(a.source, a.date, a.format, data_root=a.data_root, partitions=a.partitions,
+                              max_quarantine_ratio=a.max_quarantine_ratio))
+
+
+def _cmd_sessionize(a: argparse.Namespace) -> int:
+    from krone_jobs.jobs.sessionize import run_sessionize
+
+    return _metrics(run_sessionize(a.source, a.date, data_root=a.data_root, gap_seconds=a.gap_seconds))
+
+
+def _cmd_hierarchy(a: argparse.Namespace) -> int:
+    from krone_jobs.jobs.hierarchy_job import run_hierarchy
+
+    return _metrics(run_hierarchy(a.source, a.date, data_root=a.data_root))
+
+
+def _cmd_kseqs(a: argparse.Namespace) -> int:
+    from krone_jobs.jobs.kseqs import run_kseqs
+
+    return _metrics(run_kseqs(a.source, a.date, data_root=a.data_root))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krone", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_evaluate(sub)
     _add_demo(sub)
+    _add_stages(sub)
     _add_train(sub)
     return parser
 

@@ -10,8 +10,9 @@ Stage files hold no ``source``/``dt`` columns: they come from the path, so ``spa
 sees them as partition columns, and :func:`read_partition` adds them when one partition is read directly.
 
 A job writes its whole partition into a hidden sibling folder (``_tmp...``: Spark and pandas readers skip
-names starting with ``_``), then swaps it in with two renames, so a reader never sees a half-written
-partition and a rerun replaces the partition instead of adding to it. Part files are renamed to
+names starting with ``_``), then swaps it in with two renames: a reader never sees a half-written
+partition (only, for the instant between the renames, none), and a rerun replaces the partition instead
+of adding to it. Part files are renamed to
 ``part-NNNNN.parquet`` in task order and Spark's ``.crc`` side files dropped, so a rerun on the same input
 and configuration leaves the same file names and the same rows.
 """
@@ -31,7 +32,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-STAGES = ("parsed", "quarantine", "sessions", "kseqs")
 RAW_SUFFIXES = (".log", ".log.gz")
 _DT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})(?:\.\w+)?$")
 _PART = re.compile(r"^part-(\d+)")
@@ -131,24 +131,28 @@ def _normalise_parts(folder: Path) -> None:
         p.rename(folder / f"part-{i:05d}.parquet")
 
 
-def write_partition(
-    frame: DataFrame, target: Path, *, sort_by: Sequence[str], files: int | None = None,
-    cluster_by: Sequence[str] = (),
-) -> None:
+def write_partition(frame: DataFrame, target: Path, *, sort_by: Sequence[str], files: int | None = None) -> None:
     """Overwrite ``target`` with ``frame``, rows sorted by ``sort_by`` inside each file.
 
-    ``files`` fixes the file count (hash-partitioned on ``cluster_by``, else ``sort_by``); ``None`` keeps
-    the frame's own partitioning (no shuffle), which is deterministic for a given input and configuration.
+    ``files`` fixes the file count (hash-partitioned on ``sort_by``); ``None`` keeps the frame's own
+    partitioning (no shuffle), which is deterministic for a given input and configuration.
     """
     staged = temp_dir_for(target)
     if files is not None:
-        frame = frame.repartition(files, *(cluster_by or sort_by))
+        frame = frame.repartition(files, *sort_by)
     try:
         frame.sortWithinPartitions(*sort_by).write.mode("overwrite").parquet(str(staged))
         _normalise_parts(staged)
         swap_in(staged, target)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def count_rows(folder: Path) -> int:
+    """Rows in a partition's Parquet files, from their footers (no Spark job, no data read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(folder.glob("*.parquet")))
 
 
 def read_partition(spark: SparkSession, root: Path, stage: str, source: str, dt: str) -> DataFrame:

@@ -1,0 +1,140 @@
+"""Raw lines -> our parse + sessionize -> Local-Context F1, vs the same detector on the authors' pre-parsed demo.
+
+The rendered logs (``/work/shared/data/rendered/{hdfs,thunderbird}``: 5 daily ``.gz`` files re-rendered from
+the KRONE demo sessions, see their README) go through :func:`run_parse` and :func:`run_sessionize` exactly
+as a nightly run would (one more, empty day closes the sessions still open at the end of day 5). Each
+session is mapped to the demo's ``seq_id`` through ``labels.csv`` (HDFS: the block id; Thunderbird: node
+and first epoch second via ``sessions.csv``, since our node-window key is ``<node>#<first epoch>``).
+Then :class:`LocalContextDetector` is trained on the official split's training ids and judged on its test
+ids twice, with the offline extractor's hierarchy in both:
+
+* **ours**: our template ids, hierarchy from our mined template texts;
+* **pre-parsed**: the demo's template ids, hierarchy from the authors' template texts (what
+  ``krone evaluate --hierarchy offline`` does).
+
+    .venv/bin/python bench/rendered_e2e.py [--systems hdfs thunderbird] [--work /tmp/krone-rendered-e2e]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from krone_jobs.datasets import default_data_dir, load_demo, load_demo_templates, official_split
+from krone_jobs.detectors.local_context import LocalContextDetector
+from krone_jobs.evaluate import EvalConfig, confusion
+from krone_jobs.hierarchy.extractor import build_hierarchy
+from krone_jobs.hierarchy.model import Hierarchy
+from krone_jobs.hierarchy.offline import OfflineExtractor
+
+SYSTEMS = {"hdfs": ("hdfs", "hdfs-demo"), "thunderbird": ("thunderbird", "thunderbird-demo")}
+
+
+def _link_raw(rendered: Path, root: Path, system: str) -> list[str]:
+    """Symlink the rendered day files into ``root/raw/<system>/dt=D/``; return the days plus one empty day."""
+    days = sorted(p.name.removeprefix("dt=") for p in rendered.glob("dt=*"))
+    for day in days:
+        for src in (rendered / f"dt={day}").iterdir():
+            link = root / "raw" / system / f"dt={day}" / src.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(src)
+    return [*days, (date.fromisoformat(days[-1]) + timedelta(days=1)).isoformat()]
+
+
+def _seq_ids(rendered: Path, system: str) -> dict[str, int]:
+    """Our session id -> demo seq_id."""
+    with open(rendered / "labels.csv", newline="") as fh:
+        seq = {row["session_id"]: int(row["seq_id"]) for row in csv.DictReader(fh)}
+    if system == "hdfs":
+        return seq
+    with open(rendered / "sessions.csv", newline="") as fh:
+        return {f"{row['node']}#{row['first_epoch']}": seq[row["session_id"]] for row in csv.DictReader(fh)}
+
+
+def _score(hierarchy: Hierarchy, train: list[tuple[str, ...]], test: list[tuple[str, ...] | None], y: np.ndarray,
+           dataset: str) -> dict[str, Any]:
+    """Fit on ``train``, judge ``test``; a test session we did not rebuild (``None``) counts as normal."""
+    automaton = EvalConfig(dataset=dataset).resolved_automaton()
+    detector = LocalContextDetector(hierarchy, automaton=automaton).fit(train)
+    present = [i for i, s in enumerate(test) if s is not None]
+    pred = np.zeros(len(test), dtype=np.int8)
+    pred[present] = detector.predict([test[i] for i in present])
+    return confusion(y, pred)
+
+
+def run_system(system: str, work: Path, spark: Any) -> dict[str, Any]:
+    from krone_jobs.jobs.hierarchy_job import run_hierarchy
+    from krone_jobs.jobs.parse import latest_templates, run_parse
+    from krone_jobs.jobs.sessionize import run_sessionize
+    from krone_jobs.partitions import partition_dir
+
+    fmt, dataset = SYSTEMS[system]
+    rendered = default_data_dir() / "rendered" / system
+    root = work / system
+    days = _link_raw(rendered, root, system)
+    t0 = time.perf_counter()
+    parse = [run_parse(system, d, fmt, data_root=root, spark=spark) for d in days]
+    sess = [run_sessionize(system, d, data_root=root, spark=spark) for d in days]
+    seconds = time.perf_counter() - t0
+    run_hierarchy(system, data_root=root)
+
+    import pandas as pd
+
+    sessions = pd.concat([pd.read_parquet(partition_dir(root, "sessions", system, d)) for d in days])
+    store = latest_templates(root, system)
+    assert store is not None
+    ours_h = build_hierarchy({t.template_id: t.template for t in store.templates()}, OfflineExtractor())
+    seq_of = _seq_ids(rendered, system)
+    ours = {seq_of[s]: tuple(t if t in ours_h else store.resolve(t) for t in ids)
+            for s, ids in zip(sessions["session_id"], sessions["template_ids"]) if s in seq_of}
+
+    demo = load_demo(dataset)
+    by_id = dict(zip(demo.ids, demo.sequences))
+    label = dict(zip(demo.ids, demo.labels.tolist()))
+    train_ids, test_ids = official_split(dataset, 80)
+    missing = [i for i in [*train_ids, *test_ids] if i not in ours]
+    y = np.asarray([label[i] for i in test_ids], dtype=np.int8)
+    authors_h = build_hierarchy(load_demo_templates(dataset), OfflineExtractor())
+    ours_fig = _score(ours_h, [ours[i] for i in train_ids if i in ours], [ours.get(i) for i in test_ids], y, dataset)
+    pre_fig = _score(authors_h, [by_id[i] for i in train_ids], [by_id[i] for i in test_ids], y, dataset)
+    same_length = sum(len(ours[i]) == len(by_id[i]) for i in ours if i in by_id)
+    return {
+        "system": system, "days": len(days), "raw_lines": sum(m.raw_lines for m in parse),
+        "quarantined": sum(m.quarantined for m in parse), "templates_ours": len(store.templates()),
+        "templates_authors": len(load_demo_templates(dataset)), "sessions": int(len(sessions)),
+        "sessions_mapped": len(ours), "sessions_same_length": same_length, "missing_split_ids": len(missing),
+        "open_at_end": sess[-1].open_sessions, "parse_sessionize_seconds": round(seconds, 1),
+        "f1_ours": ours_fig["f1"], "f1_preparsed": pre_fig["f1"], "ours": ours_fig, "preparsed": pre_fig,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--work", type=Path, default=Path("/tmp/krone-rendered-e2e"))
+    a = p.parse_args(argv)
+    from krone_jobs.spark import get_spark
+
+    spark = get_spark("rendered-e2e")
+    for system in a.systems:
+        r = run_system(system, a.work, spark)
+        print(f"{system}: {r['raw_lines']:,} lines ({r['quarantined']} quarantined), {r['templates_ours']} templates "
+              f"(authors: {r['templates_authors']}), {r['sessions']:,} sessions ({r['sessions_mapped']:,} mapped to "
+              f"seq_id, {r['sessions_same_length']:,} with the demo's length, {r['missing_split_ids']} split ids "
+              f"missing), parse+sessionize {r['parse_sessionize_seconds']} s | Local-Context F1 ours "
+              f"{r['f1_ours']:.4f} vs pre-parsed {r['f1_preparsed']:.4f} (diff {r['f1_ours'] - r['f1_preparsed']:+.4f})",
+              flush=True)
+        print(json.dumps(r))
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()

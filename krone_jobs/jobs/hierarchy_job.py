@@ -1,0 +1,99 @@
+"""Hierarchy stage: grow ``state/<source>/hierarchy.csv`` with the templates the miner found since last time.
+
+Only new templates are extracted (offline extractor by default), so existing node ids never change and
+models trained on the old hierarchy stay valid. Human decisions in ``state/<source>/overrides.csv``
+(``template_id,entity,action[,status]``) win; an override already in effect is not re-applied, because
+:meth:`Hierarchy.with_overrides` bumps a row's version each time and a rerun must change nothing.
+Every run also leaves a dated snapshot (``state/<source>/hierarchy/dt=D.csv``, D = the miner state's day),
+the version a run of that day used. No Spark: the hierarchy has one row per template.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from krone_jobs.config import settings
+from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
+from krone_jobs.hierarchy.model import Hierarchy, TemplateNode, load_overrides
+from krone_jobs.jobs.parse import templates_dir
+from krone_jobs.partitions import check_date, check_source, latest_before, state_dir, temp_dir_for
+from krone_jobs.templates import TemplateStore
+
+_PLACEMENT = ("entity", "action", "status", "entity_node", "action_node", "status_node")
+
+
+@dataclass(frozen=True)
+class HierarchyMetrics:
+    source: str
+    dt: str
+    templates: int
+    new_templates: int
+    overrides_applied: int
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hierarchy_path(root: Path, source: str) -> Path:
+    return state_dir(root, source) / "hierarchy.csv"
+
+
+def load_hierarchy(root: Path, source: str) -> Hierarchy:
+    path = hierarchy_path(root, source)
+    if not path.is_file():
+        raise FileNotFoundError(f"no hierarchy at {path}: run `krone hierarchy --source {source}` first")
+    return Hierarchy.load_csv(path)
+
+
+def _in_effect(current: TemplateNode, override: TemplateNode) -> bool:
+    return current.origin == "override" and all(getattr(current, f) == getattr(override, f) for f in _PLACEMENT)
+
+
+def _save(hierarchy: Hierarchy, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = temp_dir_for(path)
+    hierarchy.save_csv(staged)
+    os.replace(staged, path)
+
+
+def run_hierarchy(
+    source: str,
+    date: str | None = None,
+    *,
+    data_root: str | Path | None = None,
+    extractor: HierarchyExtractor | None = None,
+) -> HierarchyMetrics:
+    """Extend the source's hierarchy with the templates of its miner state (the newest, or at ``date``)."""
+    check_source(source)
+    root = Path(data_root) if data_root is not None else settings().data_root
+    folder = templates_dir(root, source)
+    state = latest_before(folder, check_date(date) if date else "9999-12-31", inclusive=True)
+    if state is None:
+        raise FileNotFoundError(f"no miner state under {folder}: parse the source first")
+    if extractor is None:
+        from krone_jobs.hierarchy.offline import OfflineExtractor
+
+        extractor = OfflineExtractor()
+    store = TemplateStore.from_json(state.read_text(encoding="utf-8"))
+    path = hierarchy_path(root, source)
+    base = Hierarchy.load_csv(path) if path.is_file() else None
+    grown = build_hierarchy({t.template_id: t.template for t in store.templates()}, extractor, base)
+    overrides_path = state_dir(root, source) / "overrides.csv"
+    overrides = load_overrides(overrides_path, grown) if overrides_path.is_file() else []
+    pending = [o for o in overrides if o.template_id not in grown or not _in_effect(grown[o.template_id], o)]
+    hierarchy = grown.with_overrides(pending) if pending else grown
+    _save(hierarchy, path)
+    dt = state.name.removeprefix("dt=").removesuffix(".json")
+    _save(hierarchy, state_dir(root, source) / "hierarchy" / f"dt={dt}.csv")
+    return HierarchyMetrics(
+        source=source,
+        dt=dt,
+        templates=len(hierarchy),
+        new_templates=len(hierarchy) - (len(base) if base is not None else 0),
+        overrides_applied=len(pending),
+        path=str(path),
+    )

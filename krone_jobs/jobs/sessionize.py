@@ -1,0 +1,192 @@
+"""Sessionize stage: ``parsed/`` -> ``sessions/``: the ordered template ids of every session that closed today.
+
+A session is the events of one session key (HDFS block id, job id) or, for node-based formats, one node's
+burst of activity (a new window after more than ``gap_seconds`` of silence on the node, keyed
+``<node>#<epoch second of its first event>`` exactly as :class:`~krone_jobs.logformats.NodeWindowSessionKey`
+does; the window is cut here because only here are a node's lines in time order). Events are ordered by
+timestamp, then file and line number (lines within one second keep their file order).
+
+**Midnight.** A session is emitted once, when it is closed: its last event is more than ``gap_seconds``
+before the end of the day. Otherwise its events are kept in ``state/<source>/open/dt=D`` and prepended to
+the next day's run, so a session crossing midnight is emitted whole on the day it ends, never as two
+halves. The end of the day is the later of midnight on the log's clock and the day's last event, which
+covers logs whose clock (e.g. Thunderbird's UTC epoch) is offset from the partition's day. Ids of carried
+events are resolved through the day's miner state (a template may have been generalised since).
+
+Only the previous calendar day's open sessions are read: days are sessionized in date order, and a rerun
+of day D reads the same input, so it rewrites the same rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import date as date_cls
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from krone_jobs.config import settings
+from krone_jobs.logformats import NodeWindowSessionKey, default_session_rule
+from krone_jobs.partitions import (
+    check_date,
+    check_source,
+    count_rows,
+    partition_dir,
+    read_partition,
+    source_format,
+    state_dir,
+    write_partition,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+ID_SESSION_GAP_SECONDS = 1800.0
+"""Id-keyed sessions: a session whose last event is this close to the day's end may still continue."""
+EVENT_COLUMNS = ("key", "timestamp", "file", "line_no", "template_id")
+SESSION_COLUMNS = ("session_id", "template_ids", "n_events", "first_ts", "last_ts", "lines")
+_MICROS = 1_000_000
+
+
+@dataclass(frozen=True)
+class SessionizeMetrics:
+    source: str
+    dt: str
+    events: int
+    carried_in_events: int
+    sessions: int
+    open_sessions: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_dir(root: Path, source: str, dt: str) -> Path:
+    """Events of the sessions still open at the end of ``dt`` (input of the next day's run)."""
+    return state_dir(root, source) / "open" / f"dt={dt}"
+
+
+def _epoch_micros(col: Column) -> Column:
+    """Microseconds since 1970 of a naive (log clock) timestamp; the session time zone is UTC."""
+    from pyspark.sql import functions as F
+
+    return F.unix_micros(col.cast("timestamp"))
+
+
+def _node_windows(events: DataFrame, gap_seconds: float) -> DataFrame:
+    """``session_id`` = ``<node>#<first epoch second>`` of each window (gap > ``gap_seconds`` starts one)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy("key").orderBy("timestamp", "file", "line_no")
+    t = F.col("epoch")
+    new = F.when(F.lag(t).over(order).isNull() | (t - F.lag(t).over(order) > int(gap_seconds * _MICROS)), 1)
+    numbered = events.withColumn("window", F.sum(F.coalesce(new, F.lit(0))).over(
+        order.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+    start = F.min("epoch").over(Window.partitionBy("key", "window"))
+    return numbered.withColumn(
+        "session_id", F.concat(F.col("key"), F.lit("#"), F.floor(start / _MICROS).cast("string"))
+    ).drop("window")
+
+
+def _resolved(carried: DataFrame, root: Path, source: str, dt: str) -> DataFrame:
+    """Carried events with the ids the day's miner state has superseded replaced (a template seen
+    yesterday may have been generalised today); today's events already carry the day's ids."""
+    from pyspark.sql import functions as F
+
+    from krone_jobs.jobs.parse import latest_templates
+
+    store = latest_templates(root, source, dt)
+    if store is None:
+        return carried
+    ids = [r[0] for r in carried.select("template_id").distinct().collect()]
+    changed = {t: store.resolve(t) for t in ids if store.resolve(t) != t}
+    if not changed:
+        return carried
+    mapping = F.create_map(*[F.lit(x) for pair in sorted(changed.items()) for x in pair])
+    return carried.withColumn("template_id", F.coalesce(F.element_at(mapping, F.col("template_id")),
+                                                        F.col("template_id")))
+
+
+def run_sessionize(
+    source: str,
+    date: str,
+    *,
+    data_root: str | Path | None = None,
+    spark: SparkSession | None = None,
+    fmt_name: str | None = None,
+    gap_seconds: float | None = None,
+    gate: bool = True,
+) -> SessionizeMetrics:
+    """Sessionize one parsed day; overwrite ``sessions/`` and the day's open-session state.
+
+    ``fmt_name`` defaults to the format the source was parsed with; ``gap_seconds`` to the format's
+    node-window gap, or :data:`ID_SESSION_GAP_SECONDS` for id-keyed sessions. Raises the ``sessions``
+    quality gate's ``QualityGateError`` if it fails (``gate=False`` skips it, for tests of other behaviour).
+    """
+    from pyspark.sql import functions as F
+
+    from krone_jobs.jobs.parse import quality_gate
+    from krone_jobs.spark import get_spark
+
+    t0 = time.perf_counter()
+    check_source(source)
+    check_date(date)
+    root = Path(data_root) if data_root is not None else settings().data_root
+    spark = spark or get_spark()
+    rule = default_session_rule(fmt_name or source_format(root, source))
+    node_windows = isinstance(rule, NodeWindowSessionKey)
+    gap = gap_seconds if gap_seconds is not None else rule.gap_seconds if node_windows else ID_SESSION_GAP_SECONDS
+
+    today = read_partition(spark, root, "parsed", source, date).select(
+        F.explode("session_keys").alias("key"), "timestamp", "file", "line_no", "template_id")
+    previous = (date_cls.fromisoformat(date) - timedelta(days=1)).isoformat()
+    carried_path = open_dir(root, source, previous)
+    carried_events = count_rows(carried_path) if carried_path.is_dir() else 0
+    events = today
+    if carried_events:
+        carried = spark.read.parquet(str(carried_path)).select(*EVENT_COLUMNS)
+        events = today.unionByName(_resolved(carried, root, source, date))
+    events = events.withColumn("epoch", _epoch_micros(F.col("timestamp")))
+    events = _node_windows(events, gap) if node_windows else events.withColumn("session_id", F.col("key"))
+
+    ev = F.struct("timestamp", "file", "line_no", "template_id", "key")
+    sessions = events.groupBy("session_id").agg(
+        F.sort_array(F.collect_list(ev)).alias("ev"), F.max("epoch").alias("last_epoch")).cache()
+    try:
+        last_event, n_events = sessions.agg(F.max("last_epoch"), F.sum(F.size("ev"))).first()
+        midnight = datetime.fromisoformat(date) + timedelta(days=1)
+        # carried events are older than today's, so the latest event overall is today's latest
+        day_end = max(int((midnight - datetime(1970, 1, 1)).total_seconds()) * _MICROS, last_event or 0)
+        is_open = F.coalesce(F.col("last_epoch") >= F.lit(day_end - int(gap * _MICROS)), F.lit(False))
+        closed = sessions.filter(~is_open).select(
+            "session_id",
+            F.transform("ev", lambda e: e["template_id"]).alias("template_ids"),
+            F.size("ev").alias("n_events"),
+            F.col("ev")[0]["timestamp"].alias("first_ts"),
+            F.element_at("ev", -1)["timestamp"].alias("last_ts"),
+            F.transform("ev", lambda e: F.concat(e["file"], F.lit(":"), e["line_no"].cast("string"))).alias("lines"),
+        )
+        sessions_dir = partition_dir(root, "sessions", source, date)
+        write_partition(closed, sessions_dir, sort_by=["first_ts", "session_id"], files=1)
+        still_open = sessions.filter(is_open).select(F.explode("ev").alias("e")).select(
+            *(F.col("e")[c].alias(c) for c in EVENT_COLUMNS))
+        write_partition(still_open, open_dir(root, source, date), sort_by=["key", "timestamp", "file", "line_no"],
+                        files=1)
+        n_open = sessions.filter(is_open).count()
+    finally:
+        sessions.unpersist()
+
+    if gate:
+        quality_gate(read_partition(spark, root, "sessions", source, date), "sessions", root, source, date)
+    return SessionizeMetrics(
+        source=source,
+        dt=date,
+        events=(n_events or 0) - carried_events,
+        carried_in_events=carried_events,
+        sessions=count_rows(sessions_dir),
+        open_sessions=n_open,
+        seconds=round(time.perf_counter() - t0, 3),
+    )

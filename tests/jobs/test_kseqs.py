@@ -1,0 +1,66 @@
+"""Hierarchy and KRONE Seq jobs on the generated two-day pipeline (end to end: parse -> ... -> kseqs)."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from krone_jobs.hierarchy.kseqs import decompose
+from krone_jobs.hierarchy.model import Hierarchy
+from krone_jobs.jobs.hierarchy_job import hierarchy_path, run_hierarchy
+from krone_jobs.jobs.parse import latest_templates
+from krone_jobs.partitions import partition_dir, state_dir
+
+SOURCE = "syn"
+DAYS = ("2026-11-01", "2026-11-02")
+
+
+def test_kseqs_are_the_distinct_chunks_of_the_days_sessions(pipeline: Any) -> None:
+    hierarchy = Hierarchy.load_csv(hierarchy_path(pipeline.root, SOURCE))
+    for day in DAYS:
+        m = pipeline.kseqs[day]
+        assert m.sessions_unknown_template == 0 and m.sessions == pipeline.sessionize[day].sessions
+        sessions = pd.read_parquet(partition_dir(pipeline.root, "sessions", SOURCE, day))
+        kseqs = pd.read_parquet(partition_dir(pipeline.root, "kseqs", SOURCE, day))
+        expected: Counter[tuple[str, str, str]] = Counter()
+        examples: dict[tuple[str, str, str], str] = {}
+        for sid, tids in zip(sessions["session_id"], sessions["template_ids"]):
+            d = decompose(list(tids), hierarchy)
+            for c in (*d.status, *d.action, d.entity):
+                expected[(c.level, c.key, c.cache_key)] += 1
+                examples[(c.level, c.key, c.cache_key)] = min(sid, examples.get((c.level, c.key, c.cache_key), sid))
+        got = {(r.level, r.key, r.cache_key): r for r in kseqs.itertuples()}
+        assert {k: r.count for k, r in got.items()} == dict(expected)
+        assert {k: r.example_session_id for k, r in got.items()} == examples
+        assert sum(expected.values()) == m.chunks and sum(m.distinct.values()) == len(kseqs)
+        assert set(kseqs["level"]) == {"status", "action", "entity"}
+        row = kseqs.iloc[0]
+        assert row.key == f"{row.level}|{row.parent}|{','.join(row.nodes)}"
+        assert kseqs["cache_key"].str.fullmatch(r"[0-9a-f]{32}").all()
+
+
+def test_hierarchy_grows_only_and_overrides_win_once(pipeline: Any, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(state_dir(pipeline.root, SOURCE), state_dir(root, SOURCE))
+    path = hierarchy_path(root, SOURCE)
+    before = path.read_bytes()
+    old_rows = Hierarchy.load_csv(path)
+    store = latest_templates(root, SOURCE)
+    assert store is not None and set(Hierarchy.load_csv(path)) == {t.template_id for t in store.templates()}
+
+    again = run_hierarchy(SOURCE, data_root=root)
+    assert (again.new_templates, again.overrides_applied) == (0, 0) and path.read_bytes() == before
+
+    target = sorted(Hierarchy.load_csv(path))[0]
+    (state_dir(root, SOURCE) / "overrides.csv").write_text(f"template_id,entity,action,status\n{target},disk,flush,failed\n")
+    first = run_hierarchy(SOURCE, data_root=root)
+    row = Hierarchy.load_csv(path)[target]
+    assert first.overrides_applied == 1 and (row.entity, row.action, row.status, row.origin) == ("disk", "flush", "failed", "override")
+    with_override = path.read_bytes()
+    assert run_hierarchy(SOURCE, data_root=root).overrides_applied == 0 and path.read_bytes() == with_override
+    unchanged = {k: v for k, v in Hierarchy.load_csv(path).items() if k != target}
+    assert unchanged == {k: v for k, v in old_rows.items() if k != target}  # existing node ids never move

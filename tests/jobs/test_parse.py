@@ -1,0 +1,156 @@
+"""Parse job: reconciliation, stable template ids, idempotent reruns, hostile and empty input."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from drain3.masking import LogMasker
+
+from krone_jobs.jobs.kseqs import run_kseqs
+from krone_jobs.jobs.parse import masker, run_parse, session_keys
+from krone_jobs.jobs.sessionize import run_sessionize
+from krone_jobs.logformats import HDFS, KRONE, BlockIdSessionKey, IdPatternSessionKey, ParsedLine, parse_line
+from krone_jobs.partitions import partition_dir, state_dir
+from krone_jobs.templates import MinerSettings
+
+SOURCE = "syn"
+DAYS = ("2026-11-01", "2026-11-02")
+
+
+def _frame(root: Path, stage: str, source: str, dt: str) -> pd.DataFrame:
+    return pd.read_parquet(partition_dir(root, stage, source, dt))
+
+
+def _digests(root: Path, source: str, dt: str) -> dict[str, str]:
+    """sha256 of every file a day's parse, sessionize and kseqs runs write."""
+    folders = [partition_dir(root, s, source, dt) for s in ("parsed", "quarantine", "sessions", "kseqs")]
+    folders.append(state_dir(root, source) / "open" / f"dt={dt}")
+    files = [p for f in folders for p in sorted(f.iterdir())]
+    files.append(state_dir(root, source) / "templates" / f"dt={dt}.json")
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_every_line_is_accounted_for(pipeline: Any) -> None:
+    for dt in DAYS:
+        m = pipeline.parse[dt]
+        assert m.raw_lines == pipeline.summary.lines_per_day[dt] == m.parsed + m.quarantined
+        assert m.quarantined == 0 and m.unmatched == 0
+        rows = _frame(pipeline.root, "parsed", SOURCE, dt)
+        assert len(rows) == m.parsed
+        assert sorted(rows["line_no"]) == list(range(1, m.parsed + 1))
+        assert rows["template_id"].str.fullmatch(r"T[0-9a-f]{16}").all()
+        assert rows["session_keys"].map(len).min() >= 1
+        assert rows["file"].eq(f"raw/{SOURCE}/dt={dt}/{SOURCE}.log").all()
+
+
+def test_template_ids_do_not_depend_on_partitions_or_backfill(
+    spark: Any, pipeline: Any, tmp_path: Path
+) -> None:
+    """Day 2 parsed after day 1 on 2 partitions == day 2 parsed alone on 1 and on 4 partitions."""
+    day = DAYS[1]
+    columns = ["file", "line_no", "template_id"]
+    expected = _frame(pipeline.root, "parsed", SOURCE, day)[columns].sort_values(columns).reset_index(drop=True)
+    for parts in (1, 4):
+        root = tmp_path / f"alone-{parts}"
+        shutil.copytree(pipeline.root / "raw" / SOURCE / f"dt={day}", root / "raw" / SOURCE / f"dt={day}")
+        m = run_parse(SOURCE, day, "krone", data_root=root, spark=spark, partitions=parts, gate=False)
+        assert m.partitions == parts
+        got = _frame(root, "parsed", SOURCE, day)[columns]
+        pd.testing.assert_frame_equal(got.sort_values(columns).reset_index(drop=True), expected)
+
+
+def test_rerun_rewrites_identical_files(spark: Any, pipeline: Any) -> None:
+    day = DAYS[1]
+    before = _digests(pipeline.root, SOURCE, day)
+    run_parse(SOURCE, day, "krone", data_root=pipeline.root, spark=spark, gate=False)
+    run_sessionize(SOURCE, day, data_root=pipeline.root, spark=spark, gate=False)
+    run_kseqs(SOURCE, day, data_root=pipeline.root, spark=spark)
+    assert _digests(pipeline.root, SOURCE, day) == before
+    assert not any(p.name.startswith("_") for p in (pipeline.root / "parsed" / f"source={SOURCE}").iterdir())
+
+
+def _hdfs_line(i: int, end: bytes = b"\n") -> bytes:
+    if i % 2:
+        text = f"081109 2036{i % 60:02d} 148 INFO dfs.DataNode$PacketResponder: PacketResponder {i % 3} for block blk_{1000 + i} terminating"
+    else:
+        text = (f"081109 2036{i % 60:02d} 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap updated: "
+                f"10.251.73.{i % 250}:50010 is added to blk_{1000 + i} size 67108864")
+    return text.encode() + end
+
+
+HOSTILE = {
+    "binary": b"\x00\x01\x02 garbage \xff\xfe\n",
+    "oversized": b"081109 203615 148 INFO dfs.DataNode: " + b"A" * 10_000_000 + b" blk_1\n",
+    "bad_encoding": b"081109 203615 148 INFO dfs.DataNode: Receiving \x81\x82\x83\x84 blk_5\n",
+    "no_format_match": b"this is not an hdfs line blk_6\n",
+    "bad_timestamp": b"081399 256199 148 INFO dfs.DataNode: Receiving block blk_9\n",
+    "no_session_key": b"081109 203615 148 INFO dfs.DataNode: Starting thread pool\n",
+    "empty": b"\r\n",
+}
+
+
+def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path) -> None:
+    day = "2008-11-09"
+    folder = tmp_path / "raw" / "hdfs" / f"dt={day}"
+    folder.mkdir(parents=True)
+    good = [_hdfs_line(i, b"\r\n" if i % 5 == 0 else b"\n") for i in range(400)]
+    latin1 = "081109 203615 148 INFO dfs.DataNode: Receiving block blk_77 for café".encode("latin-1") + b"\n"
+    (folder / "a.log").write_bytes(b"".join(good[:200] + list(HOSTILE.values()) + [latin1] + good[200:]))
+    packed = gzip.compress(b"".join(_hdfs_line(i) for i in range(500, 700)), mtime=0)
+    (folder / "b.log.gz").write_bytes(packed[: len(packed) - 200])  # truncated .gz
+
+    m = run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, partitions=2)
+
+    expected = {reason: 1 for reason in HOSTILE} | {"gz_truncated": 1}
+    assert m.quarantine_reasons == expected
+    assert m.raw_lines == m.parsed + m.quarantined
+    gz_lines = m.raw_lines - 1 - len(good) - len(HOSTILE) - 1
+    assert 0 < gz_lines < 200 and m.parsed == len(good) + 1 + gz_lines
+    q = _frame(tmp_path, "quarantine", "hdfs", day).set_index("reason")
+    assert q.loc["binary", "raw"].rstrip(b"\n") == HOSTILE["binary"].rstrip(b"\n")
+    assert q.loc["oversized", "truncated"] and len(q.loc["oversized", "raw"]) <= 1024
+    assert q.loc["gz_truncated", "file"] == f"raw/hdfs/dt={day}/b.log.gz"
+    assert q.loc["no_session_key", "line_no"] == 206
+    parsed = _frame(tmp_path, "parsed", "hdfs", day)
+    assert set(parsed.loc[parsed["encoding"] == "latin-1", "content"]) == {"Receiving block blk_77 for café"}
+    assert not parsed["content"].str.contains("\r").any()
+
+
+def test_unknown_format_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="unknown log format"):
+        run_parse("hdfs", "2008-11-09", "no-such-format", data_root=tmp_path, spark=spark)
+
+
+def test_empty_partitions_write_empty_outputs(spark: Any, tmp_path: Path) -> None:
+    (tmp_path / "raw" / "hdfs" / "dt=2008-11-09").mkdir(parents=True)
+    (tmp_path / "raw" / "hdfs" / "dt=2008-11-09" / "empty.log").write_bytes(b"")
+    for day, files in (("2008-11-09", 1), ("2008-11-10", 0)):  # an empty file; no folder at all
+        m = run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, gate=files == 1)
+        assert (m.files, m.raw_lines, m.parsed, m.quarantined, m.templates) == (files, 0, 0, 0, 0)
+        assert len(_frame(tmp_path, "parsed", "hdfs", day)) == 0
+        assert len(_frame(tmp_path, "quarantine", "hdfs", day)) == 0
+    s = run_sessionize("hdfs", day, data_root=tmp_path, spark=spark)
+    assert (s.events, s.sessions, s.open_sessions) == (0, 0, 0)
+
+
+def test_fast_session_keys_and_masker_agree_with_the_library() -> None:
+    lines = [_hdfs_line(i) for i in range(20)] + [
+        b"081109 203615 148 INFO dfs.DataNode: Copying blk_1 to blk_-2 and blk_1 again 0x1F job_77 node-07\n"]
+    rule = BlockIdSessionKey()
+    mask = masker(MinerSettings())
+    config = MinerSettings().to_config()
+    reference = LogMasker(config.masking_instructions, config.mask_prefix, config.mask_suffix)
+    for raw in lines:
+        parsed = parse_line(raw, HDFS)
+        assert isinstance(parsed, ParsedLine)
+        assert session_keys(rule)(parsed) == rule.keys(parsed)
+        assert mask(parsed.content + " é 12 ١٢") == reference.mask(parsed.content + " é 12 ١٢")
+    grouped = IdPatternSessionKey(r"(job)_(\d+)")  # two groups: the library's own method is used
+    line = parse_line(b"2026-11-01 00:00:00.000 INFO a [n] job_1 job_2\n", KRONE)
+    assert isinstance(line, ParsedLine) and session_keys(grouped)(line) == grouped.keys(line) == ("job",)

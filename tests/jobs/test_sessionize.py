@@ -1,0 +1,96 @@
+"""Sessionize job: every session once, whole, ordered; midnight carry-over; node windows as the format says."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from krone_jobs.jobs.parse import run_parse
+from krone_jobs.jobs.sessionize import run_sessionize
+from krone_jobs.logformats import THUNDERBIRD, NodeWindowSessionKey, ParsedLine, parse_line
+from krone_jobs.partitions import partition_dir
+
+SOURCE = "syn"
+DAYS = ("2026-11-01", "2026-11-02")
+
+
+def _sessions(root: Path, source: str, days: tuple[str, ...]) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(partition_dir(root, "sessions", source, d)).assign(dt=d) for d in days],
+                     ignore_index=True)
+
+
+def _labels(pipeline: Any) -> dict[str, dict[str, str]]:
+    with open(pipeline.root / "labels" / SOURCE / "labels.csv", newline="") as fh:
+        return {row["session_id"]: row for row in csv.DictReader(fh)}
+
+
+def test_every_generated_session_is_emitted_once_and_whole(pipeline: Any) -> None:
+    sessions = _sessions(pipeline.root, SOURCE, DAYS)
+    labels = _labels(pipeline)
+    assert sessions["session_id"].is_unique
+    assert set(sessions["session_id"]) == set(labels)
+    assert sum(m.sessions for m in pipeline.sessionize.values()) == len(labels) == pipeline.summary.sessions
+    for row in sessions.itertuples():
+        assert row.n_events == len(row.template_ids) == len(row.lines) == int(labels[row.session_id]["n_lines"])
+        assert row.first_ts <= row.last_ts
+
+
+def test_session_crossing_midnight_is_emitted_once_on_the_day_it_ends(pipeline: Any) -> None:
+    sessions = _sessions(pipeline.root, SOURCE, DAYS)
+    files = sessions["lines"].map(lambda refs: {r.rsplit(":", 1)[0] for r in refs})
+    crossing = sessions[files.map(len) == 2]
+    assert len(crossing) >= 1 and pipeline.sessionize[DAYS[0]].open_sessions >= len(crossing)
+    assert pipeline.sessionize[DAYS[1]].carried_in_events > 0
+    for row in crossing.itertuples():
+        assert row.dt == DAYS[1]
+        assert row.first_ts.date().isoformat() == DAYS[0] and row.last_ts.date().isoformat() == DAYS[1]
+        refs = [(r.rsplit(":", 1)[0], int(r.rsplit(":", 1)[1])) for r in row.lines]
+        assert refs[0][0].endswith(f"dt={DAYS[0]}/{SOURCE}.log") and refs[-1][0].endswith(f"dt={DAYS[1]}/{SOURCE}.log")
+
+
+def _tb_line(node: str, at: datetime, i: int) -> str:
+    epoch = int((at - datetime(1970, 1, 1)).total_seconds())
+    return (f"- {epoch} {at:%Y.%m.%d} {node} {at:%b} {at.day} {at:%H:%M:%S} {node}/{node} "
+            f"sshd[{100 + i}]: session opened for user u{i}")
+
+
+def test_node_windows_follow_the_format_rule_across_midnight(spark: Any, tmp_path: Path) -> None:
+    day1, day2 = "2005-11-09", "2005-11-10"
+    t = datetime(2005, 11, 9, 23, 50)
+    plan = {  # node -> offsets in seconds from 23:50 on day 1
+        "a": [0, 10, 20, 220, 230],          # two windows (200 s of silence)
+        "b": [100, 170],                     # a gap of 70 s > 60 s: two windows
+        "c": [560, 590, 630, 645],           # 23:59:20 .. 00:00:45: one window across midnight
+        "d": [4200, 4205],                   # day 2 only
+    }
+    events = sorted((t + timedelta(seconds=s), node, i) for node, offs in plan.items() for i, s in enumerate(offs))
+    by_day: dict[str, list[str]] = defaultdict(list)
+    for at, node, i in events:
+        by_day[at.date().isoformat()].append(_tb_line(node, at, i))
+    for day, lines in by_day.items():
+        folder = tmp_path / "raw" / "tb" / f"dt={day}"
+        folder.mkdir(parents=True)
+        (folder / "tb.log").write_text("\n".join(lines) + "\n")
+
+    rule = NodeWindowSessionKey()
+    expected: dict[str, list[str]] = defaultdict(list)
+    for day in (day1, day2):
+        for no, line in enumerate(by_day[day], start=1):
+            parsed = parse_line(line.encode(), THUNDERBIRD)
+            assert isinstance(parsed, ParsedLine)
+            expected[rule.keys(parsed)[0]].append(f"raw/tb/dt={day}/tb.log:{no}")
+
+    for day in (day1, day2):
+        run_parse("tb", day, "thunderbird", data_root=tmp_path, spark=spark, gate=False)
+    first = run_sessionize("tb", day1, data_root=tmp_path, spark=spark, gate=False)
+    second = run_sessionize("tb", day2, data_root=tmp_path, spark=spark, gate=False)
+    assert (first.open_sessions, second.carried_in_events) == (1, 2)
+    got = _sessions(tmp_path, "tb", (day1, day2))
+    assert dict(zip(got["session_id"], got["lines"].map(list))) == expected
+    crossing = got[got["session_id"].str.startswith("c#")]
+    assert len(crossing) == 1 and crossing["dt"].item() == day2 and crossing["n_events"].item() == 4
