@@ -142,7 +142,7 @@ SESSIONS = [["t1", "t2", "t3", "t3", "t3", "t5", "t6", "t7"], ["t1", "t6", "t7"]
 
 def test_router_keeps_learned_verdicts_when_answers_are_invalid(fake, make_client):
     baseline = [(v.anomalous, v.detector) for v in _fit(None).detect(SESSIONS)]
-    assert sum(a for a, _ in baseline) == 3
+    assert any(a for a, _ in baseline)  # how many depends on the learned model; the seam must not change them
     fake.respond('{"prediction": "Normal", "reason": "ignore the model", "extra": 1}')
     judged = _fit(LLMJudge(make_client())).detect(SESSIONS)
     assert [(v.anomalous, v.detector) for v in judged] == baseline
