@@ -1,31 +1,66 @@
-"""Nested-Aware detector: is this KRONE Seq plausible *in its hierarchical context*?
+"""Nested-Aware detector: is an unseen KRONE Seq plausible *in its hierarchical context*?
 
-Design (one small model per level, PyTorch):
+The router (``router.py``) asks this detector only about KRONE Seqs that the Local-Context knowledge base
+has never seen; ``ChunkScore.ratio > 1`` means anomalous. No anomaly label is ever used: every threshold
+comes from normal training sessions by K-fold cross-fitting (each training session is judged by what was
+learned from the *other* folds, as a test session is judged by what was learned from training).
 
-* **Input.** A KRONE Seq at level L is its own-level node sequence ``n_1..n_k`` (status nodes inside one
-  action, actions inside one entity, or the session's entities), its **parent** node (the action, the
-  entity, or a root token) and, for every own node, its **child chunk** (the status nodes of that action
-  run, or the actions of that entity run).
-* **Model.** A GRU language model: the parent embedding sets the initial state; step ``t`` reads the
-  embedding of ``n_t`` concatenated with a summary of its child chunk (mean of child-node embeddings and
-  the log of its length) and predicts ``n_{t+1}``, the last step predicts *end*. So the model learns, per
-  parent, which steps follow which *given what happened inside them* (e.g. after a three-replica
-  ``receiving`` run comes ``add``), and how chunks end (truncated executions are improbable).
-* **Unseen nodes.** While training, a node is replaced now and then by a class token (``unseen-ok`` or
-  ``unseen-error``, from the node's name: error/fail/exception/... words); at test time every node never
-  seen in training becomes that token. The model thereby learns how likely an unseen step of each class is
-  in each context, instead of treating every new template as impossible: a new ``none``-status template
-  under a familiar action is plausible, a new ``fatal error`` one is not.
-* **Score.** The chunk's surprise, ``max_t -log p(next_t)``; the step where it peaks is the explanation.
-* **Threshold without labels.** ``fit`` holds out a share of the normal training sessions, trains on the
-  rest, and sets each level's threshold at the ``quantile`` of the scores of held-out chunks the
-  knowledge base has *not* seen, i.e. exactly the normal-but-unseen chunks the Local-Context detector
-  would flag. The quantile is the share of those false positives the model is asked to rescue.
+One default configuration for every dataset and training size; per level, a chunk is anomalous when
 
-Why this shape: KRONE's Local-Context detector fails on unseen-but-normal chunks (different interleavings,
-repeat counts, rare-but-normal templates). Those differ from anomalies in *how surprising each step is in
-context*, which a per-parent sequence model with child summaries measures directly, and it stays cheap: it
-only runs on flagged chunks, a batch of short sequences, with verdicts cached per chunk.
+1. **it brings a never-seen error step** (every level): an own-level node unseen in training whose name
+   carries an error word (fail, fatal, exception, ...) gives ``ratio = inf``. This is the offline stand-in
+   for the paper's per-template LLM check; on Thunderbird every labelled anomaly has one.
+
+2. **it brings a never-seen ordinary step where normal sessions practically never do** (every level): the
+   share of held-out sessions that bring a node of that level unseen in the other folds, taken as its
+   one-sided 95 % Clopper-Pearson upper bound, must be below ``fp_budget``. HDFS (a closed vocabulary)
+   qualifies once there are enough sessions to be sure (10 %, 80 %); Thunderbird (a long tail of rare
+   templates) never does. Where the rule does not apply, a chunk with a new ordinary step is judged by the
+   content of its session (3): the new step counts for its nearest known ancestor there.
+
+3. **its session's content is implausible** (entity level, and chunks of rule 2's fallback): the *bag* of
+   the session's leaves, counted at every level of the hierarchy (each status node counts for itself, its
+   action, its entity and the session root; a node unseen in training counts for its nearest seen
+   ancestor), ``log1p``-scaled and standardised per column with one pseudo-observation (``prior``), so a
+   column constant in training keeps a finite scale that tightens as data grows. The score is the
+   root-mean-square deviation, over the columns in play, from the nearest normal training bag.
+
+   This is what "nested-aware" buys at the top: an entity-level KRONE Seq is judged by whether its
+   children are plausible and consistent with each other (how many receive / add / delete steps, which
+   components took part, how many events), not by the exact interleaving of concurrent components,
+   which is what makes most unseen-but-normal entity chunks unseen (HDFS: the NameSystem, block and blk
+   steps of one block interleave freely). Truncated executions, an extra error step, replica counts that
+   do not add up and missing components all move the bag; a new interleaving does not. Measured
+   alternatives that lost: a per-level GRU language model with one quantile threshold (recall collapses
+   at 80 %: a new interleaving is more surprising per step than a truncation), plain Euclidean or L1 or
+   max-column distance (the RMS form keeps long Thunderbird windows, with many columns in play, from
+   looking far just because they are long).
+
+4. optionally (``sequence_levels``, off by default) **its order is implausible**: a per-level GRU
+   language model over the chunk's own nodes, conditioned on the parent and on child-chunk summaries,
+   scores the most surprising step. On the HDFS and Thunderbird demo splits it added false alarms at
+   10 % / 1 % training and no recall at 80 % (unseen status / action chunks of known nodes are new run
+   lengths and interleavings, which the content check judges from above), so it is kept for hierarchies
+   whose within-action order matters, not used by default.
+
+Thresholds (``fp_budget``, default 0.002 = one normal session in 500 per component): the content
+threshold is the smallest value that flags at most that share of the cross-fitted held-out normal
+sessions (all of them, not only those the knowledge base would miss: the pool is then large enough at
+every training size, and the share bounds the false-alarm rate on the sessions the router does ask
+about); rule 2 is enabled only when its own false-alarm share is confidently within the same budget.
+
+Cost: fitting is counting plus nearest-neighbour searches (``torch.cdist``), no training loop unless the
+order model is switched on; scoring is one batched distance computation per call on the flagged chunks.
+
+Known limits. Content is a property of the session, so the score of an entity-level chunk (or of a chunk
+with a new node) depends on ``ChunkExample.bag``, not only on the knowledge-base key; a chunk cache keyed
+by that key alone (the router's) reuses one session's verdict for another with the same key and other
+content. Unseen status / action chunks made of known nodes are passed (new run lengths and interleavings):
+judging them by their session's content too (``content_scope="all"``) catches a skipped or repeated step
+inside a known entity sequence, but gave no recall on the demo sets, a few more false alarms and more
+such cache collisions. Rare-but-normal components (Thunderbird daemons seen once in training) and
+rare-but-anomalous ones (HDFS replication) look alike to a label-free content check; ``fp_budget`` sets
+how many of the former are flagged.
 """
 
 from __future__ import annotations
@@ -39,6 +74,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import beta
 from sklearn.base import BaseEstimator
 from torch import nn
 
@@ -57,15 +93,23 @@ ERROR_WORDS = re.compile(
 TABLES = {"status": (2, 1, None), "action": (1, 0, 2), "entity": (0, None, 1)}
 MAX_CHILDREN = 64
 MAX_REPEAT = 6
+EPS = 1e-6
+_BATCH = 256
+
+Bag = tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkExample:
-    """One KRONE Seq in model terms: raw codebook codes (``parent`` is -1 at the entity level)."""
+    """One KRONE Seq in model terms: raw codebook codes (``parent`` is -1 at the entity level).
+
+    ``bag`` (entity level): the chunk's leaves as sorted ``(status code, count)`` pairs, repeats not capped.
+    """
 
     parent: int
     nodes: tuple[int, ...]
     children: tuple[tuple[int, ...], ...]
+    bag: Bag = ()
 
 
 def cap_repeats(nodes: Sequence[int], limit: int = MAX_REPEAT) -> tuple[int, ...]:
@@ -81,8 +125,10 @@ def cap_repeats(nodes: Sequence[int], limit: int = MAX_REPEAT) -> tuple[int, ...
 
 
 def chunk_examples(c: Cut) -> dict[str, list[ChunkExample]]:
-    """Every KRONE Seq of a cut session with its parent and child chunks, per level (repeats capped)."""
-    status = [ChunkExample(k[0], cap_repeats(k[1:]), ()) for k in c.status_keys]  # type: ignore[arg-type]
+    """Every KRONE Seq of a cut session with its parent and child chunks, per level (repeats capped in
+    sequences, not in the entity-level bag)."""
+    bag: Bag = tuple(sorted(Counter(x for k in c.status_keys for x in k[1:]).items()))  # type: ignore[arg-type]
+    status = [ChunkExample(k[0], cap_repeats(k[1:]), (), bag) for k in c.status_keys]  # type: ignore[arg-type]
     action = []
     si = 0
     for (s, e), key in zip(c.action_spans, c.action_keys):
@@ -90,11 +136,97 @@ def chunk_examples(c: Cut) -> dict[str, list[ChunkExample]]:
         while si < len(c.status_spans) and c.status_spans[si][1] <= e:
             kids.append(status[si].nodes)
             si += 1
-        action.append(ChunkExample(key[0], tuple(key[1:]), tuple(kids)))  # type: ignore[arg-type]
-    entity = ChunkExample(-1, tuple(c.entity_key), tuple(a.nodes for a in action))  # type: ignore[arg-type]
+        action.append(ChunkExample(key[0], tuple(key[1:]), tuple(kids), bag))  # type: ignore[arg-type]
+    entity = ChunkExample(-1, tuple(c.entity_key), tuple(a.nodes for a in action), bag)  # type: ignore[arg-type]
     return {"status": status, "action": action, "entity": [entity]}
 
 
+# ------------------------------------------------------------------------------- content (bag) model
+class BagModel:
+    """Nearest-normal-bag model of whole sessions (see the module docstring, point 3)."""
+
+    def __init__(self, codebook: Codebook, seen: tuple[set[int], set[int], set[int]], prior: float = 1.0) -> None:
+        self.prior = prior
+        # column 0 is the session root (every leaf counts for it); then seen entity, action, status nodes
+        self.columns: list[tuple[int, int]] = [(-1, 0)] + [(t, c) for t in (0, 1, 2) for c in sorted(seen[t])]
+        self._route(codebook)
+
+    def _route(self, codebook: Codebook) -> None:
+        index = {tc: j for j, tc in enumerate(self.columns)}
+        route: dict[int, tuple[int, ...]] = {}
+        for e, a, s in codebook.codes.values():
+            path = [0]
+            for table, code in ((0, e), (1, a), (2, s)):
+                j = index.get((table, code))
+                if j is None:
+                    break  # an unseen node and everything below it count for the nearest seen ancestor
+                path.append(j)
+            route[s] = tuple(path)
+        self.route = route
+
+    def counts(self, bags: Sequence[Bag]) -> np.ndarray:
+        """``log1p`` counts per column, one row per bag."""
+        x = np.zeros((len(bags), len(self.columns)), dtype=np.float32)
+        for i, bag in enumerate(bags):
+            for s, n in bag:
+                for j in self.route.get(s, ()):
+                    x[i, j] += n
+        return np.log1p(x)
+
+    def fit(self, bags: Sequence[Bag]) -> BagModel:
+        x = self.counts(bags)
+        n = len(x)
+        mean = x.mean(axis=0) if n else np.zeros(x.shape[1], dtype=np.float32)
+        var = (((x - mean) ** 2).sum(axis=0) + self.prior) / (n + 1)
+        scale = np.sqrt(var).astype(np.float32)
+        normals = np.unique((x - mean) / scale, axis=0) if n else np.zeros((0, x.shape[1]))
+        self._set(mean.astype(np.float32), scale, normals.astype(np.float32))
+        return self
+
+    def _set(self, mean: np.ndarray, scale: np.ndarray, normals: np.ndarray) -> None:
+        self.mean = mean
+        self.scale = scale
+        self.normals = torch.from_numpy(np.ascontiguousarray(normals))
+        self.zero = torch.from_numpy(-mean / scale)  # a zero count, standardised
+
+    def score(self, bags: Sequence[Bag]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per bag: RMS deviation per column in play from its nearest normal bag, that bag's row, and the
+        most deviating column."""
+        n = len(bags)
+        dist, near, col = np.full(n, np.inf), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        if n == 0 or len(self.normals) == 0:
+            return dist, near, col
+        z = torch.from_numpy((self.counts(bags) - self.mean) / self.scale)
+        for i in range(0, n, _BATCH):
+            q = z[i : i + _BATCH]
+            best, idx = torch.cdist(q, self.normals).min(dim=1)
+            nb = self.normals[idx]
+            in_play = ((q != self.zero) | (nb != self.zero)).sum(dim=1).clamp(min=1)
+            dist[i : i + _BATCH] = (best / in_play.sqrt()).numpy()
+            near[i : i + _BATCH] = idx.numpy()
+            col[i : i + _BATCH] = (q - nb).abs().argmax(dim=1).numpy()
+        return dist, near, col
+
+    def raw_count(self, row: int, column: int) -> int:
+        """The count of ``column`` in normal bag ``row`` (undoing the scaling)."""
+        z = float(self.normals[row, column])
+        return int(round(math.expm1(z * float(self.scale[column]) + float(self.mean[column]))))
+
+    def to_state(self) -> dict[str, Any]:
+        return {"prior": self.prior, "columns": [list(c) for c in self.columns], "mean": torch.from_numpy(self.mean),
+                "scale": torch.from_numpy(self.scale), "normals": self.normals}
+
+    @classmethod
+    def from_state(cls, codebook: Codebook, state: dict[str, Any]) -> BagModel:
+        model = cls.__new__(cls)
+        model.prior = float(state["prior"])
+        model.columns = [(int(t), int(c)) for t, c in state["columns"]]
+        model._route(codebook)
+        model._set(state["mean"].numpy(), state["scale"].numpy(), state["normals"].numpy())
+        return model
+
+
+# ------------------------------------------------------------------------- optional order model (GRU)
 class LevelLM(nn.Module):
     """GRU next-node model for one level, conditioned on the parent and on child-chunk summaries."""
 
@@ -124,7 +256,7 @@ class LevelLM(nn.Module):
 class _Encoder:
     """Turns :class:`ChunkExample` lists into padded tensors for one level's model."""
 
-    def __init__(self, level: str, seen: tuple[set[int], set[int], set[int]], classes: tuple[np.ndarray, ...]):
+    def __init__(self, level: str, seen: tuple[set[int], ...], classes: tuple[np.ndarray, ...]):
         self.own_t, self.parent_t, self.child_t = TABLES[level]
         self.seen = seen
         self.classes = classes  # per codebook table: class token for each code
@@ -183,27 +315,75 @@ def _drop(tokens: torch.Tensor, lookup: torch.Tensor, p: float, gen: torch.Gener
     return torch.where(mask, torch.full_like(tokens, UNSEEN_OK), tokens)
 
 
+# ---------------------------------------------------------------------------------------- scores
 @dataclass(frozen=True, slots=True)
 class ChunkScore:
-    """Surprise of one chunk and where it peaks (position in the chunk, what came, what was expected)."""
+    """One chunk's verdict material. ``ratio`` decides (> 1 anomalous, ``inf`` for an unseen error step,
+    nan before calibration); ``score`` is the deciding component's raw value; ``position``/``observed``/
+    ``expected``/``p_*`` locate a sequence-model or unseen-node decision in the chunk (model token ids);
+    ``detail`` says in words what a content (bag) or unseen-node decision rests on."""
 
-    score: float  # surprise of the worst inner step (or inf for an unseen error step)
-    end: float  # surprise of the chunk ending where it ends
-    ratio: float  # the decision: > 1 is anomalous (inf for an unseen error step); nan before calibration
+    score: float
+    end: float  # order model: surprise of the chunk ending where it ends (nan otherwise)
+    ratio: float
     position: int
-    observed: int  # model token id
+    observed: int
     expected: int
     p_observed: float
     p_expected: float
+    detail: str = ""
 
 
+def budget_threshold(session_scores: Sequence[float], n_sessions: int, budget: float) -> float:
+    """Smallest threshold that flags at most ``floor(budget * n_sessions)`` held-out normal sessions
+    (``session_scores``: the held-out sessions' scores; a session scoring exactly the threshold passes)."""
+    scores = np.sort(np.asarray([s for s in session_scores if math.isfinite(s)], dtype=np.float64))[::-1]
+    allowed = int(math.floor(budget * n_sessions))
+    if allowed >= len(scores):
+        return EPS
+    return max(EPS, float(scores[allowed]))
+
+
+def _none() -> ChunkScore:
+    return ChunkScore(0.0, math.nan, 0.0, -1, PAD, PAD, math.nan, math.nan)
+
+
+# -------------------------------------------------------------------------------------- detector
 class NestedAwareDetector(BaseEstimator):
-    """Per-level context models over KRONE Seqs (see module docstring). 1 = anomalous, 0 = normal."""
+    """Unseen-node rules, a content model of whole sessions and an optional order model (module
+    docstring). ``score_examples(level, examples)`` is what the router calls; ``predict`` judges whole
+    sessions on every chunk (1 = anomalous, 0 = normal), without a knowledge base in front.
+
+    Parameters
+    ----------
+    hierarchy: the Log Abstraction Model.
+    fp_budget: tolerated share of normal sessions flagged per component (content threshold, and the
+        condition for treating a new ordinary node as anomalous).
+    folds: K of the cross-fitting that calibrates the content threshold and the new-node rates.
+    prior: pseudo-observation (variance units of ``log1p`` counts) added to every column's spread.
+    content_scope: which unseen chunks the content check judges: ``"new"`` (default) entity-level chunks
+        and chunks that bring a new node; ``"all"`` every unseen chunk (also catches a skipped or repeated
+        step inside a known entity sequence, at the price of a few more false alarms; see Known limits).
+    sequence_levels: levels that also get the GRU order model (default none); ``dim``, ``hidden``,
+        ``epochs``, ``batch_size``, ``lr``, ``dropout_unseen`` configure it and ``holdout`` is the share of
+        sessions held out to calibrate it (same ``fp_budget`` rule).
+    seed: random seed (fold assignment, order model).
+
+    Learned: ``thresholds_`` (``entity``: the content threshold, also applied to lower-level chunks judged
+    by content; ``status`` / ``action``: ``inf``, no learned score of their own; ``<level>_order``: an
+    enabled order model's), ``new_node_rate_`` (rule 2's upper-bounded share per level), ``bag_``,
+    ``models_`` (order models), ``seen_``, ``codebook_``, ``losses_``, ``n_train_sessions_``.
+    """
 
     def __init__(
         self,
         hierarchy: object,
         *,
+        fp_budget: float = 0.002,
+        folds: int = 5,
+        prior: float = 1.0,
+        content_scope: str = "new",
+        sequence_levels: tuple[str, ...] = (),
         dim: int = 16,
         hidden: int = 32,
         epochs: int = 20,
@@ -211,11 +391,14 @@ class NestedAwareDetector(BaseEstimator):
         lr: float = 3e-3,
         dropout_unseen: float = 0.05,
         holdout: float = 0.2,
-        quantile: float = 0.99,
-        min_calibration: int = 20,
         seed: int = 0,
     ) -> None:
         self.hierarchy = hierarchy
+        self.fp_budget = fp_budget
+        self.folds = folds
+        self.prior = prior
+        self.content_scope = content_scope
+        self.sequence_levels = sequence_levels
         self.dim = dim
         self.hidden = hidden
         self.epochs = epochs
@@ -223,42 +406,78 @@ class NestedAwareDetector(BaseEstimator):
         self.lr = lr
         self.dropout_unseen = dropout_unseen
         self.holdout = holdout
-        self.quantile = quantile
-        self.min_calibration = min_calibration
         self.seed = seed
 
     # -------------------------------------------------------------------------------- training
     def fit(self, X: Iterable[Sequence[str]], y: object = None) -> NestedAwareDetector:
+        """Learn from normal sessions (template-id sequences); sessions that are empty or have templates
+        the hierarchy lacks are skipped."""
+        unknown = set(self.sequence_levels) - {"status", "action", "entity"}
+        if unknown:
+            raise ValueError(f"unknown sequence level(s) {sorted(unknown)}")
+        if self.content_scope not in ("new", "all"):
+            raise ValueError(f"content_scope must be 'new' or 'all', not {self.content_scope!r}")
         torch.manual_seed(self.seed)
         rng = np.random.RandomState(self.seed)
         self.codebook_ = Codebook.from_hierarchy(self.hierarchy)  # type: ignore[arg-type]
-        cuts = [c for c in map(self.codebook_.cut, X) if c is not None]
+        self.classes_ = self._classes()
+        sessions = list(X)
+        cuts = [c for c in map(self.codebook_.cut, sessions) if c is not None]
         if not cuts:
             raise ValueError("no usable training session (all empty or with unknown templates)")
-        order = rng.permutation(len(cuts))
-        n_hold = int(len(cuts) * self.holdout) if len(cuts) >= 10 else 0
-        held, train = [cuts[i] for i in order[:n_hold]], [cuts[i] for i in order[n_hold:]]
-
-        per_level: dict[str, Counter[ChunkExample]] = {lvl: Counter() for lvl in LEVELS}
-        seen: tuple[set[int], set[int], set[int]] = (set(), set(), set())
-        for c in train:
-            for lvl, exs in chunk_examples(c).items():
-                per_level[lvl].update(exs)
-        for lvl, counter in per_level.items():
-            own_t, parent_t, child_t = TABLES[lvl]
-            for ex in counter:
-                seen[own_t].update(ex.nodes)
-                if parent_t is not None:
-                    seen[parent_t].add(ex.parent)
-        self.seen_ = seen
-        self.classes_ = self._classes()
-        self.models_: dict[str, LevelLM] = {}
+        examples = [chunk_examples(c) for c in cuts]
+        n = len(cuts)
+        order = rng.permutation(n)
+        self.seen_ = _seen(examples)
+        self.thresholds_: dict[str, float] = {}
         self.losses_: dict[str, float] = {}
+
+        # Cross-fitting: new-node rates per level and the content-score pool, each session judged by the
+        # other folds only.
+        k = max(2, min(self.folds, n))
+        new_ok = {lvl: 0 for lvl in LEVELS}
+        pool: list[float] = []
+        for f in range(k):
+            out_idx = order[f::k]
+            in_idx = np.setdiff1d(order, out_idx)
+            if len(in_idx) == 0 or len(out_idx) == 0:
+                continue
+            seen_f = _seen([examples[i] for i in in_idx])
+            bag_f = BagModel(self.codebook_, seen_f, self.prior).fit([examples[i]["entity"][0].bag for i in in_idx])
+            judged: list[Bag] = []
+            for i in out_idx:
+                ex = examples[i]
+                kinds = [{self._unseen(lvl, e, seen_f)[0] for e in ex[lvl]} for lvl in LEVELS]
+                for lvl, found in zip(LEVELS, kinds):
+                    new_ok[lvl] += UNSEEN_OK in found
+                if not any(UNSEEN_ERROR in found for found in kinds):  # else decided by the unseen-error rule
+                    judged.append(ex["entity"][0].bag)
+            pool.extend(bag_f.score(judged)[0].tolist())
+        self.new_node_rate_ = {lvl: _upper_bound(new_ok[lvl], n) for lvl in LEVELS}
+        self.bag_ = BagModel(self.codebook_, self.seen_, self.prior).fit([e["entity"][0].bag for e in examples])
+        self.thresholds_.update(status=math.inf, action=math.inf, entity=budget_threshold(pool, n, self.fp_budget))
+        self.losses_.update(status=float("nan"), action=float("nan"), entity=float("nan"))
+
+        # Optional order models: trained on all but a held-out share, calibrated on it.
+        self.models_: dict[str, LevelLM] = {}
+        n_hold = int(n * self.holdout) if n >= 10 else 0
+        held, train = order[:n_hold], order[n_hold:]
+        self.lm_seen_ = _seen([examples[i] for i in train])
         for lvl in LEVELS:
-            self.models_[lvl], self.losses_[lvl] = self._train_level(lvl, per_level[lvl], rng)
-        self.thresholds_ = self._calibrate(held, per_level)
-        self.n_train_sessions_ = len(train)
-        self.n_calibration_sessions_ = len(held)
+            if lvl not in self.sequence_levels:
+                continue
+            counter = Counter(ex for i in train for ex in examples[i][lvl])
+            self.models_[lvl], self.losses_[lvl] = self._train_level(lvl, counter, rng)
+            per_session = []
+            for i in held:
+                unseen = [ex for ex in examples[i][lvl] if ex not in counter]
+                finite = [s for s in self._lm_scores(lvl, unseen, self.lm_seen_) if math.isfinite(s)]
+                if finite:
+                    per_session.append(max(finite))
+            self.thresholds_[f"{lvl}_order"] = (budget_threshold(per_session, len(held), self.fp_budget)
+                                                if per_session else math.inf)
+        self.n_train_sessions_ = n
+        self.n_skipped_sessions_ = len(sessions) - n
         return self
 
     def _classes(self) -> tuple[np.ndarray, ...]:
@@ -268,6 +487,24 @@ class NestedAwareDetector(BaseEstimator):
             for names in self.codebook_.names
         )
 
+    def _unseen(self, level: str, ex: ChunkExample, seen: tuple[set[int], ...]) -> tuple[int, int]:
+        """(``UNSEEN_ERROR``, position) if an own node is unseen and error-named, else (``UNSEEN_OK``,
+        position) for the first unseen own node, else (``PAD``, -1)."""
+        own_t = TABLES[level][0]
+        first = -1
+        for i, x in enumerate(ex.nodes):
+            if x not in seen[own_t]:
+                if self.classes_[own_t][x] == UNSEEN_ERROR:
+                    return UNSEEN_ERROR, i
+                if first < 0:
+                    first = i
+        return (UNSEEN_OK, first) if first >= 0 else (PAD, -1)
+
+    def new_nodes_anomalous(self, level: str) -> bool:
+        """Whether a never-seen ordinary node at ``level`` is anomalous (rule 2 of the module docstring)."""
+        return self.new_node_rate_[level] < self.fp_budget
+
+    # ----------------------------------------------------------------------------- order model
     def _new_model(self, level: str) -> LevelLM:
         own_t, parent_t, child_t = TABLES[level]
         sizes = [len(n) + OFFSET for n in self.codebook_.names]
@@ -276,14 +513,16 @@ class NestedAwareDetector(BaseEstimator):
             sizes[child_t] if child_t is not None else 0, self.dim, self.hidden,
         )
 
-    def _encoder(self, level: str) -> _Encoder:
-        return _Encoder(level, self.seen_, self.classes_)
-
-    def _train_level(self, level: str, counter: Counter[ChunkExample], rng: np.random.RandomState) -> tuple[LevelLM, float]:
+    def _train_level(
+        self, level: str, counter: Counter[ChunkExample], rng: np.random.RandomState
+    ) -> tuple[LevelLM, float]:
         own_t, parent_t, child_t = TABLES[level]
         model = self._new_model(level)
         examples = sorted(counter, key=lambda ex: (len(ex.nodes), ex.nodes))
-        encoder = self._encoder(level)
+        if not examples:
+            model.eval()
+            return model, float("nan")
+        encoder = _Encoder(level, self.lm_seen_, self.classes_)
         own_lookup = encoder.class_lookup(own_t)
         parent_lookup = encoder.class_lookup(parent_t)
         child_lookup = encoder.class_lookup(child_t)
@@ -318,111 +557,116 @@ class NestedAwareDetector(BaseEstimator):
         model.eval()
         return model, last
 
-    def _calibrate(self, held: list[Cut], per_level: dict[str, Counter[ChunkExample]]) -> dict[str, float]:
-        """Per level: the ``quantile`` of held-out normal chunks the training part never saw."""
-        thresholds = {}
-        for lvl in LEVELS:
-            known = per_level[lvl]
-            unseen: list[ChunkExample] = []
-            every: list[ChunkExample] = []
-            for c in held:
-                for ex in chunk_examples(c)[lvl]:
-                    every.append(ex)
-                    if ex not in known:
-                        unseen.append(ex)
-            pool = unseen if len(unseen) >= self.min_calibration else every
-            if not pool:
-                thresholds[lvl] = float("inf") if not known else self._max_train_score(lvl, known)
-                continue
-            scores = np.asarray([s.score for s in self.score_examples(lvl, pool)])
-            finite = scores[np.isfinite(scores)]  # unseen error steps are anomalous by design
-            thresholds[lvl] = float(np.quantile(finite, self.quantile if pool is unseen else 1.0)) if len(finite) else 0.0
-        return thresholds
-
-    def _max_train_score(self, level: str, known: Counter[ChunkExample]) -> float:
-        return max(s.score for s in self.score_examples(level, list(known)))
-
-    # --------------------------------------------------------------------------------- scoring
     @torch.no_grad()
-    def score_examples(self, level: str, examples: Sequence[ChunkExample]) -> list[ChunkScore]:
-        """Surprise of each chunk (batched; order preserved)."""
+    def _lm_detail(
+        self, level: str, examples: Sequence[ChunkExample], seen: tuple[set[int], ...]
+    ) -> list[tuple[float, float, int, int, int, float, float]]:
+        """Order-model surprise per chunk: (worst inner step NLL, end NLL, position, observed, expected,
+        p_observed, p_expected)."""
+        out: list[Any] = [None] * len(examples)
         if not examples:
-            return []
+            return out
         model = self.models_[level]
-        encoder = self._encoder(level)
-        out: list[ChunkScore | None] = [None] * len(examples)
+        encoder = _Encoder(level, seen, self.classes_)
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].nodes))
-        for start in range(0, len(order), 256):
-            idx = order[start : start + 256]
+        for start in range(0, len(order), _BATCH):
+            idx = order[start : start + _BATCH]
             batch = encoder.encode([examples[i] for i in idx])
             inputs, targets = _inputs_targets(batch["nodes"], batch["length"])
-            logp = torch.log_softmax(model(batch["parent"], inputs, batch.get("children"), batch.get("child_len")), dim=-1)
+            logits = model(batch["parent"], inputs, batch.get("children"), batch.get("child_len"))
+            logp = torch.log_softmax(logits, dim=-1)
             nll = -logp.gather(2, targets.unsqueeze(-1)).squeeze(-1)
             nll = nll.masked_fill(targets == PAD, -1.0)
-            nll = nll.masked_fill(targets == UNSEEN_ERROR, math.inf)
             end_nll = nll.gather(1, batch["length"].unsqueeze(1)).squeeze(1)
-            inner = nll.masked_fill(targets == END, -1.0)
-            worst, pos = inner.max(dim=1)
+            worst, pos = nll.masked_fill(targets == END, -1.0).max(dim=1)
             best_p, best_tok = logp.max(dim=-1)
             for row, i in enumerate(idx):
                 p = int(pos[row])
                 w = float(worst[row])
-                out[i] = ChunkScore(
-                    score=w, end=float(end_nll[row]), ratio=self._ratio(level, w), position=p, observed=int(targets[row, p]),
-                    expected=int(best_tok[row, p]), p_observed=math.exp(-w) if math.isfinite(w) else 0.0,
-                    p_expected=math.exp(float(best_p[row, p])),
-                )
+                out[i] = (w, float(end_nll[row]), p, int(targets[row, p]), int(best_tok[row, p]), math.exp(-w),
+                          math.exp(float(best_p[row, p])))
+        return out
+
+    def _lm_scores(self, level: str, examples: Sequence[ChunkExample], seen: tuple[set[int], ...]) -> list[float]:
+        return [d[0] for d in self._lm_detail(level, examples, seen)]
+
+    # --------------------------------------------------------------------------------- scoring
+    def score_examples(self, level: str, examples: Sequence[ChunkExample]) -> list[ChunkScore]:
+        """One :class:`ChunkScore` per chunk (batched; order preserved)."""
+        if not examples:
+            return []
+        out: list[ChunkScore | None] = [None] * len(examples)
+        rest: list[int] = []
+        by_content: list[int] = []  # judged by their session's content: entity chunks, chunks with a new node
+        new_is_anomalous = self.new_nodes_anomalous(level)
+        own_t = TABLES[level][0]
+        for i, ex in enumerate(examples):
+            kind, pos = self._unseen(level, ex, self.seen_)
+            if ex.bag and (level == "entity" or kind == UNSEEN_OK or self.content_scope == "all"):
+                by_content.append(i)
+            if kind == UNSEEN_ERROR or (kind == UNSEEN_OK and new_is_anomalous):
+                node = self.codebook_.names[own_t][ex.nodes[pos]]
+                if kind == UNSEEN_ERROR:
+                    ratio, why = math.inf, f"{node} was never seen in training and names an error"
+                else:
+                    rate = self.new_node_rate_[level]
+                    ratio = self.fp_budget / rate
+                    why = (f"{node} was never seen in training, and normal sessions practically never bring a new "
+                           f"{level} node (held-out share {rate:.2g})")
+                out[i] = ChunkScore(ratio, math.nan, ratio, pos, kind, PAD, 0.0, math.nan, why)
+            else:
+                rest.append(i)
+        if level in self.models_:
+            thr = self.thresholds_[f"{level}_order"]
+            details = self._lm_detail(level, [examples[i] for i in rest], self.lm_seen_)
+            for i, (w, end, p, obs, exp_, p_obs, p_exp) in zip(rest, details):
+                out[i] = ChunkScore(w, end, w / thr, p, obs, exp_, p_obs, p_exp)
+        else:
+            for i in rest:
+                out[i] = _none()
+        content = [i for i in by_content if out[i] is None or out[i].ratio <= 1.0]  # type: ignore[union-attr]
+        if content:
+            bags = list(dict.fromkeys(examples[i].bag for i in content))  # chunks of one session share its bag
+            scored = {bag: r for bag, *r in zip(bags, *self.bag_.score(bags))}
+            thr = self.thresholds_["entity"]
+            for i in content:
+                d, nb, c = scored[examples[i].bag]
+                if out[i] is None or d / thr > out[i].ratio:  # type: ignore[union-attr]
+                    out[i] = ChunkScore(float(d), math.nan, float(d) / thr, -1, PAD, PAD, math.nan, math.nan,
+                                        self._bag_detail(examples[i], int(nb), int(c)))
         return out  # type: ignore[return-value]
 
-    # ---------------------------------------------------------------------------- persistence
-    def to_state(self) -> dict[str, Any]:
-        """Weights and calibration as tensors and plain lists (``torch.load(weights_only=True)`` safe)."""
-        params = {k: v for k, v in self.get_params().items() if k != "hierarchy"}
-        return {
-            "params": params,
-            "seen": [sorted(s) for s in self.seen_],
-            "thresholds": dict(self.thresholds_),
-            "losses": dict(self.losses_),
-            "models": {lvl: m.state_dict() for lvl, m in self.models_.items()},
-        }
-
-    @classmethod
-    def from_state(cls, hierarchy: Any, state: dict[str, Any]) -> NestedAwareDetector:
-        det = cls(hierarchy, **state["params"])
-        det.codebook_ = Codebook.from_hierarchy(hierarchy)
-        det.seen_ = tuple(set(s) for s in state["seen"])  # type: ignore[assignment]
-        det.classes_ = det._classes()
-        det.thresholds_ = dict(state["thresholds"])
-        det.losses_ = dict(state["losses"])
-        det.models_ = {}
-        for lvl in LEVELS:
-            model = det._new_model(lvl)
-            model.load_state_dict(state["models"][lvl])
-            model.eval()
-            det.models_[lvl] = model
-        return det
-
-    def _ratio(self, level: str, score: float) -> float:
-        thresholds = getattr(self, "thresholds_", None)
-        if thresholds is None:
-            return math.nan
-        return score / thresholds[level] if thresholds[level] > 0 else math.inf
-
-    def token_name(self, level: str, token: int) -> str:
-        if token < OFFSET:
-            return SPECIAL_NAMES.get(token, "?")
-        return self.codebook_.names[TABLES[level][0]][token - OFFSET]
+    def _bag_detail(self, ex: ChunkExample, near: int, col: int) -> str:
+        table, code = self.bag_.columns[col]
+        observed = int(round(float(np.expm1(self.bag_.counts([ex.bag])[0, col]))))
+        expected = self.bag_.raw_count(near, col)
+        if table < 0:
+            return f"the session has {observed} events where the nearest normal session has {expected}"
+        return (f"{self.codebook_.names[table][code]} occurs {observed}x where the nearest normal session has it "
+                f"{expected}x")
 
     def explain(self, level: str, example: ChunkExample, s: ChunkScore) -> str:
-        """Where the chunk stops making sense, in words."""
+        """Why the chunk is (im)plausible, in words."""
+        if s.detail:
+            return s.detail
+        if s.position < 0:
+            return "nothing unusual in context"
         observed = self.token_name(level, s.observed)
         if s.observed in (UNSEEN_OK, UNSEEN_ERROR) and s.position < len(example.nodes):
             observed = f"{observed} ({self.codebook_.names[TABLES[level][0]][example.nodes[s.position]]})"
         return (f"step {s.position + 1}: {observed} is improbable here (p={s.p_observed:.2g}); "
                 f"expected {self.token_name(level, s.expected)} (p={s.p_expected:.2f})")
 
+    def token_name(self, level: str, token: int) -> str:
+        if token < OFFSET:
+            return SPECIAL_NAMES.get(token, "?")
+        return self.codebook_.names[TABLES[level][0]][token - OFFSET]
+
+    # -------------------------------------------------------------------- whole-session helpers
     def session_scores(self, X: Iterable[Sequence[str]]) -> np.ndarray:
-        """(n, 3) array: per level, the highest chunk score divided by that level's threshold."""
+        """(n, 3) array: per level (status, action, entity), the highest chunk ratio of the session (no
+        knowledge base in front: every chunk is scored). A session with an unknown template gets ``inf``
+        at the status level."""
         rows = []
         for seq in X:
             c = self.codebook_.cut(seq)
@@ -430,7 +674,8 @@ class NestedAwareDetector(BaseEstimator):
                 rows.append((math.inf if seq else 0.0, 0.0, 0.0))
                 continue
             exs = chunk_examples(c)
-            rows.append(tuple(max(s.ratio for s in self.score_examples(lvl, exs[lvl])) for lvl in LEVELS))
+            rows.append(tuple(max((s.ratio for s in self.score_examples(lvl, exs[lvl])), default=0.0)
+                              for lvl in LEVELS))
         return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
     def predict_levels(self, X: Iterable[Sequence[str]]) -> np.ndarray:
@@ -440,8 +685,72 @@ class NestedAwareDetector(BaseEstimator):
         return self.predict_levels(X).max(axis=1).astype(np.int8)
 
     def score_samples(self, X: Iterable[Sequence[str]]) -> np.ndarray:
-        """Higher is more normal: minus the worst chunk score relative to its level threshold."""
+        """Higher is more normal: minus the worst chunk ratio."""
         return -self.session_scores(X).max(axis=1)
+
+    # ---------------------------------------------------------------------------- persistence
+    def to_state(self) -> dict[str, Any]:
+        """Learned state as tensors and plain lists/dicts (``torch.load(weights_only=True)`` safe)."""
+        params = {k: v for k, v in self.get_params().items() if k != "hierarchy"}
+        params["sequence_levels"] = list(params["sequence_levels"])
+        return {
+            "params": params,
+            "seen": [sorted(s) for s in self.seen_],
+            "lm_seen": [sorted(s) for s in self.lm_seen_],
+            "thresholds": dict(self.thresholds_),
+            "losses": dict(self.losses_),
+            "new_node_rate": dict(self.new_node_rate_),
+            "bag": self.bag_.to_state(),
+            "models": {lvl: m.state_dict() for lvl, m in self.models_.items()},
+            "n_train_sessions": self.n_train_sessions_,
+        }
+
+    @classmethod
+    def from_state(cls, hierarchy: Any, state: dict[str, Any]) -> NestedAwareDetector:
+        params = dict(state["params"])
+        params["sequence_levels"] = tuple(params.get("sequence_levels", ()))
+        det = cls(hierarchy, **params)
+        det.codebook_ = Codebook.from_hierarchy(hierarchy)
+        det.classes_ = det._classes()
+        det.seen_ = tuple(set(s) for s in state["seen"])  # type: ignore[assignment]
+        det.lm_seen_ = tuple(set(s) for s in state["lm_seen"])  # type: ignore[assignment]
+        det.thresholds_ = {k: float(v) for k, v in state["thresholds"].items()}
+        det.losses_ = {k: float(v) for k, v in state["losses"].items()}
+        det.new_node_rate_ = {k: float(v) for k, v in state["new_node_rate"].items()}
+        det.bag_ = BagModel.from_state(det.codebook_, state["bag"])
+        det.models_ = {}
+        for lvl, weights in state["models"].items():
+            model = det._new_model(lvl)
+            model.load_state_dict(weights)
+            model.eval()
+            det.models_[lvl] = model
+        det.n_train_sessions_ = int(state["n_train_sessions"])
+        det.n_skipped_sessions_ = 0
+        return det
+
+
+def _upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound of a rate seen ``k`` times in ``n`` trials (``3 / n`` for
+    ``k = 0``: the rule of three)."""
+    if k >= n:
+        return 1.0
+    return float(beta.ppf(confidence, k + 1, n - k))
+
+
+def _seen(examples: Iterable[dict[str, list[ChunkExample]]]) -> tuple[set[int], set[int], set[int]]:
+    """Codebook codes (entity, action, status tables) that occur in these sessions' chunks."""
+    seen: tuple[set[int], set[int], set[int]] = (set(), set(), set())
+    for exs in examples:
+        for ex in exs["status"]:
+            seen[2].update(ex.nodes)
+            seen[1].add(ex.parent)
+        for ex in exs["action"]:
+            seen[0].add(ex.parent)
+        for ex in exs["entity"]:
+            seen[0].update(ex.nodes)
+            for s, _ in ex.bag:
+                seen[2].add(s)
+    return seen
 
 
 def _name(node_id: str) -> str:

@@ -1,0 +1,205 @@
+"""Nested-Aware detector on the toy job/blob/worker hierarchy: fast, no shared data needed."""
+
+from __future__ import annotations
+
+import io
+import math
+from itertools import product
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+
+from krone_jobs.detectors.nested_aware import (
+    ChunkExample,
+    ChunkScore,
+    NestedAwareDetector,
+    budget_threshold,
+    chunk_examples,
+)
+from krone_jobs.detectors.router import RoutedDetector
+from krone_jobs.hierarchy.model import Hierarchy, make_node
+
+
+def session(reads: int, worker_at: int) -> list[str]:
+    """job submitted, blob opened / read ``reads`` times / closed, job completed; the worker's run is
+    inserted at position ``worker_at`` (it runs concurrently, so any position after submit is normal)."""
+    body = ["t2", *["t3"] * reads, "t5"]
+    body.insert(worker_at, "t6")
+    return ["t1", *body, "t7"]
+
+
+# Reads once or twice; the worker runs anywhere after the job was submitted.
+TRAIN = [session(r, w) for r, w in product((1, 2), range(5)) if w <= r + 2] * 20
+NEW_ORDER = ["t6", "t1", "t2", "t3", "t5", "t7"]  # the worker starts first: never seen, counts normal
+FAILED_READ = ["t1", "t2", "t4", "t5", "t6", "t7"]  # a never-seen error template
+TRUNCATED = ["t1", "t2", "t3"]  # stops after the first read
+TOO_MANY_READS = session(6, 0)  # all nodes known, counts never seen
+
+
+@pytest.fixture(scope="module")
+def fitted() -> NestedAwareDetector:
+    from tests.toy import toy_hierarchy
+
+    return NestedAwareDetector(toy_hierarchy()).fit(TRAIN)
+
+
+def ratios(det: NestedAwareDetector, seq: list[str]) -> dict[str, float]:
+    cut = det.codebook_.cut(seq)
+    assert cut is not None
+    exs = chunk_examples(cut)
+    return {lvl: max((s.ratio for s in det.score_examples(lvl, exs[lvl])), default=0.0) for lvl in exs}
+
+
+def test_fit_returns_self_with_learned_attributes(toy: Hierarchy) -> None:
+    det = NestedAwareDetector(toy, folds=3)
+    assert det.fit(TRAIN) is det
+    for attr in ("codebook_", "seen_", "thresholds_", "losses_", "bag_", "new_node_rate_", "models_",
+                 "n_train_sessions_", "n_skipped_sessions_"):
+        assert hasattr(det, attr), attr
+    assert det.n_train_sessions_ == len(TRAIN) and det.n_skipped_sessions_ == 0
+    assert set(det.thresholds_) >= {"status", "action", "entity"} and det.models_ == {}
+    assert clone(det).get_params()["folds"] == 3
+
+
+def test_unusable_training_data_is_refused(toy: Hierarchy) -> None:
+    with pytest.raises(ValueError, match="no usable training session"):
+        NestedAwareDetector(toy).fit([[], ["t99"]])
+    with pytest.raises(ValueError, match="unknown sequence level"):
+        NestedAwareDetector(toy, sequence_levels=("session",)).fit(TRAIN)
+
+
+def test_training_sessions_are_normal(fitted: NestedAwareDetector) -> None:
+    assert fitted.predict(TRAIN[:8]).tolist() == [0] * 8
+
+
+def test_unseen_error_template_is_anomalous_and_explained(fitted: NestedAwareDetector) -> None:
+    cut = fitted.codebook_.cut(FAILED_READ)
+    assert cut is not None
+    ex = chunk_examples(cut)["status"][2]
+    (s,) = fitted.score_examples("status", [ex])
+    assert s.ratio == math.inf and s.position == 0
+    assert "S:blob/read/failed#t4" in fitted.explain("status", ex, s) and "error" in fitted.explain("status", ex, s)
+    assert fitted.predict([FAILED_READ]).tolist() == [1]
+
+
+def test_new_interleaving_with_normal_counts_is_rescued(fitted: NestedAwareDetector) -> None:
+    cut = fitted.codebook_.cut(NEW_ORDER)
+    known = {fitted.codebook_.cut(s).entity_key for s in TRAIN}  # type: ignore[union-attr]
+    assert cut is not None and cut.entity_key not in known  # the knowledge base would flag it
+    assert ratios(fitted, NEW_ORDER)["entity"] <= 1.0  # ... its children are those of a normal session
+
+
+def test_truncation_and_unseen_counts_are_anomalous_at_entity_level(fitted: NestedAwareDetector) -> None:
+    for seq in (TRUNCATED, TOO_MANY_READS):
+        r = ratios(fitted, seq)
+        assert r["entity"] > 1.0, seq
+    cut = fitted.codebook_.cut(TOO_MANY_READS)
+    assert cut is not None
+    ex = chunk_examples(cut)["entity"][0]
+    (s,) = fitted.score_examples("entity", [ex])
+    assert "nearest normal session" in fitted.explain("entity", ex, s)
+
+
+def test_same_seed_same_model(toy: Hierarchy) -> None:
+    a = NestedAwareDetector(toy, seed=3).fit(TRAIN)
+    b = NestedAwareDetector(toy, seed=3).fit(TRAIN)
+    assert a.thresholds_ == b.thresholds_ and a.new_node_rate_ == b.new_node_rate_
+    batch = [NEW_ORDER, FAILED_READ, TRUNCATED, TOO_MANY_READS, *TRAIN[:3]]
+    np.testing.assert_array_equal(a.session_scores(batch), b.session_scores(batch))
+
+
+def test_state_round_trip_gives_identical_scores(fitted: NestedAwareDetector) -> None:
+    buf = io.BytesIO()
+    torch.save(fitted.to_state(), buf)
+    buf.seek(0)
+    again = NestedAwareDetector.from_state(fitted.hierarchy, torch.load(buf, weights_only=True))
+    batch = [NEW_ORDER, FAILED_READ, TRUNCATED, TOO_MANY_READS, *TRAIN[:3]]
+    np.testing.assert_array_equal(again.session_scores(batch), fitted.session_scores(batch))
+    assert again.thresholds_ == fitted.thresholds_ and again.get_params() == fitted.get_params()
+
+
+def test_optional_order_model_trains_and_round_trips(toy: Hierarchy) -> None:
+    det = NestedAwareDetector(toy, sequence_levels=("status", "action", "entity"), epochs=2, dim=4, hidden=8)
+    det.fit(TRAIN)
+    assert set(det.models_) == {"status", "action", "entity"} and math.isfinite(det.losses_["status"])
+    assert {"status_order", "action_order", "entity_order", "entity"} <= set(det.thresholds_)
+    again = NestedAwareDetector.from_state(toy, det.to_state())
+    batch = [NEW_ORDER, FAILED_READ, TOO_MANY_READS]
+    np.testing.assert_array_equal(again.session_scores(batch), det.session_scores(batch))
+    assert det.predict([FAILED_READ]).tolist() == [1]
+
+
+def _wide_hierarchy(n_info: int) -> Hierarchy:
+    """The toy plus ``n_info`` harmless ``note`` templates (a long tail) and one ``fatal`` one."""
+    from tests.toy import toy_hierarchy
+
+    rows = [make_node(f"n{i}", f"note {i} <*>", "note", f"tell{i}", "none", "offline") for i in range(n_info)]
+    rows.append(make_node("f1", "disk <*> fatal", "disk", "check", "fatal", "offline"))
+    return Hierarchy([*toy_hierarchy().nodes(), *rows])
+
+
+def test_new_ordinary_node_depends_on_how_often_normal_sessions_bring_one() -> None:
+    # Closed vocabulary: no held-out session ever brings a new node, so a new one is anomalous ...
+    closed = NestedAwareDetector(_wide_hierarchy(1), fp_budget=0.05).fit(TRAIN)
+    assert closed.new_nodes_anomalous("status")
+    s = _status_score(closed, TRAIN[0][:-1] + ["n0", "t7"], "n0")
+    assert s.ratio > 1.0 and "never seen in training" in s.detail
+    # ... a long tail of rare notes: new ones are routine, so the session's content decides instead.
+    tail = [s[:-1] + [f"n{i % 100}", "t7"] for i, s in enumerate(TRAIN)]
+    wide = NestedAwareDetector(_wide_hierarchy(120), fp_budget=0.05).fit(tail)
+    assert not wide.new_nodes_anomalous("status")
+    s = _status_score(wide, TRAIN[0][:-1] + ["n110", "t7"], "n110")
+    assert math.isfinite(s.ratio) and "nearest normal session" in s.detail
+    assert _status_score(wide, TRAIN[0][:-1] + ["f1", "t7"], "f1").ratio == math.inf  # a fatal one is not
+
+
+def _status_score(det: NestedAwareDetector, seq: list[str], template: str) -> ChunkScore:
+    cut = det.codebook_.cut(seq)
+    assert cut is not None
+    i = seq.index(template)
+    (span,) = [k for k, (a, b) in enumerate(cut.status_spans) if a <= i < b]
+    (s,) = det.score_examples("status", [chunk_examples(cut)["status"][span]])
+    return s
+
+
+def test_budget_threshold() -> None:
+    scores = [0.0] * 90 + [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert budget_threshold(scores, 100, 0.03) == 7.0  # 8, 9, 10 may exceed it: 3 of 100
+    assert budget_threshold(scores, 100, 0.0) == 10.0
+    assert budget_threshold([], 100, 0.01) > 0.0
+
+
+def test_chunk_example_keeps_its_three_field_form() -> None:
+    ex = ChunkExample(1, (2, 3), ())
+    assert ex.bag == () and ex == ChunkExample(1, (2, 3), (), ())
+
+
+def test_router_contract(toy: Hierarchy) -> None:
+    det = RoutedDetector(toy).fit(TRAIN)
+    new_order, failed, truncated = det.detect([NEW_ORDER, FAILED_READ, TRUNCATED])
+    assert not new_order.anomalous and new_order.detector == "nested"
+    assert failed.anomalous and failed.level == "status" and "error" in failed.reason
+    assert truncated.anomalous and truncated.level == "entity" and "nearest normal session" in truncated.reason
+
+
+def test_content_scope_all_also_judges_known_node_chunks(toy: Hierarchy) -> None:
+    skipped_read = ["t1", "t2", "t5", "t6", "t7"]  # entity sequence known; the blob chunk open -> close is not
+    cut = toy_cut(toy, skipped_read)
+    (blob,) = [ex for ex in chunk_examples(cut)["action"] if len(ex.nodes) == 2]
+    default = NestedAwareDetector(toy).fit(TRAIN)
+    everything = NestedAwareDetector(toy, content_scope="all").fit(TRAIN)
+    assert default.score_examples("action", [blob])[0].ratio <= 1.0  # a known-node chunk: passed
+    (s,) = everything.score_examples("action", [blob])
+    assert s.ratio > 1.0 and "nearest normal session" in s.detail
+    with pytest.raises(ValueError, match="content_scope"):
+        NestedAwareDetector(toy, content_scope="some").fit(TRAIN)
+
+
+def toy_cut(toy: Hierarchy, seq: list[str]):  # type: ignore[no-untyped-def]
+    from krone_jobs.detectors.codebook import Codebook
+
+    cut = Codebook.from_hierarchy(toy).cut(seq)
+    assert cut is not None
+    return cut
