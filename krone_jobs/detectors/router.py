@@ -29,6 +29,7 @@ from krone_jobs.hierarchy.kseqs import LEVELS, Cut
 from krone_jobs.hierarchy.model import Hierarchy
 
 Key = tuple[Any, ...]
+_Prepared = tuple[Cut, dict[str, list[ChunkExample]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +92,9 @@ class RoutedDetector(BaseEstimator):
     def _reset_runtime(self) -> None:
         self._sessions: dict[tuple[str, ...], SessionVerdict] = {}
         self._levels: dict[tuple[str, ...], tuple[int, int, int]] = {}
-        self._chunks: dict[tuple[int, Key], ChunkDecision] = {}
+        self._chunks: dict[tuple[int, ChunkExample], ChunkDecision] = {}
         self._normals_by_parent: dict[tuple[int, Any], list[tuple[str, ...]]] | None = None
+        self._nearest_memo: dict[tuple[int, int, tuple[int, ...]], tuple[tuple[str, ...], float] | None] = {}
         self.stats_ = {"sessions": 0, "session_cache_hits": 0, "flagged_by_local": 0, "rescued_by_nested": 0,
                        "chunks_scored": 0, "llm_calls": 0}
 
@@ -100,38 +102,42 @@ class RoutedDetector(BaseEstimator):
     def _keys(self, c: Cut) -> tuple[list[Key], ...]:
         return (c.status_keys, c.action_keys, [c.entity_key])  # type: ignore[return-value]
 
-    def _prepare(self, seqs: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], Cut | None]:
-        """Cut new sessions and score, in one batch per level, every unseen chunk not yet decided."""
+    def _prepare(self, seqs: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], _Prepared | None]:
+        """Cut new sessions and score, in one batch per level, every unseen chunk not yet decided.
+
+        Decisions are cached per chunk *example* (its nodes, parent, children and session content), not
+        per knowledge-base key: the Nested-Aware model judges an entity-level chunk by its session's
+        content, so two sessions with the same entity sequence may deserve different verdicts."""
         cb = self.local_.codebook_
         kb = self.local_.knowledge_
-        cuts: dict[tuple[str, ...], Cut | None] = {}
-        pending: list[dict[Key, ChunkExample]] = [{}, {}, {}]
+        prepared: dict[tuple[str, ...], _Prepared | None] = {}
+        pending: list[dict[ChunkExample, None]] = [{}, {}, {}]
         for seq in seqs:
-            if seq in cuts:
+            if seq in prepared:
                 continue
-            c = cuts[seq] = cb.cut(seq)
+            c = cb.cut(seq)
             if c is None:
+                prepared[seq] = None
                 continue
             exs = chunk_examples(c)
+            prepared[seq] = (c, exs)
             for li, (keys, lvl) in enumerate(zip(self._keys(c), LEVELS)):
                 for key, ex in zip(keys, exs[lvl]):
-                    if key not in kb[li] and (li, key) not in self._chunks:
-                        pending[li][key] = ex
+                    if key not in kb[li] and (li, ex) not in self._chunks:
+                        pending[li][ex] = None
         for li, lvl in enumerate(LEVELS):
             if pending[li]:
-                self._decide(li, lvl, pending[li])
-        return cuts
+                self._decide(li, lvl, list(pending[li]))
+        return prepared
 
-    def _decide(self, li: int, level: str, pending: dict[Key, ChunkExample]) -> None:
-        keys = list(pending)
-        self.stats_["chunks_scored"] += len(keys)
+    def _decide(self, li: int, level: str, pending: list[ChunkExample]) -> None:
+        self.stats_["chunks_scored"] += len(pending)
         if self.nested_ is None:
-            for key in keys:
-                self._chunks[(li, key)] = ChunkDecision(True, "local", 1.0, self._unseen_reason(li, key, pending[key]))
+            for ex in pending:
+                self._chunks[(li, ex)] = ChunkDecision(True, "local", 1.0, self._unseen_reason(li, ex))
             return
-        scores = self.nested_.score_examples(level, [pending[k] for k in keys])
-        for key, s in zip(keys, scores):
-            ex = pending[key]
+        scores = self.nested_.score_examples(level, pending)
+        for ex, s in zip(pending, scores):
             ratio = s.ratio
             decision = ChunkDecision(ratio > 1.0, "nested", ratio, "")
             if self.llm is not None and math.isfinite(ratio) and abs(ratio - 1.0) <= self.llm_band:
@@ -141,10 +147,10 @@ class RoutedDetector(BaseEstimator):
                     decision = answer
             if decision.anomalous and not decision.reason:
                 why = self.nested_.explain(level, ex, s)
-                decision = ChunkDecision(True, decision.detector, ratio, f"{self._unseen_reason(li, key, ex)}; {why}")
+                decision = ChunkDecision(True, decision.detector, ratio, f"{self._unseen_reason(li, ex)}; {why}")
             elif not decision.anomalous and not decision.reason:
                 decision = ChunkDecision(False, decision.detector, ratio, "unseen but plausible in context")
-            self._chunks[(li, key)] = decision
+            self._chunks[(li, ex)] = decision
 
     def _names(self, li: int, ex: ChunkExample) -> tuple[str, tuple[str, ...]]:
         names = self.local_.codebook_.names
@@ -152,7 +158,7 @@ class RoutedDetector(BaseEstimator):
         parent = names[parent_t][ex.parent] if parent_t is not None else ""
         return parent, tuple(names[own_t][n] for n in ex.nodes)
 
-    def _unseen_reason(self, li: int, key: Key, ex: ChunkExample) -> str:
+    def _unseen_reason(self, li: int, ex: ChunkExample) -> str:
         parent, nodes = self._names(li, ex)
         where = f" under {parent}" if parent else ""
         reason = f"{LEVELS[li]}-level KRONE Seq{where} never seen in training: {' -> '.join(nodes)}"
@@ -162,6 +168,15 @@ class RoutedDetector(BaseEstimator):
         return reason
 
     def _nearest(self, li: int, ex: ChunkExample) -> tuple[tuple[str, ...], float] | None:
+        """Nearest normal chunk of the same parent (memoised: the search is the costly part of a reason)."""
+        memo_key = (li, ex.parent, ex.nodes)
+        if memo_key in self._nearest_memo:
+            return self._nearest_memo[memo_key]
+        found = self._search_nearest(li, ex)
+        self._nearest_memo[memo_key] = found
+        return found
+
+    def _search_nearest(self, li: int, ex: ChunkExample) -> tuple[tuple[str, ...], float] | None:
         if self._normals_by_parent is None:
             by_parent: dict[tuple[int, Any], list[tuple[str, ...]]] = {}
             names = self.local_.codebook_.names
@@ -183,12 +198,13 @@ class RoutedDetector(BaseEstimator):
         near = self._nearest(li, ex)
         return ChunkRequest(level, parent, nodes, children, ratio, near[0] if near else ())
 
-    def _route(self, seq: tuple[str, ...], c: Cut | None) -> tuple[SessionVerdict, tuple[int, int, int]]:
+    def _route(self, seq: tuple[str, ...], prepared: _Prepared | None) -> tuple[SessionVerdict, tuple[int, int, int]]:
         if not seq:
             return EMPTY, (0, 0, 0)
-        if c is None:
+        if prepared is None:
             unknown = next(i for i, t in enumerate(seq) if t not in self.local_.codebook_.codes)
             return unknown_template_verdict(seq, unknown), (1, 0, 0)
+        c, exs = prepared
         kb = self.local_.knowledge_
         verdict: SessionVerdict | None = None
         flags = [0, 0, 0]
@@ -196,11 +212,11 @@ class RoutedDetector(BaseEstimator):
         rescuer = "nested"
         for li, keys in enumerate(self._keys(c)):
             spans = c.status_spans if li == 0 else c.action_spans if li == 1 else [(0, len(seq))]
-            for i, key in enumerate(keys):
+            for i, (key, ex) in enumerate(zip(keys, exs[LEVELS[li]])):
                 if key in kb[li]:
                     continue
                 flagged = True
-                d = self._chunks[(li, key)]
+                d = self._chunks[(li, ex)]
                 if d.detector == "llm" and not d.anomalous:
                     rescuer = "llm"
                 if d.anomalous:
@@ -224,12 +240,12 @@ class RoutedDetector(BaseEstimator):
         seqs = [tuple(s) for s in X]
         new = [s for s in dict.fromkeys(seqs) if s not in self._sessions]
         if new:
-            cuts = self._prepare(new)
+            prepared = self._prepare(new)
             if len(self._sessions) + len(new) > self.cache_size:
                 self._sessions.clear()
                 self._levels.clear()
             for seq in new:
-                v, flags = self._route(seq, cuts.get(seq))
+                v, flags = self._route(seq, prepared.get(seq))
                 self._sessions[seq] = v
                 self._levels[seq] = flags
             if len(self._chunks) > self.cache_size:
