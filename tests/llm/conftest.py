@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from krone_jobs.llm.client import Budget, LLMClient
-from fake_server import FakeLLM
+from tests.llm.fake_server import FakeLLM
 
 # A proxy from the environment would swallow loopback requests (stack.md, openai gotcha).
 for _var in ("no_proxy", "NO_PROXY"):

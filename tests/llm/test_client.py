@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from fake_server import Reply
+from tests.llm.fake_server import Reply
 
 from krone_jobs.config import Settings
 from krone_jobs.llm.client import Budget, LLMClient, parse_json_object
