@@ -7,9 +7,6 @@ sessions only, no label used for any threshold), in one process:
   ``krone_jobs/hierarchy/offline.py`` is there, the offline one: F1/P/R, confusion counts, training
   seconds, cold detection rate (first pass over the test sessions) and warm-cache rate (second pass:
   repeated sessions are cache hits);
-* ``routed-ex`` (``--example-cache``): the same detector with the router's chunk-decision cache keyed by
-  the whole KRONE Seq example (level key + the session content the Nested-Aware detector judges) instead
-  of the knowledge-base key alone: the router change this bench's report proposes;
 * ``local``: the authors' local mode (``--detector local --compat``, their per-dataset automaton);
 * the baselines of ``krone_jobs/detectors/baselines.py`` (new-event, new-countvec, pca, invariants).
 
@@ -17,7 +14,7 @@ Each routed official row is checked against the issue-6 goal (F1 and recall >= 0
 
     .venv/bin/python bench/routed_table.py [--datasets hdfs-demo thunderbird-demo] [--train-percents 80 10 1]
                                            [--hierarchies official offline] [--no-baselines]
-                                           [--example-cache] [--threads 2] [--json]
+                                           [--threads 2] [--json]
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,78 +30,13 @@ import torch
 
 from krone_jobs.datasets import DEMOS, load_demo, split
 from krone_jobs.detectors.baselines import BASELINES
-from krone_jobs.detectors.nested_aware import TABLES, ChunkExample, chunk_examples
 from krone_jobs.detectors.router import RoutedDetector
-from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict, unknown_template_verdict
 from krone_jobs.evaluate import EvalConfig, confusion, load_hierarchy, make_detector
-from krone_jobs.hierarchy.kseqs import LEVELS, Cut
 
 GOALS = {("hdfs-demo", 80): 0.995, ("hdfs-demo", 10): 0.95, ("hdfs-demo", 1): 0.94,
          ("thunderbird-demo", 80): 0.98, ("thunderbird-demo", 10): 0.90, ("thunderbird-demo", 1): 0.60}
 GOAL_RECALL = 0.97
 OFFLINE = (Path(__file__).resolve().parents[1] / "krone_jobs" / "hierarchy" / "offline.py").exists()
-
-
-class ExampleKeyedRouter(RoutedDetector):
-    """:class:`RoutedDetector` whose chunk decisions are cached per ``(level, ChunkExample)``.
-
-    The stock router caches a decision under the knowledge-base key (level, parent, own nodes), so two
-    sessions sharing an unseen entity-level KRONE Seq (the same collapsed entity sequence) share the
-    verdict of whichever was scored, although the Nested-Aware detector judges each by its own content.
-    """
-
-    def _prepare(self, seqs: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], Cut | None]:
-        cb, kb = self.local_.codebook_, self.local_.knowledge_
-        cuts: dict[tuple[str, ...], Cut | None] = {}
-        pending: list[dict[ChunkExample, ChunkExample]] = [{}, {}, {}]
-        for seq in seqs:
-            if seq in cuts:
-                continue
-            c = cuts[seq] = cb.cut(seq)
-            if c is None:
-                continue
-            exs = chunk_examples(c)
-            for li, (keys, lvl) in enumerate(zip(self._keys(c), LEVELS)):
-                for key, ex in zip(keys, exs[lvl]):
-                    if key not in kb[li] and (li, ex) not in self._chunks:
-                        pending[li][ex] = ex
-        for li, lvl in enumerate(LEVELS):
-            if pending[li]:
-                self._decide(li, lvl, pending[li])  # type: ignore[arg-type]
-        return cuts
-
-    def _route(self, seq: tuple[str, ...], c: Cut | None) -> tuple[SessionVerdict, tuple[int, int, int]]:
-        if not seq:
-            return EMPTY, (0, 0, 0)
-        if c is None:
-            unknown = next(i for i, t in enumerate(seq) if t not in self.local_.codebook_.codes)
-            return unknown_template_verdict(seq, unknown), (1, 0, 0)
-        kb, names = self.local_.knowledge_, self.local_.codebook_.names
-        exs = chunk_examples(c)
-        verdict: SessionVerdict | None = None
-        flags = [0, 0, 0]
-        flagged = False
-        for li, keys in enumerate(self._keys(c)):
-            spans = c.status_spans if li == 0 else c.action_spans if li == 1 else [(0, len(seq))]
-            for i, (key, ex) in enumerate(zip(keys, exs[LEVELS[li]])):
-                if key in kb[li]:
-                    continue
-                flagged = True
-                d = self._chunks[(li, ex)]  # type: ignore[index]
-                if d.anomalous:
-                    flags[li] = 1
-                    if verdict is None:
-                        own, parent_t, _ = TABLES[LEVELS[li]]
-                        nodes = tuple(names[own][n] for n in (key[1:] if li < 2 else key))
-                        parent = names[parent_t][key[0]] if parent_t is not None else ""
-                        verdict = SessionVerdict(True, LEVELS[li], i, spans[i], nodes,
-                                                 f"{LEVELS[li]}|{parent}|{','.join(nodes)}", d.detector, d.score,
-                                                 d.reason)
-                    break
-        if verdict is None:
-            verdict = NORMAL if not flagged else SessionVerdict(False, detector="nested",
-                                                                reason="unseen KRONE Seqs judged plausible in context")
-        return verdict, (flags[0], flags[1], flags[2])
 
 
 def _measure(name: str, detector: Any, train: Any, test: Any, **extra: Any) -> dict[str, Any]:
@@ -128,8 +59,7 @@ def _measure(name: str, detector: Any, train: Any, test: Any, **extra: Any) -> d
     return row
 
 
-def run(datasets: list[str], train_percents: list[int], hierarchies: list[str], baselines: bool,
-        example_cache: bool) -> list[dict[str, Any]]:
+def run(datasets: list[str], train_percents: list[int], hierarchies: list[str], baselines: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for dataset in datasets:
         sessions = load_demo(dataset)
@@ -145,9 +75,6 @@ def run(datasets: list[str], train_percents: list[int], hierarchies: list[str], 
                     row["goal_f1"] = goal
                     row["goal_met"] = bool(row["f1"] >= goal and row["recall"] >= GOAL_RECALL)
                 rows.append(row)
-                if example_cache:
-                    rows.append(_measure("routed-ex", ExampleKeyedRouter(loaded[kind]), train, test, **where,
-                                         hierarchy=kind))
             local = make_detector(EvalConfig(dataset, tp, detector="local", compat=True), loaded["official"])
             rows.append(_measure("local", local, train, test, **where, hierarchy="official"))
             if baselines:
@@ -163,14 +90,12 @@ def main() -> None:
     ap.add_argument("--hierarchies", nargs="+", default=["official", "offline"] if OFFLINE else ["official"],
                     choices=["official", "offline"])
     ap.add_argument("--no-baselines", action="store_true", help="skip new-event, new-countvec, pca, invariants")
-    ap.add_argument("--example-cache", action="store_true",
-                    help="also run the router with its chunk cache keyed by the whole example (proposed fix)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = run(args.datasets, args.train_percents, args.hierarchies, not args.no_baselines, args.example_cache)
+    rows = run(args.datasets, args.train_percents, args.hierarchies, not args.no_baselines)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
