@@ -107,10 +107,15 @@ class Hierarchy(Mapping[str, TemplateNode]):
         return Hierarchy(merged.values())
 
     def with_overrides(self, overrides: Iterable[TemplateNode]) -> Hierarchy:
-        """Human decisions win over any extractor: replace rows, marking them ``override``."""
+        """Human decisions win over any extractor: replace rows, marking them ``override``.
+
+        Idempotent: an override already in effect (same placement, origin ``override``) changes nothing,
+        so re-applying the overrides file on every run never bumps versions."""
         merged = dict(self._nodes)
         for node in overrides:
             previous = merged.get(node.template_id)
+            if previous is not None and previous.origin == "override" and _placement(previous) == _placement(node):
+                continue
             version = previous.version + 1 if previous else node.version
             template = node.template or (previous.template if previous else "")
             merged[node.template_id] = replace(node, template=template, origin="override", version=version)
@@ -136,6 +141,10 @@ class Hierarchy(Mapping[str, TemplateNode]):
     @classmethod
     def from_json(cls, text: str) -> Hierarchy:
         return cls(_node_from_row(row) for row in json.loads(text))
+
+
+def _placement(node: TemplateNode) -> tuple[str, ...]:
+    return (node.entity, node.action, node.status, node.entity_node, node.action_node, node.status_node)
 
 
 def _node_from_row(row: Mapping[str, object]) -> TemplateNode:

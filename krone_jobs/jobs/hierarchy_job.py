@@ -2,8 +2,8 @@
 
 Only new templates are extracted (offline extractor by default), so existing node ids never change and
 models trained on the old hierarchy stay valid. Human decisions in ``state/<source>/overrides.csv``
-(``template_id,entity,action[,status]``) win; an override already in effect is not re-applied, because
-:meth:`Hierarchy.with_overrides` bumps a row's version each time and a rerun must change nothing.
+(``template_id,entity,action[,status]``) win; :meth:`Hierarchy.with_overrides` skips overrides already in
+effect, so a rerun changes nothing.
 Every run also leaves a dated snapshot (``state/<source>/hierarchy/dt=D.csv``, D = the miner state's day),
 the version a run of that day used. No Spark: the hierarchy has one row per template.
 """
@@ -17,12 +17,10 @@ from typing import Any
 
 from krone_jobs.config import settings
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
-from krone_jobs.hierarchy.model import Hierarchy, TemplateNode, load_overrides
+from krone_jobs.hierarchy.model import Hierarchy, load_overrides
 from krone_jobs.jobs.parse import templates_dir
 from krone_jobs.partitions import check_date, check_source, latest_before, state_dir, temp_dir_for
 from krone_jobs.templates import TemplateStore
-
-_PLACEMENT = ("entity", "action", "status", "entity_node", "action_node", "status_node")
 
 
 @dataclass(frozen=True)
@@ -47,10 +45,6 @@ def load_hierarchy(root: Path, source: str) -> Hierarchy:
     if not path.is_file():
         raise FileNotFoundError(f"no hierarchy at {path}: run `krone hierarchy --source {source}` first")
     return Hierarchy.load_csv(path)
-
-
-def _in_effect(current: TemplateNode, override: TemplateNode) -> bool:
-    return current.origin == "override" and all(getattr(current, f) == getattr(override, f) for f in _PLACEMENT)
 
 
 def _save(hierarchy: Hierarchy, path: Path) -> None:
@@ -84,8 +78,7 @@ def run_hierarchy(
     grown = build_hierarchy({t.template_id: t.template for t in store.templates()}, extractor, base)
     overrides_path = state_dir(root, source) / "overrides.csv"
     overrides = load_overrides(overrides_path, grown) if overrides_path.is_file() else []
-    pending = [o for o in overrides if o.template_id not in grown or not _in_effect(grown[o.template_id], o)]
-    hierarchy = grown.with_overrides(pending) if pending else grown
+    hierarchy = grown.with_overrides(overrides) if overrides else grown
     _save(hierarchy, path)
     dt = state.name.removeprefix("dt=").removesuffix(".json")
     _save(hierarchy, state_dir(root, source) / "hierarchy" / f"dt={dt}.csv")
@@ -94,6 +87,6 @@ def run_hierarchy(
         dt=dt,
         templates=len(hierarchy),
         new_templates=len(hierarchy) - (len(base) if base is not None else 0),
-        overrides_applied=len(pending),
+        overrides_applied=sum(hierarchy[o.template_id] != grown.get(o.template_id) for o in overrides),
         path=str(path),
     )

@@ -71,3 +71,10 @@ def test_official_node_tables_load(shared_data: Path) -> None:
     tb = load_node_table(official / "krone_official_ThunderBird_tree_nodes.csv")
     assert (tb.count("entity"), tb.count("action"), tb.count("status")) == (265, 850, 1206)
     assert hdfs["1"].action == "receiving"
+
+
+def test_reapplying_overrides_changes_nothing(toy: Hierarchy, tmp_path: Path) -> None:
+    path = tmp_path / "overrides.csv"
+    path.write_text("template_id,entity,action,status\nt4,blob,read,checksum error\n")
+    once = toy.with_overrides(load_overrides(path, toy))
+    assert once.with_overrides(load_overrides(path, once)) == once  # no version bump on a rerun
