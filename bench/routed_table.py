@@ -31,7 +31,7 @@ import torch
 from krone_jobs.datasets import DEMOS, load_demo, split
 from krone_jobs.detectors.baselines import BASELINES
 from krone_jobs.detectors.router import RoutedDetector
-from krone_jobs.evaluate import EvalConfig, confusion, load_hierarchy, make_detector
+from krone_jobs.evaluate import EvalConfig, confusion, fit_and_judge, load_hierarchy, make_detector
 
 GOALS = {("hdfs-demo", 80): 0.995, ("hdfs-demo", 10): 0.95, ("hdfs-demo", 1): 0.94,
          ("thunderbird-demo", 80): 0.98, ("thunderbird-demo", 10): 0.90, ("thunderbird-demo", 1): 0.60}
@@ -40,14 +40,10 @@ OFFLINE = (Path(__file__).resolve().parents[1] / "krone_jobs" / "hierarchy" / "o
 
 
 def _measure(name: str, detector: Any, train: Any, test: Any, **extra: Any) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    detector.fit(train.sequences)
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    y_pred = np.asarray(detector.predict(test.sequences), dtype=np.int8)
-    cold_s = time.perf_counter() - t0
+    run = fit_and_judge(detector, train.sequences, test.sequences)
+    y_pred, cold_s = run.y_pred, run.detect_seconds
     row: dict[str, Any] = {"detector": name, **extra, "n_train": len(train), "n_test": len(test),
-                           **confusion(test.labels, y_pred), "train_seconds": round(train_s, 2),
+                           **confusion(test.labels, y_pred), "train_seconds": round(run.train_seconds, 2),
                            "cold_sessions_per_s": round(len(test) / cold_s, 1) if cold_s > 0 else None}
     if isinstance(detector, RoutedDetector):
         t0 = time.perf_counter()
@@ -55,7 +51,7 @@ def _measure(name: str, detector: Any, train: Any, test: Any, **extra: Any) -> d
         warm_s = time.perf_counter() - t0
         assert np.array_equal(again, y_pred), "a warm cache must not change a verdict"
         row["warm_sessions_per_s"] = round(len(test) / warm_s, 1) if warm_s > 0 else None
-        row["flagged_by_local"] = int(sum(v.detector != "local" or v.anomalous for v in detector.detect(test.sequences)))
+        row["flagged_by_local"] = int(sum(v.detector != "local" or v.anomalous for v in run.verdicts or ()))
     return row
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -108,47 +109,65 @@ def make_detector(config: EvalConfig, hierarchy: Hierarchy) -> Any:
     raise ValueError(f"unknown detector {config.detector!r}; choose from {detector_names()}")
 
 
+@dataclass(frozen=True)
+class Timed:
+    """One fit and one pass over the test sessions (the verdicts too, when the detector gives them)."""
+
+    y_pred: np.ndarray
+    verdicts: list[Any] | None
+    train_seconds: float
+    detect_seconds: float
+
+
+def fit_and_judge(detector: Any, train: Sequence[Sequence[str]], test: Sequence[Sequence[str]]) -> Timed:
+    """Fit on ``train``, then judge ``test`` once, timing both. Detectors with ``detect`` are judged through
+    it, so verdicts, routing counts and predictions all come from that single pass."""
+    t0 = time.perf_counter()
+    detector.fit(train)
+    train_seconds = time.perf_counter() - t0
+    if hasattr(detector, "stats_"):
+        detector.stats_.update(flagged_by_local=0, rescued_by_nested=0, llm_calls=0)
+    t0 = time.perf_counter()
+    if hasattr(detector, "detect"):
+        verdicts = detector.detect(test)
+        y_pred = np.fromiter((v.anomalous for v in verdicts), dtype=np.int8, count=len(verdicts))
+    else:
+        verdicts = None
+        y_pred = np.asarray(detector.predict(test), dtype=np.int8)
+    return Timed(y_pred, verdicts, train_seconds, time.perf_counter() - t0)
+
+
 def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     """Train on the split's normal sessions, judge its test sessions, return every figure as a dict."""
     sessions = load_demo(config.dataset, config.data_dir)
     train, test = split(sessions, config.dataset, config.train_percent, config.split, config.data_dir)
     hierarchy = load_hierarchy(config.dataset, config.hierarchy, config.data_dir)
     detector = make_detector(config, hierarchy)
-
-    t0 = time.perf_counter()
-    detector.fit(train.sequences)
-    train_seconds = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    y_pred = np.asarray(detector.predict(test.sequences), dtype=np.int8)
-    detect_seconds = time.perf_counter() - t0
+    run = fit_and_judge(detector, train.sequences, test.sequences)
 
     result: dict[str, Any] = {
         **{k: v for k, v in asdict(config).items() if k != "data_dir"},
         "n_train": len(train),
         "n_test": len(test),
         "test_anomalies": int(test.labels.sum()),
-        **confusion(test.labels, y_pred),
+        **confusion(test.labels, run.y_pred),
         "hierarchy_nodes": {lvl: hierarchy.count(lvl) for lvl in ("entity", "action", "status")},
-        "train_seconds": round(train_seconds, 4),
-        "detect_seconds": round(detect_seconds, 4),
-        "sessions_per_s": round(len(test) / detect_seconds, 1) if detect_seconds > 0 else None,
+        "train_seconds": round(run.train_seconds, 4),
+        "detect_seconds": round(run.detect_seconds, 4),
+        "sessions_per_s": round(len(test) / run.detect_seconds, 1) if run.detect_seconds > 0 else None,
     }
     result.pop("automaton")
     if hasattr(detector, "automaton_"):
         result["automaton"] = detector.automaton_
         result["automaton_setting"] = config.resolved_automaton()
+    if hasattr(detector, "stats_"):
+        for key in ("flagged_by_local", "rescued_by_nested", "llm_calls"):
+            result[key] = detector.stats_[key]
     if hasattr(detector, "predict_levels"):
         levels = detector.predict_levels(test.sequences)
-        first = Counter(v.level for v in detector.detect(test.sequences) if v.anomalous) if hasattr(detector, "detect") else Counter()
+        first = Counter(v.level for v in run.verdicts or () if v.anomalous)
         result["per_level"] = {
             name: {**confusion(test.labels, levels[:, i]), "first_anomalous": first.get(name, 0)}
             for i, name in enumerate(LEVELS)
         }
-    if hasattr(detector, "stats_"):
-        detector.stats_.update(flagged_by_local=0, rescued_by_nested=0)
-        detector.detect(test.sequences)
-        result["flagged_by_local"] = detector.stats_["flagged_by_local"]
-        result["rescued_by_nested"] = detector.stats_["rescued_by_nested"]
-        result["llm_calls"] = detector.stats_["llm_calls"]
     return result
