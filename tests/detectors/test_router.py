@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from krone_jobs.detectors.router import ChunkDecision, ChunkRequest, RoutedDetector
-from krone_jobs.hierarchy.model import Hierarchy
 
 TINY = {"epochs": 15, "dim": 8, "hidden": 16}
 NORMAL = [
