@@ -116,6 +116,11 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kseqs", parents=[common], help="sessions/ -> kseqs/ (distinct KRONE Seqs with counts)")
     p.add_argument("--date", required=True, help="YYYY-MM-DD")
     p.set_defaults(func=_cmd_kseqs)
+    p = sub.add_parser("score", parents=[common], help="sessions/ -> anomaly_reports, kseq_cache, run_metrics "
+                       "(champion model, verdict cache, routed detection)")
+    p.add_argument("--date", required=True, help="YYYY-MM-DD")
+    p.add_argument("--json", action="store_true", help="print the run's figures as one JSON object")
+    p.set_defaults(func=_cmd_score)
 
 
 def _cmd_parse(a: argparse.Namespace) -> int:
@@ -143,6 +148,22 @@ def _cmd_kseqs(a: argparse.Namespace) -> int:
     return _metrics(run_kseqs(a.source, a.date, data_root=a.data_root))
 
 
+def _cmd_score(a: argparse.Namespace) -> int:
+    from krone_jobs.jobs.score import run_score, summary_line
+
+    m = run_score(a.source, a.date, data_root=a.data_root)
+    print(json.dumps(m.to_dict()) if a.json else summary_line(m))
+    return 0
+
+
+def _add_operations(sub: argparse._SubParsersAction) -> None:
+    from krone_jobs.feedback import add_feedback_arguments
+    from krone_jobs.report import add_report_arguments
+
+    add_report_arguments(sub.add_parser("report", help="write the night report (HTML) and print its summary"))
+    add_feedback_arguments(sub.add_parser("feedback", help="record an operator's verdict on a reported chunk"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krone", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_stages(sub)
     _add_train(sub)
+    _add_operations(sub)
     return parser
 
 

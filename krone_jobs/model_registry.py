@@ -7,11 +7,15 @@ is stored and loading never unpickles; ``krone_jobs`` must therefore be importab
 
 The ``champion`` alias is what scoring loads (``models:/krone-<source>@champion``). It moves only through
 :func:`promote_if_better`, whose validation gate compares candidate and champion on the *same* held-out
-normal sessions, so a nightly retrain on a bad window can never silently replace a good model.
+normal sessions, so a nightly retrain on a bad window can never silently replace a good model, and through
+:func:`promote` (``krone promote``), where an operator picks a version (a rollback): the gate is re-run on
+the held-out sessions kept with that version's run, or skipped with ``force``; who and why go into tags.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import re
@@ -28,6 +32,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
@@ -44,6 +49,9 @@ CHAMPION = "champion"
 MODEL_NAME = "model"  # the pyfunc's name inside its run
 FP_BOUND = 0.02
 FP_TOLERANCE = 0.002
+GATE_DIR = "gate"  # run artifacts the gate judged on, so it can be re-run by `krone promote`
+HELDOUT_FILE = "heldout.parquet"
+VALIDATION_FILE = "validation.parquet"
 # Pinned, never inferred: inference starts a slow subprocess (stack.md). krone itself is not on an index:
 # the loading side must have the package installed (it does: scoring runs in the same image).
 PIP_REQUIREMENTS = [
@@ -259,6 +267,37 @@ def load_champion(source: str, tracking_uri: str | None = None) -> mlflow.pyfunc
     return mlflow.pyfunc.load_model(f"models:/{registered_name(source)}@{CHAMPION}")
 
 
+def log_gate_sessions(heldout: Sequence[Sequence[str]], validation: Validation | None = None) -> None:
+    """Keep the run's held-out normal sessions (and labelled validation sessions) as artifacts of the active
+    run, so that :func:`promote` can re-run the gate for this version later without its training data."""
+    with tempfile.TemporaryDirectory(prefix="krone-gate-") as tmp:
+        work = Path(tmp)
+        pd.DataFrame({"template_ids": [list(s) for s in heldout]}).to_parquet(work / HELDOUT_FILE, index=False)
+        mlflow.log_artifact(str(work / HELDOUT_FILE), GATE_DIR)
+        if validation is not None:
+            frame = pd.DataFrame({"template_ids": [list(s) for s in validation.sessions],
+                                  "label": np.asarray(validation.labels, dtype=np.int8)})
+            frame.to_parquet(work / VALIDATION_FILE, index=False)
+            mlflow.log_artifact(str(work / VALIDATION_FILE), GATE_DIR)
+
+
+def load_gate_sessions(
+    client: MlflowClient, run_id: str
+) -> tuple[list[tuple[str, ...]], Validation | None] | None:
+    """The held-out sessions (and validation set, if any) that :func:`log_gate_sessions` kept with a run;
+    ``None`` for runs logged before krone kept them."""
+    names = {a.path for a in client.list_artifacts(run_id, GATE_DIR)}
+    if f"{GATE_DIR}/{HELDOUT_FILE}" not in names:
+        return None
+    with tempfile.TemporaryDirectory(prefix="krone-gate-") as tmp:
+        heldout = pd.read_parquet(client.download_artifacts(run_id, f"{GATE_DIR}/{HELDOUT_FILE}", tmp))
+        sessions = [template_ids(v) for v in heldout["template_ids"]]
+        if f"{GATE_DIR}/{VALIDATION_FILE}" not in names:
+            return sessions, None
+        frame = pd.read_parquet(client.download_artifacts(run_id, f"{GATE_DIR}/{VALIDATION_FILE}", tmp))
+        return sessions, Validation([template_ids(v) for v in frame["template_ids"]], frame["label"].tolist())
+
+
 def pyfunc_predictor(model: mlflow.pyfunc.PyFuncModel) -> Predictor:
     """A loaded model as the gate sees it (flags only)."""
     return lambda sessions: model.predict(sessions_frame(sessions))["anomalous"].to_numpy(dtype=np.int8)
@@ -383,3 +422,141 @@ def _record(client: MlflowClient, run_id: str, name: str, version: str, verdict:
             "gate.champion_version": verdict.champion_version or "none"}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+
+
+# ------------------------------------------------------------------------------------------ promote
+class PromotionRefused(RuntimeError):
+    """``krone promote`` may not move the alias: the gate refused the version or cannot be re-run."""
+
+
+def model_version(client: MlflowClient, source: str, version: str) -> ModelVersion:
+    """The registered version, or a LookupError that lists the versions there are (operators mistype)."""
+    name = registered_name(source)
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        known = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        listing = ", ".join(map(str, known)) or "none"
+        raise LookupError(f"{name} has no version {version!r} (registered versions: {listing})") from None
+
+
+def regate(
+    client: MlflowClient,
+    source: str,
+    target: ModelVersion,
+    *,
+    fp_bound: float | None = None,
+    tolerance: float | None = None,
+) -> GateVerdict:
+    """Re-run the gate on ``target`` against the current champion, on the held-out sessions logged with
+    ``target``'s training run (which ``target`` never saw; the champion may have, so the check leans
+    towards keeping it). Bounds default to those ``target`` was gated with when it was trained."""
+    name = registered_name(source)
+    logged = load_gate_sessions(client, target.run_id)
+    if logged is None:
+        raise PromotionRefused(
+            f"{name} v{target.version} (run {target.run_id}) has no held-out sessions logged with it, so the gate "
+            f"cannot be re-run: pass --force (with --reason) to promote it anyway")
+    heldout, validation = logged
+    params = client.get_run(target.run_id).data.params
+    bound = fp_bound if fp_bound is not None else float(params.get("gate_fp_bound", FP_BOUND))
+    tol = tolerance if tolerance is not None else float(params.get("gate_tolerance", FP_TOLERANCE))
+    current = champion_version(client, source)
+    champion = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{current}")) if current else None
+    candidate = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{target.version}"))
+    return gate(candidate, heldout, champion=champion, champion_version=current, validation=validation,
+                fp_bound=bound, tolerance=tol)
+
+
+def promoted_by() -> str:
+    """Who is promoting: the login name (``$USER``), as the audit tag records it."""
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+
+
+def _tag_promotion(
+    client: MlflowClient, name: str, version: str, *, previous: str | None, forced: bool, reason: str,
+    verdict: GateVerdict | None,
+) -> None:
+    """Audit tags on the version: who moved the alias, why, from which version, and whether the gate agreed."""
+    from datetime import datetime, timezone
+
+    tags = {"krone.promoted_by": promoted_by(), "krone.promote_reason": reason,
+            "krone.promoted_from": previous or "none", "krone.promoted_at": datetime.now(timezone.utc).isoformat(),
+            "krone.promote_mode": "forced" if forced else "gate"}
+    if verdict is not None:
+        tags["krone.promote_gate_reasons"] = "; ".join(verdict.reasons)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def promote(
+    source: str,
+    version: str,
+    *,
+    tracking_uri: str | None = None,
+    force: bool = False,
+    reason: str = "",
+    fp_bound: float | None = None,
+    tolerance: float | None = None,
+) -> GateVerdict | None:
+    """An operator moves ``champion`` to a registered version (a rollback, or a refused candidate they trust).
+
+    Without ``force`` the gate is re-run (:func:`regate`) and the alias moves only if it passes (a version
+    without logged held-out sessions raises :class:`PromotionRefused`: it needs ``force``). With ``force``
+    the alias moves as asked. A promoted version is tagged with who, why and from which version. Returns
+    the gate's verdict (``passed`` says whether the alias moved), ``None`` when forced or when ``version``
+    already is the champion (nothing changes then). An unknown version raises LookupError."""
+    from krone_jobs.partitions import check_source
+
+    client = connect(tracking_uri)
+    name = registered_name(check_source(source))
+    target = model_version(client, source, version)
+    version = str(target.version)
+    previous = champion_version(client, source)
+    if previous == version:
+        return None
+    verdict = None if force else regate(client, source, target, fp_bound=fp_bound, tolerance=tolerance)
+    if verdict is not None and not verdict.passed:
+        client.set_model_version_tag(name, version, "krone.promote_refused", "; ".join(verdict.reasons))
+        return verdict
+    client.set_registered_model_alias(name, CHAMPION, version)
+    _tag_promotion(client, name, version, previous=previous, forced=force, reason=reason, verdict=verdict)
+    return verdict
+
+
+def add_promote_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``krone promote`` options (the lead wires them into ``krone_jobs/cli.py``)."""
+    p.add_argument("--source", required=True, help="registered model krone-<source>")
+    p.add_argument("--version", required=True, help="the registered version to make champion")
+    p.add_argument("--force", action="store_true", help="move the alias without re-running the gate")
+    p.add_argument("--reason", default="", help="why (kept in the version's tags with $USER)")
+    p.add_argument("--fp-bound", type=float, default=None,
+                   help="gate bound (default: the one the version was trained with)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="allowed FP-rate excess over the champion (default: as trained)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: KRONE_MLFLOW_URI / settings)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def main_promote(args: argparse.Namespace) -> int:
+    """``krone promote``: exit 0 when ``champion`` points at the version afterwards, 1 when the gate refused
+    it (reasons printed); an unknown version or a gate that cannot be re-run exits with the reason."""
+    client = connect(args.tracking_uri)
+    before = champion_version(client, args.source)
+    try:
+        verdict = promote(args.source, args.version, tracking_uri=args.tracking_uri, force=args.force,
+                          reason=args.reason, fp_bound=args.fp_bound, tolerance=args.tolerance)
+    except (LookupError, PromotionRefused) as e:
+        raise SystemExit(f"krone promote: {e}") from None
+    after = champion_version(client, args.source)
+    refused = verdict is not None and not verdict.passed
+    how = ("forced" if args.force else "already champion" if verdict is None
+           else "gate refused: pass --force with --reason to promote anyway" if refused else "gate passed")
+    if args.json:
+        print(json.dumps({"source": args.source, "champion": after, "previous": before, "promoted": not refused,
+                          "how": how, "gate": verdict.to_dict() if verdict is not None else None}))
+    else:
+        print(f"{registered_name(args.source)} v{args.version}: champion v{before or '-'} -> v{after or '-'} ({how})")
+        for line in verdict.reasons if verdict is not None else ():
+            print(f"  {line}")
+    return 1 if refused else 0

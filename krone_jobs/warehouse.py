@@ -35,7 +35,7 @@ CONNECT_TIMEOUT_S = 5
 PARTITIONED = ("anomaly_reports", "run_metrics")
 """Tables whose rows belong to a (source, dt) partition, the unit that :meth:`replace_partition` swaps."""
 REPORT_FIELDS = (
-    "session_id", "level", "chunk_index", "kseq_key", "segment_template_ids", "line_refs", "detector", "score",
+    "session_id", "level", "chunk_index", "kseq_key", "cache_key", "segment_template_ids", "line_refs", "detector", "score",
     "reason", "model_version",
 )
 CACHE_FIELDS = ("level", "kseq_key", "verdict", "score", "detector", "reason")
@@ -69,13 +69,18 @@ _MERGES = {
 }
 """Upsert statements per table; the stage table is a column-for-column copy, hence ``SELECT *``."""
 
+_FIND_CHUNK = text(
+    "SELECT cache_key, kseq_key FROM anomaly_reports WHERE source = :source AND cache_key IS NOT NULL"
+    " AND (cache_key = :key OR kseq_key = :key) "
+    "UNION SELECT cache_key, kseq_key FROM kseq_cache WHERE source = :source AND (cache_key = :key OR kseq_key = :key)"
+)
 _LOAD_CACHE = text(
     "SELECT cache_key, level, kseq_key, verdict, score, detector, reason, hits, first_seen, last_seen "
     "FROM kseq_cache WHERE source = :source AND model_version = :model_version"
 )
 _NORMAL_KEYS = text(
-    "SELECT cache_key FROM ("
-    " SELECT cache_key, verdict,"
+    "SELECT cache_key, kseq_key FROM ("
+    " SELECT cache_key, kseq_key, verdict,"
     "  ROW_NUMBER() OVER (PARTITION BY cache_key ORDER BY created_at DESC) AS newest"
     " FROM feedback WHERE source = :source) latest "
     "WHERE newest = 1 AND verdict = 'normal'"
@@ -125,33 +130,42 @@ class Warehouse:
         if table_name not in PARTITIONED:
             raise ValueError(f"not a partitioned table: {table_name!r} (expected one of {PARTITIONED})")
         keys = {"source": source, "dt": _day(dt)}
-        return self._replace(table_name, keys, [{**r, **keys} for r in rows])
+        with self._begin() as conn:
+            return _replace(conn, table_name, keys, [{**r, **keys} for r in rows])
 
     def write_reports(self, source: str, dt: str | date, run_id: str, rows: Iterable[Row]) -> int:
         """Replace the day's anomaly reports; list-valued template ids and line refs are stored as JSON."""
-        now = _now()
-        reports = [
-            {**{f: r.get(f) for f in REPORT_FIELDS}, "run_id": run_id, "created_at": now,
-             "segment_template_ids": _json(r.get("segment_template_ids")), "line_refs": _json(r.get("line_refs"))}
-            for r in rows
-        ]
-        return self.replace_partition("anomaly_reports", source, dt, reports)
+        with self._begin() as conn:
+            return _replace(conn, "anomaly_reports", {"source": source, "dt": _day(dt)}, _reports(source, dt, run_id, rows))
 
     def write_run_metrics(
         self, source: str, dt: str | date, stage: str, run_id: str, metrics: Mapping[str, float]
     ) -> int:
         """Replace one stage's metrics for the partition (other stages' metrics of that day stay)."""
-        keys, now = {"source": source, "dt": _day(dt), "stage": stage}, _now()
-        rows = [
-            {**keys, "run_id": run_id, "metric": m, "value": float(v), "recorded_at": now} for m, v in metrics.items()
-        ]
-        return self._replace("run_metrics", keys, rows)
+        keys = {"source": source, "dt": _day(dt), "stage": stage}
+        with self._begin() as conn:
+            return _replace(conn, "run_metrics", keys, _metric_rows(keys, run_id, metrics))
+
+    def write_score(
+        self, source: str, dt: str | date, run_id: str, *, model_version: str, reports: Iterable[Row],
+        cache: Iterable[Row], metrics: Mapping[str, float],
+    ) -> int:
+        """The score job's whole output in ONE transaction: the day's reports, the verdict cache and the
+        run's metrics. A failure anywhere (warehouse gone mid-way) leaves the previous state untouched."""
+        day = _day(dt)
+        keys = {"source": source, "dt": day, "stage": "score"}
+        with self._begin() as conn:
+            n = _replace(conn, "anomaly_reports", {"source": source, "dt": day}, _reports(source, day, run_id, reports))
+            _merge(conn, "kseq_cache", _cache_rows(source, model_version, cache))
+            _replace(conn, "run_metrics", keys, _metric_rows(keys, run_id, metrics))
+        return n
 
     def upsert_templates(self, source: str, rows: Iterable[Row]) -> int:
         """Insert or update templates. ``count`` is the miner's running total and replaces the stored one;
         first/last seen only widen, so replaying an old day changes nothing."""
         by_id = {r["template_id"]: {"source": source, **{f: r.get(f) for f in TEMPLATE_FIELDS}} for r in rows}
-        return self._merge("templates", list(by_id.values()))
+        with self._begin() as conn:
+            return _merge(conn, "templates", list(by_id.values()))
 
     def upsert_hierarchy(self, source: str, rows: Iterable[Row]) -> int:
         """Insert or update hierarchy rows (``TemplateNode.as_row()``); the latest write wins."""
@@ -160,7 +174,8 @@ class Warehouse:
             r["template_id"]: {"source": source, **{f: r.get(f) for f in HIERARCHY_FIELDS}, "updated_at": now}
             for r in rows
         }
-        return self._merge("hierarchy", list(by_id.values()))
+        with self._begin() as conn:
+            return _merge(conn, "hierarchy", list(by_id.values()))
 
     def load_cache(self, source: str, model_version: str) -> dict[str, dict[str, Any]]:
         """All cached verdicts of one model version, in one query (the scorer looks up in memory)."""
@@ -174,15 +189,10 @@ class Warehouse:
         Rows need ``cache_key`` and :data:`CACHE_FIELDS`; repeated keys in one batch are merged here, as
         ``ON CONFLICT`` may touch a row only once per statement. Returns the number of distinct keys.
         """
-        now = _now()
-        merged: dict[str, dict[str, Any]] = {}
-        for r in rows:
-            hits = int(r.get("hits", 1)) + (merged[r["cache_key"]]["hits"] if r["cache_key"] in merged else 0)
-            merged[r["cache_key"]] = {
-                "source": source, "model_version": str(model_version), "cache_key": r["cache_key"],
-                **{f: r.get(f) for f in CACHE_FIELDS}, "hits": hits, "first_seen": now, "last_seen": now,
-            }
-        return self._merge("kseq_cache", list(merged.values()))
+        merged = _cache_rows(source, model_version, rows)
+        with self._begin() as conn:
+            _merge(conn, "kseq_cache", merged)
+        return len(merged)
 
     def record_feedback(
         self, source: str, cache_key: str, verdict: str, *,
@@ -196,10 +206,17 @@ class Warehouse:
         with self._begin() as conn:
             conn.execute(insert(_table("feedback", row)), row)
 
-    def normal_feedback_keys(self, source: str) -> set[str]:
-        """Cache keys whose newest feedback says normal: the scorer treats them as known-normal."""
+    def normal_feedback(self, source: str) -> dict[str, str | None]:
+        """``cache_key -> kseq_key`` of the chunks whose newest feedback says normal: the scorer and the next
+        training treat their level keys as known normal."""
         with self._begin() as conn:
-            return set(conn.execute(_NORMAL_KEYS, {"source": source}).scalars())
+            return {row.cache_key: row.kseq_key for row in conn.execute(_NORMAL_KEYS, {"source": source})}
+
+    def find_chunk(self, source: str, key: str) -> list[tuple[str, str]]:
+        """``(cache_key, kseq_key)`` pairs a report or cache entry holds for ``key`` (either kind of key):
+        how ``krone feedback --key`` turns what an operator copied from a report into both keys."""
+        with self._begin() as conn:
+            return sorted({(r.cache_key, r.kseq_key) for r in conn.execute(_FIND_CHUNK, {"source": source, "key": key})})
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -209,31 +226,64 @@ class Warehouse:
         except exc.DBAPIError as e:
             reason = self._scrub(str(e.orig))
             raise WarehouseUnavailable(f"warehouse {self.safe_url} is unavailable: {reason}") from e
-        with conn, conn.begin():
-            yield conn
+        try:
+            with conn, conn.begin():
+                yield conn
+        except exc.OperationalError as e:  # the server went away mid-transaction: rolled back, nothing written
+            raise WarehouseUnavailable(f"warehouse {self.safe_url} failed: {self._scrub(str(e.orig))}") from e
 
     def _scrub(self, message: str) -> str:
         password = make_url(self.url).password
         return message.replace(password, "***") if password else message
 
-    def _replace(self, name: str, keys: Mapping[str, Any], rows: list[dict[str, Any]]) -> int:
-        target = table(name, *(column(k) for k in keys))
-        with self._begin() as conn:
-            conn.execute(delete(target).where(*(target.c[k] == v for k, v in keys.items())))
-            if rows:
-                _insert_rows(conn, name, rows)
-        return len(rows)
 
-    def _merge(self, name: str, rows: list[dict[str, Any]]) -> int:
-        if not rows:
-            return 0
-        stage = f"krone_stage_{name}"  # name is a key of _MERGES, never caller input
-        with self._begin() as conn:
-            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {stage} AS SELECT * FROM {name} WHERE 1 = 0")
-            _insert_rows(conn, stage, rows)
-            conn.exec_driver_sql(_MERGES[name])
-            conn.exec_driver_sql(f"DROP TABLE {stage}")
-        return len(rows)
+
+def _replace(conn: Connection, name: str, keys: Mapping[str, Any], rows: list[dict[str, Any]]) -> int:
+    """Delete the rows under ``keys`` and insert ``rows``, inside the caller's transaction."""
+    target = table(name, *(column(k) for k in keys))
+    conn.execute(delete(target).where(*(target.c[k] == v for k, v in keys.items())))
+    if rows:
+        _insert_rows(conn, name, rows)
+    return len(rows)
+
+
+def _merge(conn: Connection, name: str, rows: list[dict[str, Any]]) -> int:
+    """Upsert ``rows`` into ``name`` (a key of ``_MERGES``) inside the caller's transaction."""
+    if not rows:
+        return 0
+    stage = f"krone_stage_{name}"  # name is a key of _MERGES, never caller input
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {stage} AS SELECT * FROM {name} WHERE 1 = 0")
+    _insert_rows(conn, stage, rows)
+    conn.exec_driver_sql(_MERGES[name])
+    conn.exec_driver_sql(f"DROP TABLE {stage}")
+    return len(rows)
+
+
+def _reports(source: str, dt: str | date, run_id: str, rows: Iterable[Row]) -> list[dict[str, Any]]:
+    now, day = _now(), _day(dt)
+    return [
+        {**{f: r.get(f) for f in REPORT_FIELDS}, "source": source, "dt": day, "run_id": run_id, "created_at": now,
+         "segment_template_ids": _json(r.get("segment_template_ids")), "line_refs": _json(r.get("line_refs"))}
+        for r in rows
+    ]
+
+
+def _metric_rows(keys: Mapping[str, Any], run_id: str, metrics: Mapping[str, float]) -> list[dict[str, Any]]:
+    now = _now()
+    return [{**keys, "run_id": run_id, "metric": m, "value": float(v), "recorded_at": now} for m, v in metrics.items()]
+
+
+def _cache_rows(source: str, model_version: str, rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """One row per cache key (``ON CONFLICT`` may touch a row once per statement): hits add up."""
+    now = _now()
+    merged: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        hits = int(r.get("hits", 1)) + (merged[r["cache_key"]]["hits"] if r["cache_key"] in merged else 0)
+        merged[r["cache_key"]] = {
+            "source": source, "model_version": str(model_version), "cache_key": r["cache_key"],
+            **{f: r.get(f) for f in CACHE_FIELDS}, "hits": hits, "first_seen": now, "last_seen": now,
+        }
+    return list(merged.values())
 
 
 def _create_engine(url: str) -> Engine:

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS anomaly_reports (
     level                TEXT    NOT NULL CHECK (level IN ('status', 'action', 'entity')),
     chunk_index          INTEGER NOT NULL,
     kseq_key             TEXT    NOT NULL,
+    cache_key            TEXT,             -- the chunk's kseq_cache key (NULL: a template the model lacks)
     segment_template_ids TEXT    NOT NULL, -- JSON array of template ids
     line_refs            TEXT    NOT NULL, -- JSON array of "file:line"
     detector             TEXT    NOT NULL,

@@ -171,7 +171,7 @@ def test_hostile_strings_are_stored_verbatim(wh: Warehouse) -> None:
     assert query(wh, "SELECT stage, metric FROM run_metrics") == [(HOSTILE, HOSTILE)]
     assert query(wh, "SELECT template_id, template FROM templates") == [(HOSTILE, HOSTILE)]
     assert list(wh.load_cache(HOSTILE, HOSTILE)) == [HOSTILE]
-    assert wh.normal_feedback_keys(HOSTILE) == {HOSTILE}
+    assert wh.normal_feedback(HOSTILE) == {HOSTILE: HOSTILE}
     assert query(wh, "SELECT note, author FROM feedback") == [(HOSTILE, HOSTILE)]
 
 
@@ -202,7 +202,7 @@ def test_feedback_newest_verdict_counts(wh: Warehouse) -> None:
     time.sleep(0.01)  # distinct created_at for "newest"
     wh.record_feedback("hdfs", "k2", "anomalous", author="lead", note="no, it was a real outage")
     wh.record_feedback("bgl", "k3", "normal", author="ops")
-    assert wh.normal_feedback_keys("hdfs") == {"k1"}
+    assert set(wh.normal_feedback("hdfs")) == {"k1"}
     with pytest.raises(ValueError, match="verdict must be one of"):
         wh.record_feedback("hdfs", "k4", "fine", author="ops")
 

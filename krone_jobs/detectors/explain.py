@@ -25,6 +25,20 @@ def nearest(chunk: Sequence[str], normals: Iterable[Sequence[str]]) -> tuple[tup
     return best
 
 
+def k_nearest(chunk: Sequence[str], normals: Iterable[Sequence[str]], k: int) -> list[tuple[str, ...]]:
+    """The ``k`` most similar normal chunks, most similar first (ties keep the candidates' order): the
+    examples an LLM judge is shown, as in the paper."""
+    matcher = SequenceMatcher(autojunk=False)
+    matcher.set_seq2(list(chunk))
+    scored = []
+    for i, cand in enumerate(normals):
+        if i >= MAX_CANDIDATES:
+            break
+        matcher.set_seq1(list(cand))
+        scored.append((-matcher.ratio(), i, tuple(cand)))
+    return [c for _, _, c in sorted(scored)[:k]]
+
+
 def describe_difference(normal: Sequence[str], observed: Sequence[str], limit: int = 3) -> str:
     """``missing X``, ``extra Y``, ``Y instead of X`` (at most ``limit`` items)."""
     parts = []

@@ -2,8 +2,9 @@
 
 For each session, levels are judged in order (status, action, entity). A KRONE Seq in the knowledge base
 is normal at once. An unseen one goes to the Nested-Aware detector, which scores it in context; when that
-score is close to the threshold (within ``llm_band``) and an LLM judge is plugged in, the LLM decides.
-The first anomalous chunk ends the session's judgement. Two caches make a night cheap: per chunk (level
+score is close to the threshold (within ``llm_band``) and an LLM judge is plugged in, the LLM decides,
+but only when the walk reaches that chunk: the first anomalous chunk ends the session's judgement, so no
+call is spent on a chunk behind it. Operators' feedback joins the knowledge base (:meth:`add_normal`). Two caches make a night cheap: per chunk (level
 + KRONE Seq key -> decision, so each distinct unseen chunk is scored once) and per session (template
 sequence -> verdict). Unseen chunks of a whole batch are scored in one batched pass per level.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
-from krone_jobs.detectors.explain import describe_difference, nearest
+from krone_jobs.detectors.explain import describe_difference, k_nearest, nearest
 from krone_jobs.detectors.local_context import LocalContextDetector
 from krone_jobs.detectors.nested_aware import TABLES, ChunkExample, NestedAwareDetector, chunk_examples
 from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict, unknown_template_verdict
@@ -41,7 +42,8 @@ class ChunkRequest:
     nodes: tuple[str, ...]
     children: tuple[tuple[str, ...], ...]
     nested_score: float
-    nearest_normal: tuple[str, ...]
+    nearest_normal: tuple[tuple[str, ...], ...]
+    """The ``llm_examples`` most similar normal chunks of the same parent, most similar first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,9 @@ class ChunkDecision:
     detector: str
     score: float
     reason: str
+
+
+IN_KNOWLEDGE_BASE = ChunkDecision(False, "local", 0.0, "in the knowledge base")
 
 
 class ChunkJudge(Protocol):
@@ -70,6 +75,7 @@ class RoutedDetector(BaseEstimator):
         nested_params: dict[str, Any] | None = None,
         llm: ChunkJudge | None = None,
         llm_band: float = 0.25,
+        llm_examples: int = 3,
         cache_size: int = 1_000_000,
     ) -> None:
         self.hierarchy = hierarchy
@@ -77,6 +83,7 @@ class RoutedDetector(BaseEstimator):
         self.nested_params = nested_params
         self.llm = llm
         self.llm_band = llm_band
+        self.llm_examples = llm_examples
         self.cache_size = cache_size
 
     # -------------------------------------------------------------------------------- training
@@ -93,6 +100,7 @@ class RoutedDetector(BaseEstimator):
         self._sessions: dict[tuple[str, ...], SessionVerdict] = {}
         self._levels: dict[tuple[str, ...], tuple[int, int, int]] = {}
         self._chunks: dict[tuple[int, ChunkExample], ChunkDecision] = {}
+        self._uncertain: dict[tuple[int, ChunkExample], Any] = {}  # in the LLM band, not yet asked
         self._normals_by_parent: dict[tuple[int, Any], list[tuple[str, ...]]] | None = None
         self._nearest_memo: dict[tuple[int, int, tuple[int, ...]], tuple[tuple[str, ...], float] | None] = {}
         self.stats_ = {"sessions": 0, "session_cache_hits": 0, "flagged_by_local": 0, "rescued_by_nested": 0,
@@ -138,19 +146,51 @@ class RoutedDetector(BaseEstimator):
             return
         scores = self.nested_.score_examples(level, pending)
         for ex, s in zip(pending, scores):
-            ratio = s.ratio
-            decision = ChunkDecision(ratio > 1.0, "nested", ratio, "")
-            if self.llm is not None and math.isfinite(ratio) and abs(ratio - 1.0) <= self.llm_band:
-                self.stats_["llm_calls"] += 1
-                answer = self.llm.judge(self._request(li, level, ex, ratio))
-                if answer is not None:
-                    decision = answer
-            if decision.anomalous and not decision.reason:
-                why = self.nested_.explain(level, ex, s)
-                decision = ChunkDecision(True, decision.detector, ratio, f"{self._unseen_reason(li, ex)}; {why}")
-            elif not decision.anomalous and not decision.reason:
-                decision = ChunkDecision(False, decision.detector, ratio, "unseen but plausible in context")
-            self._chunks[(li, ex)] = decision
+            self._chunks[(li, ex)] = self._explained(li, ex, ChunkDecision(s.ratio > 1.0, "nested", s.ratio, ""), s)
+            if self.llm is not None and math.isfinite(s.ratio) and abs(s.ratio - 1.0) <= self.llm_band:
+                self._uncertain[(li, ex)] = s
+
+    def _explained(self, li: int, ex: ChunkExample, decision: ChunkDecision, score: Any) -> ChunkDecision:
+        """Give a decision without a reason the Nested-Aware one (what was unseen, nearest normal, why)."""
+        if decision.reason:
+            return decision
+        if decision.anomalous:
+            why = self.nested_.explain(LEVELS[li], ex, score)  # type: ignore[union-attr]
+            return ChunkDecision(True, decision.detector, decision.score, f"{self._unseen_reason(li, ex)}; {why}")
+        return ChunkDecision(False, decision.detector, decision.score, "unseen but plausible in context")
+
+    def _decision(self, li: int, ex: ChunkExample) -> ChunkDecision:
+        """The chunk's decision; an uncertain one is put to the LLM now, when the walk first reaches it."""
+        score = self._uncertain.pop((li, ex), None)
+        if score is not None and self.llm is not None:
+            self.stats_["llm_calls"] += 1
+            answer = self.llm.judge(self._request(li, LEVELS[li], ex, score.ratio))
+            if answer is not None:
+                self._chunks[(li, ex)] = self._explained(li, ex, answer, score)
+        return self._chunks[(li, ex)]
+
+    def add_normal(self, kseq_key: str) -> bool:
+        """Treat the level key ``<level>|<parent>|<n1>,<n2>,...`` as known normal (an operator's feedback):
+        it joins the knowledge base and decisions already made are dropped. ``False`` when the key names a
+        level or node this model does not know (such a chunk cannot occur with its hierarchy)."""
+        level, _, rest = kseq_key.partition("|")
+        parent, _, nodes = rest.partition("|")
+        if level not in LEVELS or not nodes:
+            return False
+        li = LEVELS.index(level)
+        own_t, parent_t, _ = TABLES[level]
+        index = [{name: code for code, name in enumerate(table)} for table in self.local_.codebook_.names]
+        try:
+            codes = tuple(index[own_t][n] for n in nodes.split(","))
+            key = codes if parent_t is None else (index[parent_t][parent], *codes)
+        except KeyError:
+            return False
+        self.local_.knowledge_[li].add(key)
+        self._sessions.clear()
+        self._levels.clear()
+        self._normals_by_parent = None
+        self._nearest_memo.clear()
+        return True
 
     def _names(self, li: int, ex: ChunkExample) -> tuple[str, tuple[str, ...]]:
         names = self.local_.codebook_.names
@@ -195,8 +235,9 @@ class RoutedDetector(BaseEstimator):
         names = self.local_.codebook_.names
         child_t = TABLES[level][2]
         children = tuple(tuple(names[child_t][n] for n in kid) for kid in ex.children) if child_t is not None else ()
-        near = self._nearest(li, ex)
-        return ChunkRequest(level, parent, nodes, children, ratio, near[0] if near else ())
+        self._nearest(li, ex)  # builds the per-parent index of normal chunks
+        normals = self._normals_by_parent.get((li, ex.parent if li < 2 else None), [])  # type: ignore[union-attr]
+        return ChunkRequest(level, parent, nodes, children, ratio, tuple(k_nearest(nodes, normals, self.llm_examples)))
 
     def _route(self, seq: tuple[str, ...], prepared: _Prepared | None) -> tuple[SessionVerdict, tuple[int, int, int]]:
         if not seq:
@@ -216,7 +257,7 @@ class RoutedDetector(BaseEstimator):
                 if key in kb[li]:
                     continue
                 flagged = True
-                d = self._chunks[(li, ex)]
+                d = self._decision(li, ex)
                 if d.detector == "llm" and not d.anomalous:
                     rescuer = "llm"
                 if d.anomalous:
@@ -250,6 +291,7 @@ class RoutedDetector(BaseEstimator):
                 self._levels[seq] = flags
             if len(self._chunks) > self.cache_size:
                 self._chunks.clear()
+                self._uncertain.clear()
         self.stats_["sessions"] += len(seqs)
         self.stats_["session_cache_hits"] += len(seqs) - len(new)
         return seqs
@@ -261,6 +303,30 @@ class RoutedDetector(BaseEstimator):
             if v.anomalous or v.detector != "local":  # the knowledge base did not vouch for it
                 self.stats_["flagged_by_local"] += 1
                 self.stats_["rescued_by_nested"] += int(not v.anomalous)
+        return out
+
+    def walked_chunks(self, seq: Sequence[str]) -> list[tuple[str, int, ChunkDecision]]:
+        """``(level, chunk index, decision)`` of every chunk the walk of a judged session reached, in order,
+        up to and including the first anomalous one (knowledge-base chunks: normal, detector ``local``).
+        What the score job writes to the verdict cache; ``[]`` for a session that cannot be cut."""
+        seq = tuple(seq)
+        c = self.local_.codebook_.cut(seq)
+        if c is None:
+            return []
+        exs = chunk_examples(c)
+        kb = self.local_.knowledge_
+        out: list[tuple[str, int, ChunkDecision]] = []
+        for li, keys in enumerate(self._keys(c)):
+            for i, (key, ex) in enumerate(zip(keys, exs[LEVELS[li]])):
+                if key in kb[li]:
+                    out.append((LEVELS[li], i, IN_KNOWLEDGE_BASE))
+                    continue
+                if (li, ex) not in self._chunks:
+                    self._prepare([seq])
+                d = self._decision(li, ex)
+                out.append((LEVELS[li], i, d))
+                if d.anomalous:
+                    return out
         return out
 
     def predict(self, X: Iterable[Sequence[str]]) -> np.ndarray:
@@ -282,7 +348,7 @@ class RoutedDetector(BaseEstimator):
         path.mkdir(parents=True, exist_ok=True)
         (path / "hierarchy.json").write_text(self.hierarchy.to_json())
         state: dict[str, Any] = {"params": {"nested": self.nested, "llm_band": self.llm_band,
-                                            "cache_size": self.cache_size,
+                                            "llm_examples": self.llm_examples, "cache_size": self.cache_size,
                                             "nested_params": json.dumps(self.nested_params or {})},
                                  "local": self.local_.to_state()}
         if self.nested_ is not None:
@@ -296,7 +362,7 @@ class RoutedDetector(BaseEstimator):
         state = torch.load(path / "detector.pt", weights_only=True)
         p = state["params"]
         det = cls(hierarchy, nested=p["nested"], nested_params=json.loads(p["nested_params"]) or None,
-                  llm=llm, llm_band=p["llm_band"], cache_size=p["cache_size"])
+                  llm=llm, llm_band=p["llm_band"], llm_examples=int(p.get("llm_examples", 3)), cache_size=p["cache_size"])
         det.local_ = LocalContextDetector.from_state(hierarchy, state["local"])
         det.nested_ = NestedAwareDetector.from_state(hierarchy, state["nested"]) if "nested" in state else None
         det._reset_runtime()

@@ -12,7 +12,14 @@ thresholds and verdicts). The held-out split uses ``RandomState(seed)``; the Nes
 global generators are seeded as well for extractors that draw from them. CPU float reductions can differ
 with the number of threads (``torch.get_num_threads()``), so compare runs on the same configuration.
 
-Heavy modules (torch, mlflow) are imported inside functions: DAG files import this module when parsed.
+Pipeline mode (:func:`train_partitions`, ``krone train --source S --end D --days 7``): the sessions come
+from the ``sessions/`` partitions of the window, the hierarchy from the hierarchy job (node ids are the
+pipeline's) and the miner state of the window's end (shipped in the model). Sessions labelled anomalous
+and sessions a previous champion reported (warehouse ``anomaly_reports``) are not trained on; chunks that
+operators marked normal join the knowledge base before the gate. The held-out sessions are logged with the
+run (``gate/heldout.parquet``) so that ``krone promote`` can re-run the gate later.
+
+Heavy modules (torch, mlflow, pandas) are imported inside functions: DAG files import this module when parsed.
 """
 
 from __future__ import annotations
@@ -20,25 +27,36 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from krone_jobs.config import settings
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, load_overrides
+from krone_jobs.partitions import check_date, check_source, latest_before, partition_dir
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from krone_jobs.detectors.router import RoutedDetector
     from krone_jobs.model_registry import GateVerdict
+    from krone_jobs.templates import TemplateStore
+    from krone_jobs.warehouse import Warehouse
+
+T = TypeVar("T")
 
 HOLDOUT = 0.1
 DATASETS = ("hdfs-demo", "thunderbird-demo")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,18 @@ def resolve_hierarchy(
     return build_hierarchy(templates, extractor, base, overrides)
 
 
+def apply_normal_keys(detector: RoutedDetector, keys: Sequence[str]) -> int:
+    """Add operator-approved level keys to the fitted detector's knowledge base; returns how many it took
+    (a key naming a node this hierarchy lacks cannot occur with this model and is skipped)."""
+    applied = 0
+    for key in dict.fromkeys(keys):
+        if detector.add_normal(key):
+            applied += 1
+        else:
+            log.warning("feedback key %r names a level or node this model does not know: skipped", key)
+    return applied
+
+
 def _finite(values: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
@@ -145,9 +175,16 @@ def train(
     miner_state: str | None = None,
     tracking_uri: str | None = None,
     artifact_root: str | None = None,
+    normal_keys: Sequence[str] = (),
+    extra_params: Mapping[str, Any] | None = None,
+    extra_metrics: Mapping[str, float] | None = None,
 ) -> TrainResult:
     """Train on ``sessions`` (normal ones: template-id sequences), log and register ``krone-<source>``,
-    and promote it to ``champion`` if the gate passes (see the module docstring)."""
+    and promote it to ``champion`` if the gate passes (see the module docstring).
+
+    ``normal_keys`` (level keys operators marked normal) join the knowledge base right after fitting, so
+    the logged model and the gate already treat them as known; ``extra_params``/``extra_metrics`` are
+    logged with the run (e.g. the training window)."""
     import mlflow
 
     from krone_jobs import model_registry as registry
@@ -170,13 +207,16 @@ def train(
         run_id = run.info.run_id
         t0 = time.perf_counter()
         detector.fit(fit_set)
+        applied = apply_normal_keys(detector, normal_keys)
         seconds = time.perf_counter() - t0
         params, metrics = _run_record(detector, n_sessions=len(sessions), n_fit=len(fit_set),
                                       n_heldout=len(heldout), seconds=seconds, base=base)
+        metrics.update({"n_feedback_normal_keys": applied, **(extra_metrics or {})})
         mlflow.log_params({"source": source, "seed": seed, "holdout": holdout, "miner_state": miner_state is not None,
-                           "hierarchy_base_version": base_version or "none", **params})
+                           "hierarchy_base_version": base_version or "none", **params, **(extra_params or {})})
         mlflow.log_metrics(metrics)
         info = registry.log_krone_model(detector, miner_state=miner_state)
+        registry.log_gate_sessions(heldout, checked)
         version = registry.register(run_id, source)
         verdict = registry.promote_if_better(client, source, version, detector.predict, heldout, run_id=run_id,
                                              validation=checked, fp_bound=fp_bound, tolerance=tolerance)
@@ -213,15 +253,221 @@ def read_templates(path: Path) -> dict[str, str]:
         return {str(row["template_id"]).strip(): row["template"] for row in csv.DictReader(fh)}
 
 
+# ------------------------------------------------------------------------------ pipeline partitions
+class NoTrainingData(ValueError):
+    """The training window holds nothing to train on: no sessions partition, or no normal session left."""
+
+
+@dataclass(frozen=True)
+class WindowSessions:
+    """The normal sessions of a training window, and what was left out and why (logged with the run)."""
+
+    dates: tuple[str, ...]
+    partitions: tuple[str, ...]
+    sessions: list[tuple[str, ...]]
+    n_read: int
+    n_excluded_labelled: int
+    n_excluded_reported: int
+    reports_checked: bool
+
+    def params(self) -> dict[str, Any]:
+        return {"window_start": self.dates[0], "window_end": self.dates[-1], "window_days": len(self.dates),
+                "window_partitions": ",".join(self.partitions), "reports_checked": self.reports_checked}
+
+    def metrics(self) -> dict[str, float]:
+        return {"n_window_partitions": len(self.partitions), "n_window_sessions": self.n_read,
+                "n_excluded_labelled": self.n_excluded_labelled, "n_excluded_reported": self.n_excluded_reported}
+
+
+def window_dates(end: str, days: int) -> list[str]:
+    """The ``days`` calendar days that end at ``end`` (inclusive), oldest first."""
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
+    last = date.fromisoformat(check_date(end))
+    return [(last - timedelta(days=i)).isoformat() for i in range(days - 1, -1, -1)]
+
+
+def read_window(root: Path, source: str, dates: Sequence[str]) -> tuple[tuple[str, ...], pd.DataFrame]:
+    """(partitions found, their sessions: session_id, template_ids), sorted by session id so the seeded
+    held-out split does not depend on how the sessionize job laid out its files."""
+    import pandas as pd
+
+    found = tuple(dt for dt in dates if partition_dir(root, "sessions", source, dt).is_dir())
+    if not found:
+        where = partition_dir(root, "sessions", source, "*")
+        raise NoTrainingData(f"no sessions partition for source={source} in {dates[0]}..{dates[-1]} ({where}): "
+                             f"run `krone sessionize` for those days or pick another --end/--days")
+    frames = [pd.read_parquet(partition_dir(root, "sessions", source, dt), columns=["session_id", "template_ids"])
+              for dt in found]
+    frame = pd.concat(frames, ignore_index=True).sort_values("session_id", kind="stable", ignore_index=True)
+    return found, frame
+
+
+def anomalous_labels(path: Path) -> set[str]:
+    """Session ids labelled anomalous (label > 0) in a ``session_id,label`` CSV (the generator writes one)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype={"session_id": str})
+    missing = {"session_id", "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    flagged = pd.to_numeric(frame["label"], errors="coerce").fillna(0) > 0
+    return set(frame.loc[flagged, "session_id"])
+
+
+def _warehouse_absent(url: str) -> bool:
+    """A DuckDB warehouse whose file does not exist yet: nothing to ask, and asking would create it."""
+    from sqlalchemy import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    return parsed.get_backend_name() == "duckdb" and database not in (None, "", ":memory:") and not Path(database).exists()
+
+
+def _ask_warehouse(url: str, what: str, query: Callable[[Warehouse], T]) -> T | None:
+    """``query`` on the warehouse, or ``None`` (logged) when it cannot answer: training must not need it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from krone_jobs.warehouse import Warehouse, WarehouseUnavailable
+
+    if _warehouse_absent(url):
+        log.info("no warehouse at %s yet: no %s", url, what)
+        return None
+    try:
+        with Warehouse(url) as wh:
+            return query(wh)
+    except (WarehouseUnavailable, SQLAlchemyError) as e:
+        log.warning("warehouse cannot give the %s, continuing without: %s", what, str(e).splitlines()[0])
+        return None
+
+
+def reported_sessions(url: str, source: str, start: str, end: str) -> set[str] | None:
+    """Session ids in ``anomaly_reports`` for (source, dt in [start, end]): a previous champion flagged them,
+    so they are not trusted as normal. ``None`` when the warehouse cannot say."""
+    from sqlalchemy import text
+
+    sql = text("SELECT DISTINCT session_id FROM anomaly_reports WHERE source = :source AND dt BETWEEN :start AND :end")
+    bounds = {"source": source, "start": date.fromisoformat(start), "end": date.fromisoformat(end)}
+
+    def query(wh: Warehouse) -> set[str]:
+        with wh.engine.connect() as conn:
+            return {str(r.session_id) for r in conn.execute(sql, bounds)}
+
+    return _ask_warehouse(url, "anomaly reports to exclude", query)
+
+
+def feedback_normal_keys(url: str, source: str) -> list[str]:
+    """Level keys of chunks whose newest operator feedback says normal, sorted (deterministic runs); none
+    when the warehouse cannot say. Feedback without a level key cannot reach the knowledge base."""
+    found = _ask_warehouse(url, "operator feedback", lambda wh: wh.normal_feedback(source)) or {}
+    return sorted({k for k in found.values() if k})
+
+
+def resolve_ids(ids: Sequence[str], hierarchy: Hierarchy, store: TemplateStore) -> tuple[str, ...]:
+    """Ids the hierarchy lacks go through the miner state (Drain may have generalised the template since
+    the session was written), as the kseqs job does."""
+    return tuple(t if t in hierarchy else store.resolve(t) for t in ids)
+
+
+def select_normal(
+    frame: pd.DataFrame, dates: Sequence[str], found: tuple[str, ...], *, source: str, hierarchy: Hierarchy,
+    store: TemplateStore, labels: Path | None, reported: set[str] | None,
+) -> WindowSessions:
+    """The window's sessions (:func:`read_window`) minus labelled anomalies and reported sessions, ids
+    resolved."""
+    from krone_jobs.model_registry import template_ids
+
+    ids = frame["session_id"].astype(str)
+    bad = anomalous_labels(labels) if labels is not None else set()
+    labelled = ids.isin(bad)
+    flagged = ids.isin(reported or set()) & ~labelled
+    keep = frame.loc[~(labelled | flagged), "template_ids"]
+    if keep.empty:
+        raise NoTrainingData(f"no normal session left in {dates[0]}..{dates[-1]} for source={source}: "
+                             f"{len(frame)} read, {int(labelled.sum())} labelled anomalous, "
+                             f"{int(flagged.sum())} reported by the champion")
+    sessions = [resolve_ids(template_ids(v), hierarchy, store) for v in keep]
+    return WindowSessions(tuple(dates), found, sessions, len(frame), int(labelled.sum()), int(flagged.sum()),
+                          reported is not None)
+
+
+def _miner_state(root: Path, source: str, end: str) -> tuple[str, str]:
+    """(miner state JSON as the parse job wrote it, its day): the newest at or before ``end``."""
+    from krone_jobs.jobs.parse import templates_dir
+
+    path = latest_before(templates_dir(root, source), end, inclusive=True)
+    if path is None:
+        raise FileNotFoundError(f"no miner state for source={source} at or before {end} under "
+                                f"{templates_dir(root, source)}: run `krone parse` first")
+    return path.read_text(encoding="utf-8"), path.stem.removeprefix("dt=")
+
+
+def train_partitions(
+    source: str,
+    end: str,
+    *,
+    days: int = 7,
+    data_root: Path | None = None,
+    tracking_uri: str | None = None,
+    artifact_root: str | None = None,
+    warehouse_url: str | None = None,
+    seed: int = 0,
+    labels: Path | None = None,
+    exclude_reported: bool = True,
+    nested_params: Mapping[str, Any] | None = None,
+    fp_bound: float = 0.02,
+    tolerance: float = 0.002,
+    holdout: float = HOLDOUT,
+    validation: tuple[Sequence[Sequence[str]], Sequence[int]] | None = None,
+) -> TrainResult:
+    """Train on the pipeline's own output: the ``sessions/`` partitions of the ``days`` ending at ``end``,
+    the hierarchy the hierarchy job grew (so node ids are the pipeline's) and the miner state of ``end``
+    (shipped in the model). Labelled anomalies and sessions a champion already reported are left out;
+    operators' "normal" feedback joins the knowledge base. The warehouse is optional: if it cannot answer,
+    nothing is excluded and no feedback is applied (both logged)."""
+    from krone_jobs.jobs.hierarchy_job import load_hierarchy
+    from krone_jobs.templates import TemplateStore
+
+    check_source(source)
+    root = Path(data_root) if data_root is not None else settings().data_root
+    url = warehouse_url or settings().warehouse_url
+    dates = window_dates(end, days)
+    found, frame = read_window(root, source, dates)
+    hierarchy = load_hierarchy(root, source)
+    state, state_dt = _miner_state(root, source, end)
+    store = TemplateStore.from_json(state)
+    reported = reported_sessions(url, source, dates[0], dates[-1]) if exclude_reported else None
+    window = select_normal(frame, dates, found, source=source, hierarchy=hierarchy, store=store, labels=labels,
+                           reported=reported)
+    params = {**window.params(), "miner_state_dt": state_dt, "labels": str(labels) if labels else "none",
+              "exclude_reported": exclude_reported}
+    return train(
+        source, window.sessions, {t.template_id: t.template for t in store.templates()}, hierarchy=hierarchy,
+        validation=validation, seed=seed, nested_params=nested_params, holdout=holdout, fp_bound=fp_bound,
+        tolerance=tolerance, miner_state=state, tracking_uri=tracking_uri, artifact_root=artifact_root,
+        normal_keys=feedback_normal_keys(url, source), extra_params=params, extra_metrics=window.metrics(),
+    )
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The ``krone train`` options (the lead wires them into ``krone_jobs/cli.py``)."""
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--dataset", choices=DATASETS, help="a KRONE demo set: train on its split's training sessions")
     data.add_argument("--sessions", type=Path, help="Parquet (file or folder) or CSV: session_id, template_ids, "
                       "[label]; normal = label 0 or missing")
+    data.add_argument("--end", metavar="DATE", help="pipeline mode: train on the sessions/ partitions of the --days "
+                      "ending at DATE, with the pipeline's hierarchy and miner state (needs --source)")
     p.add_argument("--templates", type=Path, help="CSV template_id,template (required with --sessions)")
     p.add_argument("--train-percent", type=int, default=80, choices=[1, 10, 80], help="demo split (with --dataset)")
-    p.add_argument("--source", help="registered model krone-<source> (default: the dataset name)")
+    p.add_argument("--source", help="registered model krone-<source> (default: the dataset name; required with "
+                   "--sessions and --end)")
+    p.add_argument("--days", type=int, default=7, help="with --end: length of the training window in days")
+    p.add_argument("--labels", type=Path, help="with --end: CSV session_id,label; labelled anomalies are not trained on")
+    p.add_argument("--data-root", type=Path, help="with --end: the pipeline's data root (default: KRONE_DATA_ROOT)")
+    p.add_argument("--warehouse-url", help="with --end: where reports and feedback are read (default: "
+                   "KRONE_WAREHOUSE_URL); training goes on without it")
+    p.add_argument("--no-exclude-reported", dest="exclude_reported", action="store_false",
+                   help="with --end: also train on sessions a previous champion reported as anomalous")
     p.add_argument("--hierarchy", default="offline", help="offline (grow the champion's with new templates), "
                    "official (the authors' node table, demo sets only) or a hierarchy CSV path")
     p.add_argument("--overrides", type=Path, help="human overrides CSV template_id,entity,action[,status]")
@@ -264,17 +510,45 @@ def _inputs(args: argparse.Namespace) -> tuple[str, list[tuple[str, ...]], dict[
     return source, sessions, templates, Hierarchy.load_csv(args.hierarchy)
 
 
-def main_train(args: argparse.Namespace) -> int:
-    """``krone train``: exit 0 when a model was trained and registered, whether or not it was promoted (the
-    verdict is printed and tracked); errors raise."""
+def main_train_partitions(args: argparse.Namespace) -> TrainResult:
+    """``krone train --end D``: the pipeline mode; options that only make sense for files are refused, so
+    nobody believes they took effect. Missing inputs exit with the reason."""
+    if args.source is None:
+        raise SystemExit("--end needs --source")
+    ignored = [name for name, given in (("--templates", args.templates), ("--miner-state", args.miner_state),
+                                        ("--overrides", args.overrides), ("--hierarchy", args.hierarchy != "offline"))
+               if given]
+    if ignored:
+        raise SystemExit(f"--end takes the hierarchy and miner state from the pipeline; drop {', '.join(ignored)} "
+                         "(overrides go to state/<source>/overrides.csv, then `krone hierarchy`)")
+    validation = read_sessions(args.validation, require_label=True) if args.validation else None
+    try:
+        return train_partitions(
+            args.source, args.end, days=args.days, data_root=args.data_root, tracking_uri=args.tracking_uri,
+            warehouse_url=args.warehouse_url, seed=args.seed, labels=args.labels,
+            exclude_reported=args.exclude_reported, nested_params=args.nested_params, fp_bound=args.fp_bound,
+            tolerance=args.tolerance, holdout=args.holdout, validation=validation,
+        )
+    except (ValueError, FileNotFoundError) as e:  # no window, bad date, missing state: say which, no traceback
+        raise SystemExit(f"krone train: {e}") from None
+
+
+def _train_files(args: argparse.Namespace) -> tuple[str, TrainResult]:
+    """``krone train --dataset/--sessions``."""
     source, sessions, templates, hierarchy = _inputs(args)
     validation = read_sessions(args.validation, require_label=True) if args.validation else None
-    result = train(
+    return source, train(
         source, sessions, templates, hierarchy=hierarchy, overrides_path=args.overrides, validation=validation,
         seed=args.seed, nested_params=args.nested_params, holdout=args.holdout, fp_bound=args.fp_bound,
         tolerance=args.tolerance, miner_state=args.miner_state.read_text(encoding="utf-8") if args.miner_state else None,
         tracking_uri=args.tracking_uri,
     )
+
+
+def main_train(args: argparse.Namespace) -> int:
+    """``krone train``: exit 0 when a model was trained and registered, whether or not it was promoted (the
+    verdict is printed and tracked); errors raise."""
+    source, result = (args.source, main_train_partitions(args)) if args.end else _train_files(args)
     if args.json:
         print(json.dumps(result.summary()))
         return 0
@@ -283,6 +557,12 @@ def main_train(args: argparse.Namespace) -> int:
           f"{'promoted to champion' if gate.passed else 'NOT promoted'}; held-out FP rate "
           f"{gate.candidate_fp_rate:.4f}, {result.metrics['n_train_sessions']:.0f} training sessions, "
           f"{result.metrics['train_seconds']:.1f}s")
+    if "n_window_sessions" in result.metrics:
+        m = result.metrics
+        dates = window_dates(args.end, args.days)
+        print(f"  window {dates[0]}..{dates[-1]}: {m['n_window_sessions']:.0f} sessions, "
+              f"{m['n_excluded_labelled']:.0f} labelled anomalous and {m['n_excluded_reported']:.0f} reported left out, "
+              f"{m['n_feedback_normal_keys']:.0f} operator-approved keys added")
     for reason in gate.reasons:
         print(f"  {reason}")
     return 0

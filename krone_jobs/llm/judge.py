@@ -84,7 +84,7 @@ def _unanswered(client: LLMClient) -> int:
 
 
 def _examples(nearest: Sequence[str] | Sequence[Sequence[str]]) -> list[Sequence[str]]:
-    """The router passes one nearest normal chunk (a tuple of node ids); several chunks are accepted too."""
+    """The router passes the k nearest normal chunks (tuples of node ids); one bare chunk is accepted too."""
     if not nearest:
         return []
     if all(isinstance(n, str) for n in nearest):

@@ -1,0 +1,379 @@
+"""Score stage: ``sessions/`` of a day -> ``anomaly_reports``, ``kseq_cache`` and ``run_metrics``.
+
+What a night costs is decided by the verdict cache. The champion model (``models:/krone-<source>@champion``)
+and the cache of its version (one query, ``Warehouse.load_cache``) are loaded on the driver; then
+
+1. **Spark, per session** (``mapInArrow``): cut the session into KRONE Seqs with the model's hierarchy and
+   walk them as the router does (status, then action, then entity; stop at the first anomalous chunk).
+   A chunk in the knowledge base, or one an operator marked normal (feedback), is normal; a chunk in the
+   cache takes the cached verdict (a *cache hit*). A session whose walk meets only such chunks is decided
+   there; the others (an uncached chunk on the way, or a template the model lacks) go back to the driver.
+   The knowledge base, the feedback keys and the cache's verdict bits travel once, in a broadcast.
+2. **Driver, per distinct undecided session**: the champion's :class:`RoutedDetector` judges it
+   (Nested-Aware, then the budgeted LLM when configured and only for chunks the walk reaches), and every
+   chunk its walk judged becomes a new cache row, so the next run finds it.
+3. **One transaction** writes the day's reports (replacing the partition: a rerun leaves the same rows),
+   the cache rows (hits add up) and the run's metrics, after the Great Expectations ``reports`` gate. With
+   the warehouse down the job fails before any work with :class:`WarehouseUnavailable`; losing it
+   mid-write rolls everything back.
+
+A report names the session, the level and index of the first anomalous chunk, its level key and cache key
+(what ``krone feedback --key`` takes), its template ids and raw lines (``file:line``), the detector, the
+score and the reason, the model version and the run id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from krone_jobs.config import settings
+from krone_jobs.hierarchy.kseqs import LEVELS, Decomposition, UnknownTemplateError, decompose
+from krone_jobs.hierarchy.model import Hierarchy
+from krone_jobs.partitions import check_date, check_source, partition_dir
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import SparkSession
+
+    from krone_jobs.detectors.router import RoutedDetector
+    from krone_jobs.detectors.verdict import SessionVerdict
+    from krone_jobs.warehouse import Warehouse
+
+STAGE = "score"
+DECIDED_NORMAL, DECIDED_ANOMALOUS, UNDECIDED, HITS = "normal", "anomalous", "undecided", "hits"
+WALK_DDL = ("kind string, session_id string, level string, chunk_index int, kseq_key string, cache_key string, "
+            "span_start int, span_end int, template_ids array<string>, lines array<string>, hits bigint")
+
+
+@dataclass(frozen=True)
+class ScoreMetrics:
+    """What one scoring run did; ``to_dict`` is what the DAG task returns and ``run_metrics`` stores."""
+
+    source: str
+    dt: str
+    run_id: str
+    model_version: str
+    sessions: int
+    anomalies: int
+    per_level: dict[str, int] = field(default_factory=dict)
+    decided_from_cache: int = 0
+    """Sessions decided in the Spark pass (knowledge base, feedback and cache only)."""
+    routed_sessions: int = 0
+    """Distinct session sequences the driver judged (cache misses)."""
+    cache_hits: int = 0
+    """Chunk lookups answered by the warehouse cache."""
+    new_cache_entries: int = 0
+    unknown_template_sessions: int = 0
+    feedback_normal_keys: int = 0
+    llm_calls: int = 0
+    llm_tokens: int = 0
+    llm_invalid: int = 0
+    llm_failures: int = 0
+    llm_fraction: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def numeric(self) -> dict[str, float]:
+        """The figures ``run_metrics`` keeps (numbers only; per level as ``anomalies_<level>``)."""
+        out = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out.update({f"anomalies_{lvl}": float(self.per_level.get(lvl, 0)) for lvl in LEVELS})
+        return out
+
+
+# ------------------------------------------------------------------------------------ the walk
+def walk(d: Decomposition, known: Callable[[str], bool], cached: Mapping[str, bool],
+         hits: Counter[str]) -> tuple[str, int, int] | None:
+    """First anomalous chunk of a decomposed session as ``(kind, level index, chunk index)``: ``kind`` is
+    ``anomalous`` (from the cache) or ``undecided`` (an uncached chunk on the way); ``None``: normal.
+
+    ``known(kseq_key)``: in the knowledge base or marked normal; ``cached``: cache key -> anomalous."""
+    for li, level in enumerate(LEVELS):
+        for i, chunk in enumerate(d.level(level)):
+            if known(chunk.key):
+                continue
+            verdict = cached.get(chunk.cache_key)
+            if verdict is None:
+                return UNDECIDED, li, i
+            hits[chunk.cache_key] += 1
+            if verdict:
+                return DECIDED_ANOMALOUS, li, i
+    return None
+
+
+def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The per-partition function of the Spark pass (see the module docstring, step 1)."""
+
+    def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
+        data = json.loads(payload.value)
+        hierarchy = Hierarchy.from_json(data["hierarchy"])
+        resolve: dict[str, str] = data["resolve"]
+        known = set(data["known"]).__contains__
+        cached: dict[str, bool] = data["cached"]
+        hits: Counter[str] = Counter()
+        memo: dict[tuple[str, ...], tuple[Decomposition | None, tuple[str, int, int] | None]] = {}
+        names = [f.split()[0] for f in WALK_DDL.split(", ")]
+        for batch in batches:
+            out: dict[str, list[Any]] = {n: [] for n in names}
+            cols = batch.to_pydict()
+            for sid, tids, lines in zip(cols["session_id"], cols["template_ids"], cols["lines"]):
+                seq = tuple(t if t in hierarchy else resolve.get(t, t) for t in tids)
+                if seq not in memo:
+                    try:
+                        d: Decomposition | None = decompose(seq, hierarchy)
+                    except UnknownTemplateError:
+                        d = None
+                    memo[seq] = (d, walk(d, known, cached, Counter()) if d is not None else (UNDECIDED, 0, 0))
+                d, outcome = memo[seq]
+                if d is not None and outcome is not None and outcome[0] == DECIDED_ANOMALOUS or outcome is None:
+                    walk(d, known, cached, hits)  # type: ignore[arg-type]  # count this session's hits
+                if outcome is None:
+                    continue  # normal: nothing leaves the executor
+                kind, li, i = outcome
+                chunk = d.level(LEVELS[li])[i] if d is not None and kind == DECIDED_ANOMALOUS else None
+                row = {"kind": kind, "session_id": sid, "level": LEVELS[li] if chunk else None,
+                       "chunk_index": i if chunk else None, "kseq_key": chunk.key if chunk else None,
+                       "cache_key": chunk.cache_key if chunk else None,
+                       "span_start": chunk.start if chunk else None, "span_end": chunk.end if chunk else None,
+                       "template_ids": list(seq), "lines": list(lines or []), "hits": None}
+                for n in names:
+                    out[n].append(row[n])
+            yield pa.RecordBatch.from_pydict(out, schema=_walk_schema())
+        if hits:  # one row per distinct hit chunk and partition, summed on the driver
+            keys = sorted(hits)
+            empty = [None] * len(keys)
+            yield pa.RecordBatch.from_pydict(
+                {"kind": [HITS] * len(keys), "session_id": empty, "level": empty, "chunk_index": empty,
+                 "kseq_key": empty, "cache_key": keys, "span_start": empty, "span_end": empty,
+                 "template_ids": empty, "lines": empty, "hits": [hits[k] for k in keys]}, schema=_walk_schema())
+
+    return run
+
+
+def _walk_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("kind", pa.string()), ("session_id", pa.string()), ("level", pa.string()), ("chunk_index", pa.int32()),
+        ("kseq_key", pa.string()), ("cache_key", pa.string()), ("span_start", pa.int32()), ("span_end", pa.int32()),
+        ("template_ids", pa.list_(pa.string())), ("lines", pa.list_(pa.string())), ("hits", pa.int64())])
+
+
+# ----------------------------------------------------------------------------------- the model
+@dataclass
+class Champion:
+    """The loaded champion: its detector, version and the template texts its LLM prompts may show."""
+
+    detector: RoutedDetector
+    version: str
+    templates: dict[str, str]
+
+    @classmethod
+    def load(cls, source: str, tracking_uri: str | None = None) -> Champion:
+        from krone_jobs import model_registry as registry
+
+        client = registry.connect(tracking_uri)
+        version = registry.champion_version(client, source)
+        if version is None:
+            raise LookupError(f"no champion for {registry.registered_name(source)}: run `krone train` first")
+        kmodel = registry.load_champion(source, tracking_uri).unwrap_python_model()
+        texts = {t.template_id: t.template for t in kmodel.templates.templates()} if kmodel.templates else {}
+        return cls(kmodel.detector, version, texts)
+
+
+def _llm_judge(champion: Champion, n_sessions: int, day_templates: Mapping[str, str]) -> Any:
+    """An :class:`LLMJudge` when ``KRONE_LLM_*`` configure an endpoint, else ``None`` (LLM off)."""
+    from krone_jobs.llm.client import LLMClient
+
+    client = LLMClient.from_settings(n_sessions=n_sessions)
+    if client is None:
+        return None
+    from krone_jobs.llm.judge import LLMJudge
+
+    return LLMJudge(client, {**day_templates, **champion.templates}, k=champion.detector.llm_examples)
+
+
+# ---------------------------------------------------------------------------------------- rows
+def _report(sid: str, seq: Sequence[str], lines: Sequence[str], *, level: str, index: int, span: tuple[int, int],
+            kseq_key: str, cache_key: str | None, detector: str, score: float, reason: str,
+            model_version: str) -> dict[str, Any]:
+    start, end = span
+    return {"session_id": sid, "level": level, "chunk_index": index, "kseq_key": kseq_key, "cache_key": cache_key,
+            "segment_template_ids": list(seq[start:end]), "line_refs": list(lines[start:end]),
+            "detector": detector, "score": float(score), "reason": reason, "model_version": model_version}
+
+
+def _routed_report(sid: str, seq: tuple[str, ...], lines: Sequence[str], v: SessionVerdict,
+                   d: Decomposition | None, version: str) -> dict[str, Any]:
+    """A report from the router's verdict (cache key from the decomposition; none for a new template)."""
+    cache_key = d.level(v.level)[v.chunk_index].cache_key if d is not None and v.chunk_index is not None else None
+    return _report(sid, seq, lines, level=v.level or "status", index=v.chunk_index or 0, span=v.span or (0, len(seq)),
+                   kseq_key=v.key, cache_key=cache_key, detector=v.detector, score=v.score, reason=v.reason,
+                   model_version=version)
+
+
+def _cache_rows(detector: RoutedDetector, seq: tuple[str, ...], d: Decomposition) -> list[dict[str, Any]]:
+    """The chunks the router judged on this session's walk (knowledge-base chunks need no cache entry)."""
+    rows = []
+    for level, i, decision in detector.walked_chunks(seq):
+        if decision.detector == "local" and not decision.anomalous:
+            continue
+        chunk = d.level(level)[i]
+        rows.append({"cache_key": chunk.cache_key, "level": level, "kseq_key": chunk.key,
+                     "verdict": decision.anomalous, "score": decision.score, "detector": decision.detector,
+                     "reason": decision.reason, "hits": 0})
+    return rows
+
+
+def _knowledge_keys(detector: RoutedDetector) -> list[str]:
+    """The knowledge base as level keys ``<level>|<parent>|<nodes>`` (what the Spark pass looks up)."""
+    from krone_jobs.model_registry import knowledge_base
+
+    return [f"{level}|{row['parent']}|{','.join(row['nodes'])}"
+            for level, rows in knowledge_base(detector).items() for row in rows]
+
+
+def _gate(reports: list[dict[str, Any]], root: Path, source: str, dt: str) -> None:
+    """The Great Expectations ``reports`` suite on what is about to be written (a failure stops the job
+    before the warehouse is touched); the result file lands beside the other suites' results."""
+    if not reports:
+        return
+    import pandas as pd
+
+    from krone_jobs.quality import REPORT_COLUMNS, gate
+
+    frame = pd.DataFrame([{**r, "source": source, "dt": dt} for r in reports])[list(REPORT_COLUMNS)]
+    gate(frame, "reports", run_name=f"reports-{source}-{dt}",
+         result_dir=root / "quality" / "reports" / f"source={source}" / f"dt={dt}")
+
+
+# ----------------------------------------------------------------------------------------- job
+def run_score(
+    source: str, date: str, *, data_root: str | Path | None = None, spark: SparkSession | None = None,
+    warehouse_url: str | None = None, tracking_uri: str | None = None, llm: Any = None,
+    say: Callable[[str], None] | None = None,
+) -> ScoreMetrics:
+    """Score one day's sessions with the champion and write reports, cache and metrics (module docstring).
+
+    ``llm``: a :class:`~krone_jobs.detectors.router.ChunkJudge` to use instead of the one built from
+    ``KRONE_LLM_*`` (evaluation harnesses pass theirs)."""
+    from krone_jobs.jobs.parse import latest_templates
+    from krone_jobs.partitions import read_partition
+    from krone_jobs.spark import get_spark
+    from krone_jobs.warehouse import Warehouse
+
+    t0 = time.perf_counter()
+    check_source(source)
+    check_date(date)
+    root = Path(data_root) if data_root is not None else settings().data_root
+    run_id = uuid.uuid4().hex
+    wh = Warehouse(warehouse_url)
+    try:
+        wh.ensure_schema()  # the warehouse must answer before any work: nothing is half-done when it is down
+        champion = Champion.load(source, tracking_uri)
+        detector = champion.detector
+        feedback = {k for k in wh.normal_feedback(source).values() if k}
+        applied = sum(detector.add_normal(k) for k in sorted(feedback))
+        cache = wh.load_cache(source, champion.version)
+        store = latest_templates(root, source, date)
+        resolve = {t: store.resolve(t) for t in store.superseded} if store is not None else {}
+        day_templates = {t.template_id: t.template for t in store.templates()} if store is not None else {}
+
+        spark = spark or get_spark()
+        sessions = read_partition(spark, root, "sessions", source, date).select("session_id", "template_ids", "lines")
+        payload = spark.sparkContext.broadcast(json.dumps({
+            "hierarchy": detector.hierarchy.to_json(), "resolve": resolve,
+            "known": sorted(set(_knowledge_keys(detector)) | feedback),
+            "cached": {k: bool(v["verdict"]) for k, v in cache.items()}}))
+        try:
+            rows = sessions.mapInArrow(_walker(payload), WALK_DDL).collect()
+        finally:
+            payload.unpersist()
+        n_sessions = _count_sessions(root, source, date)
+        hits: Counter[str] = Counter()
+        reports: list[dict[str, Any]] = []
+        undecided: list[Any] = []
+        for r in rows:
+            if r["kind"] == HITS:
+                hits[r["cache_key"]] += r["hits"]
+            elif r["kind"] == UNDECIDED:
+                undecided.append(r)
+            else:
+                c = cache[r["cache_key"]]
+                reports.append(_report(r["session_id"], r["template_ids"], r["lines"], level=r["level"],
+                                       index=r["chunk_index"], span=(r["span_start"], r["span_end"]),
+                                       kseq_key=r["kseq_key"], cache_key=r["cache_key"], detector=c["detector"],
+                                       score=c["score"] if c["score"] is not None else 1.0,
+                                       reason=c["reason"] or "", model_version=champion.version))
+
+        judge = llm if llm is not None else _llm_judge(champion, n_sessions, day_templates)
+        detector.llm = judge
+        seqs = [tuple(r["template_ids"]) for r in undecided]
+        verdicts = dict(zip(dict.fromkeys(seqs), detector.detect(list(dict.fromkeys(seqs)))))
+        new_cache: list[dict[str, Any]] = []
+        decomposed: dict[tuple[str, ...], Decomposition | None] = {}
+        for seq in verdicts:
+            try:
+                decomposed[seq] = decompose(seq, detector.hierarchy)
+            except UnknownTemplateError:
+                decomposed[seq] = None
+                continue
+            new_cache.extend(_cache_rows(detector, seq, decomposed[seq]))  # type: ignore[arg-type]
+        for r, seq in zip(undecided, seqs):
+            v = verdicts[seq]
+            if v.anomalous:
+                reports.append(_routed_report(r["session_id"], seq, r["lines"], v, decomposed[seq], champion.version))
+        reports.sort(key=lambda x: x["session_id"])
+        cache_rows = new_cache + [{**{f: cache[k][f] for f in ("level", "kseq_key", "verdict", "score", "detector",
+                                                               "reason")}, "cache_key": k, "hits": n}
+                                  for k, n in sorted(hits.items())]
+        llm_counters = judge.client.metrics() if judge is not None and hasattr(judge, "client") else {}
+        metrics = ScoreMetrics(
+            source=source, dt=date, run_id=run_id, model_version=champion.version, sessions=n_sessions,
+            anomalies=len(reports), per_level=dict(sorted(Counter(r["level"] for r in reports).items())),
+            decided_from_cache=n_sessions - len(undecided), routed_sessions=len(verdicts),
+            cache_hits=sum(hits.values()), new_cache_entries=len({r["cache_key"] for r in new_cache}),
+            unknown_template_sessions=sum(1 for s in seqs if decomposed.get(s) is None),
+            feedback_normal_keys=applied, llm_calls=detector.stats_["llm_calls"],
+            llm_tokens=int(llm_counters.get("prompt_tokens", 0) + llm_counters.get("completion_tokens", 0)),
+            llm_invalid=int(llm_counters.get("invalid", 0)), llm_failures=int(llm_counters.get("failures", 0)),
+            llm_fraction=round(detector.stats_["llm_calls"] / n_sessions, 6) if n_sessions else 0.0,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        _gate(reports, root, source, date)
+        wh.write_score(source, date, run_id, model_version=champion.version, reports=reports, cache=cache_rows,
+                       metrics=metrics.numeric())
+        if say is not None:
+            say(summary_line(metrics))
+        return metrics
+    finally:
+        wh.close()
+
+
+def _count_sessions(root: Path, source: str, date: str) -> int:
+    from krone_jobs.partitions import count_rows
+
+    return count_rows(partition_dir(root, "sessions", source, date))
+
+
+def summary_line(m: ScoreMetrics) -> str:
+    levels = ", ".join(f"{lvl} {m.per_level.get(lvl, 0)}" for lvl in LEVELS)
+    return (f"{m.source} {m.dt}: {m.sessions:,} sessions, {m.anomalies} anomalous ({levels}); "
+            f"{m.decided_from_cache:,} decided from knowledge base + cache ({m.cache_hits:,} cache hits), "
+            f"{m.routed_sessions:,} routed, {m.llm_calls} LLM calls; model v{m.model_version}, {m.seconds:.1f}s")
+
+
+def open_warehouse(url: str | None = None) -> Warehouse:
+    from krone_jobs.warehouse import Warehouse
+
+    return Warehouse(url)

@@ -1,0 +1,189 @@
+"""Task-level entry points shared by the Airflow DAGs and ``krone demo``: one call per DAG task.
+
+Each function runs one stage (or a day of them) for one partition through the stage modules in
+``krone_jobs.jobs``, records the stage's numeric metrics in the warehouse's ``run_metrics`` (one row per
+metric, replaced on rerun) and returns a JSON-able dict, which is what Airflow keeps as the task's XCom.
+Keeping this layer out of the DAG files means the scheduler's parser never imports Spark, torch, MLflow or
+Great Expectations, and the demo exercises exactly the code the DAGs run.
+
+Every stage module is imported inside the function that needs it, for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from krone_jobs.config import settings
+
+STAGES = ("parse", "sessionize", "hierarchy", "kseqs", "train")
+"""Stages whose metrics this module records (score records its own, inside its warehouse transaction)."""
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def numeric_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a (nested) metrics dict, flattened as ``outer.inner``: ``run_metrics`` holds
+    doubles only, so names, paths and lists stay in the XCom and the logs."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(numeric_metrics(value, f"{name}."))
+        elif isinstance(value, (bool, int, float)) and math.isfinite(float(value)):
+            out[name] = float(value)
+    return out
+
+
+def record_metrics(source: str, dt: str, stage: str, run_id: str, metrics: Mapping[str, Any]) -> int:
+    """Replace the stage's ``run_metrics`` rows for (source, dt); returns the number written."""
+    from krone_jobs.warehouse import Warehouse
+
+    with Warehouse() as warehouse:
+        warehouse.ensure_schema()
+        return warehouse.write_run_metrics(source, dt, stage, run_id, numeric_metrics(metrics))
+
+
+def new_run_id(prefix: str = "manual") -> str:
+    """A run id for calls from outside Airflow (the demo, the CLI)."""
+    return f"{prefix}__{uuid.uuid4().hex[:12]}"
+
+
+def _result(stage: str, source: str, dt: str, run_id: str, metrics: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """The XCom of a stage: JSON round-tripped, so anything odd fails here rather than in Airflow."""
+    payload = {"stage": stage, "source": source, "dt": dt, "run_id": run_id, "metrics": dict(metrics), **extra}
+    return json.loads(json.dumps(payload, default=str))
+
+
+def _recorded(stage: str, source: str, dt: str, run_id: str | None, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    run_id = run_id or new_run_id()
+    rows = record_metrics(source, dt, stage, run_id, metrics)
+    return _result(stage, source, dt, run_id, metrics, metric_rows=rows)
+
+
+def _root(data_root: str | Path | None) -> Path:
+    return Path(data_root) if data_root else settings().data_root
+
+
+def _path(value: str | Path | None, root: Path) -> Path | None:
+    """A path param: relative paths are taken from the data root (where the generator writes labels)."""
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+# ------------------------------------------------------------------------------------------ daily stages
+def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
+                run_id: str | None = None) -> dict[str, Any]:
+    """Parse one raw day (its ``parsed`` quality gate runs inside, before the miner state is saved)."""
+    from krone_jobs.jobs.parse import run_parse
+
+    metrics = run_parse(source, dt, fmt, data_root=data_root).to_dict()
+    return _recorded("parse", source, dt, run_id, metrics)
+
+
+def sessionize_stage(source: str, dt: str, *, data_root: str | Path | None = None,
+                     run_id: str | None = None) -> dict[str, Any]:
+    """Sessionize one parsed day (reads the previous day's open sessions: run days in date order)."""
+    from krone_jobs.jobs.sessionize import run_sessionize
+
+    metrics = run_sessionize(source, dt, data_root=data_root).to_dict()
+    return _recorded("sessionize", source, dt, run_id, metrics)
+
+
+def hierarchy_stage(source: str, dt: str, *, data_root: str | Path | None = None,
+                    run_id: str | None = None) -> dict[str, Any]:
+    """Grow the hierarchy by the templates of the day's miner state (no Spark, no network)."""
+    from krone_jobs.jobs.hierarchy_job import run_hierarchy
+
+    metrics = run_hierarchy(source, dt, data_root=data_root).to_dict()
+    return _recorded("hierarchy", source, dt, run_id, metrics)
+
+
+def kseqs_stage(source: str, dt: str, *, data_root: str | Path | None = None,
+                run_id: str | None = None) -> dict[str, Any]:
+    """Cut the day's sessions into KRONE Seqs."""
+    from krone_jobs.jobs.kseqs import run_kseqs
+
+    metrics = run_kseqs(source, dt, data_root=data_root).to_dict()
+    return _recorded("kseqs", source, dt, run_id, metrics)
+
+
+def gate_verdict(source: str, dt: str, suite: str, *, data_root: str | Path | None = None,
+                 required: bool = True) -> dict[str, Any]:
+    """The recorded result of a quality suite for a partition, so a DAG can show the gate as its own step.
+
+    The suites run inside the stages (a failing ``parsed`` gate must stop before the miner state is
+    saved); they write their result under ``quality/<suite>/source=S/dt=D/``. Raises if the newest result
+    failed, or (with ``required``) if there is none.
+    """
+    folder = _root(data_root) / "quality" / suite / f"source={source}" / f"dt={dt}"
+    results = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    if not results:
+        if required:
+            raise FileNotFoundError(f"no {suite!r} quality result for {source} {dt} under {folder}")
+        return {"suite": suite, "source": source, "dt": dt, "found": False}
+    data = json.loads(results[-1].read_text(encoding="utf-8"))
+    if not data.get("success"):
+        raise RuntimeError(data.get("summary") or f"quality gate {suite!r} failed for {source} {dt}")
+    return {"suite": suite, "source": source, "dt": dt, "found": True, "success": True,
+            "summary": data.get("summary"), "counts": data.get("counts"), "path": str(results[-1])}
+
+
+def parse_day(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
+              run_id: str | None = None) -> dict[str, Any]:
+    """Everything ``krone_parse`` does for one day, in its order: parse, gate, sessionize, gate,
+    hierarchy, kseqs. Returns each step's result by name."""
+    run_id = run_id or new_run_id()
+    kw: dict[str, Any] = {"data_root": data_root, "run_id": run_id}
+    out = {"parse": parse_stage(source, dt, fmt, **kw)}
+    out["parsed_gate"] = gate_verdict(source, dt, "parsed", data_root=data_root)
+    out["sessionize"] = sessionize_stage(source, dt, **kw)
+    out["sessions_gate"] = gate_verdict(source, dt, "sessions", data_root=data_root)
+    out["hierarchy"] = hierarchy_stage(source, dt, **kw)
+    out["kseqs"] = kseqs_stage(source, dt, **kw)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ train, score
+def train_window(source: str, end: str, *, days: int = 7, data_root: str | Path | None = None,
+                 labels: str | Path | None = None, seed: int = 0, run_id: str | None = None) -> dict[str, Any]:
+    """Train on the ``days`` days ending at ``end``; the gate and the ``champion`` move happen inside.
+
+    ``labels`` (a CSV of ``session_id,label``; relative paths are from the data root) keeps known
+    anomalies out of training. The summary's metrics are recorded as stage ``train`` at ``end``.
+    """
+    from krone_jobs.jobs.train import train_partitions
+
+    root = _root(data_root)
+    result = train_partitions(source, end, days=days, data_root=root, labels=_path(labels, root), seed=seed)
+    summary = result.summary()
+    version = str(summary.get("model_version", ""))
+    metrics = {**summary.get("metrics", {}), "promoted": bool(summary.get("promoted")),
+               **({"model_version": float(version)} if version.isdigit() else {})}
+    run_id = run_id or new_run_id()
+    rows = record_metrics(source, end, "train", run_id, metrics)
+    return _result("train", source, end, run_id, metrics, metric_rows=rows, summary=summary)
+
+
+def score_day(source: str, dt: str, *, data_root: str | Path | None = None) -> dict[str, Any]:
+    """Score one day's KRONE Seqs; the score job gates its reports and writes anomaly_reports, kseq_cache
+    and run_metrics itself, in one warehouse transaction."""
+    from krone_jobs.jobs.score import run_score
+
+    metrics = run_score(source, dt, data_root=Path(data_root) if data_root else None).to_dict()
+    return _result("score", source, dt, str(metrics.get("run_id", "")), metrics)
+
+
+def night_report(source: str, dt: str, *, data_root: str | Path | None = None) -> dict[str, Any]:
+    """Write the night report of a scored day; returns where it is and its summary."""
+    from krone_jobs.report import write_night_report
+
+    report = write_night_report(source, dt, data_root=Path(data_root) if data_root else None)
+    summary = report.summary() if callable(report.summary) else report.summary
+    return json.loads(json.dumps({"stage": "report", "source": source, "dt": dt, "path": str(report.path),
+                                  "summary": summary}, default=str))
