@@ -158,10 +158,14 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
 def _add_operations(sub: argparse._SubParsersAction) -> None:
     from krone_jobs.feedback import add_feedback_arguments
+    from krone_jobs.model_registry import add_promote_arguments, main_promote
     from krone_jobs.report import add_report_arguments
 
     add_report_arguments(sub.add_parser("report", help="write the night report (HTML) and print its summary"))
     add_feedback_arguments(sub.add_parser("feedback", help="record an operator's verdict on a reported chunk"))
+    p = sub.add_parser("promote", help="move the champion alias to a registered version (gate, or --force)")
+    add_promote_arguments(p)
+    p.set_defaults(func=main_promote)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,13 @@ class Settings:
     def llm_max_fraction(self) -> float:
         return float(_env("KRONE_LLM_MAX_FRACTION", "0.005"))
 
+    @property
+    def llm_band(self) -> float | None:
+        """How close to its threshold a Nested-Aware score must be for the LLM to decide (``|ratio - 1|``);
+        unset: the band the model was trained with."""
+        value = os.environ.get("KRONE_LLM_BAND")
+        return float(value) if value else None
+
 
 def settings() -> Settings:
     """Fresh settings (environment is read on every call, so tests and DAG tasks can change it)."""

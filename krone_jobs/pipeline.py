@@ -20,10 +20,6 @@ from typing import Any
 
 from krone_jobs.config import settings
 
-STAGES = ("parse", "sessionize", "hierarchy", "kseqs", "train")
-"""Stages whose metrics this module records (score records its own, inside its warehouse transaction)."""
-
-
 # ------------------------------------------------------------------------------------------ metrics
 def numeric_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Finite numbers of a (nested) metrics dict, flattened as ``outer.inner``: ``run_metrics`` holds
@@ -175,15 +171,15 @@ def score_day(source: str, dt: str, *, data_root: str | Path | None = None) -> d
     and run_metrics itself, in one warehouse transaction."""
     from krone_jobs.jobs.score import run_score
 
-    metrics = run_score(source, dt, data_root=Path(data_root) if data_root else None).to_dict()
+    metrics = run_score(source, dt, data_root=data_root or None).to_dict()
     return _result("score", source, dt, str(metrics.get("run_id", "")), metrics)
 
 
 def night_report(source: str, dt: str, *, data_root: str | Path | None = None) -> dict[str, Any]:
-    """Write the night report of a scored day; returns where it is and its summary."""
+    """Write the night report of a scored day; returns where it is, its summary and its figures."""
     from krone_jobs.report import write_night_report
 
     report = write_night_report(source, dt, data_root=Path(data_root) if data_root else None)
-    summary = report.summary() if callable(report.summary) else report.summary
-    return json.loads(json.dumps({"stage": "report", "source": source, "dt": dt, "path": str(report.path),
-                                  "summary": summary}, default=str))
+    payload = {"stage": "report", "source": source, "dt": dt, "path": str(report.path), "summary": report.summary,
+               "figures": report.figures}
+    return json.loads(json.dumps(payload, default=str))

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS hierarchy (
 );
 
 -- Verdict cache of the scoring job, per model version (a new model must not reuse old verdicts).
--- cache_key: BLAKE2b of the overall identifier; kseq_key: the level key "<level>|<parent>|<nodes>".
+-- cache_key: BLAKE2b of the chunk's overall identifier and, below the entity level, its session's content
+-- (krone_jobs/jobs/score.py, "Cache key"); kseq_key: the level key "<level>|<parent>|<nodes>".
 CREATE TABLE IF NOT EXISTS kseq_cache (
     source        TEXT    NOT NULL,
     model_version TEXT    NOT NULL,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -18,13 +19,18 @@ from krone_jobs.hierarchy.model import Hierarchy, make_node
 from krone_jobs.model_registry import (
     CHAMPION,
     Predictor,
+    PromotionRefused,
     Validation,
+    add_promote_arguments,
     champion_hierarchy,
     connect,
     ensure_experiment,
     gate,
     load_champion,
+    log_gate_sessions,
     log_krone_model,
+    main_promote,
+    promote,
     promote_if_better,
     register,
     sessions_frame,
@@ -96,9 +102,13 @@ def detector() -> RoutedDetector:
     return RoutedDetector(hierarchy, nested_params={"epochs": 2, "hidden": 8, "dim": 8}).fit(sessions)
 
 
-def log_version(client: MlflowClient, detector: RoutedDetector, source: str) -> tuple[str, str]:
+def log_version(client: MlflowClient, detector: RoutedDetector, source: str,
+                heldout: Sequence[Sequence[str]] | None = None) -> tuple[str, str]:
+    """Log and register ``detector`` as train() does (with its held-out sessions if given), gate skipped."""
     with mlflow.start_run(experiment_id=ensure_experiment(client, source)) as run:
         log_krone_model(detector)
+        if heldout is not None:
+            log_gate_sessions(heldout)
         return run.info.run_id, register(run.info.run_id, source)
 
 
@@ -136,3 +146,63 @@ def test_loaded_model_predicts_like_the_detector(client: MlflowClient, detector:
     assert loaded.unwrap_python_model().templates is None  # no miner state was logged
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"hierarchy.csv", "knowledge_base.json", "thresholds.json"} <= names
+
+
+# ------------------------------------------------------------------------------------------ promote
+def promote_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_promote_arguments(parser)
+    return main_promote(parser.parse_args(list(argv)))
+
+
+def champion(client: MlflowClient, source: str) -> str:
+    return str(client.get_model_version_by_alias(f"krone-{source}", CHAMPION).version)
+
+
+def test_promote_with_force_rolls_back_and_records_who_and_why(client: MlflowClient, detector: RoutedDetector,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    _, v1 = log_version(client, detector, "promo")
+    _, v2 = log_version(client, detector, "promo")
+    client.set_registered_model_alias("krone-promo", CHAMPION, v2)
+
+    with pytest.raises(PromotionRefused, match="no held-out sessions logged.*pass --force"):
+        promote("promo", v1)  # logged without held-out sessions: the gate cannot be re-run
+    assert champion(client, "promo") == v2
+    monkeypatch.setenv("USER", "alice")
+    assert promote("promo", v1, force=True, reason="v2 floods the night report") is None
+    assert champion(client, "promo") == v1
+    tags = client.get_model_version("krone-promo", v1).tags
+    assert tags["krone.promoted_by"] == "alice" and tags["krone.promote_reason"] == "v2 floods the night report"
+    assert tags["krone.promoted_from"] == v2 and tags["krone.promote_mode"] == "forced"
+    with pytest.raises(LookupError, match=r"krone-promo has no version '9' \(registered versions: 1, 2\)"):
+        promote("promo", "9", force=True)
+
+    assert promote_cli("--source", "promo", "--version", v2, "--force", "--reason", "fixed upstream") == 0
+    assert champion(client, "promo") == v2 and "champion v1 -> v2 (forced)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="krone promote: krone-promo has no version 'x'"):
+        promote_cli("--source", "promo", "--version", "x", "--force")
+
+
+def test_promote_reruns_the_gate_on_the_versions_held_out_sessions(client: MlflowClient, detector: RoutedDetector,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    heldout = [s.template_keys for s in generate_sessions(60, seed=12, anomaly_rate=0.0)]
+    waiting = "scheduler.schedule.waiting"  # about 30 % of normal jobs log it
+    lossy = RoutedDetector(Hierarchy(n for n in detector.hierarchy.nodes() if n.template_id != waiting), nested=False)
+    lossy.fit([s.template_keys for s in generate_sessions(100, seed=11, anomaly_rate=0.0)])
+    _, bad = log_version(client, lossy, "regate", heldout)  # flags every session that logs `waiting`
+    _, good = log_version(client, detector, "regate", heldout)
+    client.set_registered_model_alias("krone-regate", CHAMPION, good)
+
+    assert promote_cli("--source", "regate", "--version", bad) == 1
+    assert champion(client, "regate") == good
+    out = capsys.readouterr().out
+    assert "gate refused" in out and "FAIL: held-out false-positive rate" in out
+    assert "FAIL" in client.get_model_version("krone-regate", bad).tags["krone.promote_refused"]
+
+    _, newer = log_version(client, detector, "regate", heldout)
+    verdict = promote("regate", newer, reason="same model, new build")
+    assert verdict is not None and verdict.passed and verdict.champion_version == good and verdict.n_heldout == 60
+    assert champion(client, "regate") == newer
+    assert client.get_model_version("krone-regate", newer).tags["krone.promote_mode"] == "gate"
+    assert promote("regate", newer) is None  # already the champion: nothing to do

@@ -131,6 +131,19 @@ def test_failure_inside_the_transaction_keeps_the_previous_rows(wh: Warehouse) -
     assert query(wh, "SELECT session_id FROM anomaly_reports") == [("s3",)]
 
 
+def test_score_output_is_one_transaction(wh: Warehouse) -> None:
+    """Reports, cache and metrics land together or not at all (the score job's write)."""
+    wh.write_score("hdfs", D1, "run-1", model_version="1", reports=[report("s1")], cache=[verdict("k1")],
+                   metrics={"sessions": 10})
+    bad_cache = [verdict("k2"), verdict("k3", level="bogus")]  # CHECK violated after the reports went in
+    with pytest.raises(exc.IntegrityError):
+        wh.write_score("hdfs", D1, "run-2", model_version="1", reports=[report("s2")], cache=bad_cache,
+                       metrics={"sessions": 20})
+    assert query(wh, "SELECT session_id, run_id FROM anomaly_reports") == [("s1", "run-1")]
+    assert query(wh, "SELECT cache_key FROM kseq_cache") == [("k1",)]
+    assert query(wh, "SELECT value FROM run_metrics WHERE stage = 'score'") == [(10.0,)]
+
+
 def test_run_metrics_replace_one_stage_only(wh: Warehouse) -> None:
     wh.write_run_metrics("hdfs", D1, "parse", "run-1", {"raw_lines": 100, "quarantined": 2})
     wh.write_run_metrics("hdfs", D1, "score", "run-1", {"llm_calls": 2, "llm_tokens": 300})

@@ -17,6 +17,13 @@ and the cache of its version (one query, ``Warehouse.load_cache``) are loaded on
    the warehouse down the job fails before any work with :class:`WarehouseUnavailable`; losing it
    mid-write rolls everything back.
 
+**Cache key.** The Nested-Aware model judges a chunk in its session's context (its entity-level check and
+the fallback for a new ordinary step look at the session's content), so a verdict is reusable only where
+that context is the same: the key is the chunk's overall identifier (its entity, action and status nodes)
+plus, below the entity level, its session's content (the multiset of status nodes; the entity chunk's
+identifier already covers the whole session). Reusing one session's verdict for a chunk of another would
+make a day's reports depend on which session was scored first; with this key a rerun gives the same rows.
+
 A report names the session, the level and index of the first anomalous chunk, its level key and cache key
 (what ``krone feedback --key`` takes), its template ids and raw lines (``file:line``), the detector, the
 score and the reason, the model version and the run id.
@@ -24,6 +31,7 @@ score and the reason, the model version and the run id.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -90,20 +98,32 @@ class ScoreMetrics:
 
 
 # ------------------------------------------------------------------------------------ the walk
+def verdict_keys(d: Decomposition) -> dict[tuple[str, int], str]:
+    """``(level, chunk index) -> kseq_cache key`` of every chunk of a session (module docstring)."""
+    bag = ",".join(f"{n}*{k}" for n, k in sorted(Counter(d.entity.statuses).items()))
+    keys = {("entity", 0): d.entity.cache_key}
+    for level in LEVELS[:2]:
+        for i, chunk in enumerate(d.level(level)):
+            keys[(level, i)] = hashlib.blake2b(f"{chunk.overall}|session={bag}".encode(), digest_size=16).hexdigest()
+    return keys
+
+
 def walk(d: Decomposition, known: Callable[[str], bool], cached: Mapping[str, bool],
          hits: Counter[str]) -> tuple[str, int, int] | None:
     """First anomalous chunk of a decomposed session as ``(kind, level index, chunk index)``: ``kind`` is
     ``anomalous`` (from the cache) or ``undecided`` (an uncached chunk on the way); ``None``: normal.
 
     ``known(kseq_key)``: in the knowledge base or marked normal; ``cached``: cache key -> anomalous."""
+    keys: dict[tuple[str, int], str] | None = None
     for li, level in enumerate(LEVELS):
         for i, chunk in enumerate(d.level(level)):
             if known(chunk.key):
                 continue
-            verdict = cached.get(chunk.cache_key)
+            keys = keys or verdict_keys(d)
+            verdict = cached.get(keys[(level, i)])
             if verdict is None:
                 return UNDECIDED, li, i
-            hits[chunk.cache_key] += 1
+            hits[keys[(level, i)]] += 1
             if verdict:
                 return DECIDED_ANOMALOUS, li, i
     return None
@@ -143,7 +163,7 @@ def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
                 chunk = d.level(LEVELS[li])[i] if d is not None and kind == DECIDED_ANOMALOUS else None
                 row = {"kind": kind, "session_id": sid, "level": LEVELS[li] if chunk else None,
                        "chunk_index": i if chunk else None, "kseq_key": chunk.key if chunk else None,
-                       "cache_key": chunk.cache_key if chunk else None,
+                       "cache_key": verdict_keys(d)[(LEVELS[li], i)] if chunk else None,  # type: ignore[arg-type]
                        "span_start": chunk.start if chunk else None, "span_end": chunk.end if chunk else None,
                        "template_ids": list(seq), "lines": list(lines or []), "hits": None}
                 for n in names:
@@ -216,7 +236,7 @@ def _report(sid: str, seq: Sequence[str], lines: Sequence[str], *, level: str, i
 def _routed_report(sid: str, seq: tuple[str, ...], lines: Sequence[str], v: SessionVerdict,
                    d: Decomposition | None, version: str) -> dict[str, Any]:
     """A report from the router's verdict (cache key from the decomposition; none for a new template)."""
-    cache_key = d.level(v.level)[v.chunk_index].cache_key if d is not None and v.chunk_index is not None else None
+    cache_key = verdict_keys(d)[(v.level, v.chunk_index)] if d is not None and v.chunk_index is not None else None
     return _report(sid, seq, lines, level=v.level or "status", index=v.chunk_index or 0, span=v.span or (0, len(seq)),
                    kseq_key=v.key, cache_key=cache_key, detector=v.detector, score=v.score, reason=v.reason,
                    model_version=version)
@@ -225,11 +245,12 @@ def _routed_report(sid: str, seq: tuple[str, ...], lines: Sequence[str], v: Sess
 def _cache_rows(detector: RoutedDetector, seq: tuple[str, ...], d: Decomposition) -> list[dict[str, Any]]:
     """The chunks the router judged on this session's walk (knowledge-base chunks need no cache entry)."""
     rows = []
+    keys = verdict_keys(d)
     for level, i, decision in detector.walked_chunks(seq):
         if decision.detector == "local" and not decision.anomalous:
             continue
         chunk = d.level(level)[i]
-        rows.append({"cache_key": chunk.cache_key, "level": level, "kseq_key": chunk.key,
+        rows.append({"cache_key": keys[(level, i)], "level": level, "kseq_key": chunk.key,
                      "verdict": decision.anomalous, "score": decision.score, "detector": decision.detector,
                      "reason": decision.reason, "hits": 0})
     return rows
@@ -318,6 +339,7 @@ def run_score(
 
         judge = llm if llm is not None else _llm_judge(champion, n_sessions, day_templates)
         detector.llm = judge
+        detector.llm_band = settings().llm_band if settings().llm_band is not None else detector.llm_band
         seqs = [tuple(r["template_ids"]) for r in undecided]
         verdicts = dict(zip(dict.fromkeys(seqs), detector.detect(list(dict.fromkeys(seqs)))))
         new_cache: list[dict[str, Any]] = []

@@ -207,8 +207,8 @@ def train(
         run_id = run.info.run_id
         t0 = time.perf_counter()
         detector.fit(fit_set)
-        applied = apply_normal_keys(detector, normal_keys)
         seconds = time.perf_counter() - t0
+        applied = apply_normal_keys(detector, normal_keys)  # before anything is logged or gated
         params, metrics = _run_record(detector, n_sessions=len(sessions), n_fit=len(fit_set),
                                       n_heldout=len(heldout), seconds=seconds, base=base)
         metrics.update({"n_feedback_normal_keys": applied, **(extra_metrics or {})})
@@ -321,7 +321,8 @@ def _warehouse_absent(url: str) -> bool:
 
     parsed = make_url(url)
     database = parsed.database
-    return parsed.get_backend_name() == "duckdb" and database not in (None, "", ":memory:") and not Path(database).exists()
+    local_file = parsed.get_backend_name() == "duckdb" and database not in (None, "", ":memory:")
+    return local_file and not Path(str(database)).exists()
 
 
 def _ask_warehouse(url: str, what: str, query: Callable[[Warehouse], T]) -> T | None:
@@ -337,8 +338,17 @@ def _ask_warehouse(url: str, what: str, query: Callable[[Warehouse], T]) -> T | 
         with Warehouse(url) as wh:
             return query(wh)
     except (WarehouseUnavailable, SQLAlchemyError) as e:
-        log.warning("warehouse cannot give the %s, continuing without: %s", what, str(e).splitlines()[0])
+        log.warning("warehouse cannot give the %s, continuing without: %s", what, _first_line(url, e))
         return None
+
+
+def _first_line(url: str, error: Exception) -> str:
+    """The error's first line (SQLAlchemy appends the statement) with the URL's password masked."""
+    from sqlalchemy import make_url
+
+    line = (str(error).splitlines() or [type(error).__name__])[0]
+    password = make_url(url).password
+    return line.replace(str(password), "***") if password else line
 
 
 def reported_sessions(url: str, source: str, start: str, end: str) -> set[str] | None:
@@ -462,7 +472,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", help="registered model krone-<source> (default: the dataset name; required with "
                    "--sessions and --end)")
     p.add_argument("--days", type=int, default=7, help="with --end: length of the training window in days")
-    p.add_argument("--labels", type=Path, help="with --end: CSV session_id,label; labelled anomalies are not trained on")
+    p.add_argument("--labels", type=Path, help="with --end: CSV session_id,label; labelled anomalies are left out")
     p.add_argument("--data-root", type=Path, help="with --end: the pipeline's data root (default: KRONE_DATA_ROOT)")
     p.add_argument("--warehouse-url", help="with --end: where reports and feedback are read (default: "
                    "KRONE_WAREHOUSE_URL); training goes on without it")
@@ -561,7 +571,8 @@ def main_train(args: argparse.Namespace) -> int:
         m = result.metrics
         dates = window_dates(args.end, args.days)
         print(f"  window {dates[0]}..{dates[-1]}: {m['n_window_sessions']:.0f} sessions, "
-              f"{m['n_excluded_labelled']:.0f} labelled anomalous and {m['n_excluded_reported']:.0f} reported left out, "
+              f"{m['n_excluded_labelled']:.0f} labelled anomalous and {m['n_excluded_reported']:.0f} reported "
+              "left out, "
               f"{m['n_feedback_normal_keys']:.0f} operator-approved keys added")
     for reason in gate.reasons:
         print(f"  {reason}")

@@ -1,5 +1,6 @@
 """The train stage end to end on a throw-away SQLite MLflow store: registry round trip, the gate, determinism,
-hierarchy growth and the CLI entry. Nested-Aware training is kept tiny so the file stays fast."""
+hierarchy growth, the CLI entry, and training from the pipeline's partitions (the shared two-day run of
+``conftest.py``, read-only here). Nested-Aware training is kept tiny so the file stays fast."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import csv
 import json
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -16,11 +19,26 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from krone_jobs.hierarchy.kseqs import decompose
 from krone_jobs.hierarchy.model import Hierarchy, TemplateNode, make_node
-from krone_jobs.jobs.train import add_train_arguments, main_train, read_sessions, split_heldout, train
-from krone_jobs.model_registry import CHAMPION, load_champion, sessions_frame, verdict_frame
+from krone_jobs.jobs.hierarchy_job import load_hierarchy
+from krone_jobs.jobs.parse import latest_templates, templates_path
+from krone_jobs.jobs.train import (
+    NoTrainingData,
+    TrainResult,
+    add_train_arguments,
+    main_train,
+    read_sessions,
+    resolve_ids,
+    split_heldout,
+    train,
+    train_partitions,
+)
+from krone_jobs.model_registry import CHAMPION, knowledge_base, load_champion, sessions_frame, verdict_frame
+from krone_jobs.partitions import partition_dir
 from krone_jobs.synthetic import TEMPLATES, generate_sessions
 from krone_jobs.templates import TemplateStore
+from krone_jobs.warehouse import Warehouse
 
 TINY = {"epochs": 2, "hidden": 8, "dim": 8}
 TEXTS = {t.key: t.text for t in TEMPLATES.values()}
@@ -186,3 +204,125 @@ def test_read_sessions_accepts_parquet_lists_and_missing_labels(tmp_path: Path) 
     with pytest.raises(ValueError, match="label"):
         read_sessions(tmp_path / "s.csv", require_label=True)
     assert np.array_equal(read_sessions(tmp_path / "s.csv")[1], [0])
+
+
+# ------------------------------------------------------------------------------ pipeline partitions
+SOURCE = "syn"  # as in conftest.py (not importable)
+DAYS = ("2026-11-01", "2026-11-02")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The first model trained on the shared pipeline's two days, and how to train the next one alike."""
+
+    kwargs: dict[str, Any]
+    first: TrainResult
+    sessions: pd.DataFrame  # session_id, template_ids (resolved), label of every session in the window
+
+    @property
+    def tracking_uri(self) -> str:
+        return str(self.kwargs["tracking_uri"])
+
+
+def window_sessions(root: Path) -> pd.DataFrame:
+    """What the test expects train_partitions to read: both days' sessions with their generator labels."""
+    frame = pd.concat([pd.read_parquet(partition_dir(root, "sessions", SOURCE, d)) for d in DAYS], ignore_index=True)
+    labels = pd.read_csv(root / "labels" / SOURCE / "labels.csv", dtype={"session_id": str})
+    hierarchy, miner = load_hierarchy(root, SOURCE), latest_templates(root, SOURCE, DAYS[1])
+    assert miner is not None
+    frame["template_ids"] = [resolve_ids(list(t), hierarchy, miner) for t in frame["template_ids"]]
+    return frame.merge(labels[["session_id", "label"]], on="session_id", how="left")
+
+
+@pytest.fixture(scope="module")
+def window(pipeline: Any, tmp_path_factory: pytest.TempPathFactory) -> Window:
+    tmp = tmp_path_factory.mktemp("window")
+    kwargs = {"days": 2, "data_root": pipeline.root, "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+              "artifact_root": (tmp / "art").as_uri(), "warehouse_url": f"duckdb:///{tmp}/w.duckdb",
+              "labels": pipeline.root / "labels" / SOURCE / "labels.csv", "nested_params": TINY, "fp_bound": 1.0}
+    return Window(kwargs, train_partitions(SOURCE, DAYS[1], **kwargs), window_sessions(pipeline.root))
+
+
+def in_kb(detector: Any, key: str) -> bool:
+    """Whether the level key ``<level>|<parent>|<nodes>`` is in the detector's knowledge base."""
+    level, parent, nodes = key.split("|")
+    return {"parent": parent, "nodes": nodes.split(",")} in knowledge_base(detector)[level]
+
+
+def test_train_partitions_registers_a_champion_without_the_labelled_anomalies(window: Window, pipeline: Any) -> None:
+    result, frame = window.first, window.sessions
+    client = MlflowClient(tracking_uri=window.tracking_uri, registry_uri=window.tracking_uri)
+
+    assert result.model_version == "1" and result.gate.passed
+    assert client.get_model_version_by_alias(f"krone-{SOURCE}", CHAMPION).version == 1
+    n_anomalous = int((frame["label"] == 1).sum())
+    assert 0 < n_anomalous < len(frame)
+    metrics, params = result.metrics, client.get_run(result.run_id).data.params
+    assert metrics["n_window_sessions"] == len(frame) and metrics["n_excluded_labelled"] == n_anomalous
+    assert metrics["n_excluded_reported"] == 0 and params["reports_checked"] == "False"  # no warehouse yet
+    assert metrics["n_train_sessions"] + int(params["n_heldout_sessions"]) == len(frame) - n_anomalous
+    assert (params["window_start"], params["window_end"], params["window_days"]) == (*DAYS, "2")
+    assert params["window_partitions"] == ",".join(DAYS) and params["miner_state_dt"] == DAYS[1]
+    assert result.detector.hierarchy == load_hierarchy(pipeline.root, SOURCE)  # the pipeline's node ids
+
+    model = load_champion(SOURCE, window.tracking_uri).unwrap_python_model()
+    assert model.templates is not None
+    shipped = TemplateStore.from_json(templates_path(pipeline.root, SOURCE, DAYS[1]).read_text())
+    assert model.templates.to_json() == shipped.to_json()
+    assert "gate/heldout.parquet" in {a.path for a in client.list_artifacts(result.run_id, "gate")}
+
+
+def test_feedback_joins_the_knowledge_base_and_reported_sessions_are_left_out(window: Window) -> None:
+    first, frame = window.first, window.sessions
+    anomalous = frame.loc[frame["label"] == 1, "template_ids"]
+    session, verdict = next((s, v) for s, v in zip(anomalous, first.detector.detect(list(anomalous)))
+                            if v.anomalous and "|?|" not in v.key)  # flagged on a chunk, not a new template
+    chunk = next(c for d in [decompose(session, first.detector.hierarchy)] for c in (*d.status, *d.action, d.entity)
+                 if c.key == verdict.key)
+    assert not in_kb(first.detector, chunk.key)
+    normal_id = frame.loc[frame["label"] == 0, "session_id"].iloc[0]
+    with Warehouse(window.kwargs["warehouse_url"]) as wh:
+        wh.ensure_schema()
+        wh.record_feedback(SOURCE, chunk.cache_key, "normal", author="t", kseq_key=chunk.key)
+        wh.write_reports(SOURCE, DAYS[1], "run-0", [{
+            "session_id": normal_id, "level": "status", "chunk_index": 0, "kseq_key": "status|x|y", "cache_key": "c",
+            "segment_template_ids": ["t"], "line_refs": ["f:1"], "detector": "local", "score": 1.0, "reason": "r",
+            "model_version": "1"}])
+
+    second = train_partitions(SOURCE, DAYS[1], **window.kwargs)
+
+    assert second.metrics["n_feedback_normal_keys"] == 1 and second.metrics["n_excluded_reported"] == 1
+    assert second.metrics["n_train_sessions"] + second.gate.n_heldout == first.metrics["n_train_sessions"] + \
+        first.gate.n_heldout - 1
+    assert in_kb(second.detector, chunk.key)
+    logged = mlflow.pyfunc.load_model(second.paths["model_uri"]).unwrap_python_model().detector  # what scoring gets
+    assert in_kb(logged, chunk.key)
+    assert logged.detect([session])[0].key != verdict.key  # no longer flagged on the approved chunk
+
+
+def test_train_partitions_says_when_there_is_nothing_to_train_on(pipeline: Any, tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {"data_root": pipeline.root, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                              "warehouse_url": f"duckdb:///{tmp_path}/w.duckdb"}
+    with pytest.raises(NoTrainingData, match=r"no sessions partition for source=syn in 2026-10-01\.\.2026-10-07"):
+        train_partitions(SOURCE, "2026-10-07", **kwargs)
+    all_bad = tmp_path / "labels.csv"
+    ids = pd.read_parquet(partition_dir(pipeline.root, "sessions", SOURCE, DAYS[0]), columns=["session_id"])
+    ids.assign(label=1).to_csv(all_bad, index=False)
+    with pytest.raises(NoTrainingData, match="no normal session left"):
+        train_partitions(SOURCE, DAYS[0], days=1, labels=all_bad, **kwargs)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "w.duckdb").exists()  # nothing touched
+
+
+def test_cli_end_mode_needs_a_source_and_refuses_file_options(pipeline: Any) -> None:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    root = ["--data-root", str(pipeline.root)]
+    with pytest.raises(SystemExit, match="--end needs --source"):
+        main_train(parser.parse_args(["--end", DAYS[1], *root]))
+    with pytest.raises(SystemExit, match="drop --templates, --hierarchy"):
+        main_train(parser.parse_args(["--end", DAYS[1], "--source", SOURCE, "--templates", "t.csv",
+                                      "--hierarchy", "h.csv", *root]))
+    with pytest.raises(SystemExit, match="krone train: no sessions partition"):
+        main_train(parser.parse_args(["--end", "2026-10-07", "--source", SOURCE, *root]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--end", DAYS[1], "--dataset", "hdfs-demo"])  # one data option at a time

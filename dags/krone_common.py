@@ -1,0 +1,199 @@
+"""Shared pieces of the krone DAGs: pools, task defaults, assets, params and the partition a task covers.
+
+Only the standard library and ``airflow.sdk`` are imported here, because the dag-processor re-parses these
+files every few seconds; ``krone_jobs`` (Spark, torch, MLflow, Great Expectations) is imported inside
+task functions only.
+
+Deployment notes (nothing of this lives in code):
+
+* **Pools** must exist before the scheduler runs these tasks: ``airflow pools set krone_spark 2 "Spark
+  jobs"`` and ``airflow pools set krone_llm 1 "LLM-judged scoring"``. ``krone_spark`` caps concurrent
+  Spark jobs on the cluster, ``krone_llm`` caps scoring runs that may call the LLM (its budget is per run).
+* **Settings** come from ``KRONE_*`` environment variables (see ``krone_jobs.config``). Where an Airflow
+  connection ``krone_warehouse`` exists, its URI is exported as ``KRONE_WAREHOUSE_URL`` inside the task
+  (a ``postgres://`` URI becomes ``postgresql+psycopg://``; an ``sqlalchemy_url`` extra wins). Where a
+  connection ``krone_llm`` exists, its host (or ``base_url`` extra), password and ``model`` extra become
+  ``KRONE_LLM_BASE_URL``, ``KRONE_LLM_API_KEY`` and ``KRONE_LLM_MODEL``. Connections win over the
+  environment, so secrets can stay in Airflow's secrets backend.
+* **Start date** of the daily DAG (how far ``catchup`` reaches back) is ``KRONE_START_DATE``
+  (``YYYY-MM-DD``, default :data:`DEFAULT_START_DATE`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from airflow.sdk import Asset, Param, get_current_context
+
+log = logging.getLogger(__name__)
+
+SPARK_POOL = "krone_spark"
+LLM_POOL = "krone_llm"
+OWNER = "krone"
+FORMATS = ("krone", "hdfs", "bgl", "thunderbird")
+DEFAULT_SOURCE = "synthetic"
+DEFAULT_START_DATE = "2026-11-01"
+SOURCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+
+KSEQS_ASSET = Asset(name="krone_kseqs", uri="x-krone://kseqs", group="krone")
+"""Updated when a day's KRONE Seqs are written; the event's extra names the partition (source, dt)."""
+MODEL_ASSET = Asset(name="krone_model", uri="x-krone://model", group="krone")
+"""Updated when a trained model passed the gate and became ``champion``."""
+REPORTS_ASSET = Asset(name="krone_reports", uri="x-krone://reports", group="krone")
+"""Updated when a day's anomaly reports and night report are written."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One (source, day) a task works on, plus where the data lives (``None``: ``KRONE_DATA_ROOT``)."""
+
+    source: str
+    dt: str
+    data_root: str | None = None
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------ DAG arguments
+def start_date() -> datetime:
+    """How far back ``catchup`` goes: from the environment, so a deployment chooses without a code change."""
+    return datetime.fromisoformat(os.environ.get("KRONE_START_DATE") or DEFAULT_START_DATE).replace(
+        tzinfo=timezone.utc)
+
+
+def default_args(**overrides: Any) -> dict[str, Any]:
+    """Owner and retries with exponential backoff: Spark, MLflow and the warehouse fail transiently."""
+    return {
+        "owner": OWNER,
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=6),
+        **overrides,
+    }
+
+
+def source_params() -> dict[str, Param]:
+    """Params every DAG takes: which source and, optionally, another data root."""
+    return {
+        "source": Param(DEFAULT_SOURCE, type="string", pattern=SOURCE_PATTERN,
+                        description="source system: raw/<source>/dt=D/*.log[.gz]"),
+        "data_root": Param(None, type=["null", "string"],
+                           description="data root (default: KRONE_DATA_ROOT of the worker)"),
+    }
+
+
+def date_param(name: str, description: str) -> dict[str, Param]:
+    """An optional ``YYYY-MM-DD`` param that overrides the day the run would otherwise cover."""
+    return {name: Param(None, type=["null", "string"], pattern=DATE_PATTERN, description=description)}
+
+
+def format_param() -> dict[str, Param]:
+    return {"format": Param("krone", type="string", enum=list(FORMATS), description="log line format")}
+
+
+# ------------------------------------------------------------------------------------------ inside tasks
+def begin_task() -> Mapping[str, Any]:
+    """Export connection settings into ``KRONE_*`` variables, then hand back the task's context."""
+    export_connections()
+    return get_current_context()
+
+
+def export_connections() -> list[str]:
+    """Export the ``krone_warehouse`` / ``krone_llm`` connections where they exist; returns what was set."""
+    exported: list[str] = []
+    warehouse = _connection("krone_warehouse")
+    if warehouse is not None:
+        exported += _export({"KRONE_WAREHOUSE_URL": warehouse_url(warehouse)})
+    llm = _connection("krone_llm")
+    if llm is not None:
+        extra = llm.extra_dejson
+        exported += _export({"KRONE_LLM_BASE_URL": extra.get("base_url") or llm.host,
+                             "KRONE_LLM_API_KEY": llm.password, "KRONE_LLM_MODEL": extra.get("model")})
+    return exported
+
+
+def warehouse_url(conn: Any) -> str:
+    """SQLAlchemy URL of a connection: Airflow writes ``postgres://``, SQLAlchemy wants a driver name."""
+    explicit = conn.extra_dejson.get("sqlalchemy_url")
+    if explicit:
+        return str(explicit)
+    uri = conn.get_uri()
+    for prefix in ("postgres://", "postgresql://"):
+        if uri.startswith(prefix):
+            return "postgresql+psycopg://" + uri[len(prefix):]
+    return uri
+
+
+def _connection(conn_id: str) -> Any | None:
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def _export(values: Mapping[str, Any]) -> list[str]:
+    set_now = [name for name, value in values.items() if value]
+    for name in set_now:
+        os.environ[name] = str(values[name])
+    if set_now:
+        log.info("exported %s from Airflow connections", ", ".join(set_now))
+    return set_now
+
+
+def day_of(value: Any) -> str | None:
+    """``YYYY-MM-DD`` (UTC) of a datetime from the context, or None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).date().isoformat() if value.tzinfo else value.date().isoformat()
+    return date.fromisoformat(str(value)[:10]).isoformat()
+
+
+def interval_day(context: Mapping[str, Any]) -> str:
+    """The day a daily run covers: ``params.dt`` if given, else the start of its data interval, else (a
+    manual run without a logical date) the day before it was triggered."""
+    dt = context["params"].get("dt") or day_of(context.get("data_interval_start"))
+    return dt or str(day_of(context["dag_run"].run_after - timedelta(days=1)))
+
+
+def day_partition(context: Mapping[str, Any]) -> Partition:
+    """The partition a ``krone_parse`` task covers (idempotent over the run's data interval)."""
+    params = context["params"]
+    return Partition(source=params["source"], dt=interval_day(context), data_root=params.get("data_root"),
+                     run_id=context["dag_run"].run_id)
+
+
+def asset_partitions(context: Mapping[str, Any], asset: Asset) -> list[Partition]:
+    """Partitions named by the asset events that triggered this run, oldest first; a manual run (or
+    ``dag.test``) has none, so it falls back to params and the run's own day."""
+    params, run_id = context["params"], context["dag_run"].run_id
+    if params.get("dt"):
+        return [Partition(params["source"], params["dt"], params.get("data_root"), run_id)]
+    events = _events(context.get("triggering_asset_events"), asset)
+    found = {(e["source"], e["dt"], e.get("data_root")) for e in events if e.get("source") and e.get("dt")}
+    if found:
+        return [Partition(s, d, root, run_id) for s, d, root in sorted(found, key=lambda k: (k[1], k[0]))]
+    return [Partition(params["source"], interval_day(context), params.get("data_root"), run_id)]
+
+
+def _events(accessor: Any, asset: Asset) -> Iterable[Mapping[str, Any]]:
+    """Extras of the triggering events of ``asset`` (none when the run was not asset-triggered)."""
+    if not accessor:
+        return []
+    try:
+        return [dict(e.extra or {}) for e in accessor[asset]]
+    except KeyError:
+        return []

@@ -1,0 +1,121 @@
+"""
+### krone_parse: one day of raw logs to KRONE Seqs
+
+Per daily data interval (UTC midnight to midnight, `dt` = the interval's start day) of one source:
+
+`parse` (Spark: fields, session keys, Drain3 template ids; bad lines to quarantine) ->
+`parsed_gate` (Great Expectations suite *parsed*) -> `sessionize` (Spark; sessions that cross midnight
+are carried to the next day) -> `sessions_gate` (suite *sessions*) -> `hierarchy` (new templates only,
+offline) -> `kseqs` (Spark), which updates the asset `krone_kseqs` with `{"source", "dt"}` in the event's
+extra: that schedules `krone_score` for the day.
+
+The suites run inside the stages (a day that fails *parsed* never saves its miner state); the gate steps
+show their recorded verdicts and fail if a verdict is missing or failed.
+
+Every task overwrites exactly its own partition, so reruns and backfills are safe. Days must be processed
+in date order (parse seeds from the previous day's miner state; sessionize reads its open sessions):
+`max_active_runs=1` and `depends_on_past`. `catchup` reaches back to `KRONE_START_DATE`.
+
+Params: `source`, `format` (krone | hdfs | bgl | thunderbird), `data_root` (default `KRONE_DATA_ROOT`),
+`dt` (reprocess one day on a manual run). Settings come from `KRONE_*` variables and the `krone_warehouse`
+connection (see `krone_common`). Pool `krone_spark` caps the Spark steps.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import CronDataIntervalTimetable, chain, dag, task
+
+if str(Path(__file__).parent) not in sys.path:  # a plain DagBag or runpy does not add the dags folder
+    sys.path.append(str(Path(__file__).parent))
+
+from krone_common import (  # noqa: E402
+    KSEQS_ASSET,
+    SPARK_POOL,
+    begin_task,
+    date_param,
+    day_partition,
+    default_args,
+    format_param,
+    source_params,
+    start_date,
+)
+
+
+@task(pool=SPARK_POOL)
+def parse() -> dict[str, Any]:
+    """Parse the day's raw files."""
+    from krone_jobs import pipeline
+
+    context = begin_task()
+    p = day_partition(context)
+    return pipeline.parse_stage(p.source, p.dt, context["params"]["format"], data_root=p.data_root,
+                                run_id=p.run_id)
+
+
+@task
+def parsed_gate() -> dict[str, Any]:
+    """Show the *parsed* suite's verdict as its own step."""
+    from krone_jobs import pipeline
+
+    p = day_partition(begin_task())
+    return pipeline.gate_verdict(p.source, p.dt, "parsed", data_root=p.data_root)
+
+
+@task(pool=SPARK_POOL)
+def sessionize() -> dict[str, Any]:
+    """Group the day's events into sessions (with yesterday's still-open ones)."""
+    from krone_jobs import pipeline
+
+    p = day_partition(begin_task())
+    return pipeline.sessionize_stage(p.source, p.dt, data_root=p.data_root, run_id=p.run_id)
+
+
+@task
+def sessions_gate() -> dict[str, Any]:
+    """Show the *sessions* suite's verdict as its own step."""
+    from krone_jobs import pipeline
+
+    p = day_partition(begin_task())
+    return pipeline.gate_verdict(p.source, p.dt, "sessions", data_root=p.data_root)
+
+
+@task
+def hierarchy() -> dict[str, Any]:
+    """Place the day's new templates in the hierarchy (offline extractor; overrides win)."""
+    from krone_jobs import pipeline
+
+    p = day_partition(begin_task())
+    return pipeline.hierarchy_stage(p.source, p.dt, data_root=p.data_root, run_id=p.run_id)
+
+
+@task(pool=SPARK_POOL, outlets=[KSEQS_ASSET])
+def kseqs(*, outlet_events: Any = None) -> dict[str, Any]:
+    """Cut the day's sessions into KRONE Seqs and announce the partition to ``krone_score``."""
+    from krone_jobs import pipeline
+
+    p = day_partition(begin_task())
+    result = pipeline.kseqs_stage(p.source, p.dt, data_root=p.data_root, run_id=p.run_id)
+    outlet_events[KSEQS_ASSET].extra = {"source": p.source, "dt": p.dt, "data_root": p.data_root}
+    return result
+
+
+@dag(
+    dag_id="krone_parse",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=start_date(),
+    catchup=True,
+    max_active_runs=1,
+    default_args=default_args(depends_on_past=True),
+    params={**source_params(), **format_param(), **date_param("dt", "day to process (default: the data interval)")},
+    tags=["krone", "spark", "parse"],
+    doc_md=__doc__,
+)
+def krone_parse() -> None:
+    chain(parse(), parsed_gate(), sessionize(), sessions_gate(), hierarchy(), kseqs())
+
+
+krone_parse()

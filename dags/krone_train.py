@@ -1,0 +1,98 @@
+"""
+### krone_train: retrain a source's model, weekly and on demand
+
+`train` fits the knowledge base and the Nested-Aware model on the normal sessions of the `days` days
+ending at `end` (default: the last day of the weekly data interval, i.e. the Sunday before the Monday
+06:00 UTC run), logs one MLflow run and registers a new version of `krone-<source>`. The validation gate
+runs inside the same call and moves the alias `champion` only when the candidate passes.
+`promote` shows that verdict as its own step: it succeeds (and updates the asset `krone_model`) when the
+candidate became champion, and is *skipped*, with the gate's reasons in its log, when it was refused.
+
+Params: `source`, `end` (YYYY-MM-DD), `days` (window length), `labels` (CSV of session labels; relative
+to the data root; known anomalies are kept out of training), `seed`, `data_root`. No catchup: training on
+an old window would only produce a model the gate compares with today's champion. MLflow and the
+warehouse come from `KRONE_MLFLOW_URI` / `KRONE_WAREHOUSE_URL` (or the `krone_warehouse` connection).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+
+if str(Path(__file__).parent) not in sys.path:  # a plain DagBag or runpy does not add the dags folder
+    sys.path.append(str(Path(__file__).parent))
+
+from krone_common import (  # noqa: E402
+    MODEL_ASSET,
+    begin_task,
+    date_param,
+    day_of,
+    default_args,
+    source_params,
+    start_date,
+)
+
+
+def window_end(context: Mapping[str, Any]) -> str:
+    """Last day of the training window: ``params.end``, else the last day of the data interval, else
+    (a manual run without a logical date) the day before the run."""
+    end = context["params"].get("end")
+    if end:
+        return str(end)
+    last = context.get("data_interval_end") or context["dag_run"].run_after
+    return str(day_of(last - timedelta(days=1)))
+
+
+@task
+def train() -> dict[str, Any]:
+    """Train, register and gate one candidate model."""
+    from krone_jobs import pipeline
+
+    context = begin_task()
+    params = context["params"]
+    return pipeline.train_window(params["source"], window_end(context), days=int(params["days"]),
+                                 data_root=params.get("data_root"), labels=params.get("labels"),
+                                 seed=int(params["seed"]), run_id=context["dag_run"].run_id)
+
+
+@task(outlets=[MODEL_ASSET])
+def promote(result: dict[str, Any], *, outlet_events: Any = None) -> dict[str, Any]:
+    """Report the gate's verdict; skipped (no asset event) when the candidate was refused."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    summary = result["summary"]
+    verdict = {"source": result["source"], "end": result["dt"], "model_version": summary.get("model_version"),
+               "promoted": bool(summary.get("promoted")), "gate": summary.get("gate")}
+    if not verdict["promoted"]:
+        raise AirflowSkipException(f"candidate v{verdict['model_version']} not promoted: {verdict['gate']}")
+    outlet_events[MODEL_ASSET].extra = {k: verdict[k] for k in ("source", "end", "model_version")}
+    return verdict
+
+
+@dag(
+    dag_id="krone_train",
+    schedule=CronDataIntervalTimetable("0 6 * * 1", timezone="UTC"),
+    start_date=start_date(),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    params={
+        **source_params(),
+        **date_param("end", "last day of the training window (default: end of the data interval)"),
+        "days": Param(7, type="integer", minimum=1, description="days in the training window"),
+        "labels": Param(None, type=["null", "string"], description="CSV of session labels (anomalies left out)"),
+        "seed": Param(0, type="integer", description="seed of the held-out split and the model"),
+    },
+    tags=["krone", "train", "mlflow"],
+    doc_md=__doc__,
+)
+def krone_train() -> None:
+    promote(train())
+
+
+krone_train()

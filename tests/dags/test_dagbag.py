@@ -1,0 +1,179 @@
+"""The three DAGs load cleanly, follow the operational rules (owners, tags, retries with backoff, pools,
+catchup, assets), stay cheap to parse, and work out the partition of a run the way the docs say."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+DAG_IDS = ("krone_parse", "krone_train", "krone_score")
+POOLS = {"default_pool", "krone_spark", "krone_llm"}
+HEAVY = ("pyspark", "torch", "mlflow", "great_expectations", "duckdb", "pandas", "pyarrow", "krone_jobs")
+SPARK_TASKS = {("krone_parse", "parse"), ("krone_parse", "sessionize"), ("krone_parse", "kseqs")}
+LLM_TASKS = {("krone_score", "score")}
+MAX_PARSE_SECONDS = 5.0
+"""Per file, once airflow is imported (the dag-processor's import timeout is 30 s)."""
+
+if str(DAGS) not in sys.path:
+    sys.path.append(str(DAGS))
+
+
+@pytest.fixture(scope="module")
+def bag() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS), known_pools=POOLS)
+
+
+def tasks(bag: Any) -> list[tuple[str, Any]]:
+    return [(dag_id, t) for dag_id in DAG_IDS for t in bag.dags[dag_id].tasks]
+
+
+def test_dags_load_without_errors_or_warnings(bag: Any) -> None:
+    assert bag.import_errors == {}
+    assert set(DAG_IDS) <= set(bag.dags)
+    assert bag.dag_warnings == set()  # e.g. a pool the DAGs use that is not one of POOLS
+
+
+def test_dags_have_owner_tags_docs_and_one_active_run(bag: Any) -> None:
+    for dag_id in DAG_IDS:
+        dag = bag.dags[dag_id]
+        assert dag.owner == "krone"
+        assert "krone" in dag.tags and len(dag.tags) >= 2
+        assert dag.doc_md and dag_id in dag.doc_md
+        assert dag.max_active_runs == 1
+        assert {"source", "data_root"} <= set(dag.params)
+
+
+def test_every_task_retries_with_exponential_backoff(bag: Any) -> None:
+    for dag_id, task in tasks(bag):
+        assert task.owner == "krone", (dag_id, task.task_id)
+        assert task.retries >= 1, (dag_id, task.task_id)
+        assert task.retry_exponential_backoff, (dag_id, task.task_id)
+        assert task.max_retry_delay is not None, (dag_id, task.task_id)
+
+
+def test_spark_and_llm_tasks_are_capped_by_their_pools(bag: Any) -> None:
+    pools = {(dag_id, t.task_id): t.pool for dag_id, t in tasks(bag)}
+    assert {k: pools[k] for k in SPARK_TASKS} == dict.fromkeys(SPARK_TASKS, "krone_spark")
+    assert {k: pools[k] for k in LLM_TASKS} == dict.fromkeys(LLM_TASKS, "krone_llm")
+    assert all(pool == "default_pool" for k, pool in pools.items() if k not in SPARK_TASKS | LLM_TASKS)
+
+
+def test_parse_runs_days_in_order_and_catches_up(bag: Any) -> None:
+    dag = bag.dags["krone_parse"]
+    assert dag.catchup and dag.max_active_runs == 1
+    assert all(t.depends_on_past for t in dag.tasks)  # sessionize carries open sessions day to day
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "parse", "parsed_gate", "sessionize", "sessions_gate", "hierarchy", "kseqs"]
+    assert dag.params["format"] == "krone"
+    assert set(dag.params.get_param("format").schema["enum"]) == {"krone", "hdfs", "bgl", "thunderbird"}
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"  # a run covers [D, D+1), dt = D
+    assert dag.timetable.expression == "0 0 * * *" and str(dag.timetable.timezone) == "UTC"
+
+
+def test_assets_chain_parse_to_score(bag: Any) -> None:
+    from krone_common import KSEQS_ASSET, MODEL_ASSET, REPORTS_ASSET
+
+    parse, score, train = (bag.dags[d] for d in ("krone_parse", "krone_score", "krone_train"))
+    assert parse.get_task("kseqs").outlets == [KSEQS_ASSET]
+    assert score.timetable.asset_condition == KSEQS_ASSET
+    assert score.get_task("night_report").outlets == [REPORTS_ASSET]
+    assert train.get_task("promote").outlets == [MODEL_ASSET]
+    assert not train.catchup and train.timetable.expression == "0 6 * * 1"
+
+
+@pytest.mark.parametrize("target", [*(f"dags/{d}.py" for d in DAG_IDS), "krone_jobs.pipeline"])
+def test_parsing_imports_nothing_heavy(target: str) -> None:
+    """What the dag-processor pays per file: no Spark, torch, MLflow, GX, DuckDB or pandas, and no krone_jobs
+    beyond the thin pipeline module (checked in a fresh interpreter, timed there too)."""
+    load = f"runpy.run_path({target!r})" if target.endswith(".py") else f"importlib.import_module({target!r})"
+    code = (
+        "import importlib, json, runpy, sys, time\n"
+        "import airflow.sdk\n"
+        "t = time.perf_counter()\n"
+        f"{load}\n"
+        "seconds = time.perf_counter() - t\n"
+        f"heavy = sorted({{m for m in sys.modules if m.split('.')[0] in {HEAVY!r}}})\n"
+        "print(json.dumps({'seconds': seconds, 'heavy': heavy}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    allowed = {"krone_jobs", "krone_jobs.config", "krone_jobs.pipeline"} if not target.endswith(".py") else set()
+    assert set(result["heavy"]) <= allowed, result["heavy"]
+    assert result["seconds"] < MAX_PARSE_SECONDS
+
+
+def test_dagbag_parse_time_per_file_is_small(bag: Any) -> None:
+    stats = {Path(s.file).name: s.duration.total_seconds() for s in bag.dagbag_stats}
+    assert {f"{d}.py" for d in DAG_IDS} <= set(stats)
+    assert max(stats.values()) < MAX_PARSE_SECONDS, stats
+
+
+# ------------------------------------------------------------------------------------------ partitions
+def context(params: dict[str, Any], *, start: datetime | None = None, events: Any = None) -> dict[str, Any]:
+    """The context keys the helpers read, as Airflow fills them for one run."""
+    run = SimpleNamespace(run_id="scheduled__x", run_after=datetime(2026, 11, 5, 1, tzinfo=timezone.utc))
+    base = {"source": "syn", "data_root": None, "dt": None}
+    return {"params": {**base, **params}, "data_interval_start": start, "dag_run": run,
+            "triggering_asset_events": events}
+
+
+def test_a_daily_run_covers_its_data_interval_unless_dt_is_given() -> None:
+    from krone_common import day_partition
+
+    start = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    assert day_partition(context({}, start=start)).dt == "2026-11-02"
+    assert day_partition(context({"dt": "2026-10-30"}, start=start)).dt == "2026-10-30"
+    assert day_partition(context({})).dt == "2026-11-04"  # manual run without a logical date: yesterday
+
+
+def test_score_partitions_come_from_asset_events_oldest_first() -> None:
+    from krone_common import KSEQS_ASSET, asset_partitions
+
+    events = {KSEQS_ASSET: [SimpleNamespace(extra={"source": "syn", "dt": d, "data_root": None})
+                            for d in ("2026-11-03", "2026-11-02", "2026-11-03")]}
+    found = asset_partitions(context({}, events=_Accessor(events)), KSEQS_ASSET)
+    assert [(p.source, p.dt) for p in found] == [("syn", "2026-11-02"), ("syn", "2026-11-03")]
+    manual = asset_partitions(context({"dt": "2026-11-01"}), KSEQS_ASSET)
+    assert [(p.source, p.dt) for p in manual] == [("syn", "2026-11-01")]
+
+
+class _Accessor(dict):
+    """Indexable by asset, as ``triggering_asset_events`` is."""
+
+
+def test_connections_become_krone_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from krone_common import export_connections
+
+    for name in ("KRONE_WAREHOUSE_URL", "KRONE_LLM_BASE_URL", "KRONE_LLM_API_KEY", "KRONE_LLM_MODEL"):
+        monkeypatch.delenv(name, raising=False)  # and restored afterwards, whatever the export sets
+    assert export_connections() == []
+    monkeypatch.setenv("AIRFLOW_CONN_KRONE_WAREHOUSE", json.dumps(
+        {"conn_type": "postgres", "host": "db", "login": "krone", "password": "s3cret", "port": 5432,
+         "schema": "warehouse"}))
+    monkeypatch.setenv("AIRFLOW_CONN_KRONE_LLM", json.dumps(
+        {"conn_type": "http", "password": "sk-test", "extra": {"base_url": "http://llm:8000/v1", "model": "m"}}))
+    assert export_connections() == ["KRONE_WAREHOUSE_URL", "KRONE_LLM_BASE_URL", "KRONE_LLM_API_KEY",
+                                    "KRONE_LLM_MODEL"]
+    assert os.environ["KRONE_WAREHOUSE_URL"] == "postgresql+psycopg://krone:s3cret@db:5432/warehouse"
+    assert (os.environ["KRONE_LLM_BASE_URL"], os.environ["KRONE_LLM_MODEL"]) == ("http://llm:8000/v1", "m")
+
+
+def test_numeric_metrics_flatten_and_drop_non_numbers() -> None:
+    from krone_jobs.pipeline import numeric_metrics
+
+    got = numeric_metrics({"parsed": 3, "ok": True, "path": "/x", "steps": {"pass1": 0.5}, "nan": float("nan"),
+                           "ids": [1, 2]})
+    assert got == {"parsed": 3.0, "ok": 1.0, "steps.pass1": 0.5}
