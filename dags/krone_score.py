@@ -6,11 +6,11 @@ the event's extra names the partition. If several days landed before this DAG ra
 scores each of them, oldest first (the verdict cache grows in date order).
 
 `partitions` (which (source, dt) to score: the triggering events; on a manual run the `dt` param, else
-the day before the run) -> `score` (the `champion` model of `krone-<source>`: verdict-cache lookup ->
-Local-Context -> Nested-Aware -> LLM within budget, early exit; the *reports* Great Expectations gate, then
-anomaly_reports, kseq_cache and run_metrics in one warehouse transaction, so a rerun replaces the day) ->
-`reports_gate` (the recorded *reports* verdict of each day that has reports) -> `night_report`
-(the operators' summary file), which updates the asset `krone_reports`.
+the day of its logical date, else the day before the run) -> `score` (the `champion` model of
+`krone-<source>`: verdict-cache lookup -> Local-Context -> Nested-Aware -> LLM within budget, early exit;
+the *reports* Great Expectations gate, then anomaly_reports, kseq_cache and run_metrics in one warehouse
+transaction, so a rerun replaces the day) -> `reports_gate` (the recorded *reports* verdict of each day
+that has reports) -> `night_report` (the operators' HTML page), which updates the asset `krone_reports`.
 
 `score` runs in pool `krone_llm` (it may call the LLM; the budget is per run, the pool caps how many
 runs spend it at once) and starts Spark: give `krone_llm` no more slots than `krone_spark`.

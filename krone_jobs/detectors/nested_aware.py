@@ -18,6 +18,19 @@ One default configuration for every dataset and training size; per level, a chun
    templates) never does. Where the rule does not apply, a chunk with a new ordinary step is judged by the
    content of its session (3): the new step counts for its nearest known ancestor there.
 
+2b. **it is an unseen chunk where normal sessions practically never bring one** (every level): the share
+   of held-out sessions that bring a KRONE Seq of that level unseen in the other folds (key ``(parent,
+   nodes...)``, the Local-Context knowledge-base key with status runs capped at ``MAX_REPEAT``), taken as
+   its one-sided 95 % Clopper-Pearson upper bound, must be below ``fp_budget``; then the level's chunk
+   vocabulary is *closed* and any unseen chunk of it is anomalous, even one made of known nodes
+   (``ratio = fp_budget / bound``). Why: elsewhere an unseen status / action chunk of known nodes is a new
+   run length or interleaving (HDFS, Thunderbird) and is passed, but in a system whose executions follow
+   a fixed grammar it is a skipped, repeated or swapped step. On the project's synthetic job logs (about
+   2,800 normal training sessions) no held-out session brought an unseen status- or action-level chunk
+   (0 of 2,814; entity level about 1 %), and passing such chunks as plausible cost half the recall of the
+   knowledge base alone (missing / extra / swapped steps inside an action). Rule 2 implies nothing here
+   (those chunks bring no new node); a level closed by 2b always has rule 2 on too.
+
 3. **its session's content is implausible** (entity level, and chunks of rule 2's fallback): the *bag* of
    the session's leaves, counted at every level of the hierarchy (each status node counts for itself, its
    action, its entity and the session root; a node unseen in training counts for its nearest seen
@@ -47,7 +60,8 @@ Thresholds (``fp_budget``, default 0.002 = one normal session in 500 per compone
 threshold is the smallest value that flags at most that share of the cross-fitted held-out normal
 sessions (all of them, not only those the knowledge base would miss: the pool is then large enough at
 every training size, and the share bounds the false-alarm rate on the sessions the router does ask
-about); rule 2 is enabled only when its own false-alarm share is confidently within the same budget.
+about); rules 2 and 2b are enabled only when their own false-alarm share is confidently within the same
+budget (``new_node_rate_`` and ``unseen_chunk_rate_``, measured in the same K-fold cross-fitting).
 
 Cost: fitting is counting plus nearest-neighbour searches (``torch.cdist``), no training loop unless the
 order model is switched on; scoring is one batched distance computation per call on the flagged chunks.
@@ -55,7 +69,8 @@ order model is switched on; scoring is one batched distance computation per call
 Known limits. Content is a property of the session, so the score of an entity-level chunk (or of a chunk
 with a new node) depends on ``ChunkExample.bag``, not only on the knowledge-base key; a chunk cache keyed
 by that key alone (the router's) reuses one session's verdict for another with the same key and other
-content. Unseen status / action chunks made of known nodes are passed (new run lengths and interleavings):
+content. Unseen status / action chunks made of known nodes are passed (new run lengths and interleavings)
+unless rule 2b finds their level closed:
 judging them by their session's content too (``content_scope="all"``) catches a skipped or repeated step
 inside a known entity sequence, but gave no recall on the demo sets, a few more false alarms and more
 such cache collisions. Rare-but-normal components (Thunderbird daemons seen once in training) and
@@ -110,6 +125,12 @@ class ChunkExample:
     nodes: tuple[int, ...]
     children: tuple[tuple[int, ...], ...]
     bag: Bag = ()
+
+
+def chunk_key(ex: ChunkExample) -> tuple[int, ...]:
+    """A chunk's vocabulary key for rule 2b: ``(parent, *nodes)``, the knowledge-base key of the
+    Local-Context detector except that status-level runs are capped (:func:`cap_repeats`)."""
+    return (ex.parent, *ex.nodes)
 
 
 def cap_repeats(nodes: Sequence[int], limit: int = MAX_REPEAT) -> tuple[int, ...]:
@@ -358,7 +379,7 @@ class NestedAwareDetector(BaseEstimator):
     ----------
     hierarchy: the Log Abstraction Model.
     fp_budget: tolerated share of normal sessions flagged per component (content threshold, and the
-        condition for treating a new ordinary node as anomalous).
+        condition for treating a new ordinary node, or an unseen chunk of a level, as anomalous).
     folds: K of the cross-fitting that calibrates the content threshold and the new-node rates.
     prior: pseudo-observation (variance units of ``log1p`` counts) added to every column's spread.
     content_scope: which unseen chunks the content check judges: ``"new"`` (default) entity-level chunks
@@ -371,7 +392,10 @@ class NestedAwareDetector(BaseEstimator):
 
     Learned: ``thresholds_`` (``entity``: the content threshold, also applied to lower-level chunks judged
     by content; ``status`` / ``action``: ``inf``, no learned score of their own; ``<level>_order``: an
-    enabled order model's), ``new_node_rate_`` (rule 2's upper-bounded share per level), ``bag_``,
+    enabled order model's), ``new_node_rate_`` (rule 2's upper-bounded share per level),
+    ``unseen_chunk_count_`` / ``unseen_chunk_rate_`` (rule 2b: held-out sessions bringing an unseen chunk
+    per level, and that share's upper bound), ``closed_levels_`` and ``known_chunks_`` (their chunk keys,
+    see :func:`chunk_key`), ``bag_``,
     ``models_`` (order models), ``seen_``, ``codebook_``, ``losses_``, ``n_train_sessions_``.
     """
 
@@ -454,6 +478,7 @@ class NestedAwareDetector(BaseEstimator):
                     judged.append(ex["entity"][0].bag)
             pool.extend(bag_f.score(judged)[0].tolist())
         self.new_node_rate_ = {lvl: _upper_bound(new_ok[lvl], n) for lvl in LEVELS}
+        self._fit_closed_levels(examples, order, k)
         self.bag_ = BagModel(self.codebook_, self.seen_, self.prior).fit([e["entity"][0].bag for e in examples])
         self.thresholds_.update(status=math.inf, action=math.inf, entity=budget_threshold(pool, n, self.fp_budget))
         self.losses_.update(status=float("nan"), action=float("nan"), entity=float("nan"))
@@ -479,6 +504,41 @@ class NestedAwareDetector(BaseEstimator):
         self.n_train_sessions_ = n
         self.n_skipped_sessions_ = len(sessions) - n
         return self
+
+    def _fit_closed_levels(self, examples: Sequence[dict[str, list[ChunkExample]]], order: np.ndarray, k: int) -> None:
+        """Rule 2b: per level, how many held-out sessions bring a chunk unseen in the other folds (same folds
+        as the rest of the cross-fitting), its upper bound, and the chunk vocabulary of the closed levels.
+
+        One pass: a chunk is unseen in the other folds exactly when every session that has it lies in the
+        held-out session's own fold, so a bit mask of folds per chunk key is all the fold bookkeeping."""
+        fold_of = np.empty(len(examples), dtype=np.int64)
+        for f in range(k):
+            fold_of[order[f::k]] = f
+        keys = [[{chunk_key(e) for e in ex[lvl]} for lvl in LEVELS] for ex in examples]
+        counts = dict.fromkeys(LEVELS, 0)
+        for li, lvl in enumerate(LEVELS):
+            folds: dict[tuple[int, ...], int] = {}
+            for per_level, f in zip(keys, fold_of.tolist()):
+                for key in per_level[li]:
+                    folds[key] = folds.get(key, 0) | (1 << f)
+            counts[lvl] = sum(any(folds[key] == 1 << f for key in per_level[li])
+                              for per_level, f in zip(keys, fold_of.tolist()))
+        n = len(examples)
+        self.unseen_chunk_count_ = counts
+        self.unseen_chunk_rate_ = {lvl: _upper_bound(counts[lvl], n) for lvl in LEVELS}
+        self.closed_levels_ = tuple(lvl for lvl in LEVELS if self.unseen_chunk_rate_[lvl] < self.fp_budget)
+        self.known_chunks_ = {lvl: {key for per_level in keys for key in per_level[li]}
+                              for li, lvl in enumerate(LEVELS) if lvl in self.closed_levels_}
+
+    def chunks_closed(self, level: str) -> bool:
+        """Whether an unseen chunk at ``level`` is anomalous even when made of known nodes (rule 2b)."""
+        return level in self.closed_levels_
+
+    def _closed_detail(self, level: str) -> str:
+        k, n = self.unseen_chunk_count_[level], self.n_train_sessions_
+        how = "no normal session brings" if k == 0 else "normal sessions practically never bring"
+        return (f"{how} an unseen {level}-level KRONE Seq: this level's vocabulary is closed (held-out share {k} "
+                f"of {n}, upper bound {self.unseen_chunk_rate_[level]:.2g} < budget {self.fp_budget:.2g})")
 
     def _classes(self) -> tuple[np.ndarray, ...]:
         """Per codebook table, the unseen-class token of every node (from its name)."""
@@ -599,6 +659,7 @@ class NestedAwareDetector(BaseEstimator):
         rest: list[int] = []
         by_content: list[int] = []  # judged by their session's content: entity chunks, chunks with a new node
         new_is_anomalous = self.new_nodes_anomalous(level)
+        known = self.known_chunks_.get(level) if self.chunks_closed(level) else None
         own_t = TABLES[level][0]
         for i, ex in enumerate(examples):
             kind, pos = self._unseen(level, ex, self.seen_)
@@ -614,6 +675,10 @@ class NestedAwareDetector(BaseEstimator):
                     why = (f"{node} was never seen in training, and normal sessions practically never bring a new "
                            f"{level} node (held-out share {rate:.2g})")
                 out[i] = ChunkScore(ratio, math.nan, ratio, pos, kind, PAD, 0.0, math.nan, why)
+            elif known is not None and chunk_key(ex) not in known:
+                ratio = self.fp_budget / self.unseen_chunk_rate_[level]
+                out[i] = ChunkScore(ratio, math.nan, ratio, -1, PAD, PAD, math.nan, math.nan,
+                                    self._closed_detail(level))
             else:
                 rest.append(i)
         if level in self.models_:
@@ -700,6 +765,9 @@ class NestedAwareDetector(BaseEstimator):
             "thresholds": dict(self.thresholds_),
             "losses": dict(self.losses_),
             "new_node_rate": dict(self.new_node_rate_),
+            "unseen_chunk_count": dict(self.unseen_chunk_count_),
+            "unseen_chunk_rate": dict(self.unseen_chunk_rate_),
+            "known_chunks": {lvl: sorted(list(key) for key in keys) for lvl, keys in self.known_chunks_.items()},
             "bag": self.bag_.to_state(),
             "models": {lvl: m.state_dict() for lvl, m in self.models_.items()},
             "n_train_sessions": self.n_train_sessions_,
@@ -717,6 +785,12 @@ class NestedAwareDetector(BaseEstimator):
         det.thresholds_ = {k: float(v) for k, v in state["thresholds"].items()}
         det.losses_ = {k: float(v) for k, v in state["losses"].items()}
         det.new_node_rate_ = {k: float(v) for k, v in state["new_node_rate"].items()}
+        # states saved before rule 2b lack its figures: the rule stays off for them
+        det.unseen_chunk_count_ = {k: int(v) for k, v in state.get("unseen_chunk_count", {}).items()}
+        det.unseen_chunk_rate_ = {k: float(v) for k, v in state.get("unseen_chunk_rate", {}).items()}
+        det.known_chunks_ = {lvl: {tuple(int(x) for x in key) for key in keys}
+                             for lvl, keys in state.get("known_chunks", {}).items()}
+        det.closed_levels_ = tuple(lvl for lvl in LEVELS if lvl in det.known_chunks_)
         det.bag_ = BagModel.from_state(det.codebook_, state["bag"])
         det.models_ = {}
         for lvl, weights in state["models"].items():

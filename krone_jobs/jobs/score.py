@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +86,9 @@ class ScoreMetrics:
     llm_failures: int = 0
     llm_fraction: float = 0.0
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    """``load`` (warehouse, model, cache), ``walk`` (Spark pass), ``route`` (driver), ``gate`` (GX suite); the
+    final write is not in ``seconds`` (the metrics go into the warehouse in that same transaction)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +97,7 @@ class ScoreMetrics:
         """The figures ``run_metrics`` keeps (numbers only; per level as ``anomalies_<level>``)."""
         out = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         out.update({f"anomalies_{lvl}": float(self.per_level.get(lvl, 0)) for lvl in LEVELS})
+        out.update({f"seconds_{phase}": float(v) for phase, v in self.phase_seconds.items()})
         return out
 
 
@@ -310,6 +314,7 @@ def run_score(
         resolve = {t: store.resolve(t) for t in store.superseded} if store is not None else {}
         day_templates = {t.template_id: t.template for t in store.templates()} if store is not None else {}
 
+        phases = {"load": time.perf_counter() - t0}
         spark = spark or get_spark()
         sessions = read_partition(spark, root, "sessions", source, date).select("session_id", "template_ids", "lines")
         payload = spark.sparkContext.broadcast(json.dumps({
@@ -321,6 +326,7 @@ def run_score(
         finally:
             payload.unpersist()
         n_sessions = _count_sessions(root, source, date)
+        phases["walk"] = time.perf_counter() - t0 - sum(phases.values())
         hits: Counter[str] = Counter()
         reports: list[dict[str, Any]] = []
         undecided: list[Any] = []
@@ -359,6 +365,7 @@ def run_score(
         cache_rows = new_cache + [{**{f: cache[k][f] for f in ("level", "kseq_key", "verdict", "score", "detector",
                                                                "reason")}, "cache_key": k, "hits": n}
                                   for k, n in sorted(hits.items())]
+        phases["route"] = time.perf_counter() - t0 - sum(phases.values())
         llm_counters = judge.client.metrics() if judge is not None and hasattr(judge, "client") else {}
         metrics = ScoreMetrics(
             source=source, dt=date, run_id=run_id, model_version=champion.version, sessions=n_sessions,
@@ -370,9 +377,11 @@ def run_score(
             llm_tokens=int(llm_counters.get("prompt_tokens", 0) + llm_counters.get("completion_tokens", 0)),
             llm_invalid=int(llm_counters.get("invalid", 0)), llm_failures=int(llm_counters.get("failures", 0)),
             llm_fraction=round(detector.stats_["llm_calls"] / n_sessions, 6) if n_sessions else 0.0,
-            seconds=round(time.perf_counter() - t0, 3),
         )
         _gate(reports, root, source, date)
+        phases["gate"] = time.perf_counter() - t0 - sum(phases.values())
+        metrics = replace(metrics, seconds=round(time.perf_counter() - t0, 3),
+                          phase_seconds={k: round(v, 3) for k, v in phases.items()})
         wh.write_score(source, date, run_id, model_version=champion.version, reports=reports, cache=cache_rows,
                        metrics=metrics.numeric())
         if say is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -69,6 +70,7 @@ def world(airflow_db: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     from krone_jobs.synthetic import generate
 
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # it logs at exit, into streams pytest has closed
     tmp = tmp_path_factory.mktemp("dags-e2e")
     root = tmp / "data"
     generate(root, days=2, sessions_per_day=150, seed=7, start_date=DAYS[0], source=SOURCE)

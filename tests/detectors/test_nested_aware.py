@@ -56,7 +56,8 @@ def test_fit_returns_self_with_learned_attributes(toy: Hierarchy) -> None:
     det = NestedAwareDetector(toy, folds=3)
     assert det.fit(TRAIN) is det
     for attr in ("codebook_", "seen_", "thresholds_", "losses_", "bag_", "new_node_rate_", "models_",
-                 "n_train_sessions_", "n_skipped_sessions_"):
+                 "n_train_sessions_", "n_skipped_sessions_", "unseen_chunk_count_", "unseen_chunk_rate_",
+                 "closed_levels_", "known_chunks_"):
         assert hasattr(det, attr), attr
     assert det.n_train_sessions_ == len(TRAIN) and det.n_skipped_sessions_ == 0
     assert set(det.thresholds_) >= {"status", "action", "entity"} and det.models_ == {}
@@ -203,3 +204,67 @@ def toy_cut(toy: Hierarchy, seq: list[str]):  # type: ignore[no-untyped-def]
     cut = Codebook.from_hierarchy(toy).cut(seq)
     assert cut is not None
     return cut
+
+
+SKIPPED_READ = ["t1", "t2", "t5", "t6", "t7"]  # known nodes and entity sequence; blob open -> close never seen
+
+
+def _blob_action(det: NestedAwareDetector, seq: list[str]) -> ChunkExample:
+    cut = det.codebook_.cut(seq)
+    assert cut is not None
+    (blob,) = [ex for ex in chunk_examples(cut)["action"] if det.codebook_.names[0][ex.parent] == "E:blob"]
+    return blob
+
+
+def test_unseen_chunk_of_a_closed_level_is_anomalous_and_explained(toy: Hierarchy) -> None:
+    # Every held-out session's chunks occur in the other folds: with enough sessions for the budget, the
+    # status / action / entity vocabularies are closed and an unseen chunk of known nodes is anomalous.
+    closed = NestedAwareDetector(toy, fp_budget=0.05).fit(TRAIN)
+    assert closed.closed_levels_ == ("status", "action", "entity")
+    assert closed.unseen_chunk_count_ == {"status": 0, "action": 0, "entity": 0}
+    assert all(r < 0.05 for r in closed.unseen_chunk_rate_.values())
+    (s,) = closed.score_examples("action", [_blob_action(closed, SKIPPED_READ)])
+    assert s.ratio == pytest.approx(0.05 / closed.unseen_chunk_rate_["action"]) and s.ratio > 1.0
+    assert "no normal session brings an unseen action-level KRONE Seq" in s.detail
+    assert f"held-out share 0 of {len(TRAIN)}" in s.detail
+    assert ratios(closed, TRAIN[0])["action"] == 0.0  # known chunks stay normal
+    # through the router: the reason names the chunk, its nearest normal and the rule
+    routed = RoutedDetector(toy, nested_params={"fp_budget": 0.05}).fit(TRAIN)
+    (v,) = routed.detect([SKIPPED_READ])
+    assert v.anomalous and v.level == "action" and v.detector == "nested"
+    assert "nearest normal" in v.reason and "missing A:blob/read" in v.reason and "closed" in v.reason
+    # too few sessions to be sure (default budget: 3 / 180 > 0.002): unchanged, the chunk is passed
+    default = NestedAwareDetector(toy).fit(TRAIN)
+    assert default.closed_levels_ == () and default.known_chunks_ == {}
+    assert default.score_examples("action", [_blob_action(default, SKIPPED_READ)])[0].ratio <= 1.0
+
+
+def test_unseen_chunk_of_an_open_level_is_passed_as_before() -> None:
+    # A long tail of notes: held-out sessions often bring an unseen status / action chunk, so the levels
+    # stay open and an unseen chunk of known nodes is judged as before (passed).
+    tail = [s[:-1] + [f"n{i % 100}", "t7"] for i, s in enumerate(TRAIN)]
+    wide = NestedAwareDetector(_wide_hierarchy(120), fp_budget=0.05).fit(tail)
+    assert not wide.chunks_closed("action") and wide.unseen_chunk_count_["action"] > 0
+    assert not wide.chunks_closed("status") and "action" not in wide.known_chunks_
+    (s,) = wide.score_examples("action", [_blob_action(wide, SKIPPED_READ)])
+    assert s.ratio <= 1.0 and "closed" not in s.detail
+
+
+def test_closed_levels_round_trip_and_older_states_keep_the_rule_off(toy: Hierarchy) -> None:
+    closed = NestedAwareDetector(toy, fp_budget=0.05).fit(TRAIN)
+    buf = io.BytesIO()
+    torch.save(closed.to_state(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    again = NestedAwareDetector.from_state(toy, state)
+    assert again.closed_levels_ == closed.closed_levels_ and again.known_chunks_ == closed.known_chunks_
+    assert again.unseen_chunk_rate_ == closed.unseen_chunk_rate_
+    assert again.unseen_chunk_count_ == closed.unseen_chunk_count_
+    batch = [SKIPPED_READ, NEW_ORDER, FAILED_READ, TRUNCATED, TOO_MANY_READS, *TRAIN[:3]]
+    np.testing.assert_array_equal(again.session_scores(batch), closed.session_scores(batch))
+    blob = _blob_action(again, SKIPPED_READ)
+    assert again.score_examples("action", [blob])[0].detail == closed.score_examples("action", [blob])[0].detail
+    older = {k: v for k, v in state.items() if k not in ("unseen_chunk_count", "unseen_chunk_rate", "known_chunks")}
+    old = NestedAwareDetector.from_state(toy, older)
+    assert old.closed_levels_ == () and not old.chunks_closed("action")
+    assert old.score_examples("action", [blob])[0].ratio <= 1.0
