@@ -5,7 +5,8 @@ or a ``--scale K`` copy rendered with ``/work/shared/tools/render_demo_logs.py``
 sessionize -> hierarchy as a night would; a champion is trained on the normal sessions
 of the first two days (``train_partitions`` with the rendered labels); then every day is scored twice with :func:`run_score`:
 first with an empty verdict cache (every unseen chunk goes to the Nested-Aware model), then again (warm:
-the Spark pass decides every session from the knowledge base and the cache). It prints sessions/s over
+the walk decides every session from the knowledge base and the cache), in the driver process (``auto``
+for days this size) and once more on Spark. It prints sessions/s over
 the whole run (model load and Spark job included) and over the per-session phases (walk + route), per day
 and overall, with the phase breakdown.
 
@@ -27,6 +28,8 @@ from rendered_e2e import _link_raw  # bench/ is on sys.path when this file runs
 from krone_jobs.datasets import default_data_dir
 
 SOURCE = "hdfs"
+RUNS = (("cold", "auto"), ("warm", "auto"), ("warm", "spark"))
+"""(cache, engine) per pass over the days: ``auto`` walks a day this size in the driver process."""
 
 
 def _rendered(scale: int, work: Path) -> Path:
@@ -83,26 +86,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"train on {trained.metrics.get('n_train_sessions', 0):.0f} normal sessions: "
           f"{time.perf_counter() - t0:.1f}s (model v{trained.model_version})", flush=True)
     rows = []
-    for label in ("cold", "warm"):
+    for label, engine in RUNS:
         for d in days:
-            m = run_score(SOURCE, d, data_root=root, spark=spark)
+            m = run_score(SOURCE, d, data_root=root, spark=spark, engine=engine)
             if not m.sessions:
                 continue
             per_session = m.phase_seconds["walk"] + m.phase_seconds["route"]
-            rows.append({"cache": label, "dt": d, "sessions": m.sessions, "anomalies": m.anomalies,
+            rows.append({"cache": label, "engine": engine, "dt": d, "sessions": m.sessions, "anomalies": m.anomalies,
                          "routed": m.routed_sessions, "cache_hits": m.cache_hits, "seconds": m.seconds,
                          "phases": m.phase_seconds, "sessions_per_s": round(m.sessions / m.seconds),
                          "sessions_per_s_walk_route": round(m.sessions / per_session)})
             r = rows[-1]
-            print(f"{label} {d}: {m.sessions:,} sessions, {m.anomalies} anomalous, {m.routed_sessions:,} routed, "
+            print(f"{label}/{engine} {d}: {m.sessions:,} sessions, {m.anomalies} anomalous, {m.routed_sessions:,} routed, "
                   f"{m.cache_hits:,} cache hits | {m.seconds:.2f}s = {r['sessions_per_s']:,} sessions/s whole run, "
                   f"{r['sessions_per_s_walk_route']:,}/s walk+route | phases {m.phase_seconds}", flush=True)
-    for label in ("cold", "warm"):
-        sel = [r for r in rows if r["cache"] == label]
+    for label, engine in RUNS:
+        sel = [r for r in rows if r["cache"] == label and r["engine"] == engine]
         n = sum(r["sessions"] for r in sel)
         total = sum(r["seconds"] for r in sel)
         per = sum(r["phases"]["walk"] + r["phases"]["route"] for r in sel)
-        print(f"{label}: {n:,} sessions in {total:.1f}s = {n / total:,.0f} sessions/s whole runs; "
+        print(f"{label} cache, {engine} walk: {n:,} sessions in {total:.1f}s = {n / total:,.0f} sessions/s whole runs; "
               f"walk+route {n / per:,.0f} sessions/s")
     print(json.dumps({"scale": a.scale, "days": rows}))
     spark.stop()

@@ -63,21 +63,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="generate sample logs and run the whole pipeline on them")
-    p.add_argument("--workdir", type=Path, default=None, help="default: <data root>/demo")
+    p = sub.add_parser("demo", help="generate sample logs and run parse -> train -> score -> report on them")
+    p.add_argument("--data-root", type=Path, default=None, help="default: $KRONE_DATA_ROOT or <home>/data")
     p.add_argument("--days", type=int, default=3)
     p.add_argument("--sessions-per-day", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("generate", help="write generated nested-execution logs with labelled anomalies")
+    p.add_argument("--data-root", type=Path, default=None, help="default: $KRONE_DATA_ROOT or <home>/data")
+    p.add_argument("--source", default="synthetic")
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--sessions-per-day", type=int, default=2000)
+    p.add_argument("--lines", type=int, default=None, help="total lines instead of --sessions-per-day")
+    p.add_argument("--anomaly-rate", type=float, default=0.03)
+    p.add_argument("--start-date", default="2026-11-01")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gzip", action="store_true")
+    p.set_defaults(func=_cmd_generate)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from krone_jobs.config import settings
     from krone_jobs.demo import print_summary, run_demo
 
-    workdir = args.workdir or settings().data_root / "demo"
-    result = run_demo(workdir, days=args.days, sessions_per_day=args.sessions_per_day, seed=args.seed)
-    print_summary(result, workdir)
+    print_summary(run_demo(args.data_root, days=args.days, sessions_per_day=args.sessions_per_day, seed=args.seed))
+    return 0
+
+
+def _cmd_generate(a: argparse.Namespace) -> int:
+    from krone_jobs.config import settings
+    from krone_jobs.synthetic import generate
+
+    g = generate(a.data_root or settings().data_root, days=a.days, sessions_per_day=a.sessions_per_day, lines=a.lines,
+                 anomaly_rate=a.anomaly_rate, seed=a.seed, start_date=a.start_date, gzip=a.gzip, source=a.source)
+    print(json.dumps({"lines": g.lines, "sessions": g.sessions, "anomalies": g.anomalies, "bytes": g.bytes,
+                      "lines_per_day": g.lines_per_day, "seconds": round(g.seconds, 2)}))
     return 0
 
 
@@ -119,6 +138,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", parents=[common], help="sessions/ -> anomaly_reports, kseq_cache, run_metrics "
                        "(champion model, verdict cache, routed detection)")
     p.add_argument("--date", required=True, help="YYYY-MM-DD")
+    p.add_argument("--engine", default="auto", choices=["auto", "spark", "local"],
+                   help="where the per-session walk runs (auto: this process up to 50,000 sessions, else Spark)")
     p.add_argument("--json", action="store_true", help="print the run's figures as one JSON object")
     p.set_defaults(func=_cmd_score)
 
@@ -151,7 +172,7 @@ def _cmd_kseqs(a: argparse.Namespace) -> int:
 def _cmd_score(a: argparse.Namespace) -> int:
     from krone_jobs.jobs.score import run_score, summary_line
 
-    m = run_score(a.source, a.date, data_root=a.data_root)
+    m = run_score(a.source, a.date, data_root=a.data_root, engine=a.engine)
     print(json.dumps(m.to_dict()) if a.json else summary_line(m))
     return 0
 

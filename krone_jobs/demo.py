@@ -1,48 +1,37 @@
-"""``krone demo``: the whole idea on generated logs, in one process, with visible progress.
+"""``krone demo``: the nightly pipeline on generated logs, on the embedded defaults, with visible progress.
 
-Generates a few days of nested-execution logs with injected anomalies, parses them (bad lines go to
-quarantine with a reason), mines templates with Drain3, groups lines into sessions, builds the hierarchy
-with the offline abstraction model, trains on the normal sessions of the first days and judges the last
-day, then prints what an operator would read in the morning: counts, anomalies per level, the top
-anomalous chunks with their reasons and the raw lines they point to. It uses the same modules as the
-pipeline stages; the Spark/Airflow/warehouse versions of these steps reuse them.
+Generates three days of nested-execution logs with injected anomalies (missing, extra and reordered
+steps, unexpected statuses, new templates) under the data root, then runs exactly what the Airflow DAGs
+run (:mod:`krone_jobs.pipeline`): ``krone_parse`` for every day (Spark local mode: parse with its quality
+gate, sessionize, hierarchy, KRONE Seqs), ``krone_train`` on the first days (MLflow store under
+``mlflow/``, registered model ``krone-<source>``, champion gate), and ``krone_score`` for the last day
+(verdict cache, routed detection, DuckDB warehouse) with its night report. It ends with the night
+summary, the generator's ground truth next to it, and where to look next.
 """
 
 from __future__ import annotations
 
 import csv
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from krone_jobs.config import settings
 
-from krone_jobs.detectors.router import RoutedDetector
-from krone_jobs.evaluate import confusion
-from krone_jobs.hierarchy.extractor import build_hierarchy
-from krone_jobs.hierarchy.offline import OfflineExtractor
-from krone_jobs.logformats import KRONE, Quarantined, default_session_rule, iter_lines, parse_line
-from krone_jobs.synthetic import generate
-from krone_jobs.templates import TemplateStore
-
-SOURCE = "synthetic"
-
-
-@dataclass
-class _Line:
-    file: str
-    line_no: int
-    template_id: str
-    ts: float
+SOURCE = "demo"
+START = "2026-11-01"
 
 
 @dataclass
 class DemoResult:
+    """What the demo produced: the figures of the scored day and where everything is."""
+
     figures: dict[str, Any]
     top: list[dict[str, Any]] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)
 
 
 class _Stages:
@@ -54,98 +43,103 @@ class _Stages:
 
     def done(self, name: str, what: str) -> None:
         now = time.perf_counter()
-        self.say(f"  [{name:<9}] {what} ({now - self.t0:.1f}s)")
+        self.say(f"  [{name:<8}] {what} ({now - self.t0:.1f}s)")
         self.t0 = now
 
 
 def run_demo(
-    workdir: Path, *, days: int = 3, sessions_per_day: int = 1500, seed: int = 0,
-    say: Callable[[str], None] = print,
+    data_root: Path | None = None, *, days: int = 3, sessions_per_day: int = 1500, seed: int = 0,
+    source: str = SOURCE, say: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run generate -> parse -> templates -> sessions -> hierarchy -> train -> score on ``workdir``."""
+    """generate -> parse (every day) -> train (all days but the last) -> score + report (the last day)."""
+    from krone_jobs import pipeline
+    from krone_jobs.synthetic import generate
+
+    if days < 2:
+        raise ValueError("the demo needs at least two days: training days, then a day to score")
+    root = Path(data_root) if data_root is not None else settings().data_root
+    dates = [(date.fromisoformat(START) + timedelta(days=i)).isoformat() for i in range(days)]
     stages = _Stages(say)
-    say(f"krone demo: {days} days x {sessions_per_day} jobs of generated logs in {workdir}")
-    gen = generate(workdir, days=days, sessions_per_day=sessions_per_day, seed=seed, source=SOURCE)
-    stages.done("generate", f"{gen.lines:,} lines, {gen.sessions:,} sessions, {sum(gen.anomalies.values())} injected anomalies")
-
-    store = TemplateStore()
-    rule = default_session_rule(KRONE.name)
-    sessions: dict[str, list[_Line]] = defaultdict(list)
-    first_day: dict[str, str] = {}
-    quarantined: Counter[str] = Counter()
-    n_lines = 0
-    day_dirs = sorted((workdir / "raw" / SOURCE).glob("dt=*"))
-    for day_dir in day_dirs:
-        day = day_dir.name[3:]
-        for path in sorted(day_dir.glob("*.log*")):
-            rel = str(path.relative_to(workdir))
-            for line_no, raw in iter_lines(path):
-                n_lines += 1
-                parsed = parse_line(raw, KRONE)
-                if isinstance(parsed, Quarantined):
-                    quarantined[parsed.reason] += 1
-                    continue
-                keys = rule.keys(parsed)
-                if not keys:
-                    quarantined["no_session_key"] += 1
-                    continue
-                tid = store.mine(parsed.content).template_id
-                ts = parsed.timestamp.timestamp() if parsed.timestamp else 0.0
-                for key in keys:
-                    sessions[key].append(_Line(rel, line_no, tid, ts))
-                    first_day.setdefault(key, day)
-    stages.done("parse", f"{n_lines:,} lines read, {sum(quarantined.values())} quarantined, "
-                         f"{len(store.templates())} templates, {len(sessions):,} sessions")
-
-    templates = {t.template_id: t.template for t in store.templates()}
-    hierarchy = build_hierarchy(templates, OfflineExtractor())
-    stages.done("hierarchy", f"{hierarchy.count('entity')} entities, {hierarchy.count('action')} actions, "
-                             f"{hierarchy.count('status')} statuses (offline abstraction model)")
-
-    labels = _labels(workdir / "labels" / SOURCE / "labels.csv")
-    seqs = {k: tuple(store.resolve(x.template_id) for x in sorted(v, key=lambda x: x.ts)) for k, v in sessions.items()}
-    last = day_dirs[-1].name[3:]
-    train = [s for k, s in seqs.items() if first_day[k] < last and labels.get(k, 0) == 0]
-    test_keys = [k for k in seqs if first_day[k] == last]
-    detector = RoutedDetector(hierarchy).fit(train)
-    stages.done("train", f"{len(train):,} normal sessions from the first {len(day_dirs) - 1} days")
-
-    verdicts = detector.detect([seqs[k] for k in test_keys])
-    y_true = np.asarray([labels.get(k, 0) for k in test_keys], dtype=np.int8)
-    y_pred = np.asarray([v.anomalous for v in verdicts], dtype=np.int8)
-    figures = {**confusion(y_true, y_pred), "day": last, "sessions": len(test_keys),
-               "anomalies": int(y_pred.sum()), "quarantined": dict(quarantined),
-               "per_level": dict(Counter(v.level for v in verdicts if v.anomalous)),
-               "flagged_by_local": detector.stats_["flagged_by_local"],
-               "rescued_by_nested": detector.stats_["rescued_by_nested"]}
-    stages.done("score", f"{len(test_keys):,} sessions of {last}: {figures['anomalies']} anomalous")
-
-    top = []
-    for key, v in sorted(zip(test_keys, verdicts), key=lambda kv: -kv[1].score):
-        if not v.anomalous or len(top) >= 5:
-            continue
-        start = v.span[0] if v.span else 0
-        ref = sorted(sessions[key], key=lambda x: x.ts)[start]
-        top.append({"session": key, "level": v.level, "detector": v.detector, "reason": v.reason,
-                    "line": f"{ref.file}:{ref.line_no}", "label": int(labels.get(key, 0))})
-    return DemoResult(figures, top)
+    say(f"krone demo: {days} days x {sessions_per_day:,} jobs of generated logs under {root}")
+    gen = generate(root, days=days, sessions_per_day=sessions_per_day, seed=seed, start_date=START, source=source)
+    stages.done("generate", f"{gen.lines:,} lines, {gen.sessions:,} jobs, {sum(gen.anomalies.values())} injected "
+                            f"anomalies {dict(gen.anomalies)}")
+    for dt in dates:
+        out = pipeline.parse_day(source, dt, "krone", data_root=root)
+        p, s, k = out["parse"]["metrics"], out["sessionize"]["metrics"], out["kseqs"]["metrics"]
+        stages.done("parse", f"{dt}: {p['raw_lines']:,} lines ({p['quarantined']} quarantined), "
+                             f"{s['sessions']:,} sessions closed ({s['open_sessions']} carried over), "
+                             f"{k['chunks']:,} KRONE Seqs, quality gates passed")
+    labels = root / "labels" / source / "labels.csv"
+    trained = pipeline.train_window(source, dates[-2], days=days - 1, data_root=root, labels=labels, seed=seed)
+    t = trained["summary"]
+    stages.done("train", f"krone-{source} v{t['model_version']} on {t['metrics'].get('n_train_sessions', 0):,.0f} "
+                         f"normal sessions, {'promoted to champion' if t['promoted'] else 'NOT promoted'}")
+    scored = pipeline.score_day(source, dates[-1], data_root=root)["metrics"]
+    stages.done("score", f"{dates[-1]}: {scored['sessions']:,} sessions, {scored['anomalies']} anomalous, "
+                         f"{scored['routed_sessions']:,} routed to the models, {scored['llm_calls']} LLM calls")
+    report = pipeline.night_report(source, dates[-1], data_root=root)
+    stages.done("report", report["path"])
+    figures = {**scored, **_against_labels(root, source, dates[-1], labels), "report_summary": report["summary"]}
+    paths = {"report": report["path"], "data_root": str(root), "warehouse": settings().warehouse_url,
+             "mlflow": settings().mlflow_uri}
+    return DemoResult(figures, _top(root, source, dates[-1]), paths)
 
 
-def _labels(path: Path) -> dict[str, int]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {row["session_id"]: int(row["label"]) for row in csv.DictReader(fh)}
+def _reported(root: Path, source: str, dt: str) -> list[dict[str, Any]]:
+    from sqlalchemy import text
+
+    from krone_jobs.warehouse import Warehouse
+
+    with Warehouse() as wh, wh.engine.connect() as conn:
+        rows = conn.execute(text("SELECT session_id, level, kseq_key, detector, score, reason, line_refs "
+                                 "FROM anomaly_reports WHERE source = :s AND dt = :d ORDER BY score DESC, session_id"),
+                            {"s": source, "d": date.fromisoformat(dt)})
+        return [dict(r._mapping) for r in rows]
 
 
-def print_summary(result: DemoResult, workdir: Path, say: Callable[[str], None] = print) -> None:
-    f = result.figures
+def _against_labels(root: Path, source: str, dt: str, labels: Path) -> dict[str, Any]:
+    """Precision and recall of the day's reports against the generator's labels (demo only: real logs have
+    no labels). A session counts for the day its sessionize partition holds it."""
+    import pyarrow.parquet as pq
+
+    from krone_jobs.partitions import partition_dir
+
+    with open(labels, newline="", encoding="utf-8") as fh:
+        truth = {r["session_id"]: r["label"] == "1" for r in csv.DictReader(fh)}
+    sessions = pq.read_table(partition_dir(root, "sessions", source, dt), columns=["session_id"]).column(0).to_pylist()
+    flagged = {r["session_id"] for r in _reported(root, source, dt)}
+    tp = sum(1 for s in sessions if truth.get(s) and s in flagged)
+    fp = sum(1 for s in sessions if not truth.get(s) and s in flagged)
+    fn = sum(1 for s in sessions if truth.get(s) and s not in flagged)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
+
+
+def _top(root: Path, source: str, dt: str, n: int = 5) -> list[dict[str, Any]]:
+    import json
+
+    return [{"session": r["session_id"], "level": r["level"], "detector": r["detector"], "reason": r["reason"],
+             "line": (json.loads(r["line_refs"]) or [""])[0]} for r in _reported(root, source, dt)[:n]]
+
+
+def print_summary(result: DemoResult, say: Callable[[str], None] = print) -> None:
+    f, paths = result.figures, result.paths
     say("")
-    say(f"Night summary for {f['day']}: {f['sessions']:,} sessions, {f['anomalies']} anomalous "
-        f"(by level: {f['per_level']}); {f['flagged_by_local']} flagged by the knowledge base, "
-        f"{f['rescued_by_nested']} rescued by the Nested-Aware model")
+    say(f["report_summary"])
     say(f"Against the generator's labels: precision {f['precision']:.3f}, recall {f['recall']:.3f}, "
         f"F1 {f['f1']:.3f} (TP {f['tp']}, FP {f['fp']}, FN {f['fn']})")
     say("Top anomalies:")
     for t in result.top:
-        say(f"  {t['session']} [{t['level']}, {t['detector']}] {t['reason'][:160]}")
-        say(f"      first line of the chunk: {workdir / t['line']}")
-    say(f"Raw logs and labels: {workdir}")
+        say(f"  {t['session']} [{t['level']}, {t['detector']}] {t['reason'][:150]}")
+        say(f"      first line of the chunk: {Path(paths['data_root']) / t['line']}")
+    say("")
+    say("Where to look next:")
+    say(f"  night report  {paths['report']}")
+    say(f"  MLflow UI     .venv/bin/mlflow ui --backend-store-uri {paths['mlflow']}   (http://127.0.0.1:5000)")
+    say(f"  warehouse     {paths['warehouse']}")
+    say("                .venv/bin/python -c \"import duckdb; print(duckdb.connect('"
+        f"{paths['warehouse'].removeprefix('duckdb:///')}', read_only=True).sql('SELECT * FROM v_anomalies_per_day'))\"")
+    say(f"  feedback      .venv/bin/krone feedback --source {SOURCE} --key '<kseq_key of a report>' --verdict normal")

@@ -506,39 +506,85 @@ class NestedAwareDetector(BaseEstimator):
         return self
 
     def _fit_closed_levels(self, examples: Sequence[dict[str, list[ChunkExample]]], order: np.ndarray, k: int) -> None:
-        """Rule 2b: per level, how many held-out sessions bring a chunk unseen in the other folds (same folds
-        as the rest of the cross-fitting), its upper bound, and the chunk vocabulary of the closed levels.
+        """Rule 2b: which levels (or, failing that, which parents) have a closed chunk vocabulary.
 
-        One pass: a chunk is unseen in the other folds exactly when every session that has it lies in the
-        held-out session's own fold, so a bit mask of folds per chunk key is all the fold bookkeeping."""
+        Same folds as the rest of the cross-fitting, in one pass: a chunk is unseen in the other folds
+        exactly when every session that has it lies in the held-out session's own fold, so a bit mask of
+        folds per chunk key is all the bookkeeping. Per level: held-out sessions that bring an unseen chunk
+        (``unseen_chunk_count_``). Per parent: a parent is closed when every chunk under it recurs in at
+        least three folds; the choice is cross-fitted too (for held-out fold ``f``, parents are chosen
+        from the other folds as if ``f`` did not exist) and ``closed_parent_count_`` counts the held-out
+        sessions that bring an unseen chunk under a parent so chosen: the false-alarm share of the whole
+        procedure, selection included (a parent that merely happened to look closed is paid for there)."""
         fold_of = np.empty(len(examples), dtype=np.int64)
         for f in range(k):
             fold_of[order[f::k]] = f
-        keys = [[{chunk_key(e) for e in ex[lvl]} for lvl in LEVELS] for ex in examples]
-        counts = dict.fromkeys(LEVELS, 0)
-        for li, lvl in enumerate(LEVELS):
-            folds: dict[tuple[int, ...], int] = {}
-            for per_level, f in zip(keys, fold_of.tolist()):
-                for key in per_level[li]:
-                    folds[key] = folds.get(key, 0) | (1 << f)
-            counts[lvl] = sum(any(folds[key] == 1 << f for key in per_level[li])
-                              for per_level, f in zip(keys, fold_of.tolist()))
+        folds = fold_of.tolist()
+        full = (1 << k) - 1
         n = len(examples)
-        self.unseen_chunk_count_ = counts
-        self.unseen_chunk_rate_ = {lvl: _upper_bound(counts[lvl], n) for lvl in LEVELS}
-        self.closed_levels_ = tuple(lvl for lvl in LEVELS if self.unseen_chunk_rate_[lvl] < self.fp_budget)
-        self.known_chunks_ = {lvl: {key for per_level in keys for key in per_level[li]}
-                              for li, lvl in enumerate(LEVELS) if lvl in self.closed_levels_}
+        self.unseen_chunk_count_: dict[str, int] = {}
+        self.unseen_chunk_rate_: dict[str, float] = {}
+        self.closed_parent_count_: dict[str, int] = {}
+        self.closed_parent_rate_: dict[str, float] = {}
+        self.closed_parents_: dict[str, set[int]] = {}
+        self.known_chunks_: dict[str, set[tuple[int, ...]]] = {}
+        closed_levels = []
+        for lvl in LEVELS:
+            keys = [{chunk_key(e) for e in ex[lvl]} for ex in examples]
+            masks: dict[tuple[int, ...], int] = {}
+            for per, f in zip(keys, folds):
+                for key in per:
+                    masks[key] = masks.get(key, 0) | (1 << f)
+            appears: dict[int, int] = {}  # parent -> folds it occurs in
+            spoiled: dict[int, int] = {}  # parent -> outer folds f for which it is not closed
+            for key, m in masks.items():
+                appears[key[0]] = appears.get(key[0], 0) | m
+                if m & (m - 1) == 0:  # one fold g: unseen by its session whichever other fold is held out
+                    spoiled[key[0]] = spoiled.get(key[0], 0) | (full & ~m)
+                elif bin(m).count("1") == 2:  # folds {g, f}: unseen by g's session once f is held out, and back
+                    spoiled[key[0]] = spoiled.get(key[0], 0) | m
 
-    def chunks_closed(self, level: str) -> bool:
-        """Whether an unseen chunk at ``level`` is anomalous even when made of known nodes (rule 2b)."""
-        return level in self.closed_levels_
+            def closed_without(parent: int, f: int) -> bool:
+                return bool(appears[parent] & ~(1 << f)) and not (spoiled.get(parent, 0) >> f) & 1
 
-    def _closed_detail(self, level: str) -> str:
-        k, n = self.unseen_chunk_count_[level], self.n_train_sessions_
-        how = "no normal session brings" if k == 0 else "normal sessions practically never bring"
-        return (f"{how} an unseen {level}-level KRONE Seq: this level's vocabulary is closed (held-out share {k} "
-                f"of {n}, upper bound {self.unseen_chunk_rate_[level]:.2g} < budget {self.fp_budget:.2g})")
+            unseen = [[key for key in per if masks[key] == 1 << f] for per, f in zip(keys, folds)]
+            count = sum(1 for u in unseen if u)
+            pcount = sum(any(closed_without(key[0], f) for key in u) for u, f in zip(unseen, folds))
+            self.unseen_chunk_count_[lvl] = count
+            self.unseen_chunk_rate_[lvl] = _upper_bound(count, n)
+            self.closed_parent_count_[lvl] = pcount
+            self.closed_parent_rate_[lvl] = _upper_bound(pcount, n)
+            if count == 0 and self.unseen_chunk_rate_[lvl] < self.fp_budget:
+                closed_levels.append(lvl)
+                self.known_chunks_[lvl] = set(masks)
+                continue
+            parents = {p for p in appears if p not in spoiled}  # closed whichever fold is held out
+            if parents and self.closed_parent_rate_[lvl] < self.fp_budget:
+                self.closed_parents_[lvl] = parents
+                self.known_chunks_[lvl] = {key for key in masks if key[0] in parents}
+        self.closed_levels_ = tuple(closed_levels)
+
+    def chunks_closed(self, level: str, parent: int | None = None) -> bool:
+        """Whether an unseen chunk at ``level`` (under ``parent``; any parent when ``None``) is anomalous
+        even when made of known nodes (rule 2b)."""
+        if level in self.closed_levels_:
+            return True
+        parents = self.closed_parents_.get(level)
+        return parents is not None and parent is not None and parent in parents
+
+    def _closed_detail(self, level: str, ex: ChunkExample) -> str:
+        n = self.n_train_sessions_
+        if level in self.closed_levels_:
+            return (f"no normal session brings an unseen {level}-level KRONE Seq: this level's vocabulary is closed "
+                    f"(held-out share {self.unseen_chunk_count_[level]} of {n}, upper bound "
+                    f"{self.unseen_chunk_rate_[level]:.2g} < budget {self.fp_budget:.2g})")
+        parent_t = TABLES[level][1]
+        parent = self.codebook_.names[parent_t][ex.parent] if parent_t is not None else "the session root"
+        k = self.closed_parent_count_[level]
+        return (f"no normal session brings an unseen {level}-level KRONE Seq under {parent}: its vocabulary is "
+                f"closed (every chunk under it recurs across the folds; held-out sessions bring an unseen chunk "
+                f"under such closed steps at a share of {k} of {n}, upper bound "
+                f"{self.closed_parent_rate_[level]:.2g} < budget {self.fp_budget:.2g})")
 
     def _classes(self) -> tuple[np.ndarray, ...]:
         """Per codebook table, the unseen-class token of every node (from its name)."""
@@ -659,7 +705,7 @@ class NestedAwareDetector(BaseEstimator):
         rest: list[int] = []
         by_content: list[int] = []  # judged by their session's content: entity chunks, chunks with a new node
         new_is_anomalous = self.new_nodes_anomalous(level)
-        known = self.known_chunks_.get(level) if self.chunks_closed(level) else None
+        known = self.known_chunks_.get(level)
         own_t = TABLES[level][0]
         for i, ex in enumerate(examples):
             kind, pos = self._unseen(level, ex, self.seen_)
@@ -675,10 +721,11 @@ class NestedAwareDetector(BaseEstimator):
                     why = (f"{node} was never seen in training, and normal sessions practically never bring a new "
                            f"{level} node (held-out share {rate:.2g})")
                 out[i] = ChunkScore(ratio, math.nan, ratio, pos, kind, PAD, 0.0, math.nan, why)
-            elif known is not None and chunk_key(ex) not in known:
-                ratio = self.fp_budget / self.unseen_chunk_rate_[level]
+            elif known is not None and self.chunks_closed(level, ex.parent) and chunk_key(ex) not in known:
+                rate = (self.unseen_chunk_rate_ if level in self.closed_levels_ else self.closed_parent_rate_)[level]
+                ratio = self.fp_budget / rate
                 out[i] = ChunkScore(ratio, math.nan, ratio, -1, PAD, PAD, math.nan, math.nan,
-                                    self._closed_detail(level))
+                                    self._closed_detail(level, ex))
             else:
                 rest.append(i)
         if level in self.models_:
@@ -767,6 +814,10 @@ class NestedAwareDetector(BaseEstimator):
             "new_node_rate": dict(self.new_node_rate_),
             "unseen_chunk_count": dict(self.unseen_chunk_count_),
             "unseen_chunk_rate": dict(self.unseen_chunk_rate_),
+            "closed_parent_count": dict(self.closed_parent_count_),
+            "closed_parent_rate": dict(self.closed_parent_rate_),
+            "closed_levels": list(self.closed_levels_),
+            "closed_parents": {lvl: sorted(parents) for lvl, parents in self.closed_parents_.items()},
             "known_chunks": {lvl: sorted(list(key) for key in keys) for lvl, keys in self.known_chunks_.items()},
             "bag": self.bag_.to_state(),
             "models": {lvl: m.state_dict() for lvl, m in self.models_.items()},
@@ -788,9 +839,12 @@ class NestedAwareDetector(BaseEstimator):
         # states saved before rule 2b lack its figures: the rule stays off for them
         det.unseen_chunk_count_ = {k: int(v) for k, v in state.get("unseen_chunk_count", {}).items()}
         det.unseen_chunk_rate_ = {k: float(v) for k, v in state.get("unseen_chunk_rate", {}).items()}
+        det.closed_parent_count_ = {k: int(v) for k, v in state.get("closed_parent_count", {}).items()}
+        det.closed_parent_rate_ = {k: float(v) for k, v in state.get("closed_parent_rate", {}).items()}
+        det.closed_levels_ = tuple(state.get("closed_levels", ()))
+        det.closed_parents_ = {lvl: {int(p) for p in parents} for lvl, parents in state.get("closed_parents", {}).items()}
         det.known_chunks_ = {lvl: {tuple(int(x) for x in key) for key in keys}
                              for lvl, keys in state.get("known_chunks", {}).items()}
-        det.closed_levels_ = tuple(lvl for lvl in LEVELS if lvl in det.known_chunks_)
         det.bag_ = BagModel.from_state(det.codebook_, state["bag"])
         det.models_ = {}
         for lvl, weights in state["models"].items():

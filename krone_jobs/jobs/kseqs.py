@@ -5,8 +5,8 @@ a broadcast) with :func:`~krone_jobs.hierarchy.kseqs.decompose`; each chunk yiel
 cache key (hash of the overall identifier over all three levels), parent node and own nodes. Rows are then
 counted per (level, key, cache_key) with the smallest session id as a reproducible example.
 
-Template ids the hierarchy lacks are first resolved through the newest miner state (a session may hold an
-id that Drain has since generalised). A session that still has an unknown template is not cut: it is
+Template ids are first resolved through the newest miner state (a session may hold an id that Drain has
+since generalised; the hierarchy keeps superseded ids, so they are resolved even when it knows them). A session that still has an unknown template is not cut: it is
 counted in the metrics with an example, because it needs ``krone hierarchy`` to run first.
 """
 
@@ -70,7 +70,7 @@ def _cutter(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
             out: dict[str, list[Any]] = {n: [] for n in names}
             for sid, tids in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
                 try:
-                    d = decompose([t if t in hierarchy else resolve.get(t, t) for t in tids], hierarchy)
+                    d = decompose([resolve.get(t, t) for t in tids], hierarchy)
                 except UnknownTemplateError as exc:
                     rows = [(None, str(exc.args[0]), None, None, None, sid)]
                 else:

@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
@@ -48,6 +49,8 @@ from krone_jobs.partitions import check_date, check_source, partition_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from krone_jobs.templates import TemplateStore
     from pyspark.sql import SparkSession
 
     from krone_jobs.detectors.router import RoutedDetector
@@ -55,7 +58,12 @@ if TYPE_CHECKING:
     from krone_jobs.warehouse import Warehouse
 
 STAGE = "score"
+ENGINES = ("auto", "spark", "local")
+LOCAL_MAX_SESSIONS = 50_000
+"""``engine="auto"`` walks a day of at most this many sessions in the driver process (the same function
+Spark runs per partition): below that, starting Spark tasks costs more than the walk itself."""
 DECIDED_NORMAL, DECIDED_ANOMALOUS, UNDECIDED, HITS = "normal", "anomalous", "undecided", "hits"
+_WALK_INPUT = ("session_id", "template_ids", "lines")
 WALK_DDL = ("kind string, session_id string, level string, chunk_index int, kseq_key string, cache_key string, "
             "span_start int, span_end int, template_ids array<string>, lines array<string>, hits bigint")
 
@@ -112,13 +120,15 @@ def verdict_keys(d: Decomposition) -> dict[tuple[str, int], str]:
     return keys
 
 
-def walk(d: Decomposition, known: Callable[[str], bool], cached: Mapping[str, bool],
-         hits: Counter[str]) -> tuple[str, int, int] | None:
-    """First anomalous chunk of a decomposed session as ``(kind, level index, chunk index)``: ``kind`` is
-    ``anomalous`` (from the cache) or ``undecided`` (an uncached chunk on the way); ``None``: normal.
+def walk(d: Decomposition, known: Callable[[str], bool],
+         cached: Mapping[str, bool]) -> tuple[tuple[str, int, int] | None, tuple[str, ...]]:
+    """First anomalous chunk of a decomposed session and the cache keys looked up on the way.
 
-    ``known(kseq_key)``: in the knowledge base or marked normal; ``cached``: cache key -> anomalous."""
+    The outcome is ``(kind, level index, chunk index)``: ``kind`` is ``anomalous`` (from the cache) or
+    ``undecided`` (an uncached chunk on the way); ``None``: normal. ``known(kseq_key)``: in the knowledge
+    base or marked normal; ``cached``: cache key -> anomalous."""
     keys: dict[tuple[str, int], str] | None = None
+    hits: list[str] = []
     for li, level in enumerate(LEVELS):
         for i, chunk in enumerate(d.level(level)):
             if known(chunk.key):
@@ -126,11 +136,34 @@ def walk(d: Decomposition, known: Callable[[str], bool], cached: Mapping[str, bo
             keys = keys or verdict_keys(d)
             verdict = cached.get(keys[(level, i)])
             if verdict is None:
-                return UNDECIDED, li, i
-            hits[keys[(level, i)]] += 1
+                return (UNDECIDED, li, i), tuple(hits)
+            hits.append(keys[(level, i)])
             if verdict:
-                return DECIDED_ANOMALOUS, li, i
-    return None
+                return (DECIDED_ANOMALOUS, li, i), tuple(hits)
+    return None, tuple(hits)
+
+
+def model_ids(day: TemplateStore | None, model: TemplateStore | None) -> dict[str, str]:
+    """Day template id -> the id the model was trained with, where they differ.
+
+    Drain generalises templates as it sees more lines (old id superseded by a new one). Training resolved
+    its sessions with the miner state it ships (``model``); the day's ids are resolved forward with the
+    day's state and then, where the model knew the template under an older id (the generalisation came
+    after training), mapped back to that id (the smallest if several). An id with no such link is new
+    to the model. Without a shipped state, ids are only resolved forward."""
+    if day is None:
+        return {}
+    live = {t.template_id for t in model.templates()} if model is not None else set()
+    back: dict[str, str] = {}
+    for known in sorted(live):
+        back.setdefault(day.resolve(known), known)
+    out: dict[str, str] = {}
+    for tid in {*day.superseded, *(t.template_id for t in day.templates())}:
+        newest = day.resolve(tid)
+        target = newest if not live or newest in live else back.get(newest, newest)
+        if target != tid:
+            out[tid] = target
+    return out
 
 
 def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
@@ -141,38 +174,31 @@ def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
 
         data = json.loads(payload.value)
         hierarchy = Hierarchy.from_json(data["hierarchy"])
-        resolve: dict[str, str] = data["resolve"]
+        to_model: dict[str, str] = data["to_model"]
         known = set(data["known"]).__contains__
         cached: dict[str, bool] = data["cached"]
-        hits: Counter[str] = Counter()
-        memo: dict[tuple[str, ...], tuple[Decomposition | None, tuple[str, int, int] | None]] = {}
+        memo: dict[tuple[str, ...], dict[str, Any] | None] = {}  # distinct sequence -> its row (None: normal)
+        seen: Counter[tuple[str, ...]] = Counter()
+        hit_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         names = [f.split()[0] for f in WALK_DDL.split(", ")]
         for batch in batches:
             out: dict[str, list[Any]] = {n: [] for n in names}
-            cols = batch.to_pydict()
-            for sid, tids, lines in zip(cols["session_id"], cols["template_ids"], cols["lines"]):
-                seq = tuple(t if t in hierarchy else resolve.get(t, t) for t in tids)
+            lines = batch.column(2)  # converted only for the rows that leave the executor
+            for j, (sid, tids) in enumerate(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())):
+                seq = tuple([to_model.get(t, t) for t in tids])
+                seen[seq] += 1
                 if seq not in memo:
-                    try:
-                        d: Decomposition | None = decompose(seq, hierarchy)
-                    except UnknownTemplateError:
-                        d = None
-                    memo[seq] = (d, walk(d, known, cached, Counter()) if d is not None else (UNDECIDED, 0, 0))
-                d, outcome = memo[seq]
-                if d is not None and outcome is not None and outcome[0] == DECIDED_ANOMALOUS or outcome is None:
-                    walk(d, known, cached, hits)  # type: ignore[arg-type]  # count this session's hits
-                if outcome is None:
+                    memo[seq], hit_keys[seq] = _outcome(seq, hierarchy, known, cached)
+                row = memo[seq]
+                if row is None:
                     continue  # normal: nothing leaves the executor
-                kind, li, i = outcome
-                chunk = d.level(LEVELS[li])[i] if d is not None and kind == DECIDED_ANOMALOUS else None
-                row = {"kind": kind, "session_id": sid, "level": LEVELS[li] if chunk else None,
-                       "chunk_index": i if chunk else None, "kseq_key": chunk.key if chunk else None,
-                       "cache_key": verdict_keys(d)[(LEVELS[li], i)] if chunk else None,  # type: ignore[arg-type]
-                       "span_start": chunk.start if chunk else None, "span_end": chunk.end if chunk else None,
-                       "template_ids": list(seq), "lines": list(lines or []), "hits": None}
-                for n in names:
-                    out[n].append(row[n])
+                for n, v in (*row.items(), ("session_id", sid), ("lines", lines[j].as_py() or [])):
+                    out[n].append(v)
             yield pa.RecordBatch.from_pydict(out, schema=_walk_schema())
+        hits: Counter[str] = Counter()
+        for seq, looked_up in hit_keys.items():
+            for k in looked_up:
+                hits[k] += seen[seq]
         if hits:  # one row per distinct hit chunk and partition, summed on the driver
             keys = sorted(hits)
             empty = [None] * len(keys)
@@ -182,6 +208,26 @@ def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
                  "template_ids": empty, "lines": empty, "hits": [hits[k] for k in keys]}, schema=_walk_schema())
 
     return run
+
+
+def _outcome(seq: tuple[str, ...], hierarchy: Hierarchy, known: Callable[[str], bool],
+             cached: Mapping[str, bool]) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+    """The walk's row for one distinct sequence (without session id and lines), or ``None`` when normal."""
+    try:
+        d = decompose(seq, hierarchy)
+    except UnknownTemplateError:  # a template the model lacks: the router reports it
+        return {"kind": UNDECIDED, "level": None, "chunk_index": None, "kseq_key": None, "cache_key": None,
+                "span_start": None, "span_end": None, "template_ids": list(seq), "hits": None}, ()
+    outcome, hits = walk(d, known, cached)
+    if outcome is None:
+        return None, hits
+    kind, li, i = outcome
+    chunk = d.level(LEVELS[li])[i] if kind == DECIDED_ANOMALOUS else None
+    return {"kind": kind, "level": LEVELS[li] if chunk else None, "chunk_index": i if chunk else None,
+            "kseq_key": chunk.key if chunk else None,
+            "cache_key": verdict_keys(d)[(LEVELS[li], i)] if chunk else None,
+            "span_start": chunk.start if chunk else None, "span_end": chunk.end if chunk else None,
+            "template_ids": list(seq), "hits": None}, hits
 
 
 def _walk_schema() -> pa.Schema:
@@ -196,10 +242,12 @@ def _walk_schema() -> pa.Schema:
 # ----------------------------------------------------------------------------------- the model
 @dataclass
 class Champion:
-    """The loaded champion: its detector, version and the template texts its LLM prompts may show."""
+    """The loaded champion: its detector, version, the miner state it was trained with and the template
+    texts its LLM prompts may show."""
 
     detector: RoutedDetector
     version: str
+    store: TemplateStore | None
     templates: dict[str, str]
 
     @classmethod
@@ -212,7 +260,7 @@ class Champion:
             raise LookupError(f"no champion for {registry.registered_name(source)}: run `krone train` first")
         kmodel = registry.load_champion(source, tracking_uri).unwrap_python_model()
         texts = {t.template_id: t.template for t in kmodel.templates.templates()} if kmodel.templates else {}
-        return cls(kmodel.detector, version, texts)
+        return cls(kmodel.detector, version, kmodel.templates, texts)
 
 
 def _llm_judge(champion: Champion, n_sessions: int, day_templates: Mapping[str, str]) -> Any:
@@ -285,22 +333,26 @@ def _gate(reports: list[dict[str, Any]], root: Path, source: str, dt: str) -> No
 # ----------------------------------------------------------------------------------------- job
 def run_score(
     source: str, date: str, *, data_root: str | Path | None = None, spark: SparkSession | None = None,
-    warehouse_url: str | None = None, tracking_uri: str | None = None, llm: Any = None,
+    warehouse_url: str | None = None, tracking_uri: str | None = None, llm: Any = None, engine: str = "auto",
     say: Callable[[str], None] | None = None,
 ) -> ScoreMetrics:
     """Score one day's sessions with the champion and write reports, cache and metrics (module docstring).
 
     ``llm``: a :class:`~krone_jobs.detectors.router.ChunkJudge` to use instead of the one built from
-    ``KRONE_LLM_*`` (evaluation harnesses pass theirs)."""
+    ``KRONE_LLM_*`` (evaluation harnesses pass theirs). ``engine``: where the per-session walk runs
+    (``spark``, ``local`` = this process, ``auto`` = local up to :data:`LOCAL_MAX_SESSIONS` sessions)."""
     from krone_jobs.jobs.parse import latest_templates
-    from krone_jobs.partitions import read_partition
     from krone_jobs.spark import get_spark
     from krone_jobs.warehouse import Warehouse
 
     t0 = time.perf_counter()
     check_source(source)
     check_date(date)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     root = Path(data_root) if data_root is not None else settings().data_root
+    if not partition_dir(root, "sessions", source, date).is_dir():
+        raise FileNotFoundError(f"no sessions partition for source={source} dt={date}: run `krone sessionize` first")
     run_id = uuid.uuid4().hex
     wh = Warehouse(warehouse_url)
     try:
@@ -311,21 +363,18 @@ def run_score(
         applied = sum(detector.add_normal(k) for k in sorted(feedback))
         cache = wh.load_cache(source, champion.version)
         store = latest_templates(root, source, date)
-        resolve = {t: store.resolve(t) for t in store.superseded} if store is not None else {}
         day_templates = {t.template_id: t.template for t in store.templates()} if store is not None else {}
 
         phases = {"load": time.perf_counter() - t0}
-        spark = spark or get_spark()
-        sessions = read_partition(spark, root, "sessions", source, date).select("session_id", "template_ids", "lines")
-        payload = spark.sparkContext.broadcast(json.dumps({
-            "hierarchy": detector.hierarchy.to_json(), "resolve": resolve,
-            "known": sorted(set(_knowledge_keys(detector)) | feedback),
-            "cached": {k: bool(v["verdict"]) for k, v in cache.items()}}))
-        try:
-            rows = sessions.mapInArrow(_walker(payload), WALK_DDL).collect()
-        finally:
-            payload.unpersist()
         n_sessions = _count_sessions(root, source, date)
+        payload = json.dumps({
+            "hierarchy": detector.hierarchy.to_json(), "to_model": model_ids(store, champion.store),
+            "known": sorted(set(_knowledge_keys(detector)) | feedback),
+            "cached": {k: bool(v["verdict"]) for k, v in cache.items()}})
+        if engine == "spark" or (engine == "auto" and n_sessions > LOCAL_MAX_SESSIONS):
+            rows = _walk_spark(spark or get_spark(), payload, root, source, date)
+        else:
+            rows = _walk_local(payload, root, source, date)
         phases["walk"] = time.perf_counter() - t0 - sum(phases.values())
         hits: Counter[str] = Counter()
         reports: list[dict[str, Any]] = []
@@ -389,6 +438,25 @@ def run_score(
         return metrics
     finally:
         wh.close()
+
+
+def _walk_spark(spark: SparkSession, payload: str, root: Path, source: str, date: str) -> list[Any]:
+    from krone_jobs.partitions import read_partition
+
+    sessions = read_partition(spark, root, "sessions", source, date).select(*_WALK_INPUT)
+    shared = spark.sparkContext.broadcast(payload)
+    try:
+        return sessions.mapInArrow(_walker(shared), WALK_DDL).collect()
+    finally:
+        shared.unpersist()
+
+
+def _walk_local(payload: str, root: Path, source: str, date: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(partition_dir(root, "sessions", source, date), columns=list(_WALK_INPUT))
+    walker = _walker(SimpleNamespace(value=payload))
+    return [row for batch in walker(table.to_batches()) for row in batch.to_pylist()]
 
 
 def _count_sessions(root: Path, source: str, date: str) -> int:

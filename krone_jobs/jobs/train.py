@@ -373,15 +373,17 @@ def feedback_normal_keys(url: str, source: str) -> list[str]:
     return sorted({k for k in found.values() if k})
 
 
-def resolve_ids(ids: Sequence[str], hierarchy: Hierarchy, store: TemplateStore) -> tuple[str, ...]:
-    """Ids the hierarchy lacks go through the miner state (Drain may have generalised the template since
-    the session was written), as the kseqs job does."""
-    return tuple(t if t in hierarchy else store.resolve(t) for t in ids)
+def resolve_ids(ids: Sequence[str], store: TemplateStore) -> tuple[str, ...]:
+    """Every id as the shipped miner state's live id: Drain may have generalised a template since the
+    session was written, and the hierarchy keeps superseded ids too, so a session of the morning and one of
+    the evening must not hold two ids for one event. Scoring maps its day's ids onto these
+    (:func:`krone_jobs.jobs.score.model_ids`)."""
+    return tuple(store.resolve(t) for t in ids)
 
 
 def select_normal(
-    frame: pd.DataFrame, dates: Sequence[str], found: tuple[str, ...], *, source: str, hierarchy: Hierarchy,
-    store: TemplateStore, labels: Path | None, reported: set[str] | None,
+    frame: pd.DataFrame, dates: Sequence[str], found: tuple[str, ...], *, source: str, store: TemplateStore,
+    labels: Path | None, reported: set[str] | None,
 ) -> WindowSessions:
     """The window's sessions (:func:`read_window`) minus labelled anomalies and reported sessions, ids
     resolved."""
@@ -396,7 +398,7 @@ def select_normal(
         raise NoTrainingData(f"no normal session left in {dates[0]}..{dates[-1]} for source={source}: "
                              f"{len(frame)} read, {int(labelled.sum())} labelled anomalous, "
                              f"{int(flagged.sum())} reported by the champion")
-    sessions = [resolve_ids(template_ids(v), hierarchy, store) for v in keep]
+    sessions = [resolve_ids(template_ids(v), store) for v in keep]
     return WindowSessions(tuple(dates), found, sessions, len(frame), int(labelled.sum()), int(flagged.sum()),
                           reported is not None)
 
@@ -447,7 +449,7 @@ def train_partitions(
     state, state_dt = _miner_state(root, source, end)
     store = TemplateStore.from_json(state)
     reported = reported_sessions(url, source, dates[0], dates[-1]) if exclude_reported else None
-    window = select_normal(frame, dates, found, source=source, hierarchy=hierarchy, store=store, labels=labels,
+    window = select_normal(frame, dates, found, source=source, store=store, labels=labels,
                            reported=reported)
     params = {**window.params(), "miner_state_dt": state_dt, "labels": str(labels) if labels else "none",
               "exclude_reported": exclude_reported}

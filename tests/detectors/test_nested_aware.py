@@ -239,14 +239,35 @@ def test_unseen_chunk_of_a_closed_level_is_anomalous_and_explained(toy: Hierarch
     assert default.score_examples("action", [_blob_action(default, SKIPPED_READ)])[0].ratio <= 1.0
 
 
-def test_unseen_chunk_of_an_open_level_is_passed_as_before() -> None:
-    # A long tail of notes: held-out sessions often bring an unseen status / action chunk, so the levels
-    # stay open and an unseen chunk of known nodes is judged as before (passed).
+def test_closed_parents_of_an_open_level_are_still_judged_closed() -> None:
+    # A long tail of notes opens the status and action levels, but the blob's own chunks recur in every
+    # fold: the blob (and the other recurring components) stay closed, each note does not.
     tail = [s[:-1] + [f"n{i % 100}", "t7"] for i, s in enumerate(TRAIN)]
     wide = NestedAwareDetector(_wide_hierarchy(120), fp_budget=0.05).fit(tail)
-    assert not wide.chunks_closed("action") and wide.unseen_chunk_count_["action"] > 0
-    assert not wide.chunks_closed("status") and "action" not in wide.known_chunks_
-    (s,) = wide.score_examples("action", [_blob_action(wide, SKIPPED_READ)])
+    assert wide.unseen_chunk_count_["action"] > 0 and "action" not in wide.closed_levels_
+    blob = _blob_action(wide, SKIPPED_READ)
+    note = wide.codebook_.names[0].index("E:note")
+    assert wide.chunks_closed("action", blob.parent) and not wide.chunks_closed("action", note)
+    assert wide.closed_parent_rate_["action"] < 0.05
+    (s,) = wide.score_examples("action", [blob])
+    assert s.ratio > 1.0 and "under E:blob: its vocabulary is closed" in s.detail
+
+
+def _cycles(c: int) -> list[str]:
+    """The blob is opened, read and closed ``c`` times."""
+    return ["t1", *(["t2", "t3", "t5"] * c), "t6", "t7"]
+
+
+def test_unseen_chunk_of_an_open_parent_is_passed_as_before(toy: Hierarchy) -> None:
+    # The blob's action chunk changes with its number of open/read/close cycles, each count seen in two
+    # sessions at most: its vocabulary is open and an unseen blob chunk of known nodes is passed, as
+    # without the rule; the job's and the worker's chunks never vary, so the status level is closed.
+    cycles = [_cycles(1 + (i * 37) % 90) for i in range(180)]
+    det = NestedAwareDetector(toy, fp_budget=0.05).fit(cycles)
+    assert det.closed_levels_ == ("status", "entity")
+    blob = _blob_action(det, SKIPPED_READ)
+    assert not det.chunks_closed("action", blob.parent)
+    (s,) = det.score_examples("action", [blob])
     assert s.ratio <= 1.0 and "closed" not in s.detail
 
 
@@ -264,7 +285,8 @@ def test_closed_levels_round_trip_and_older_states_keep_the_rule_off(toy: Hierar
     np.testing.assert_array_equal(again.session_scores(batch), closed.session_scores(batch))
     blob = _blob_action(again, SKIPPED_READ)
     assert again.score_examples("action", [blob])[0].detail == closed.score_examples("action", [blob])[0].detail
-    older = {k: v for k, v in state.items() if k not in ("unseen_chunk_count", "unseen_chunk_rate", "known_chunks")}
+    before = ("params", "seen", "lm_seen", "thresholds", "losses", "new_node_rate", "bag", "models", "n_train_sessions")
+    older = {k: v for k, v in state.items() if k in before}
     old = NestedAwareDetector.from_state(toy, older)
     assert old.closed_levels_ == () and not old.chunks_closed("action")
     assert old.score_examples("action", [blob])[0].ratio <= 1.0

@@ -85,7 +85,7 @@ def raw_line(root: Path, ref: str) -> str:
 
 
 def test_score_writes_reports_and_a_rerun_leaves_the_same_rows(pipeline: Pipeline, spark: Any, warehouse: str) -> None:
-    first = score(pipeline, spark)
+    first = score(pipeline, spark, engine="spark")
     reports = rows(warehouse, f"SELECT {STABLE} FROM anomaly_reports ORDER BY session_id")
     assert first.sessions == pipeline.sessionize[DAYS[1]].sessions and first.anomalies == len(reports) > 0
     assert first.routed_sessions > 0 and first.new_cache_entries > 0 and first.llm_calls == 0
@@ -97,7 +97,7 @@ def test_score_writes_reports_and_a_rerun_leaves_the_same_rows(pipeline: Pipelin
     labels = {r["session_id"]: r["label"] for r in csv.DictReader(open(pipeline.root / "labels" / SOURCE / "labels.csv"))}
     assert any(labels.get(r[0]) == "1" for r in reports)  # injected anomalies are found (one small day of training)
 
-    second = score(pipeline, spark)
+    second = score(pipeline, spark, engine="local")  # the same walk in this process: the same rows
     assert rows(warehouse, f"SELECT {STABLE} FROM anomaly_reports ORDER BY session_id") == reports
     assert second.routed_sessions == second.unknown_template_sessions  # warm: only new templates go to the model
     assert second.cache_hits >= first.new_cache_entries and second.new_cache_entries == 0

@@ -228,9 +228,9 @@ def window_sessions(root: Path) -> pd.DataFrame:
     """What the test expects train_partitions to read: both days' sessions with their generator labels."""
     frame = pd.concat([pd.read_parquet(partition_dir(root, "sessions", SOURCE, d)) for d in DAYS], ignore_index=True)
     labels = pd.read_csv(root / "labels" / SOURCE / "labels.csv", dtype={"session_id": str})
-    hierarchy, miner = load_hierarchy(root, SOURCE), latest_templates(root, SOURCE, DAYS[1])
+    miner = latest_templates(root, SOURCE, DAYS[1])
     assert miner is not None
-    frame["template_ids"] = [resolve_ids(list(t), hierarchy, miner) for t in frame["template_ids"]]
+    frame["template_ids"] = [resolve_ids(list(t), miner) for t in frame["template_ids"]]
     return frame.merge(labels[["session_id", "label"]], on="session_id", how="left")
 
 
