@@ -137,11 +137,12 @@ def decompose(template_ids: Sequence[str], hierarchy: Hierarchy) -> Decompositio
     acts = [r.action_node for r in rows]
     sts = [r.status_node for r in rows]
     c = cut(ents, acts, sts)
-
-    def chunk(level: str, nodes: tuple[str, ...], parent: str, s: int, e: int) -> KroneSeq:
-        return KroneSeq(level, nodes, parent, s, e, condense(ents[s:e]), condense(acts[s:e]), tuple(sts[s:e]))
-
-    status = tuple(chunk("status", tuple(sts[s:e]), acts[s], s, e) for s, e in c.status_spans)
-    action = tuple(chunk("action", k[1:], ents[s], s, e) for (s, e), k in zip(c.action_spans, c.action_keys))
-    entity = chunk("entity", c.entity_key, "", 0, len(rows))
+    # Condensed entity/action nodes of each span straight from the cut (a status chunk is one action run,
+    # an action chunk one entity run): linear in the session, not in session x chunks.
+    all_actions = tuple(acts[s] for s, _ in c.status_spans)
+    status = tuple(KroneSeq("status", tuple(sts[s:e]), acts[s], s, e, (ents[s],), (acts[s],), tuple(sts[s:e]))
+                   for s, e in c.status_spans)
+    action = tuple(KroneSeq("action", k[1:], ents[s], s, e, (ents[s],), k[1:], tuple(sts[s:e]))  # type: ignore[arg-type]
+                   for (s, e), k in zip(c.action_spans, c.action_keys))
+    entity = KroneSeq("entity", c.entity_key, "", 0, len(rows), c.entity_key, all_actions, tuple(sts))  # type: ignore[arg-type]
     return Decomposition(tuple(template_ids), status, action, entity)

@@ -171,25 +171,29 @@ def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
 
     def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         data = json.loads(payload.value)
         hierarchy = Hierarchy.from_json(data["hierarchy"])
         to_model: dict[str, str] = data["to_model"]
         known = set(data["known"]).__contains__
         cached: dict[str, bool] = data["cached"]
-        memo: dict[tuple[str, ...], dict[str, Any] | None] = {}  # distinct sequence -> its row (None: normal)
-        seen: Counter[tuple[str, ...]] = Counter()
-        hit_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+        # Sessions repeat: each distinct sequence is walked once. Ids are joined in Arrow (C) and the
+        # joined text is the memo key, so a repeated session costs a dictionary lookup, not a list build.
+        memo: dict[str, dict[str, Any] | None] = {}  # joined ids -> the session's row (None: normal)
+        seen: Counter[str] = Counter()
+        hit_keys: dict[str, tuple[str, ...]] = {}
         names = [f.split()[0] for f in WALK_DDL.split(", ")]
         for batch in batches:
             out: dict[str, list[Any]] = {n: [] for n in names}
             lines = batch.column(2)  # converted only for the rows that leave the executor
-            for j, (sid, tids) in enumerate(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())):
-                seq = tuple([to_model.get(t, t) for t in tids])
-                seen[seq] += 1
-                if seq not in memo:
-                    memo[seq], hit_keys[seq] = _outcome(seq, hierarchy, known, cached)
-                row = memo[seq]
+            joined = pc.binary_join(batch.column(1), " ").to_pylist()
+            for j, (sid, ids) in enumerate(zip(batch.column(0).to_pylist(), joined)):
+                seen[ids] += 1
+                if ids not in memo:
+                    seq = tuple(to_model.get(t, t) for t in ids.split(" ")) if ids else ()
+                    memo[ids], hit_keys[ids] = _outcome(seq, hierarchy, known, cached)
+                row = memo[ids]
                 if row is None:
                     continue  # normal: nothing leaves the executor
                 for n, v in (*row.items(), ("session_id", sid), ("lines", lines[j].as_py() or [])):
@@ -213,6 +217,8 @@ def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
 def _outcome(seq: tuple[str, ...], hierarchy: Hierarchy, known: Callable[[str], bool],
              cached: Mapping[str, bool]) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
     """The walk's row for one distinct sequence (without session id and lines), or ``None`` when normal."""
+    if not seq:
+        return None, ()  # nothing to judge (the sessions gate keeps empty sessions out anyway)
     try:
         d = decompose(seq, hierarchy)
     except UnknownTemplateError:  # a template the model lacks: the router reports it
