@@ -18,18 +18,34 @@ One default configuration for every dataset and training size; per level, a chun
    templates) never does. Where the rule does not apply, a chunk with a new ordinary step is judged by the
    content of its session (3): the new step counts for its nearest known ancestor there.
 
-2b. **it is an unseen chunk where normal sessions practically never bring one** (every level): the share
-   of held-out sessions that bring a KRONE Seq of that level unseen in the other folds (key ``(parent,
-   nodes...)``, the Local-Context knowledge-base key with status runs capped at ``MAX_REPEAT``), taken as
-   its one-sided 95 % Clopper-Pearson upper bound, must be below ``fp_budget``; then the level's chunk
-   vocabulary is *closed* and any unseen chunk of it is anomalous, even one made of known nodes
-   (``ratio = fp_budget / bound``). Why: elsewhere an unseen status / action chunk of known nodes is a new
-   run length or interleaving (HDFS, Thunderbird) and is passed, but in a system whose executions follow
-   a fixed grammar it is a skipped, repeated or swapped step. On the project's synthetic job logs (about
-   2,800 normal training sessions) no held-out session brought an unseen status- or action-level chunk
-   (0 of 2,814; entity level about 1 %), and passing such chunks as plausible cost half the recall of the
-   knowledge base alone (missing / extra / swapped steps inside an action). Rule 2 implies nothing here
-   (those chunks bring no new node); a level closed by 2b always has rule 2 on too.
+2b. **it is an unseen chunk of a closed vocabulary** (every level): measured in the same cross-fitting,
+   with the chunk key ``(parent, nodes...)`` (:func:`chunk_key`: the Local-Context knowledge-base key,
+   status runs capped at ``MAX_REPEAT``). A *level* is closed when no held-out session brought a chunk of
+   it unseen in the other folds and that share's one-sided 95 % Clopper-Pearson upper bound (``3 / n`` for
+   0 of ``n``) is below ``fp_budget``: then every unseen chunk of the level is anomalous, even one made of
+   known nodes (``ratio = fp_budget / bound``). A level where some normal session did bring one is not
+   closed as a whole, but its *parents* (an action for status chunks, an entity for action chunks) may be:
+   a parent is closed when every chunk under it recurs in at least three folds. That choice is
+   cross-fitted too (for each held-out fold, parents are chosen from the other folds alone), so the share
+   of held-out sessions that bring an unseen chunk under a parent so chosen is the false-alarm share of
+   the whole procedure, selection included; its upper bound must be below ``fp_budget``.
+
+   Why: elsewhere an unseen status / action chunk of known nodes is a new run length or interleaving
+   (HDFS replica counts, Thunderbird) and is passed, but in a system whose executions follow a fixed
+   grammar it is a skipped, repeated or swapped step. Measured (label-free figures from ``fit``): on the
+   project's synthetic job logs (``krone_jobs.synthetic``, 3,000 normal training sessions, offline
+   hierarchy) 0 held-out sessions brought an unseen status- or action-level chunk (entity level about
+   1 %); passing them had cost half the recall of the knowledge base alone; closing both levels brought the
+   routed recall from 0.44-0.50 to 0.79-0.81 (knowledge base alone 0.92, with 13-23 false alarms against
+   0-2; what is left is a swapped pair of steps of two components, at the open entity level). With the
+   generator's own hierarchy the status level is open (the worker's progress / spill / gc steps
+   interleave: about 49 sessions in 3,000) but 13 of its actions are closed: recall 0.40-0.44 -> 0.92-0.96,
+   no false alarm. On the HDFS demo at 80 % 8 / 28 / 13 of 16,000 held-out sessions bring an unseen
+   status / action / entity chunk; closing a level at such a share (its bound is below the budget) cost
+   two false alarms and no recall, hence whole levels only at a share of 0; per parent, 7 actions and 5
+   entities are closed there (procedure share 3 and 0 of 16,000) and the demo figures do not move;
+   Thunderbird closes only action-level parents (26 entities at 80 %). Rule 2 implies nothing here (these
+   chunks bring no new node).
 
 3. **its session's content is implausible** (entity level, and chunks of rule 2's fallback): the *bag* of
    the session's leaves, counted at every level of the hierarchy (each status node counts for itself, its
@@ -61,7 +77,8 @@ threshold is the smallest value that flags at most that share of the cross-fitte
 sessions (all of them, not only those the knowledge base would miss: the pool is then large enough at
 every training size, and the share bounds the false-alarm rate on the sessions the router does ask
 about); rules 2 and 2b are enabled only when their own false-alarm share is confidently within the same
-budget (``new_node_rate_`` and ``unseen_chunk_rate_``, measured in the same K-fold cross-fitting).
+budget (``new_node_rate_``, ``unseen_chunk_rate_`` and ``closed_parent_rate_``, measured in the same
+K-fold cross-fitting).
 
 Cost: fitting is counting plus nearest-neighbour searches (``torch.cdist``), no training loop unless the
 order model is switched on; scoring is one batched distance computation per call on the flagged chunks.
@@ -70,12 +87,14 @@ Known limits. Content is a property of the session, so the score of an entity-le
 with a new node) depends on ``ChunkExample.bag``, not only on the knowledge-base key; a chunk cache keyed
 by that key alone (the router's) reuses one session's verdict for another with the same key and other
 content. Unseen status / action chunks made of known nodes are passed (new run lengths and interleavings)
-unless rule 2b finds their level closed:
-judging them by their session's content too (``content_scope="all"``) catches a skipped or repeated step
-inside a known entity sequence, but gave no recall on the demo sets, a few more false alarms and more
-such cache collisions. Rare-but-normal components (Thunderbird daemons seen once in training) and
-rare-but-anomalous ones (HDFS replication) look alike to a label-free content check; ``fp_budget`` sets
-how many of the former are flagged.
+unless rule 2b finds their level or parent closed; judging them by their session's content too
+(``content_scope="all"``) catches a skipped or repeated step inside a known entity sequence, but gave no
+recall on the demo sets, a few more false alarms and more such cache collisions. Rule 2b's known-chunk
+keys cap status runs, so a longer run of a step that already ran ``MAX_REPEAT`` times is not caught by it,
+and it assumes training and test sessions come from the same system state (as every cross-fitted rule).
+Rare-but-normal components (Thunderbird daemons seen once in training) and rare-but-anomalous ones (HDFS
+replication) look alike to a label-free content check; ``fp_budget`` sets how many of the former are
+flagged.
 """
 
 from __future__ import annotations
@@ -394,8 +413,9 @@ class NestedAwareDetector(BaseEstimator):
     by content; ``status`` / ``action``: ``inf``, no learned score of their own; ``<level>_order``: an
     enabled order model's), ``new_node_rate_`` (rule 2's upper-bounded share per level),
     ``unseen_chunk_count_`` / ``unseen_chunk_rate_`` (rule 2b: held-out sessions bringing an unseen chunk
-    per level, and that share's upper bound), ``closed_levels_`` and ``known_chunks_`` (their chunk keys,
-    see :func:`chunk_key`), ``bag_``,
+    per level, and that share's upper bound), ``closed_parent_count_`` / ``closed_parent_rate_`` (the same
+    for the per-parent procedure), ``closed_levels_``, ``closed_parents_`` (level -> closed parent codes)
+    and ``known_chunks_`` (the chunk keys of closed levels and parents, see :func:`chunk_key`), ``bag_``,
     ``models_`` (order models), ``seen_``, ``codebook_``, ``losses_``, ``n_train_sessions_``.
     """
 
@@ -565,8 +585,8 @@ class NestedAwareDetector(BaseEstimator):
         self.closed_levels_ = tuple(closed_levels)
 
     def chunks_closed(self, level: str, parent: int | None = None) -> bool:
-        """Whether an unseen chunk at ``level`` (under ``parent``; any parent when ``None``) is anomalous
-        even when made of known nodes (rule 2b)."""
+        """Whether an unseen chunk at ``level`` under ``parent`` is anomalous even when made of known nodes
+        (rule 2b); with ``parent=None``, whether the whole level is closed."""
         if level in self.closed_levels_:
             return True
         parents = self.closed_parents_.get(level)
@@ -583,7 +603,7 @@ class NestedAwareDetector(BaseEstimator):
         k = self.closed_parent_count_[level]
         return (f"no normal session brings an unseen {level}-level KRONE Seq under {parent}: its vocabulary is "
                 f"closed (every chunk under it recurs across the folds; held-out sessions bring an unseen chunk "
-                f"under such closed steps at a share of {k} of {n}, upper bound "
+                f"under such closed parents at a share of {k} of {n}, upper bound "
                 f"{self.closed_parent_rate_[level]:.2g} < budget {self.fp_budget:.2g})")
 
     def _classes(self) -> tuple[np.ndarray, ...]:
@@ -842,7 +862,8 @@ class NestedAwareDetector(BaseEstimator):
         det.closed_parent_count_ = {k: int(v) for k, v in state.get("closed_parent_count", {}).items()}
         det.closed_parent_rate_ = {k: float(v) for k, v in state.get("closed_parent_rate", {}).items()}
         det.closed_levels_ = tuple(state.get("closed_levels", ()))
-        det.closed_parents_ = {lvl: {int(p) for p in parents} for lvl, parents in state.get("closed_parents", {}).items()}
+        det.closed_parents_ = {lvl: {int(p) for p in parents}
+                               for lvl, parents in state.get("closed_parents", {}).items()}
         det.known_chunks_ = {lvl: {tuple(int(x) for x in key) for key in keys}
                              for lvl, keys in state.get("known_chunks", {}).items()}
         det.bag_ = BagModel.from_state(det.codebook_, state["bag"])
