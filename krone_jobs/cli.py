@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -205,5 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.func(args))
 
 
+def run() -> None:
+    """The console script: :func:`main`, then exit without interpreter finalisation.
+
+    With torch and duckdb-engine in one process, finalisation makes DuckDB's nanobind bindings print
+    dozens of harmless "leaked instance" lines after the command's real output. Exit handlers (Spark,
+    MLflow, logging) still run first; only the module teardown that prints them is skipped."""
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

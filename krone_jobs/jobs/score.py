@@ -49,15 +49,12 @@ from krone_jobs.partitions import check_date, check_source, partition_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from krone_jobs.templates import TemplateStore
     from pyspark.sql import SparkSession
 
     from krone_jobs.detectors.router import RoutedDetector
     from krone_jobs.detectors.verdict import SessionVerdict
-    from krone_jobs.warehouse import Warehouse
+    from krone_jobs.templates import TemplateStore
 
-STAGE = "score"
 ENGINES = ("auto", "spark", "local")
 LOCAL_MAX_SESSIONS = 50_000
 """``engine="auto"`` walks a day of at most this many sessions in the driver process (the same function
@@ -264,7 +261,11 @@ class Champion:
         version = registry.champion_version(client, source)
         if version is None:
             raise LookupError(f"no champion for {registry.registered_name(source)}: run `krone train` first")
-        kmodel = registry.load_champion(source, tracking_uri).unwrap_python_model()
+        import mlflow
+
+        # By the version the alias pointed at, so the verdict cache read for it is this model's even if
+        # the alias moves meanwhile.
+        kmodel = mlflow.pyfunc.load_model(f"models:/{registry.registered_name(source)}/{version}").unwrap_python_model()
         texts = {t.template_id: t.template for t in kmodel.templates.templates()} if kmodel.templates else {}
         return cls(kmodel.detector, version, kmodel.templates, texts)
 
@@ -476,9 +477,3 @@ def summary_line(m: ScoreMetrics) -> str:
     return (f"{m.source} {m.dt}: {m.sessions:,} sessions, {m.anomalies} anomalous ({levels}); "
             f"{m.decided_from_cache:,} decided from knowledge base + cache ({m.cache_hits:,} cache hits), "
             f"{m.routed_sessions:,} routed, {m.llm_calls} LLM calls; model v{m.model_version}, {m.seconds:.1f}s")
-
-
-def open_warehouse(url: str | None = None) -> Warehouse:
-    from krone_jobs.warehouse import Warehouse
-
-    return Warehouse(url)
