@@ -158,7 +158,8 @@ def test_connections_become_krone_settings(monkeypatch: pytest.MonkeyPatch) -> N
     from krone_common import export_connections
 
     for name in ("KRONE_WAREHOUSE_URL", "KRONE_LLM_BASE_URL", "KRONE_LLM_API_KEY", "KRONE_LLM_MODEL"):
-        monkeypatch.delenv(name, raising=False)  # and restored afterwards, whatever the export sets
+        monkeypatch.setenv(name, "")  # recorded first, so what the export sets is undone afterwards
+        monkeypatch.delenv(name)
     assert export_connections() == []
     monkeypatch.setenv("AIRFLOW_CONN_KRONE_WAREHOUSE", json.dumps(
         {"conn_type": "postgres", "host": "db", "login": "krone", "password": "s3cret", "port": 5432,
