@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from datetime import date
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,32 @@ def sessionize_stage(source: str, dt: str, *, data_root: str | Path | None = Non
 
 def hierarchy_stage(source: str, dt: str, *, data_root: str | Path | None = None,
                     run_id: str | None = None) -> dict[str, Any]:
-    """Grow the hierarchy by the templates of the day's miner state (no Spark, no network)."""
+    """Grow the hierarchy by the templates of the day's miner state (no Spark, no network), and publish
+    templates and hierarchy to the warehouse, where the operators' views read them."""
     from krone_jobs.jobs.hierarchy_job import run_hierarchy
 
-    metrics = run_hierarchy(source, dt, data_root=data_root).to_dict()
+    metrics = {**run_hierarchy(source, dt, data_root=data_root).to_dict(),
+               **publish_templates(source, dt, data_root=data_root)}
     return _recorded("hierarchy", source, dt, run_id, metrics)
+
+
+def publish_templates(source: str, dt: str, *, data_root: str | Path | None = None) -> dict[str, int]:
+    """Upsert the day's live templates (first / last day live in the miner's state, its running line count)
+    and the hierarchy rows into the warehouse; idempotent (dates only widen, counts are replaced)."""
+    from krone_jobs.jobs.hierarchy_job import load_hierarchy
+    from krone_jobs.jobs.parse import latest_templates
+    from krone_jobs.warehouse import Warehouse
+
+    root = _root(data_root)
+    store = latest_templates(root, source, dt)
+    day = date.fromisoformat(dt)
+    templates = [{"template_id": t.template_id, "template": t.template, "first_seen_dt": day, "last_seen_dt": day,
+                  "count": t.size} for t in (store.templates() if store is not None else [])]
+    nodes = [n.as_row() for n in load_hierarchy(root, source).nodes()]
+    with Warehouse() as warehouse:
+        warehouse.ensure_schema()
+        return {"templates_published": warehouse.upsert_templates(source, templates),
+                "hierarchy_rows_published": warehouse.upsert_hierarchy(source, nodes)}
 
 
 def kseqs_stage(source: str, dt: str, *, data_root: str | Path | None = None,
