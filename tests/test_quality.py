@@ -277,3 +277,22 @@ def test_spark_frame_is_checked_with_the_same_rules(spark: Any) -> None:
     }, result.summary
     assert '"StringType"' in result.summary and "T12345" in result.summary
     assert not bad.is_cached
+
+
+def test_spark_validation_does_not_cache_the_frame(spark: Any) -> None:
+    """GX's default persist would materialise every column (``content`` included) of a parsed partition
+    before checking a few of them; validation caches nothing, and a frame the caller cached stays cached."""
+    from krone_jobs import quality
+
+    assert quality._datasource("spark").persist is False
+    ts = TS.to_pydatetime()
+    rows = [("hdfs", "2026-11-23", "a.log", 1, ts, "INFO", "dfs.DataNode", None, "PacketResponder 1", "blk_1", T1)]
+    frame = spark.createDataFrame(rows, PARSED_DDL)
+    assert validate(frame, "parsed", counts=GOOD_COUNTS, run_name="nocache").failed  # session_keys is a string
+    assert not frame.is_cached
+    frame.cache()
+    try:
+        validate(frame, "parsed", counts=GOOD_COUNTS, run_name="cached")
+        assert frame.is_cached
+    finally:
+        frame.unpersist()
