@@ -168,11 +168,14 @@ BGL = LineFormat(
     ),
     _bgl_ts,
 )
+# Thunderbird's content keeps the syslog tag (``sshd[2915]: ...``): the program is part of what happened, the
+# KRONE authors' Thunderbird templates start with it, and without it Drain files lines of different programs
+# under their free-text first words. ``component`` is still extracted (the tag without its pid).
 THUNDERBIRD = LineFormat(
     "thunderbird",
     re.compile(
         r"^(?P<label>\S+) (?P<timestamp>\d{1,12}) \d{4}\.\d{2}\.\d{2} (?P<node>\S+) [A-Z][a-z]{2} +\d{1,2} "
-        r"\d{2}:\d{2}:\d{2} \S+ (?:(?P<component>[^\s\[]{1,128}?)(?:\[\d+\])?: )?(?P<content>.*)$"
+        r"\d{2}:\d{2}:\d{2} \S+ (?P<content>(?:(?P<component>[^\s\[]{1,128}?)(?:\[\d+\])?: )?.*)$"
     ),
     _epoch_ts,
 )

@@ -14,6 +14,9 @@ maps to the same id.
 Masking happens before Drain sees a line; block ids become ``<BLK>`` because HDFS session keys are taken
 from the unmasked content and a block id is never part of *what* happened. IPs (with optional port),
 hex literals and standalone numbers are masked as well; paths are not (their shape often is the event).
+A token that holds a mask placeholder (``<NUM>``, ``THH(<NUM>):``) is routed down Drain's wildcard branch like
+the digits it replaced (``MinerSettings.parametrize_masked_tokens``); otherwise masking would turn every masked
+shape among a line's first tokens into a literal branch of its own and split one event into many templates.
 
 State is persisted as plain JSON we define (settings, clusters, superseded ids), never jsonpickle/pickle,
 because a miner state may travel between machines and must not execute code on load. The prefix tree is
@@ -29,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -73,6 +76,10 @@ class MinerSettings:
     masks: tuple[tuple[str, str], ...] = DEFAULT_MASKS
     extra_delimiters: tuple[str, ...] = ()
     parametrize_numeric_tokens: bool = True
+    parametrize_masked_tokens: bool = True
+    """Route tokens holding a mask placeholder (``<NUM>``, ``THH(<NUM>):``) down Drain's wildcard branch, as
+    their digits would have before masking. Without it masking *removes* the digits that made Drain treat a
+    token as a parameter, and every distinct masked shape in the first tokens opens its own leaf."""
 
     def __post_init__(self) -> None:
         if not 3 <= self.depth <= 16:
@@ -101,7 +108,25 @@ class MinerSettings:
             masks=tuple((str(regex), str(name)) for regex, name in data["masks"]),
             extra_delimiters=tuple(str(d) for d in data["extra_delimiters"]),
             parametrize_numeric_tokens=bool(data["parametrize_numeric_tokens"]),
+            # states written before this setting existed were mined without it
+            parametrize_masked_tokens=bool(data.get("parametrize_masked_tokens", False)),
         )
+
+    def routes_as_parameter(self) -> Callable[[str], bool]:
+        """Drain's test for tokens that go down the wildcard branch of its prefix tree (see the fields)."""
+        if not self.parametrize_masked_tokens or not self.masks:
+            return _has_digit
+        placeholder = re.compile("|".join(sorted({re.escape(f"<{name}>") for _, name in self.masks})))
+        search = placeholder.search
+
+        def routes(token: str) -> bool:
+            return _has_digit(token) or search(token) is not None
+
+        return routes
+
+
+def _has_digit(token: str) -> bool:
+    return any(char.isdigit() for char in token)
 
 
 class TemplateMatch(NamedTuple):
@@ -129,6 +154,8 @@ class TemplateStore:
     def __init__(self, settings: MinerSettings | None = None) -> None:
         self.settings = settings or MinerSettings()
         self._miner = TemplateMiner(config=self.settings.to_config())
+        # drain3 reads this attribute when filing and when searching the tree: same test on both sides
+        self._miner.drain.has_numbers = self.settings.routes_as_parameter()  # type: ignore[method-assign]
         self._cluster_text: dict[int, str] = {}
         self._live: dict[str, int] = {}  # template id -> clusters whose current text has that id
         self._superseded: dict[str, str] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from drain3.drain import Node
 
-from krone_jobs.logformats import BGL, HDFS, LineFormat, ParsedLine, iter_lines, parse_line
+from krone_jobs.logformats import BGL, HDFS, THUNDERBIRD, LineFormat, ParsedLine, iter_lines, parse_line
 from krone_jobs.templates import (
     MinerSettings,
     TemplateMatch,
@@ -262,7 +262,9 @@ def grouping_accuracy(truth: Sequence[str], predicted: Sequence[str | None]) -> 
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize(("system", "fmt", "floor"), [("HDFS", HDFS, 0.99), ("BGL", BGL, 0.96)])
+@pytest.mark.parametrize(
+    ("system", "fmt", "floor"), [("HDFS", HDFS, 0.99), ("BGL", BGL, 0.96), ("Thunderbird", THUNDERBIRD, 0.95)]
+)
 def test_grouping_accuracy_on_loghub(system: str, fmt: LineFormat, floor: float) -> None:
     if not LOGHUB.is_dir():
         pytest.skip("../shared/data not present")
@@ -284,3 +286,25 @@ def test_grouping_accuracy_on_loghub(system: str, fmt: LineFormat, floor: float)
     assert all(m is not None for m in merged_ids)
     merged_accuracy = grouping_accuracy(truth, [m.template_id if m else None for m in merged_ids])
     assert merged_accuracy >= floor, f"{system} merged grouping accuracy {merged_accuracy:.4f} < {floor}"
+
+
+# --- masked tokens route like the numbers they replaced ------------------------------------------------
+
+
+def test_masked_tokens_route_down_the_wildcard_branch() -> None:
+    # masking took the digits out of "name(4711)[2915]:": it must still be a parameter in Drain's tree, not a
+    # literal branch per masked shape, so lines that differ only there share a leaf and a template
+    lines = ["crond(4711)[2915]: session 12 closed for user root",
+             "sshd[2915]: session 12 closed for user root",
+             "delay=00:00:01, session 12 closed for user root"]
+    assert len(mined(lines).templates()) == 1
+    old = mined(lines, MinerSettings(parametrize_masked_tokens=False))
+    assert len(old.templates()) == 3  # before: one leaf per masked first token
+    # the setting travels with the state; states written before it existed keep the old routing
+    state = json.loads(mined(lines).to_json())
+    assert state["settings"]["parametrize_masked_tokens"] is True
+    del state["settings"]["parametrize_masked_tokens"]
+    restored = TemplateStore.from_json(json.dumps(state))
+    assert restored.settings.parametrize_masked_tokens is False
+    assert MinerSettings().routes_as_parameter()("THH(<NUM>):")
+    assert not MinerSettings().routes_as_parameter()("<node>")  # only the masks' own placeholders
