@@ -133,6 +133,9 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_sessionize)
     p = sub.add_parser("hierarchy", parents=[common], help="add new templates to state/<source>/hierarchy.csv")
     p.add_argument("--date", default=None, help="use the miner state of this day (default: newest)")
+    p.add_argument("--extractor", default="offline", choices=["offline", "llm"],
+                   help="llm: the paper's LLM abstraction model on KRONE_LLM_* (cached per template text in "
+                        "state/<source>/llm_placements.json; offline rules where it gives no valid answer)")
     p.set_defaults(func=_cmd_hierarchy)
     p = sub.add_parser("kseqs", parents=[common], help="sessions/ -> kseqs/ (distinct KRONE Seqs with counts)")
     p.add_argument("--date", required=True, help="YYYY-MM-DD")
@@ -162,7 +165,19 @@ def _cmd_sessionize(a: argparse.Namespace) -> int:
 def _cmd_hierarchy(a: argparse.Namespace) -> int:
     from krone_jobs.jobs.hierarchy_job import run_hierarchy
 
-    return _metrics(run_hierarchy(a.source, a.date, data_root=a.data_root))
+    extractor = None
+    if a.extractor == "llm":
+        from krone_jobs.config import settings
+        from krone_jobs.llm.client import LLMClient
+        from krone_jobs.llm.extractor import LLMHierarchyExtractor
+        from krone_jobs.partitions import state_dir
+
+        client = LLMClient.from_settings()
+        if client is None:
+            raise SystemExit("--extractor llm needs KRONE_LLM_BASE_URL and KRONE_LLM_MODEL")
+        root = a.data_root or settings().data_root
+        extractor = LLMHierarchyExtractor(client, cache_path=state_dir(root, a.source) / "llm_placements.json")
+    return _metrics(run_hierarchy(a.source, a.date, data_root=a.data_root, extractor=extractor))
 
 
 def _cmd_kseqs(a: argparse.Namespace) -> int:
