@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from krone_jobs.config import settings
 from krone_jobs.hierarchy.kseqs import LEVELS, Decomposition, UnknownTemplateError, decompose
 from krone_jobs.hierarchy.model import Hierarchy
-from krone_jobs.partitions import check_date, check_source, partition_dir
+from krone_jobs.partitions import check_date, check_source, count_rows, partition_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -59,10 +59,8 @@ ENGINES = ("auto", "spark", "local")
 LOCAL_MAX_SESSIONS = 50_000
 """``engine="auto"`` walks a day of at most this many sessions in the driver process (the same function
 Spark runs per partition): below that, starting Spark tasks costs more than the walk itself."""
-DECIDED_NORMAL, DECIDED_ANOMALOUS, UNDECIDED, HITS = "normal", "anomalous", "undecided", "hits"
+DECIDED_ANOMALOUS, UNDECIDED, HITS = "anomalous", "undecided", "hits"
 _WALK_INPUT = ("session_id", "template_ids", "lines")
-WALK_DDL = ("kind string, session_id string, level string, chunk_index int, kseq_key string, cache_key string, "
-            "span_start int, span_end int, template_ids array<string>, lines array<string>, hits bigint")
 
 
 @dataclass(frozen=True)
@@ -180,7 +178,8 @@ def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
         memo: dict[str, dict[str, Any] | None] = {}  # joined ids -> the session's row (None: normal)
         seen: Counter[str] = Counter()
         hit_keys: dict[str, tuple[str, ...]] = {}
-        names = [f.split()[0] for f in WALK_DDL.split(", ")]
+        schema = _walk_schema()
+        names = schema.names
         for batch in batches:
             out: dict[str, list[Any]] = {n: [] for n in names}
             lines = batch.column(2)  # converted only for the rows that leave the executor
@@ -195,7 +194,7 @@ def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
                     continue  # normal: nothing leaves the executor
                 for n, v in (*row.items(), ("session_id", sid), ("lines", lines[j].as_py() or [])):
                     out[n].append(v)
-            yield pa.RecordBatch.from_pydict(out, schema=_walk_schema())
+            yield pa.RecordBatch.from_pydict(out, schema=schema)
         hits: Counter[str] = Counter()
         for seq, looked_up in hit_keys.items():
             for k in looked_up:
@@ -206,7 +205,7 @@ def _walker(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
             yield pa.RecordBatch.from_pydict(
                 {"kind": [HITS] * len(keys), "session_id": empty, "level": empty, "chunk_index": empty,
                  "kseq_key": empty, "cache_key": keys, "span_start": empty, "span_end": empty,
-                 "template_ids": empty, "lines": empty, "hits": [hits[k] for k in keys]}, schema=_walk_schema())
+                 "template_ids": empty, "lines": empty, "hits": [hits[k] for k in keys]}, schema=schema)
 
     return run
 
@@ -234,6 +233,7 @@ def _outcome(seq: tuple[str, ...], hierarchy: Hierarchy, known: Callable[[str], 
 
 
 def _walk_schema() -> pa.Schema:
+    """The walk's output rows (Spark's result type is derived from it: one definition)."""
     import pyarrow as pa
 
     return pa.schema([
@@ -373,7 +373,7 @@ def run_score(
         day_templates = {t.template_id: t.template for t in store.templates()} if store is not None else {}
 
         phases = {"load": time.perf_counter() - t0}
-        n_sessions = _count_sessions(root, source, date)
+        n_sessions = count_rows(partition_dir(root, "sessions", source, date))
         payload = json.dumps({
             "hierarchy": detector.hierarchy.to_json(), "to_model": model_ids(store, champion.store),
             "known": sorted(set(_knowledge_keys(detector)) | feedback),
@@ -448,12 +448,14 @@ def run_score(
 
 
 def _walk_spark(spark: SparkSession, payload: str, root: Path, source: str, date: str) -> list[Any]:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
     from krone_jobs.partitions import read_partition
 
     sessions = read_partition(spark, root, "sessions", source, date).select(*_WALK_INPUT)
     shared = spark.sparkContext.broadcast(payload)
     try:
-        return sessions.mapInArrow(_walker(shared), WALK_DDL).collect()
+        return sessions.mapInArrow(_walker(shared), from_arrow_schema(_walk_schema())).collect()
     finally:
         shared.unpersist()
 
@@ -464,12 +466,6 @@ def _walk_local(payload: str, root: Path, source: str, date: str) -> list[dict[s
     table = pq.read_table(partition_dir(root, "sessions", source, date), columns=list(_WALK_INPUT))
     walker = _walker(SimpleNamespace(value=payload))
     return [row for batch in walker(table.to_batches()) for row in batch.to_pylist()]
-
-
-def _count_sessions(root: Path, source: str, date: str) -> int:
-    from krone_jobs.partitions import count_rows
-
-    return count_rows(partition_dir(root, "sessions", source, date))
 
 
 def summary_line(m: ScoreMetrics) -> str:
