@@ -83,19 +83,9 @@ def run_demo(
     figures = {**scored, **_against_labels(root, source, dates[-1], labels), "report_summary": report["summary"]}
     paths = {"report": report["path"], "data_root": str(root), "warehouse": settings().warehouse_url,
              "mlflow": settings().mlflow_uri}
-    return DemoResult(figures, _top(root, source, dates[-1]), paths)
-
-
-def _reported(root: Path, source: str, dt: str) -> list[dict[str, Any]]:
-    from sqlalchemy import text
-
-    from krone_jobs.warehouse import Warehouse
-
-    with Warehouse() as wh, wh.engine.connect() as conn:
-        rows = conn.execute(text("SELECT session_id, level, kseq_key, detector, score, reason, line_refs "
-                                 "FROM anomaly_reports WHERE source = :s AND dt = :d ORDER BY score DESC, session_id"),
-                            {"s": source, "d": date.fromisoformat(dt)})
-        return [dict(r._mapping) for r in rows]
+    top = [{"session": r["session_id"], "level": r["level"], "detector": r["detector"], "reason": r["reason"],
+            "line": r["line_ref"]} for r in report["figures"]["top_chunks"]]
+    return DemoResult(figures, top, paths)
 
 
 def _against_labels(root: Path, source: str, dt: str, labels: Path) -> dict[str, Any]:
@@ -104,11 +94,13 @@ def _against_labels(root: Path, source: str, dt: str, labels: Path) -> dict[str,
     import pyarrow.parquet as pq
 
     from krone_jobs.partitions import partition_dir
+    from krone_jobs.warehouse import Warehouse
 
     with open(labels, newline="", encoding="utf-8") as fh:
         truth = {r["session_id"]: r["label"] == "1" for r in csv.DictReader(fh)}
     sessions = pq.read_table(partition_dir(root, "sessions", source, dt), columns=["session_id"]).column(0).to_pylist()
-    flagged = {r["session_id"] for r in _reported(root, source, dt)}
+    with Warehouse() as wh:
+        flagged = wh.reported_sessions(source, dt, dt)
     tp = sum(1 for s in sessions if truth.get(s) and s in flagged)
     fp = sum(1 for s in sessions if not truth.get(s) and s in flagged)
     fn = sum(1 for s in sessions if truth.get(s) and s not in flagged)
@@ -116,13 +108,6 @@ def _against_labels(root: Path, source: str, dt: str, labels: Path) -> dict[str,
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
-
-
-def _top(root: Path, source: str, dt: str, n: int = 5) -> list[dict[str, Any]]:
-    import json
-
-    return [{"session": r["session_id"], "level": r["level"], "detector": r["detector"], "reason": r["reason"],
-             "line": (json.loads(r["line_refs"]) or [""])[0]} for r in _reported(root, source, dt)[:n]]
 
 
 def print_summary(result: DemoResult, say: Callable[[str], None] = print) -> None:

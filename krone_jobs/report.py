@@ -50,6 +50,7 @@ NO_LINE = "(line not found in the raw file)"
 BAD_REF = "(bad line reference)"
 OUTSIDE = "(reference outside the data root)"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+TOP_IN_FIGURES = 5  # the top chunks callers get back with the figures (the page shows TOP_CHUNKS)
 _METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.DOTALL)  # RDF boilerplate of matplotlib's SVG
 
 _Q = {
@@ -350,6 +351,9 @@ def _figures(source: str, day: date, days: int, data: _DayData) -> dict[str, Any
         "repeat_offenders": len(data.offenders),
         "anomalies_per_day": _history_grid(data.history, day, days),
         "metrics": _metrics_by_stage(data.metrics),
+        "top_chunks": [{"session_id": r["session_id"], "level": r["level"], "kseq_key": r["kseq_key"],
+                        "detector": r["detector"], "score": r["score"], "reason": r["reason"],
+                        "line_ref": (_refs(r.get("line_refs")) or [""])[0]} for r in data.top[:TOP_IN_FIGURES]],
     }
 
 

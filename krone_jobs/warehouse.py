@@ -74,6 +74,9 @@ _FIND_CHUNK = text(
     " AND (cache_key = :key OR kseq_key = :key) "
     "UNION SELECT cache_key, kseq_key FROM kseq_cache WHERE source = :source AND (cache_key = :key OR kseq_key = :key)"
 )
+_REPORTED = text(
+    "SELECT DISTINCT session_id FROM anomaly_reports WHERE source = :source AND dt BETWEEN :start AND :end"
+)
 _LOAD_CACHE = text(
     "SELECT cache_key, level, kseq_key, verdict, score, detector, reason, hits, first_seen, last_seen "
     "FROM kseq_cache WHERE source = :source AND model_version = :model_version"
@@ -176,6 +179,12 @@ class Warehouse:
         }
         with self._begin() as conn:
             return _merge(conn, "hierarchy", list(by_id.values()))
+
+    def reported_sessions(self, source: str, start: str | date, end: str | date) -> set[str]:
+        """Ids of the sessions reported anomalous on the days [start, end]."""
+        with self._begin() as conn:
+            bounds = {"source": source, "start": _day(start), "end": _day(end)}
+            return {str(sid) for sid in conn.execute(_REPORTED, bounds).scalars()}
 
     def load_cache(self, source: str, model_version: str) -> dict[str, dict[str, Any]]:
         """All cached verdicts of one model version, in one query (the scorer looks up in memory)."""

@@ -354,16 +354,7 @@ def _first_line(url: str, error: Exception) -> str:
 def reported_sessions(url: str, source: str, start: str, end: str) -> set[str] | None:
     """Session ids in ``anomaly_reports`` for (source, dt in [start, end]): a previous champion flagged them,
     so they are not trusted as normal. ``None`` when the warehouse cannot say."""
-    from sqlalchemy import text
-
-    sql = text("SELECT DISTINCT session_id FROM anomaly_reports WHERE source = :source AND dt BETWEEN :start AND :end")
-    bounds = {"source": source, "start": date.fromisoformat(start), "end": date.fromisoformat(end)}
-
-    def query(wh: Warehouse) -> set[str]:
-        with wh.engine.connect() as conn:
-            return {str(r.session_id) for r in conn.execute(sql, bounds)}
-
-    return _ask_warehouse(url, "anomaly reports to exclude", query)
+    return _ask_warehouse(url, "anomaly reports to exclude", lambda wh: wh.reported_sessions(source, start, end))
 
 
 def feedback_normal_keys(url: str, source: str) -> list[str]:
