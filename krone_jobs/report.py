@@ -352,7 +352,7 @@ def _figures(source: str, day: date, days: int, data: _DayData) -> dict[str, Any
         "anomalies_per_day": _history_grid(data.history, day, days),
         "metrics": _metrics_by_stage(data.metrics),
         "top_chunks": [{"session_id": r["session_id"], "level": r["level"], "kseq_key": r["kseq_key"],
-                        "detector": r["detector"], "score": r["score"], "reason": r["reason"],
+                        "detector": r["detector"], "reason": r["reason"],  # no score: inf is not JSON
                         "line_ref": (_refs(r.get("line_refs")) or [""])[0]} for r in data.top[:TOP_IN_FIGURES]],
     }
 
