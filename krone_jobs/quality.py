@@ -123,10 +123,13 @@ def validate(
         raise ValueError(f"counts must have exactly the keys {COUNT_KEYS}, got {sorted(counts)}")
 
     started = time.perf_counter()
-    validations = [_run(frame, suite, run_name, {})]
+    validations = [_run(frame, suite, run_name, {}, "BOOLEAN_ONLY" if _is_spark(frame) else "SUMMARY")]
+    if not validations[0]["success"]:
+        validations = [_run(frame, suite, run_name, {}, "SUMMARY")]
     if counts is not None:
         validations.append(
-            _run(_counts_frame(counts), _COUNTS_SUITE, run_name, {"max_quarantine_ratio": max_quarantine_ratio})
+            _run(_counts_frame(counts), _COUNTS_SUITE, run_name, {"max_quarantine_ratio": max_quarantine_ratio},
+                 "SUMMARY")
         )
     results = [r for v in validations for r in v["results"]]
     result = QualityResult(
@@ -174,16 +177,20 @@ def _is_spark(frame: Any) -> bool:
     return type(frame).__module__.startswith("pyspark.sql.")
 
 
-def _run(frame: Any, suite: str, run_name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+def _run(frame: Any, suite: str, run_name: str, parameters: dict[str, Any], result_format: str) -> dict[str, Any]:
     """One GX validation as a JSON dict. A Spark frame is not cached by GX (see :func:`_datasource`), so
-    validation leaves no memory behind and a frame the caller cached stays cached."""
+    validation leaves no memory behind and a frame the caller cached stays cached.
+
+    :func:`validate` checks a Spark frame with ``BOOLEAN_ONLY`` first and asks for ``SUMMARY`` (observed
+    values, sample of unexpected rows) only when that fails: the sample costs one more Spark job per
+    expectation, which on a 1M-line parsed partition was two thirds of a passing gate's time."""
     from great_expectations.core.run_identifier import RunIdentifier
 
     engine = "spark" if _is_spark(frame) else "pandas"
     result = _validation_definition(suite, engine).run(
         batch_parameters={"dataframe": frame},
         expectation_parameters=parameters,
-        result_format="SUMMARY",
+        result_format=result_format,
         run_id=RunIdentifier(run_name=run_name),
     )
     return result.to_json_dict()
