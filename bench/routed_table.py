@@ -10,7 +10,8 @@ sessions only, no label used for any threshold), in one process:
 * ``local``: the authors' local mode (``--detector local --compat``, their per-dataset automaton);
 * the baselines of ``krone_jobs/detectors/baselines.py`` (new-event, new-countvec, pca, invariants).
 
-Each routed official row is checked against the issue-6 goal (F1 and recall >= 0.97). Usage::
+Each routed row with the offline hierarchy (the issue's acceptance: "hierarchy = our offline one") is checked
+against the issue-6 goal (F1 and recall >= 0.97); the official-hierarchy rows are reported beside them. Usage::
 
     .venv/bin/python bench/routed_table.py [--datasets hdfs-demo thunderbird-demo] [--train-percents 80 10 1]
                                            [--hierarchies official offline] [--no-baselines]
@@ -37,6 +38,7 @@ GOALS = {("hdfs-demo", 80): 0.995, ("hdfs-demo", 10): 0.95, ("hdfs-demo", 1): 0.
          ("thunderbird-demo", 80): 0.98, ("thunderbird-demo", 10): 0.90, ("thunderbird-demo", 1): 0.60}
 GOAL_RECALL = 0.97
 OFFLINE = (Path(__file__).resolve().parents[1] / "krone_jobs" / "hierarchy" / "offline.py").exists()
+GOAL_HIERARCHY = "offline" if OFFLINE else "official"
 
 
 def _measure(name: str, detector: Any, train: Any, test: Any, **extra: Any) -> dict[str, Any]:
@@ -67,7 +69,7 @@ def run(datasets: list[str], train_percents: list[int], hierarchies: list[str], 
                 config = EvalConfig(dataset, tp, hierarchy=kind, detector="routed")
                 row = _measure("routed", make_detector(config, loaded[kind]), train, test, **where, hierarchy=kind)
                 goal = GOALS.get((dataset, tp))
-                if goal is not None and kind == "official":
+                if goal is not None and kind == GOAL_HIERARCHY:
                     row["goal_f1"] = goal
                     row["goal_met"] = bool(row["f1"] >= goal and row["recall"] >= GOAL_RECALL)
                 rows.append(row)
