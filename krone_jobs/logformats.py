@@ -12,6 +12,9 @@ control bytes (TAB and ESC, used by coloured logs, excepted) are quarantined as 
 
 Timestamps are naive ``datetime`` values on the log's own clock. The Thunderbird text stamp has no year,
 so that format uses its epoch column instead (naive UTC).
+
+A format also names the Drain settings a new source of it starts mining with (``LineFormat.miner``): how
+templates should be grouped depends on what the content looks like (see ``THUNDERBIRD``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from enum import StrEnum
 from functools import partial
 from operator import itemgetter
 from typing import Literal, NamedTuple, Protocol
+
+from krone_jobs.templates import MinerSettings
 
 DEFAULT_MAX_LINE_BYTES = 64 * 1024
 """Longer lines are quarantined as ``oversized`` without running any regex on them."""
@@ -97,12 +102,14 @@ class LineFormat:
     """A line layout: a regex with named groups among ``_FIELDS`` (``content`` required).
 
     ``parse_timestamp`` turns the ``timestamp`` group into a datetime; it must raise ``ValueError`` (or
-    ``OverflowError``) on bad input so the line is quarantined as ``bad_timestamp``.
+    ``OverflowError``) on bad input so the line is quarantined as ``bad_timestamp``. ``miner`` is what the
+    parse job mines a source's first day with; from then on the settings travel in the source's miner state.
     """
 
     name: str
     regex: re.Pattern[str]
     parse_timestamp: TimestampParser | None = None
+    miner: MinerSettings = MinerSettings()
     groups: frozenset[str] = field(init=False)
     _pick: itemgetter[tuple[str | None, ...]] = field(init=False, repr=False, compare=False)
 
@@ -171,6 +178,10 @@ BGL = LineFormat(
 # Thunderbird's content keeps the syslog tag (``sshd[2915]: ...``): the program is part of what happened, the
 # KRONE authors' Thunderbird templates start with it, and without it Drain files lines of different programs
 # under their free-text first words. ``component`` is still extracted (the tag without its pid).
+# Drain depth 3: no prefix-tree level below the token count, so the tag is one token of the similarity test
+# rather than a branch. A tag with a pid is a wildcard branch anyway (the masked pid routes it there); a tag
+# without one would keep one event apart per tag: a kernel boot line comes with ``kernel:`` or ``CPU0:``, and
+# the initscripts' ``<service>: <daemon> startup succeeded`` is one message whatever the service.
 THUNDERBIRD = LineFormat(
     "thunderbird",
     re.compile(
@@ -178,6 +189,7 @@ THUNDERBIRD = LineFormat(
         r"\d{2}:\d{2}:\d{2} \S+ (?P<content>(?:(?P<component>[^\s\[]{1,128}?)(?:\[\d+\])?: )?.*)$"
     ),
     _epoch_ts,
+    MinerSettings(depth=3),
 )
 KRONE_SESSION_PATTERN = r"\b(job_\d+)\b"  # every line of a synthetic job names it
 KRONE = LineFormat(

@@ -18,6 +18,10 @@ A token that holds a mask placeholder (``<NUM>``, ``THH(<NUM>):``) is routed dow
 the digits it replaced (``MinerSettings.parametrize_masked_tokens``); otherwise masking would turn every masked
 shape among a line's first tokens into a literal branch of its own and split one event into many templates.
 
+Drain's settings (:class:`MinerSettings`) depend on the log format: a source's first day is mined with its
+format's (``LineFormat.miner``) and the state carries them from then on, so a source keeps the grouping it
+started with.
+
 State is persisted as plain JSON we define (settings, clusters, superseded ids), never jsonpickle/pickle,
 because a miner state may travel between machines and must not execute code on load. The prefix tree is
 not stored: it is rebuilt by re-adding the clusters in cluster-id (= creation) order with Drain's own

@@ -273,15 +273,15 @@ def test_grouping_accuracy_on_loghub(system: str, fmt: LineFormat, floor: float)
     lines = [parse_line(raw, fmt) for _, raw in iter_lines(LOGHUB / system / f"{system}_2k.log")]
     contents = [line.content for line in lines if isinstance(line, ParsedLine)]
     assert len(contents) == len(truth)
-    store = mined(contents)
+    store = mined(contents, fmt.miner)  # the settings the parse job mines this format with
     matches = [store.match(content) for content in contents]  # mine first, then match: final ids
     assert all(m is not None for m in matches)
     accuracy = grouping_accuracy(truth, [m.template_id if m else None for m in matches])
     assert accuracy >= floor, f"{system} grouping accuracy {accuracy:.4f} < {floor}"
     # mined in 4 partitions and merged (the Spark plan): as accurate
-    merged = mined(contents[0::4])
+    merged = mined(contents[0::4], fmt.miner)
     for k in (1, 2, 3):
-        merged.merge(mined(contents[k::4]))
+        merged.merge(mined(contents[k::4], fmt.miner))
     merged_ids = [merged.match(content) for content in contents]
     assert all(m is not None for m in merged_ids)
     merged_accuracy = grouping_accuracy(truth, [m.template_id if m else None for m in merged_ids])
@@ -308,3 +308,17 @@ def test_masked_tokens_route_down_the_wildcard_branch() -> None:
     assert restored.settings.parametrize_masked_tokens is False
     assert MinerSettings().routes_as_parameter()("THH(<NUM>):")
     assert not MinerSettings().routes_as_parameter()("<node>")  # only the masks' own placeholders
+
+
+def test_thunderbird_settings_group_one_message_under_different_tags() -> None:
+    # depth 3 leaves the syslog tag to the similarity test instead of a prefix-tree branch per tag
+    lines = ["kernel: ACPI: PCI Interrupt Link [LNKA] enabled",  # at depth 4 "kernel:" is now a branch (7 tokens)
+             "CPU0: Intel(R) Xeon(TM) CPU 3.60GHz stepping 03",
+             "kernel: Intel(R) Xeon(TM) CPU 3.60GHz stepping 03",
+             "nfs: rpc.mountd startup succeeded",
+             "xinetd: xinetd startup succeeded"]
+    assert len(mined(lines).templates()) == 5
+    assert sorted(t.template for t in mined(lines, THUNDERBIRD.miner).templates()) == [
+        "<*> <*> startup succeeded", "<*> Intel(R) Xeon(TM) CPU 3.60GHz stepping <NUM>",
+        "kernel: ACPI: PCI Interrupt Link [LNKA] enabled"]
+    assert HDFS.miner == BGL.miner == MinerSettings()

@@ -13,10 +13,12 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    its dictionary (masked text, index, first line, count) and its line counts.
 3. **One miner** (driver): the distinct masked texts of all units, in order of first occurrence (file,
    line), are mined once each into a :class:`TemplateStore` seeded with the source's state after the
-   previous parsed day. A repeat of an identical masked line cannot change the template it falls into, so
-   this yields the templates one Drain process would find reading the day in file order (it also skips
-   Drain's per-line work). Then every masked text is matched (match-only) against the final state; the
-   state is saved as ``state/<source>/templates/dt=D.json``.
+   previous parsed day (a source's first day starts from its format's Drain settings,
+   :attr:`~krone_jobs.logformats.LineFormat.miner`, which the state then carries). A repeat of an
+   identical masked line cannot change the template it falls into, so this yields the templates one Drain
+   process would find reading the day in file order (it also skips Drain's per-line work). Then every
+   masked text is matched (match-only) against the final state; the state is saved as
+   ``state/<source>/templates/dt=D.json``.
 4. **Pass 2** (one task per unit): each unit's rows get their template id by index (``pyarrow.take``) and
    are written as the unit's part file of the staged ``parsed/`` partition, which then replaces the old one.
 
@@ -397,7 +399,7 @@ def run_parse(
     files = raw_files(root, source, date)
     seed_path = latest_before(templates_dir(root, source), date)
     seed = seed_path.read_text(encoding="utf-8") if seed_path else None
-    store = TemplateStore.from_json(seed) if seed else TemplateStore()
+    store = TemplateStore.from_json(seed) if seed else TemplateStore(get_format(fmt_name).miner)
     parsed_dir = partition_dir(root, "parsed", source, date)
     quarantine_dir = partition_dir(root, "quarantine", source, date)
     units = [(i * parts + part, str(path.resolve()), path.relative_to(root).as_posix(), part, parts)

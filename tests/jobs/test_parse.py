@@ -13,9 +13,17 @@ import pytest
 from drain3.masking import LogMasker
 
 from krone_jobs.jobs.kseqs import run_kseqs
-from krone_jobs.jobs.parse import masker, run_parse, session_keys
+from krone_jobs.jobs.parse import latest_templates, masker, run_parse, session_keys
 from krone_jobs.jobs.sessionize import run_sessionize
-from krone_jobs.logformats import HDFS, KRONE, BlockIdSessionKey, IdPatternSessionKey, ParsedLine, parse_line
+from krone_jobs.logformats import (
+    HDFS,
+    KRONE,
+    THUNDERBIRD,
+    BlockIdSessionKey,
+    IdPatternSessionKey,
+    ParsedLine,
+    parse_line,
+)
 from krone_jobs.partitions import partition_dir, state_dir
 from krone_jobs.templates import MinerSettings
 
@@ -120,6 +128,19 @@ def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path)
     parsed = _frame(tmp_path, "parsed", "hdfs", day)
     assert set(parsed.loc[parsed["encoding"] == "latin-1", "content"]) == {"Receiving block blk_77 for café"}
     assert not parsed["content"].str.contains("\r").any()
+
+
+def test_first_day_mines_with_the_formats_settings_and_later_days_keep_them(spark: Any, tmp_path: Path) -> None:
+    for day in ("2005-11-09", "2005-11-10"):
+        folder = tmp_path / "raw" / "tb" / f"dt={day}"
+        folder.mkdir(parents=True)
+        (folder / "tb.log").write_text(
+            "- 1131566461 2005.11.09 dn228 Nov 9 12:01:01 dn228/dn228 nfs: rpc.mountd startup succeeded\n"
+            "- 1131566462 2005.11.09 dn228 Nov 9 12:01:02 dn228/dn228 xinetd: xinetd startup succeeded\n")
+        run_parse("tb", day, "thunderbird", data_root=tmp_path, spark=spark, gate=False)
+        store = latest_templates(tmp_path, "tb", day)
+        assert store is not None and store.settings == THUNDERBIRD.miner != MinerSettings()
+        assert [t.template for t in store.templates()] == ["<*> <*> startup succeeded"]
 
 
 def test_unknown_format_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
