@@ -12,6 +12,13 @@ ids twice, with the offline extractor's hierarchy in both:
 * **pre-parsed**: the demo's template ids, hierarchy from the authors' template texts (what
   ``krone evaluate --hierarchy offline`` does).
 
+Where the two differ, the cause is template granularity: a rendered line is the demo's event number ``k`` of its
+session, so each of our ids can be lined up with the authors' id of the same event. Two more figures say how
+much of the difference each kind of split explains: **ours** again with the lines of every authors' template
+the render tool filled without a real example line (``manifest.json``: ``generic`` or ``override`` values,
+e.g. a pool of unrelated tokens) given back one id per authors' template, and with *every* authors' template
+we split given back one id.
+
     .venv/bin/python bench/rendered_e2e.py [--systems hdfs thunderbird] [--work /tmp/krone-rendered-e2e]
 """
 
@@ -70,6 +77,37 @@ def _score(hierarchy: Hierarchy, train: list[tuple[str, ...]], test: list[tuple[
     return confusion(y, pred)
 
 
+def _collapsed(ours: dict[int, tuple[str, ...]], authors: dict[int, tuple[str, ...]], merge: set[str],
+               templates: dict[str, str], authors_templates: dict[str, str]) -> tuple[Hierarchy, dict[int, tuple[str, ...]]]:
+    """Our sessions with every event whose authors' id is in ``merge`` renamed to that one id (``A<id>``);
+    a session whose length differs from the demo's (not lined up) is kept as it is."""
+    seqs = {i: tuple(f"A{a}" if a in merge else o for o, a in zip(s, authors[i])) if len(s) == len(authors.get(i, ()))
+            else s for i, s in ours.items()}
+    texts = {**templates, **{f"A{a}": authors_templates[a] for a in merge}}
+    return build_hierarchy(texts, OfflineExtractor()), seqs
+
+
+def _split_attribution(rendered: Path, ours: dict[int, tuple[str, ...]], authors: dict[int, tuple[str, ...]],
+                       templates: dict[str, str], authors_templates: dict[str, str], train_ids: list[int],
+                       test_ids: list[int], y: np.ndarray, dataset: str) -> dict[str, Any]:
+    """F1 of ours with the render tool's synthetic-value templates, then with all split templates, merged back."""
+    ours_of: dict[str, set[str]] = {}
+    for i, seq in ours.items():
+        if len(seq) == len(authors.get(i, ())):
+            for o, a in zip(seq, authors[i]):
+                ours_of.setdefault(a, set()).add(o)
+    split = {a for a, os in ours_of.items() if len(os) > 1}
+    manifest = json.loads((rendered / "manifest.json").read_text())
+    synthetic = {a for a, d in manifest.get("templates_without_real_example", {}).items()
+                 if d["provenance"] in ("generic", "override")}
+    out: dict[str, Any] = {"authors_templates_split": len(split), "split_synthetic_values": len(split & synthetic)}
+    for name, merge in (("synthetic_values_merged", split & synthetic), ("all_splits_merged", split)):
+        hierarchy, seqs = _collapsed(ours, authors, merge, templates, authors_templates)
+        out[f"f1_{name}"] = _score(hierarchy, [seqs[i] for i in train_ids if i in seqs],
+                                   [seqs.get(i) for i in test_ids], y, dataset)["f1"]
+    return out
+
+
 def run_system(system: str, work: Path, spark: Any) -> dict[str, Any]:
     from krone_jobs.jobs.hierarchy_job import run_hierarchy
     from krone_jobs.jobs.parse import latest_templates, run_parse
@@ -91,7 +129,8 @@ def run_system(system: str, work: Path, spark: Any) -> dict[str, Any]:
     sessions = pd.concat([pd.read_parquet(partition_dir(root, "sessions", system, d)) for d in days])
     store = latest_templates(root, system)
     assert store is not None
-    ours_h = build_hierarchy({t.template_id: t.template for t in store.templates()}, OfflineExtractor())
+    templates = {t.template_id: t.template for t in store.templates()}
+    ours_h = build_hierarchy(templates, OfflineExtractor())
     seq_of = _seq_ids(rendered, system)
     ours = {seq_of[s]: tuple(t if t in ours_h else store.resolve(t) for t in ids)
             for s, ids in zip(sessions["session_id"], sessions["template_ids"]) if s in seq_of}
@@ -102,7 +141,8 @@ def run_system(system: str, work: Path, spark: Any) -> dict[str, Any]:
     train_ids, test_ids = official_split(dataset, 80)
     missing = [i for i in [*train_ids, *test_ids] if i not in ours]
     y = np.asarray([label[i] for i in test_ids], dtype=np.int8)
-    authors_h = build_hierarchy(load_demo_templates(dataset), OfflineExtractor())
+    authors_templates = load_demo_templates(dataset)
+    authors_h = build_hierarchy(authors_templates, OfflineExtractor())
     ours_fig = _score(ours_h, [ours[i] for i in train_ids if i in ours], [ours.get(i) for i in test_ids], y, dataset)
     pre_fig = _score(authors_h, [by_id[i] for i in train_ids], [by_id[i] for i in test_ids], y, dataset)
     same_length = sum(len(ours[i]) == len(by_id[i]) for i in ours if i in by_id)
@@ -113,6 +153,7 @@ def run_system(system: str, work: Path, spark: Any) -> dict[str, Any]:
         "sessions_mapped": len(ours), "sessions_same_length": same_length, "missing_split_ids": len(missing),
         "open_at_end": sess[-1].open_sessions, "parse_sessionize_seconds": round(seconds, 1),
         "f1_ours": ours_fig["f1"], "f1_preparsed": pre_fig["f1"], "ours": ours_fig, "preparsed": pre_fig,
+        **_split_attribution(rendered, ours, by_id, templates, authors_templates, train_ids, test_ids, y, dataset),
     }
 
 
@@ -130,7 +171,10 @@ def main(argv: list[str] | None = None) -> None:
               f"(authors: {r['templates_authors']}), {r['sessions']:,} sessions ({r['sessions_mapped']:,} mapped to "
               f"seq_id, {r['sessions_same_length']:,} with the demo's length, {r['missing_split_ids']} split ids "
               f"missing), parse+sessionize {r['parse_sessionize_seconds']} s | Local-Context F1 ours "
-              f"{r['f1_ours']:.4f} vs pre-parsed {r['f1_preparsed']:.4f} (diff {r['f1_ours'] - r['f1_preparsed']:+.4f})",
+              f"{r['f1_ours']:.4f} vs pre-parsed {r['f1_preparsed']:.4f} (diff {r['f1_ours'] - r['f1_preparsed']:+.4f}); "
+              f"{r['authors_templates_split']} authors' templates split by us ({r['split_synthetic_values']} filled "
+              f"with synthetic values by the render tool): ours {r['f1_synthetic_values_merged']:.4f} with those "
+              f"merged back, {r['f1_all_splits_merged']:.4f} with all merged back",
               flush=True)
         print(json.dumps(r))
     spark.stop()
