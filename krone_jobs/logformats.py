@@ -130,14 +130,16 @@ class LineFormat:
 
     @classmethod
     def from_regex(
-        cls, pattern: str, *, timestamp_format: str | TimestampParser | None = None, name: str = "custom"
+        cls, pattern: str, *, timestamp_format: str | TimestampParser | None = None, name: str = "custom",
+        miner: MinerSettings | None = None,
     ) -> LineFormat:
-        """User-defined format; ``timestamp_format`` is a ``strptime`` pattern or a callable.
+        """User-defined format; ``timestamp_format`` is a ``strptime`` pattern or a callable, ``miner`` the Drain
+        settings a new source of this format starts with (default :class:`MinerSettings`).
 
         The regex runs on at most ``max_bytes`` of text per line; keep it free of nested quantifiers.
         """
         parser = partial(_strptime, timestamp_format) if isinstance(timestamp_format, str) else timestamp_format
-        return cls(name, re.compile(pattern), parser)
+        return cls(name, re.compile(pattern), parser, miner or MinerSettings())
 
 
 def _strptime(fmt: str, text: str) -> datetime:

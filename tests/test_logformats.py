@@ -32,6 +32,7 @@ from krone_jobs.logformats import (
     iter_lines,
     parse_line,
 )
+from krone_jobs.templates import MinerSettings
 
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub_2k"
 
@@ -138,6 +139,9 @@ def test_user_defined_format() -> None:
     assert (line.timestamp, line.level, line.content) == (datetime(2024, 12, 31, 23, 59), "ERROR", "disk full")
     no_time = LineFormat.from_regex(r"^(?P<content>.+)$")
     assert parsed(b"anything", no_time).timestamp is None
+    assert fmt.miner == no_time.miner == MinerSettings()
+    coarse = LineFormat.from_regex(r"^(?P<content>.+)$", miner=MinerSettings(sim_th=0.3, depth=3))
+    assert (coarse.miner.sim_th, coarse.miner.depth) == (0.3, 3)
 
 
 @pytest.mark.parametrize(
