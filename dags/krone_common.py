@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 SPARK_POOL = "krone_spark"
 LLM_POOL = "krone_llm"
 OWNER = "krone"
-FORMATS = ("krone", "hdfs", "bgl", "thunderbird")
+FORMATS = ("krone", "hdfs", "bgl", "thunderbird")  # built-in; proposals in the trigger form, not the only ones
+FORMAT_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 DEFAULT_SOURCE = "synthetic"
 DEFAULT_START_DATE = "2026-11-01"
 SOURCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -98,7 +99,8 @@ def date_param(name: str, description: str) -> dict[str, Param]:
 
 
 def format_param() -> dict[str, Param]:
-    return {"format": Param("krone", type="string", enum=list(FORMATS), description="log line format")}
+    return {"format": Param("krone", type="string", examples=list(FORMATS), pattern=FORMAT_PATTERN,
+                            description="log line format: a built-in one or a format of KRONE_FORMATS_FILE")}
 
 
 # ------------------------------------------------------------------------------------------ inside tasks

@@ -123,7 +123,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--data-root", type=Path, default=None, help="default: $KRONE_DATA_ROOT or <home>/data")
     p = sub.add_parser("parse", parents=[common], help="raw/<source>/dt=D -> parsed/ + quarantine/")
     p.add_argument("--date", required=True, help="YYYY-MM-DD")
-    p.add_argument("--format", required=True, choices=sorted(FORMATS))
+    p.add_argument("--format", required=True, help=f"built-in: {', '.join(sorted(FORMATS))}; or a format of the "
+                   "TOML file named by KRONE_FORMATS_FILE (README: Using your own logs)")
     p.add_argument("--partitions", type=int, default=None, help="stripes per file (default: Spark parallelism)")
     p.add_argument("--max-quarantine-ratio", type=float, default=0.05)
     p.set_defaults(func=_cmd_parse)
@@ -151,6 +152,13 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_parse(a: argparse.Namespace) -> int:
     from krone_jobs.jobs.parse import run_parse
+    from krone_jobs.logformats import get_format
+
+    try:  # before Spark starts: an unknown name or a bad formats file is the user's to fix
+        get_format(a.format)
+    except (KeyError, ValueError, OSError) as exc:
+        print(f"krone parse: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
 
     return _metrics(run_parse(a.source, a.date, a.format, data_root=a.data_root, partitions=a.partitions,
                               max_quarantine_ratio=a.max_quarantine_ratio))

@@ -29,6 +29,12 @@ class Settings:
         return Path(_env("KRONE_DATA_ROOT", str(self.home / "data")))
 
     @property
+    def formats_file(self) -> Path | None:
+        """TOML file with the line formats of one's own logs (``krone_jobs.logformats.load_formats_file``)."""
+        value = os.environ.get("KRONE_FORMATS_FILE")
+        return Path(value) if value else None
+
+    @property
     def spark_master(self) -> str:
         return _env("KRONE_SPARK_MASTER", "local[2]")
 

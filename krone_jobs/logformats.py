@@ -14,7 +14,11 @@ Timestamps are naive ``datetime`` values on the log's own clock. The Thunderbird
 so that format uses its epoch column instead (naive UTC).
 
 A format also names the Drain settings a new source of it starts mining with (``LineFormat.miner``): how
-templates should be grouped depends on what the content looks like (see ``THUNDERBIRD``).
+templates should be grouped depends on what the content looks like (see ``THUNDERBIRD``), and how its lines
+make sessions (``LineFormat.session``: an id in the content, or a node's burst of activity).
+
+Formats of one's own logs come from a TOML file named by ``KRONE_FORMATS_FILE`` (:func:`load_formats_file`);
+:func:`get_format` finds them by name after the built-in ones, so the CLI and the DAGs take them like any other.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import gzip
 import io
 import os
 import re
+import tomllib
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from functools import partial
+from functools import lru_cache, partial
 from operator import itemgetter
 from typing import Literal, NamedTuple, Protocol
 
@@ -95,6 +100,36 @@ class OversizedLine(NamedTuple):
 
 
 TimestampParser = Callable[[str], datetime]
+SessionKind = Literal["block_id", "id_pattern", "node_window"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSpec:
+    """How a format's lines make sessions: ``block_id`` (HDFS block ids), ``id_pattern`` (every match of
+    ``pattern`` in the content, group 1 if it has one) or ``node_window`` (a node's lines until a gap of
+    more than ``gap_seconds``). A spec, not a rule, because a node-window rule is stateful: :meth:`make`
+    gives each run a fresh one."""
+
+    kind: SessionKind = "node_window"
+    pattern: str | None = None
+    gap_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("block_id", "id_pattern", "node_window"):
+            raise ValueError(f"session kind {self.kind!r}: use block_id, id_pattern or node_window")
+        if (self.kind == "id_pattern") != (self.pattern is not None):
+            raise ValueError("a session pattern goes with, and only with, session kind id_pattern")
+        if self.pattern is not None:
+            re.compile(self.pattern)  # a bad pattern fails here, not on an executor
+        if self.gap_seconds < 1:
+            raise ValueError("gap_seconds must be at least 1")
+
+    def make(self) -> SessionKeyRule:
+        if self.kind == "block_id":
+            return BlockIdSessionKey()
+        if self.kind == "id_pattern":
+            return IdPatternSessionKey(self.pattern or "")
+        return NodeWindowSessionKey(self.gap_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +139,14 @@ class LineFormat:
     ``parse_timestamp`` turns the ``timestamp`` group into a datetime; it must raise ``ValueError`` (or
     ``OverflowError``) on bad input so the line is quarantined as ``bad_timestamp``. ``miner`` is what the
     parse job mines a source's first day with; from then on the settings travel in the source's miner state.
+    ``session`` says which lines belong together.
     """
 
     name: str
     regex: re.Pattern[str]
     parse_timestamp: TimestampParser | None = None
     miner: MinerSettings = MinerSettings()
+    session: SessionSpec = SessionSpec()
     groups: frozenset[str] = field(init=False)
     _pick: itemgetter[tuple[str | None, ...]] = field(init=False, repr=False, compare=False)
 
@@ -131,15 +168,16 @@ class LineFormat:
     @classmethod
     def from_regex(
         cls, pattern: str, *, timestamp_format: str | TimestampParser | None = None, name: str = "custom",
-        miner: MinerSettings | None = None,
+        miner: MinerSettings | None = None, session: SessionSpec | None = None,
     ) -> LineFormat:
         """User-defined format; ``timestamp_format`` is a ``strptime`` pattern or a callable, ``miner`` the Drain
-        settings a new source of this format starts with (default :class:`MinerSettings`).
+        settings a new source of this format starts with (default :class:`MinerSettings`), ``session`` its
+        session rule (default: node windows).
 
         The regex runs on at most ``max_bytes`` of text per line; keep it free of nested quantifiers.
         """
         parser = partial(_strptime, timestamp_format) if isinstance(timestamp_format, str) else timestamp_format
-        return cls(name, re.compile(pattern), parser, miner or MinerSettings())
+        return cls(name, re.compile(pattern), parser, miner or MinerSettings(), session or SessionSpec())
 
 
 def _strptime(fmt: str, text: str) -> datetime:
@@ -167,6 +205,7 @@ HDFS = LineFormat(
     "hdfs",
     re.compile(r"^(?P<timestamp>\d{6} \d{6}) \d+ (?P<level>[A-Z]+) (?P<component>[^\s:]+): (?P<content>.*)$"),
     _hdfs_ts,
+    session=SessionSpec("block_id"),
 )
 BGL = LineFormat(
     "bgl",
@@ -202,17 +241,82 @@ KRONE = LineFormat(
     ),
     # Same result as strptime("%Y-%m-%d %H:%M:%S.%f") for what the regex admits, ~30x faster.
     datetime.fromisoformat,
+    session=SessionSpec("id_pattern", KRONE_SESSION_PATTERN),
 )
 
 FORMATS: dict[str, LineFormat] = {f.name: f for f in (HDFS, BGL, THUNDERBIRD, KRONE)}
 
 
-def get_format(name: str) -> LineFormat:
-    """Built-in format by case-insensitive name (``hdfs``, ``bgl``, ``thunderbird``, ``krone``)."""
+_FORMAT_KEYS = {"regex", "timestamp_format", "session", "session_pattern", "session_gap_seconds", "sim_th",
+                "depth", "max_children"}
+_FORMAT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+
+def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
+    """Formats of one's own logs from a TOML file, one table per format (lower-case name)::
+
+        [myapp]
+        regex = '^(?P<timestamp>\S+ \S+) (?P<level>[A-Z]+) (?P<component>\S+): (?P<content>.*)$'
+        timestamp_format = "%Y-%m-%d %H:%M:%S,%f"   # strptime; omit with no timestamp group
+        session = "id_pattern"                        # or node_window (default), block_id
+        session_pattern = '\b(job_\d+)\b'
+        # optional: session_gap_seconds = 60, and Drain's sim_th, depth, max_children
+
+    Every table is checked here (names, keys, regex groups, session rule, Drain settings), so a typo fails
+    the run at its start with the file and format named, not on an executor.
+    """
+    with open(path, "rb") as fh:
+        tables = tomllib.load(fh)
+    formats: dict[str, LineFormat] = {}
+    for name, spec in tables.items():
+        where = f"{os.fspath(path)}: format [{name}]"
+        try:
+            if not isinstance(spec, dict):
+                raise ValueError("must be a table")
+            if not _FORMAT_NAME.fullmatch(name) or name in FORMATS:
+                raise ValueError(f"name must match {_FORMAT_NAME.pattern} and not be a built-in ({sorted(FORMATS)})")
+            unknown = set(spec) - _FORMAT_KEYS
+            if unknown or "regex" not in spec:
+                raise ValueError(f"needs 'regex'; unknown keys {sorted(unknown)}; allowed {sorted(_FORMAT_KEYS)}")
+            miner = MinerSettings(**{k: spec[k] for k in ("sim_th", "depth", "max_children") if k in spec})
+            session = SessionSpec(spec.get("session", "node_window"), spec.get("session_pattern"),
+                                  float(spec.get("session_gap_seconds", 60.0)))
+            formats[name] = LineFormat.from_regex(spec["regex"], timestamp_format=spec.get("timestamp_format"),
+                                                  name=name, miner=miner, session=session)
+        except (ValueError, TypeError, re.error) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return formats
+
+
+@lru_cache(maxsize=4)
+def _formats_file(path: str, mtime_ns: int) -> dict[str, LineFormat]:
+    return load_formats_file(path)
+
+
+def user_formats() -> dict[str, LineFormat]:
+    """The formats of ``KRONE_FORMATS_FILE`` (none when it is unset); re-read when the file changes."""
+    from krone_jobs.config import settings
+
+    path = settings().formats_file
+    if path is None:
+        return {}
     try:
-        return FORMATS[name.lower()]
-    except KeyError:
-        raise KeyError(f"unknown log format {name!r}; known: {sorted(FORMATS)}") from None
+        mtime = os.stat(path).st_mtime_ns
+    except OSError as exc:
+        raise FileNotFoundError(f"KRONE_FORMATS_FILE={path}: {exc.strerror}") from None
+    return _formats_file(str(path), mtime)
+
+
+def get_format(name: str) -> LineFormat:
+    """Format by case-insensitive name: a built-in one (``hdfs``, ``bgl``, ``thunderbird``, ``krone``),
+    else one of ``KRONE_FORMATS_FILE``."""
+    key = name.lower()
+    if key in FORMATS:
+        return FORMATS[key]
+    user = user_formats()
+    if key in user:
+        return user[key]
+    raise KeyError(f"unknown log format {name!r}; known: {sorted(FORMATS) + sorted(user)}")
 
 
 def _content_end(raw: bytes) -> int:
@@ -347,13 +451,8 @@ class NodeWindowSessionKey:
 
 
 def default_session_rule(format_name: str) -> SessionKeyRule:
-    """A fresh rule for a built-in format (fresh because the node-window rule is stateful)."""
-    name = get_format(format_name).name
-    if name == "hdfs":
-        return BlockIdSessionKey()
-    if name == "krone":
-        return IdPatternSessionKey(KRONE_SESSION_PATTERN)
-    return NodeWindowSessionKey()
+    """A fresh session rule for a format by name (fresh because the node-window rule is stateful)."""
+    return get_format(format_name).session.make()
 
 
 # --- reading files ------------------------------------------------------------------------------------

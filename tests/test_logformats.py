@@ -30,6 +30,7 @@ from krone_jobs.logformats import (
     default_session_rule,
     get_format,
     iter_lines,
+    load_formats_file,
     parse_line,
 )
 from krone_jobs.templates import MinerSettings
@@ -415,3 +416,60 @@ def test_loghub_samples_parse_like_the_ground_truth(system: str, fmt: LineFormat
     if "Label" in truth[0]:
         assert [line.label for line in lines] == [t["Label"] for t in truth]
     assert DEFAULT_MAX_LINE_BYTES > max(len(t["Content"]) for t in truth)
+
+
+MYAPP_TOML = r"""
+[myapp]
+regex = '^(?P<timestamp>\S+ \S+) (?P<level>[A-Z]+) (?P<component>\S+): (?P<content>.*)$'
+timestamp_format = "%Y-%m-%d %H:%M:%S,%f"
+session = "id_pattern"
+session_pattern = '\b(req-\d+)\b'
+sim_th = 0.5
+depth = 5
+
+[edge]
+regex = '^(?P<node>\S+) (?P<content>.*)$'
+session_gap_seconds = 300
+"""
+
+
+def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "formats.toml"
+    path.write_text(MYAPP_TOML)
+    monkeypatch.setenv("KRONE_FORMATS_FILE", str(path))
+    fmt = get_format("MyApp")
+    assert fmt.name == "myapp" and get_format("myapp") is fmt  # read once while the file is unchanged
+    assert fmt.regex == load_formats_file(path)["myapp"].regex
+    line = parsed(b"2026-11-20 13:04:05,123 INFO api.Gateway: req-7 forwarded to req-8", fmt)
+    assert (line.timestamp, line.component) == (datetime(2026, 11, 20, 13, 4, 5, 123000), "api.Gateway")
+    assert default_session_rule("myapp").keys(line) == ("req-7", "req-8")
+    assert (fmt.miner.sim_th, fmt.miner.depth) == (0.5, 5)
+    edge = default_session_rule("edge")
+    assert isinstance(edge, NodeWindowSessionKey) and edge.gap_seconds == 300
+    assert get_format("hdfs") is HDFS  # built-ins first
+    with pytest.raises(KeyError, match=r"known: \['bgl', 'hdfs', 'krone', 'thunderbird', 'edge', 'myapp'\]"):
+        get_format("nginx")
+    monkeypatch.setenv("KRONE_FORMATS_FILE", str(tmp_path / "missing.toml"))
+    with pytest.raises(FileNotFoundError, match="KRONE_FORMATS_FILE"):
+        get_format("myapp")
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ("[hdfs]\nregex = '^(?P<content>.*)$'", "not be a built-in"),
+        ("[app]\nregex = '^(?P<content>.*)$'\ncolour = 'red'", r"unknown keys \['colour'\]"),
+        ("[app]\ntimestamp_format = '%Y'", "needs 'regex'"),
+        ("[app]\nregex = '^(?P<msg>.*)$'", "unknown named groups"),
+        ("[app]\nregex = '^(?P<content>.*'", "missing \\)"),
+        ("[app]\nregex = '^(?P<content>.*)$'\nsession = 'id_pattern'", "session pattern"),
+        ("[app]\nregex = '^(?P<content>.*)$'\nsession = 'per_line'", "session kind"),
+        ("[app]\nregex = '^(?P<content>.*)$'\ndepth = 2", "depth"),
+    ],
+)
+def test_formats_file_errors_name_file_and_format(tmp_path: Path, table: str, error: str) -> None:
+    path = tmp_path / "formats.toml"
+    path.write_text(table)
+    with pytest.raises(ValueError, match=error) as caught:
+        load_formats_file(path)
+    assert str(path) in str(caught.value) and "format [" in str(caught.value)

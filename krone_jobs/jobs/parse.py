@@ -52,11 +52,11 @@ from krone_jobs.config import settings
 from krone_jobs.logformats import (
     DEFAULT_MAX_LINE_BYTES,
     IdPatternSessionKey,
+    LineFormat,
     LogReadError,
     NodeWindowSessionKey,
     ParsedLine,
     SessionKeyRule,
-    default_session_rule,
     get_format,
     iter_lines,
     parse_line,
@@ -191,10 +191,10 @@ def session_keys(rule: SessionKeyRule) -> Callable[[ParsedLine], tuple[str, ...]
 class _UnitParser:
     """Pass 1 for one unit: parse, key, quarantine and mask its stripe of one file (see the module docstring)."""
 
-    def __init__(self, unit: dict[str, Any], fmt_name: str, miner: MinerSettings, max_bytes: int) -> None:
+    def __init__(self, unit: dict[str, Any], fmt: LineFormat, miner: MinerSettings, max_bytes: int) -> None:
         self.unit = unit
-        self.fmt = get_format(fmt_name)
-        self.keys = session_keys(default_session_rule(fmt_name))
+        self.fmt = fmt
+        self.keys = session_keys(fmt.session.make())
         self.mask = masker(miner)
         self.max_bytes = max_bytes
         self.raw_lines = 0
@@ -278,12 +278,14 @@ def _record_batch(schema: pa.Schema, file: str, names: Sequence[str], rows: Sequ
     return pa.RecordBatch.from_arrays([pa.array(columns[f.name], f.type) for f in schema], schema=schema)
 
 
-def _pass1(fmt_name: str, miner: dict[str, Any], max_bytes: int, staging: str) -> Callable[..., Iterator[pa.RecordBatch]]:
+def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str) -> Callable[..., Iterator[pa.RecordBatch]]:
+    """The format itself travels to the executors (a user format's file need not be readable there)."""
+
     def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         settings_ = MinerSettings.from_dict(miner)
         for batch in batches:
             for unit in batch.to_pylist():
-                yield _UnitParser(unit, fmt_name, settings_, max_bytes).run(Path(staging))
+                yield _UnitParser(unit, fmt, settings_, max_bytes).run(Path(staging))
 
     return run
 
@@ -392,14 +394,15 @@ def run_parse(
     t0 = time.perf_counter()
     check_source(source)
     check_date(date)
-    fmt_name = get_format(fmt_name).name
+    fmt = get_format(fmt_name)
+    fmt_name = fmt.name
     root = Path(data_root) if data_root is not None else settings().data_root
     spark = spark or get_spark()
     parts = partitions or spark.sparkContext.defaultParallelism
     files = raw_files(root, source, date)
     seed_path = latest_before(templates_dir(root, source), date)
     seed = seed_path.read_text(encoding="utf-8") if seed_path else None
-    store = TemplateStore.from_json(seed) if seed else TemplateStore(get_format(fmt_name).miner)
+    store = TemplateStore.from_json(seed) if seed else TemplateStore(fmt.miner)
     parsed_dir = partition_dir(root, "parsed", source, date)
     quarantine_dir = partition_dir(root, "quarantine", source, date)
     units = [(i * parts + part, str(path.resolve()), path.relative_to(root).as_posix(), part, parts)
@@ -413,7 +416,7 @@ def run_parse(
             "unit int, path string, file string, part int, parts int")
         steps = {"setup": time.perf_counter() - t0}
         reports = unit_df.mapInArrow(
-            _pass1(fmt_name, asdict(store.settings), max_line_bytes, str(staging)), REPORT_DDL).collect()
+            _pass1(fmt, asdict(store.settings), max_line_bytes, str(staging)), REPORT_DDL).collect()
         steps["pass1"] = time.perf_counter() - t0 - sum(steps.values())
 
         # one miner: distinct masked texts in order of first occurrence (file, line)

@@ -77,7 +77,13 @@ def test_parse_runs_days_in_order_and_catches_up(bag: Any) -> None:
     assert [t.task_id for t in dag.topological_sort()] == [
         "parse", "parsed_gate", "sessionize", "sessions_gate", "hierarchy", "kseqs"]
     assert dag.params["format"] == "krone"
-    assert set(dag.params.get_param("format").schema["enum"]) == {"krone", "hdfs", "bgl", "thunderbird"}
+    fmt = dag.params.get_param("format")
+    assert set(fmt.schema["examples"]) == {"krone", "hdfs", "bgl", "thunderbird"}  # proposals; file formats too
+    from airflow.sdk.exceptions import ParamValidationError
+
+    fmt.resolve("myapp")
+    with pytest.raises(ParamValidationError):
+        fmt.resolve("../etc")
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"  # a run covers [D, D+1), dt = D
     assert dag.timetable.expression == "0 0 * * *" and str(dag.timetable.timezone) == "UTC"
 

@@ -143,6 +143,30 @@ def test_first_day_mines_with_the_formats_settings_and_later_days_keep_them(spar
         assert [t.template for t in store.templates()] == ["<*> <*> startup succeeded"]
 
 
+def test_a_format_from_the_formats_file_runs_through_parse_and_sessionize(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    formats = tmp_path / "formats.toml"
+    formats.write_text(
+        "[gateway]\n"
+        "regex = '^(?P<timestamp>\\S+ \\S+) (?P<level>[A-Z]+) (?P<component>\\S+): (?P<content>.*)$'\n"
+        "timestamp_format = '%Y-%m-%d %H:%M:%S'\n"
+        "session = 'id_pattern'\n"
+        "session_pattern = '\\b(req-\\d+)\\b'\n")
+    monkeypatch.setenv("KRONE_FORMATS_FILE", str(formats))  # the driver reads it; executors get the format
+    day = "2026-11-20"
+    folder = tmp_path / "raw" / "gw" / f"dt={day}"
+    folder.mkdir(parents=True)
+    (folder / "gw.log").write_text("".join(
+        f"2026-11-20 10:00:{i:02d} INFO api.Gateway: req-{i % 3} {step} in {i} ms\n"
+        for i, step in enumerate(["accepted", "routed", "answered"] * 3)) + "not a gateway line\n")
+    m = run_parse("gw", day, "Gateway", data_root=tmp_path, spark=spark, partitions=2,
+                  max_quarantine_ratio=0.2)
+    assert (m.format, m.raw_lines, m.parsed, m.quarantine_reasons) == ("gateway", 10, 9, {"no_format_match": 1})
+    s = run_sessionize("gw", day, data_root=tmp_path, spark=spark, gap_seconds=60)  # format from source.json
+    assert s.sessions + s.open_sessions == 3
+
+
 def test_unknown_format_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="unknown log format"):
         run_parse("hdfs", "2008-11-09", "no-such-format", data_root=tmp_path, spark=spark)
