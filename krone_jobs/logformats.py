@@ -253,7 +253,7 @@ _FORMAT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
-    """Formats of one's own logs from a TOML file, one table per format (lower-case name)::
+    r"""Formats of one's own logs from a TOML file, one table per format (lower-case name)::
 
         [myapp]
         regex = '^(?P<timestamp>\S+ \S+) (?P<level>[A-Z]+) (?P<component>\S+): (?P<content>.*)$'
