@@ -257,7 +257,7 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
 
         [myapp]
         regex = '^(?P<timestamp>\S+ \S+) (?P<level>[A-Z]+) (?P<component>\S+): (?P<content>.*)$'
-        timestamp_format = "%Y-%m-%d %H:%M:%S,%f"   # strptime; omit with no timestamp group
+        timestamp_format = "%Y-%m-%d %H:%M:%S,%f"   # strptime, or "epoch" (Unix seconds); omit with no timestamp
         session = "id_pattern"                        # or node_window (default), block_id
         session_pattern = '\b(job_\d+)\b'
         # optional: session_gap_seconds = 60, and Drain's sim_th, depth, max_children
@@ -281,8 +281,10 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
             miner = MinerSettings(**{k: spec[k] for k in ("sim_th", "depth", "max_children") if k in spec})
             session = SessionSpec(spec.get("session", "node_window"), spec.get("session_pattern"),
                                   float(spec.get("session_gap_seconds", 60.0)))
-            formats[name] = LineFormat.from_regex(spec["regex"], timestamp_format=spec.get("timestamp_format"),
-                                                  name=name, miner=miner, session=session)
+            stamp = spec.get("timestamp_format")
+            parser = _epoch_ts if stamp == "epoch" else stamp
+            formats[name] = LineFormat.from_regex(spec["regex"], timestamp_format=parser, name=name, miner=miner,
+                                                  session=session)
         except (ValueError, TypeError, re.error) as exc:
             raise ValueError(f"{where}: {exc}") from None
     return formats

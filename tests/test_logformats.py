@@ -428,7 +428,8 @@ sim_th = 0.5
 depth = 5
 
 [edge]
-regex = '^(?P<node>\S+) (?P<content>.*)$'
+regex = '^(?P<timestamp>\d+) (?P<node>\S+) (?P<content>.*)$'
+timestamp_format = "epoch"
 session_gap_seconds = 300
 """
 
@@ -444,6 +445,7 @@ def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch:
     assert (line.timestamp, line.component) == (datetime(2026, 11, 20, 13, 4, 5, 123000), "api.Gateway")
     assert default_session_rule("myapp").keys(line) == ("req-7", "req-8")
     assert (fmt.miner.sim_th, fmt.miner.depth) == (0.5, 5)
+    assert parsed(b"1131566461 dn228 link up", get_format("edge")).timestamp == datetime(2005, 11, 9, 20, 1, 1)
     edge = default_session_rule("edge")
     assert isinstance(edge, NodeWindowSessionKey) and edge.gap_seconds == 300
     assert get_format("hdfs") is HDFS  # built-ins first
