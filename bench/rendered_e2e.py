@@ -77,17 +77,23 @@ def _score(hierarchy: Hierarchy, train: list[tuple[str, ...]], test: list[tuple[
     return confusion(y, pred)
 
 
-def _collapsed(ours: dict[int, tuple[str, ...]], authors: dict[int, tuple[str, ...]], merge: set[str],
-               templates: dict[str, str], authors_templates: dict[str, str]) -> tuple[Hierarchy, dict[int, tuple[str, ...]]]:
+Sessions = dict[int, tuple[str, ...]]
+
+
+def _collapsed(ours: Sessions, authors: Sessions, merge: set[str], templates: dict[str, str],
+               authors_templates: dict[str, str]) -> tuple[Hierarchy, Sessions]:
     """Our sessions with every event whose authors' id is in ``merge`` renamed to that one id (``A<id>``);
     a session whose length differs from the demo's (not lined up) is kept as it is."""
-    seqs = {i: tuple(f"A{a}" if a in merge else o for o, a in zip(s, authors[i])) if len(s) == len(authors.get(i, ()))
-            else s for i, s in ours.items()}
+    seqs = {}
+    for i, seq in ours.items():
+        theirs = authors.get(i, ())
+        lined_up = len(seq) == len(theirs)
+        seqs[i] = tuple(f"A{a}" if a in merge else o for o, a in zip(seq, theirs)) if lined_up else seq
     texts = {**templates, **{f"A{a}": authors_templates[a] for a in merge}}
     return build_hierarchy(texts, OfflineExtractor()), seqs
 
 
-def _split_attribution(rendered: Path, ours: dict[int, tuple[str, ...]], authors: dict[int, tuple[str, ...]],
+def _split_attribution(rendered: Path, ours: Sessions, authors: Sessions,
                        templates: dict[str, str], authors_templates: dict[str, str], train_ids: list[int],
                        test_ids: list[int], y: np.ndarray, dataset: str) -> dict[str, Any]:
     """F1 of ours with the render tool's synthetic-value templates, then with all split templates, merged back."""
@@ -171,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
               f"(authors: {r['templates_authors']}), {r['sessions']:,} sessions ({r['sessions_mapped']:,} mapped to "
               f"seq_id, {r['sessions_same_length']:,} with the demo's length, {r['missing_split_ids']} split ids "
               f"missing), parse+sessionize {r['parse_sessionize_seconds']} s | Local-Context F1 ours "
-              f"{r['f1_ours']:.4f} vs pre-parsed {r['f1_preparsed']:.4f} (diff {r['f1_ours'] - r['f1_preparsed']:+.4f}); "
+              f"{r['f1_ours']:.4f} vs pre-parsed {r['f1_preparsed']:.4f} "
+              f"(diff {r['f1_ours'] - r['f1_preparsed']:+.4f}); "
               f"{r['authors_templates_split']} authors' templates split by us ({r['split_synthetic_values']} filled "
               f"with synthetic values by the render tool): ours {r['f1_synthetic_values_merged']:.4f} with those "
               f"merged back, {r['f1_all_splits_merged']:.4f} with all merged back",

@@ -16,9 +16,9 @@ Every task overwrites exactly its own partition, so reruns and backfills are saf
 in date order (parse seeds from the previous day's miner state; sessionize reads its open sessions):
 `max_active_runs=1` and `depends_on_past`. `catchup` reaches back to `KRONE_START_DATE`.
 
-Params: `source`, `format` (krone | hdfs | bgl | thunderbird, or a format of `KRONE_FORMATS_FILE`), `data_root` (default `KRONE_DATA_ROOT`),
-`dt` (reprocess one day on a manual run). Settings come from `KRONE_*` variables and the `krone_warehouse`
-connection (see `krone_common`). Pool `krone_spark` caps the Spark steps.
+Params: `source`, `format` (krone | hdfs | bgl | thunderbird, or a format of `KRONE_FORMATS_FILE`),
+`data_root` (default `KRONE_DATA_ROOT`), `dt` (reprocess one day on a manual run). Settings come from `KRONE_*`
+variables and the `krone_warehouse` connection (see `krone_common`). Pool `krone_spark` caps the Spark steps.
 """
 
 from __future__ import annotations
