@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -85,17 +85,30 @@ def latest_before(folder: Path, dt: str, *, inclusive: bool = False) -> Path | N
     return hits[-1] if hits else None
 
 
-def source_format(root: Path, source: str) -> str:
-    """The log format the source was last parsed with (recorded by the parse job), so later stages know
-    whether sessions are id-keyed or node windows without being told again."""
+def _source_record(root: Path, source: str) -> dict[str, Any]:
     path = state_dir(root, source) / "source.json"
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: parse the source first (or pass its format)")
-    return str(json.loads(path.read_text(encoding="utf-8"))["format"])
+    return dict(json.loads(path.read_text(encoding="utf-8")))
 
 
-def record_source_format(root: Path, source: str, fmt_name: str) -> None:
-    atomic_write_text(state_dir(root, source) / "source.json", json.dumps({"format": fmt_name}) + "\n")
+def source_format(root: Path, source: str) -> str:
+    """The log format the source was last parsed with (recorded by the parse job), so later stages know
+    whether sessions are id-keyed or node windows without being told again."""
+    return str(_source_record(root, source)["format"])
+
+
+def source_session(root: Path, source: str) -> dict[str, Any] | None:
+    """The session rule the source was last parsed with, as ``SessionSpec`` fields (None in a record
+    written before rules were recorded). Recorded so sessionizing a format from ``KRONE_FORMATS_FILE``
+    needs neither the file nor the variable."""
+    session = _source_record(root, source).get("session")
+    return dict(session) if session is not None else None
+
+
+def record_source_format(root: Path, source: str, fmt_name: str, session: dict[str, Any]) -> None:
+    record = {"format": fmt_name, "session": session}
+    atomic_write_text(state_dir(root, source) / "source.json", json.dumps(record, sort_keys=True) + "\n")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -464,7 +464,7 @@ def run_parse(
     for text, n in counts.items():
         day_counts[mapping[text]] += n
     atomic_write_text(templates_path(root, source, date), _with_line_counts(store, seed, day_counts))
-    record_source_format(root, source, fmt_name)
+    record_source_format(root, source, fmt_name, asdict(fmt.session))
     seed_ids = {t.template_id for t in TemplateStore.from_json(seed).templates()} if seed else set()
     live = store.templates()
     return ParseMetrics(

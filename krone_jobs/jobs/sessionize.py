@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
-from krone_jobs.logformats import NodeWindowSessionKey, default_session_rule
+from krone_jobs.logformats import NodeWindowSessionKey, SessionSpec, get_format
 from krone_jobs.partitions import (
     check_date,
     check_source,
@@ -35,6 +35,7 @@ from krone_jobs.partitions import (
     partition_dir,
     read_partition,
     source_format,
+    source_session,
     state_dir,
     write_partition,
 )
@@ -110,6 +111,14 @@ def _resolved(carried: DataFrame, root: Path, source: str, dt: str) -> DataFrame
                                                         F.col("template_id")))
 
 
+def _session_spec(root: Path, source: str, fmt_name: str | None) -> SessionSpec:
+    """The session rule to cut by: the named format's, else the one recorded when the source was parsed."""
+    if fmt_name is not None:
+        return get_format(fmt_name).session
+    recorded = source_session(root, source)
+    return SessionSpec(**recorded) if recorded is not None else get_format(source_format(root, source)).session
+
+
 def run_sessionize(
     source: str,
     date: str,
@@ -122,7 +131,8 @@ def run_sessionize(
 ) -> SessionizeMetrics:
     """Sessionize one parsed day; overwrite ``sessions/`` and the day's open-session state.
 
-    ``fmt_name`` defaults to the format the source was parsed with; ``gap_seconds`` to the format's
+    ``fmt_name`` defaults to the format the source was parsed with (its session rule as the parse job
+    recorded it, so a format from ``KRONE_FORMATS_FILE`` needs no file here); ``gap_seconds`` to the format's
     node-window gap, or :data:`ID_SESSION_GAP_SECONDS` for id-keyed sessions. Raises the ``sessions``
     quality gate's ``QualityGateError`` if it fails (``gate=False`` skips it, for tests of other behaviour).
     """
@@ -136,7 +146,7 @@ def run_sessionize(
     check_date(date)
     root = Path(data_root) if data_root is not None else settings().data_root
     spark = spark or get_spark()
-    rule = default_session_rule(fmt_name or source_format(root, source))
+    rule = _session_spec(root, source, fmt_name).make()
     node_windows = isinstance(rule, NodeWindowSessionKey)
     gap = gap_seconds if gap_seconds is not None else rule.gap_seconds if node_windows else ID_SESSION_GAP_SECONDS
 

@@ -22,6 +22,7 @@ from krone_jobs.logformats import (
     BlockIdSessionKey,
     IdPatternSessionKey,
     ParsedLine,
+    get_format,
     parse_line,
 )
 from krone_jobs.partitions import partition_dir, state_dir
@@ -163,7 +164,10 @@ def test_a_format_from_the_formats_file_runs_through_parse_and_sessionize(
     m = run_parse("gw", day, "Gateway", data_root=tmp_path, spark=spark, partitions=2,
                   max_quarantine_ratio=0.2)
     assert (m.format, m.raw_lines, m.parsed, m.quarantine_reasons) == ("gateway", 10, 9, {"no_format_match": 1})
-    s = run_sessionize("gw", day, data_root=tmp_path, spark=spark, gap_seconds=60)  # format from source.json
+    monkeypatch.delenv("KRONE_FORMATS_FILE")  # sessionize cuts by the rule the parse job recorded
+    with pytest.raises(KeyError, match="unknown log format"):
+        get_format("gateway")
+    s = run_sessionize("gw", day, data_root=tmp_path, spark=spark, gap_seconds=60)
     assert s.sessions + s.open_sessions == 3
 
 
