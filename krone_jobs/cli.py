@@ -225,9 +225,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _operational_errors() -> tuple[type[BaseException], ...]:
+    """Failures an operator fixes from the message alone (a failed gate, missing input, a service down):
+    the console script prints them as one line with the stage named, not as a traceback."""
+    from krone_jobs.hierarchy.model import HierarchyError
+    from krone_jobs.jobs.parse import ReconciliationError
+    from krone_jobs.jobs.train import NoTrainingData
+    from krone_jobs.model_registry import NoChampion
+    from krone_jobs.quality import QualityGateError
+    from krone_jobs.templates import TemplateStateError
+    from krone_jobs.warehouse import WarehouseUnavailable
+
+    return (QualityGateError, ReconciliationError, WarehouseUnavailable, NoTrainingData, NoChampion,
+            HierarchyError, TemplateStateError, FileNotFoundError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command. An operational failure prints ``krone <command>: <what and where>`` on stderr
+    (with the validation result file of a failed gate) and returns 1; ``KRONE_TRACEBACK=1`` re-raises it."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as exc:
+        if os.environ.get("KRONE_TRACEBACK") or not isinstance(exc, _operational_errors()):
+            raise
+        print(f"krone {args.command}: {exc}", file=sys.stderr)
+        result_path = getattr(getattr(exc, "result", None), "result_path", None)
+        if result_path is not None:
+            print(f"  validation result: {result_path}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:

@@ -49,6 +49,9 @@ CHAMPION = "champion"
 MODEL_NAME = "model"  # the pyfunc's name inside its run
 FP_BOUND = 0.02
 FP_TOLERANCE = 0.002
+# Fewer held-out normal sessions than this measure no false-positive rate worth gating on (0 of 2 "passes"
+# any bound); the reason line gives the rate's 95 % upper bound, so an operator sees how sure it is.
+MIN_HELDOUT = 20
 GATE_DIR = "gate"  # run artifacts the gate judged on, so it can be re-run by `krone promote`
 HELDOUT_FILE = "heldout.parquet"
 VALIDATION_FILE = "validation.parquet"
@@ -319,6 +322,7 @@ class GateVerdict:
     n_validation: int
     fp_bound: float
     tolerance: float
+    min_heldout: int = MIN_HELDOUT
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (tuples as lists, an unmeasurable NaN as ``null``)."""
@@ -329,6 +333,14 @@ class GateVerdict:
 
 def _fp_rate(predict: Predictor, sessions: Sequence[Sequence[str]]) -> float:
     return float(np.mean(predict(sessions))) if len(sessions) else math.nan
+
+
+def fp_upper_bound(rate: float, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound of a false-positive rate observed on ``n`` sessions."""
+    from scipy.stats import beta
+
+    k = round(rate * n)
+    return 1.0 if k >= n else float(beta.ppf(confidence, k + 1, n - k))
 
 
 def _recall(predict: Predictor, validation: Validation) -> float:
@@ -344,9 +356,11 @@ def gate(
     validation: Validation | None = None,
     fp_bound: float = FP_BOUND,
     tolerance: float = FP_TOLERANCE,
+    min_heldout: int = MIN_HELDOUT,
 ) -> GateVerdict:
     """Judge a candidate on held-out *normal* sessions (and optional labelled ones), against the champion
-    evaluated on the very same sessions, so the comparison measures the models and not the data."""
+    evaluated on the very same sessions, so the comparison measures the models and not the data. Fewer
+    than ``min_heldout`` held-out sessions fail the gate: a rate measured on them says nothing."""
     reasons: list[str] = []
     ok = True
 
@@ -355,11 +369,14 @@ def gate(
         ok &= passed
         reasons.append(("ok: " if passed else "FAIL: ") + text)
 
+    n = len(heldout)
+    if n < min_heldout:
+        check(False, f"{n} held-out normal sessions, fewer than {min_heldout}: too few to measure a false-positive "
+              "rate (train on a longer window or with a larger --holdout, or promote with --force)")
     cand_fp = _fp_rate(candidate, heldout)
-    if math.isnan(cand_fp):
-        check(False, "no held-out normal sessions: the false-positive rate cannot be measured")
-    else:
-        check(cand_fp <= fp_bound, f"held-out false-positive rate {cand_fp:.4f} vs bound {fp_bound:.4f}")
+    if not math.isnan(cand_fp):
+        check(cand_fp <= fp_bound, f"held-out false-positive rate {cand_fp:.4f} vs bound {fp_bound:.4f} "
+              f"({round(cand_fp * n)} of {n} sessions; 95 % upper bound {fp_upper_bound(cand_fp, n):.4f})")
     champ_fp = _fp_rate(champion, heldout) if champion is not None else None
     if champ_fp is None:
         reasons.append("ok: no champion yet, nothing to regress against")
@@ -375,7 +392,7 @@ def gate(
             check(cand_recall >= champ_recall, f"recall {cand_recall:.4f} vs champion v{champion_version} "
                   f"{champ_recall:.4f} on {n_validation} labelled sessions")
     return GateVerdict(ok, tuple(reasons), cand_fp, champ_fp, cand_recall, champ_recall, champion_version,
-                       len(heldout), n_validation, fp_bound, tolerance)
+                       n, n_validation, fp_bound, tolerance, min_heldout)
 
 
 def promote_if_better(
@@ -389,6 +406,7 @@ def promote_if_better(
     validation: Validation | None = None,
     fp_bound: float = FP_BOUND,
     tolerance: float = FP_TOLERANCE,
+    min_heldout: int = MIN_HELDOUT,
 ) -> GateVerdict:
     """Run the gate against the current champion, record the verdict (run params/metrics, ``gate.json``,
     model-version tags) and move ``champion`` to ``version`` only if it passed."""
@@ -398,7 +416,7 @@ def promote_if_better(
     if current is not None and current != version:
         champion = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{current}"))
     verdict = gate(candidate, heldout, champion=champion, champion_version=current if champion else None,
-                   validation=validation, fp_bound=fp_bound, tolerance=tolerance)
+                   validation=validation, fp_bound=fp_bound, tolerance=tolerance, min_heldout=min_heldout)
     _record(client, run_id, name, version, verdict)
     if verdict.passed:
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -407,6 +425,7 @@ def promote_if_better(
 
 def _record(client: MlflowClient, run_id: str, name: str, version: str, verdict: GateVerdict) -> None:
     for key, value in (("fp_bound", verdict.fp_bound), ("tolerance", verdict.tolerance),
+                       ("min_heldout", verdict.min_heldout),
                        ("champion_version", verdict.champion_version or "none"),
                        ("n_heldout", verdict.n_heldout), ("n_validation", verdict.n_validation)):
         client.log_param(run_id, f"gate_{key}", value)
@@ -425,6 +444,10 @@ def _record(client: MlflowClient, run_id: str, name: str, version: str, verdict:
 
 
 # ------------------------------------------------------------------------------------------ promote
+class NoChampion(LookupError):
+    """``krone-<source>`` has no ``champion`` yet: nothing may score until a version passes the gate."""
+
+
 class PromotionRefused(RuntimeError):
     """``krone promote`` may not move the alias: the gate refused the version or cannot be re-run."""
 
@@ -461,11 +484,12 @@ def regate(
     params = client.get_run(target.run_id).data.params
     bound = fp_bound if fp_bound is not None else float(params.get("gate_fp_bound", FP_BOUND))
     tol = tolerance if tolerance is not None else float(params.get("gate_tolerance", FP_TOLERANCE))
+    min_heldout = int(params.get("gate_min_heldout", MIN_HELDOUT))
     current = champion_version(client, source)
     champion = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{current}")) if current else None
     candidate = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{target.version}"))
     return gate(candidate, heldout, champion=champion, champion_version=current, validation=validation,
-                fp_bound=bound, tolerance=tol)
+                fp_bound=bound, tolerance=tol, min_heldout=min_heldout)
 
 
 def promoted_by() -> str:

@@ -25,6 +25,7 @@ from krone_jobs.model_registry import (
     champion_hierarchy,
     connect,
     ensure_experiment,
+    fp_upper_bound,
     gate,
     load_champion,
     log_gate_sessions,
@@ -62,9 +63,20 @@ def test_gate_bound_without_champion() -> None:
     assert any("no champion" in r for r in ok.reasons)
     too_many = gate(flags({"rare"}), HELDOUT)
     assert not too_many.passed and too_many.reasons[0].startswith("FAIL: held-out false-positive rate 0.0300")
+    assert "(3 of 100 sessions; 95 % upper bound 0.07" in too_many.reasons[0]
     assert gate(flags({"rare"}), HELDOUT, fp_bound=0.05).passed  # the bound is configurable
     empty = gate(flags(set()), [])
     assert not empty.passed and math.isnan(empty.candidate_fp_rate) and empty.to_dict()["candidate_fp_rate"] is None
+
+
+def test_gate_refuses_too_few_held_out_sessions_and_says_how_sure_it_is() -> None:
+    few = gate(flags(set()), HELDOUT[:5])
+    assert not few.passed and few.candidate_fp_rate == 0.0 and few.n_heldout == 5
+    assert few.reasons[0].startswith("FAIL: 5 held-out normal sessions, fewer than 20")
+    assert "0 of 5 sessions; 95 % upper bound 0.4507" in few.reasons[1]  # 1 - 0.05 ** (1 / 5)
+    assert gate(flags(set()), HELDOUT[:5], min_heldout=5).passed
+    assert fp_upper_bound(0.0, 100) == pytest.approx(1 - 0.05 ** (1 / 100))
+    assert fp_upper_bound(0.01, 100) > 0.01 and fp_upper_bound(1.0, 10) == 1.0
 
 
 def test_gate_compares_with_the_champion_on_the_same_sessions() -> None:

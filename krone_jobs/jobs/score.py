@@ -260,7 +260,8 @@ class Champion:
         client = registry.connect(tracking_uri)
         version = registry.champion_version(client, source)
         if version is None:
-            raise LookupError(f"no champion for {registry.registered_name(source)}: run `krone train` first")
+            raise registry.NoChampion(f"no champion for {registry.registered_name(source)}: run `krone train` "
+                                      "first (or `krone promote` a registered version)")
         import mlflow
 
         # By the version the alias pointed at, so the verdict cache read for it is this model's even if

@@ -4,7 +4,9 @@ One call of :func:`train` is one MLflow run in experiment ``krone-<source>``: th
 the champion's (new templates only, so node ids never move; human overrides win), a seeded share of the
 normal sessions is held out, a :class:`RoutedDetector` is fitted on the rest, the model is logged and
 registered as a new version of ``krone-<source>``, and the validation gate decides whether ``champion``
-moves to it. A refused candidate stays registered (with the gate's verdict in its tags) for inspection.
+moves to it: the held-out false-positive rate must be within ``fp_bound`` (its 95 % upper bound is in the
+reason), measured on at least ``min_heldout`` sessions, and no worse than the champion's on the same ones.
+A refused candidate stays registered (with the gate's verdict in its tags) for inspection.
 
 Determinism: for the same inputs, seed and torch thread count a run is reproducible (same split,
 thresholds and verdicts). The held-out split uses ``RandomState(seed)``; the Nested-Aware detector gets
@@ -172,6 +174,7 @@ def train(
     holdout: float = HOLDOUT,
     fp_bound: float = 0.02,
     tolerance: float = 0.002,
+    min_heldout: int = 20,
     miner_state: str | None = None,
     tracking_uri: str | None = None,
     artifact_root: str | None = None,
@@ -219,7 +222,8 @@ def train(
         registry.log_gate_sessions(heldout, checked)
         version = registry.register(run_id, source)
         verdict = registry.promote_if_better(client, source, version, detector.predict, heldout, run_id=run_id,
-                                             validation=checked, fp_bound=fp_bound, tolerance=tolerance)
+                                             validation=checked, fp_bound=fp_bound, tolerance=tolerance,
+                                             min_heldout=min_heldout)
         heldout_fp = _finite({"heldout_fp_rate": verdict.candidate_fp_rate})  # NaN when nothing was held out
         mlflow.log_metrics(heldout_fp)
         metrics.update(heldout_fp)
@@ -420,6 +424,7 @@ def train_partitions(
     nested_params: Mapping[str, Any] | None = None,
     fp_bound: float = 0.02,
     tolerance: float = 0.002,
+    min_heldout: int = 20,
     holdout: float = HOLDOUT,
     validation: tuple[Sequence[Sequence[str]], Sequence[int]] | None = None,
 ) -> TrainResult:
@@ -447,7 +452,7 @@ def train_partitions(
     return train(
         source, window.sessions, {t.template_id: t.template for t in store.templates()}, hierarchy=hierarchy,
         validation=validation, seed=seed, nested_params=nested_params, holdout=holdout, fp_bound=fp_bound,
-        tolerance=tolerance, miner_state=state, tracking_uri=tracking_uri, artifact_root=artifact_root,
+        tolerance=tolerance, min_heldout=min_heldout, miner_state=state, tracking_uri=tracking_uri, artifact_root=artifact_root,
         normal_keys=feedback_normal_keys(url, source), extra_params=params, extra_metrics=window.metrics(),
     )
 
@@ -481,6 +486,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", type=float, default=HOLDOUT, help="share of normal sessions held out for the gate")
     p.add_argument("--fp-bound", type=float, default=0.02, help="highest held-out false-positive rate to promote")
     p.add_argument("--tolerance", type=float, default=0.002, help="allowed FP-rate excess over the champion")
+    p.add_argument("--min-heldout", type=int, default=20, help="fewest held-out normal sessions the gate accepts")
     p.add_argument("--nested-params", type=json.loads, default=None, help='Nested-Aware options as JSON, e.g. {"epochs": 5}')
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: KRONE_MLFLOW_URI / settings)")
     p.add_argument("--data-dir", type=Path, default=None, help="shared data root for --dataset")
@@ -530,7 +536,7 @@ def main_train_partitions(args: argparse.Namespace) -> TrainResult:
             args.source, args.end, days=args.days, data_root=args.data_root, tracking_uri=args.tracking_uri,
             warehouse_url=args.warehouse_url, seed=args.seed, labels=args.labels,
             exclude_reported=args.exclude_reported, nested_params=args.nested_params, fp_bound=args.fp_bound,
-            tolerance=args.tolerance, holdout=args.holdout, validation=validation,
+            tolerance=args.tolerance, min_heldout=args.min_heldout, holdout=args.holdout, validation=validation,
         )
     except (ValueError, FileNotFoundError) as e:  # no window, bad date, missing state: say which, no traceback
         raise SystemExit(f"krone train: {e}") from None
@@ -543,7 +549,8 @@ def _train_files(args: argparse.Namespace) -> tuple[str, TrainResult]:
     return source, train(
         source, sessions, templates, hierarchy=hierarchy, overrides_path=args.overrides, validation=validation,
         seed=args.seed, nested_params=args.nested_params, holdout=args.holdout, fp_bound=args.fp_bound,
-        tolerance=args.tolerance, miner_state=args.miner_state.read_text(encoding="utf-8") if args.miner_state else None,
+        tolerance=args.tolerance, min_heldout=args.min_heldout,
+        miner_state=args.miner_state.read_text(encoding="utf-8") if args.miner_state else None,
         tracking_uri=args.tracking_uri,
     )
 

@@ -46,7 +46,7 @@ def champion(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> It
         mp.setenv("KRONE_MLFLOW_URI", f"sqlite:///{home / 'mlflow.db'}")
         mp.setenv("KRONE_MLFLOW_ARTIFACTS", (home / "artifacts").as_uri())
         train(SOURCE, sessions, {t.template_id: t.template for t in store.templates()},
-              hierarchy=load_hierarchy(root, SOURCE), miner_state=store.to_json(), fp_bound=1.0)
+              hierarchy=load_hierarchy(root, SOURCE), miner_state=store.to_json(), fp_bound=1.0, min_heldout=0)
         yield home
 
 

@@ -137,8 +137,8 @@ def test_gate_refuses_a_worse_model_and_keeps_the_champion(store: MlflowClient, 
 
 def test_same_seed_same_model(store: MlflowClient) -> None:
     sessions = normal(150, 3)
-    a = train("seeded", sessions, TEXTS, hierarchy=truth(), nested_params=TINY, seed=5, fp_bound=1.0)
-    b = train("seeded", sessions, TEXTS, hierarchy=truth(), nested_params=TINY, seed=5, fp_bound=1.0)
+    a = train("seeded", sessions, TEXTS, hierarchy=truth(), nested_params=TINY, seed=5, fp_bound=1.0, min_heldout=0)
+    b = train("seeded", sessions, TEXTS, hierarchy=truth(), nested_params=TINY, seed=5, fp_bound=1.0, min_heldout=0)
 
     assert a.detector.nested_.thresholds_ == b.detector.nested_.thresholds_
     assert {k: v for k, v in a.metrics.items() if k != "train_seconds"} == \
@@ -153,11 +153,11 @@ def test_hierarchy_grows_from_the_champion_and_overrides_win(store: MlflowClient
     sessions = normal(120, 4)
     used = {t for s in sessions for t in s}
     first = train("grow", sessions, {k: v for k, v in TEXTS.items() if k in used}, extractor=TruthExtractor(),
-                  nested_params=TINY, fp_bound=1.0)
+                  nested_params=TINY, fp_bound=1.0, min_heldout=0)
     overrides = tmp_path / "overrides.csv"
     overrides.write_text("template_id,entity,action,status\nworker.task.gc_paused,worker,housekeeping,none\n")
     second = train("grow", sessions, TEXTS, extractor=TruthExtractor(), overrides_path=overrides,
-                   nested_params=TINY, fp_bound=1.0)
+                   nested_params=TINY, fp_bound=1.0, min_heldout=0)
 
     old, new = first.detector.hierarchy, second.detector.hierarchy
     assert first.gate.passed and len(new) == len(TEXTS) > len(old)
@@ -184,7 +184,7 @@ def test_cli_trains_from_session_and_template_files(store: MlflowClient, tmp_pat
     add_train_arguments(parser)
     args = parser.parse_args(["--sessions", str(sessions), "--templates", str(templates), "--source", "files",
                               "--hierarchy", str(hierarchy), "--nested-params", json.dumps(TINY),
-                              "--fp-bound", "1", "--json"])
+                              "--fp-bound", "1", "--min-heldout", "0", "--json"])
 
     assert main_train(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
