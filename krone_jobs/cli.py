@@ -110,11 +110,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main_train)
 
 
-def _metrics(m: Any) -> int:
-    print(json.dumps(m.to_dict(), default=str))
-    return 0
-
-
 def _add_stages(sub: argparse._SubParsersAction) -> None:
     from krone_jobs.logformats import FORMATS
 
@@ -150,9 +145,15 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_score)
 
 
+def _stage(result: dict[str, Any]) -> int:
+    """Print a stage's figures (as the DAG task's XCom holds them) with the run id its metrics are under."""
+    print(json.dumps({**result["metrics"], "run_id": result["run_id"]}, default=str))
+    return 0
+
+
 def _cmd_parse(a: argparse.Namespace) -> int:
-    from krone_jobs.jobs.parse import run_parse
     from krone_jobs.logformats import get_format
+    from krone_jobs.pipeline import parse_stage
 
     try:  # before Spark starts: an unknown name or a bad formats file is the user's to fix
         get_format(a.format)
@@ -160,18 +161,18 @@ def _cmd_parse(a: argparse.Namespace) -> int:
         print(f"krone parse: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
 
-    return _metrics(run_parse(a.source, a.date, a.format, data_root=a.data_root, partitions=a.partitions,
+    return _stage(parse_stage(a.source, a.date, a.format, data_root=a.data_root, partitions=a.partitions,
                               max_quarantine_ratio=a.max_quarantine_ratio))
 
 
 def _cmd_sessionize(a: argparse.Namespace) -> int:
-    from krone_jobs.jobs.sessionize import run_sessionize
+    from krone_jobs.pipeline import sessionize_stage
 
-    return _metrics(run_sessionize(a.source, a.date, data_root=a.data_root, gap_seconds=a.gap_seconds))
+    return _stage(sessionize_stage(a.source, a.date, data_root=a.data_root, gap_seconds=a.gap_seconds))
 
 
 def _cmd_hierarchy(a: argparse.Namespace) -> int:
-    from krone_jobs.jobs.hierarchy_job import run_hierarchy
+    from krone_jobs.pipeline import hierarchy_stage
 
     extractor = None
     if a.extractor == "llm":
@@ -185,13 +186,13 @@ def _cmd_hierarchy(a: argparse.Namespace) -> int:
             raise SystemExit("--extractor llm needs KRONE_LLM_BASE_URL and KRONE_LLM_MODEL")
         root = a.data_root or settings().data_root
         extractor = LLMHierarchyExtractor(client, cache_path=state_dir(root, a.source) / "llm_placements.json")
-    return _metrics(run_hierarchy(a.source, a.date, data_root=a.data_root, extractor=extractor))
+    return _stage(hierarchy_stage(a.source, a.date, data_root=a.data_root, extractor=extractor))
 
 
 def _cmd_kseqs(a: argparse.Namespace) -> int:
-    from krone_jobs.jobs.kseqs import run_kseqs
+    from krone_jobs.pipeline import kseqs_stage
 
-    return _metrics(run_kseqs(a.source, a.date, data_root=a.data_root))
+    return _stage(kseqs_stage(a.source, a.date, data_root=a.data_root))
 
 
 def _cmd_score(a: argparse.Namespace) -> int:

@@ -17,9 +17,12 @@ import uuid
 from datetime import date
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
+
+if TYPE_CHECKING:
+    from krone_jobs.hierarchy.extractor import HierarchyExtractor
 
 # ------------------------------------------------------------------------------------------ metrics
 def numeric_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -75,31 +78,34 @@ def _path(value: str | Path | None, root: Path) -> Path | None:
 
 # ------------------------------------------------------------------------------------------ daily stages
 def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
-                run_id: str | None = None) -> dict[str, Any]:
-    """Parse one raw day (its ``parsed`` quality gate runs inside, before the miner state is saved)."""
+                run_id: str | None = None, **options: Any) -> dict[str, Any]:
+    """Parse one raw day (its ``parsed`` quality gate runs inside, before the miner state is saved);
+    ``options`` go to :func:`~krone_jobs.jobs.parse.run_parse` (``partitions``, ``max_quarantine_ratio``)."""
     from krone_jobs.jobs.parse import run_parse
 
-    metrics = run_parse(source, dt, fmt, data_root=data_root).to_dict()
+    metrics = run_parse(source, dt, fmt, data_root=data_root, **options).to_dict()
     return _recorded("parse", source, dt, run_id, metrics)
 
 
 def sessionize_stage(source: str, dt: str, *, data_root: str | Path | None = None,
-                     run_id: str | None = None) -> dict[str, Any]:
+                     run_id: str | None = None, gap_seconds: float | None = None) -> dict[str, Any]:
     """Sessionize one parsed day (reads the previous day's open sessions: run days in date order)."""
     from krone_jobs.jobs.sessionize import run_sessionize
 
-    metrics = run_sessionize(source, dt, data_root=data_root).to_dict()
+    metrics = run_sessionize(source, dt, data_root=data_root, gap_seconds=gap_seconds).to_dict()
     return _recorded("sessionize", source, dt, run_id, metrics)
 
 
-def hierarchy_stage(source: str, dt: str, *, data_root: str | Path | None = None,
-                    run_id: str | None = None) -> dict[str, Any]:
-    """Grow the hierarchy by the templates of the day's miner state (no Spark, no network), and publish
-    templates and hierarchy to the warehouse, where the operators' views read them."""
+def hierarchy_stage(source: str, dt: str | None, *, data_root: str | Path | None = None,
+                    run_id: str | None = None, extractor: HierarchyExtractor | None = None) -> dict[str, Any]:
+    """Grow the hierarchy by the templates of the day's miner state (``dt`` None: the newest; no Spark, and
+    no network unless ``extractor`` is the LLM one), and publish templates and hierarchy to the warehouse,
+    where the operators' views read them."""
     from krone_jobs.jobs.hierarchy_job import run_hierarchy
 
-    metrics = {**run_hierarchy(source, dt, data_root=data_root).to_dict(),
-               **publish_templates(source, dt, data_root=data_root)}
+    grown = run_hierarchy(source, dt, data_root=data_root, extractor=extractor)
+    dt = grown.dt
+    metrics = {**grown.to_dict(), **publish_templates(source, dt, data_root=data_root)}
     return _recorded("hierarchy", source, dt, run_id, metrics)
 
 

@@ -331,10 +331,11 @@ def printable(value: object) -> str:
 def _figures(source: str, day: date, days: int, data: _DayData) -> dict[str, Any]:
     """The numbers of the page and the summary, plain JSON-able values (None where a metric is absent)."""
     score_run = next((run for stage, _, _, run in data.metrics if stage == "score"), None)
+    scored_by = _metric([m for m in data.metrics if m[0] == "score"], ("model_version",))
     return {
         "source": source,
         "dt": day.isoformat(),
-        "model_versions": sorted({v for v, _ in data.runs}),
+        "model_versions": sorted({v for v, _ in data.runs}) or ([str(scored_by)] if scored_by is not None else []),
         "run_ids": sorted({r for _, r in data.runs}) or ([score_run] if score_run else []),
         "sessions": _metric(data.metrics, ("sessions", "sessions_scored")),
         "anomalies": sum(data.per_level.values()),

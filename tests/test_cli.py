@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from krone_jobs.cli import main
+from krone_jobs.jobs.parse import templates_path
+from krone_jobs.templates import TemplateStore
+from krone_jobs.warehouse import Warehouse
 
 
 def test_an_operational_failure_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -30,3 +35,24 @@ def test_a_programming_error_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(score, "run_score", broken)
     with pytest.raises(TypeError, match="a bug"):
         main(["score", "--source", "demo", "--date", "2026-11-01"])
+
+
+def test_a_stage_run_from_the_cli_records_its_metrics_like_the_dag_task(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    monkeypatch.setenv("KRONE_WAREHOUSE_URL", url)
+    store = TemplateStore()
+    for line in ("job 1 started on node 3", "job 2 started on node 4", "disk quota exceeded for user alice"):
+        store.mine(line)
+    state = templates_path(tmp_path, "app", "2026-11-01")
+    state.parent.mkdir(parents=True)
+    state.write_text(store.to_json(), encoding="utf-8")
+
+    assert main(["hierarchy", "--source", "app", "--data-root", str(tmp_path)]) == 0  # newest state: 11-01
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["dt"] == "2026-11-01" and printed["run_id"].startswith("manual__")
+    with Warehouse(url) as wh, wh.engine.connect() as conn:
+        metrics = dict(conn.execute(text("SELECT metric, value FROM run_metrics WHERE source = 'app' AND "
+                                         "dt = '2026-11-01' AND stage = 'hierarchy'")).all())
+        published = conn.execute(text("SELECT COUNT(*) FROM templates WHERE source = 'app'")).scalar_one()
+    assert metrics["templates"] == printed["templates"] == published == 2

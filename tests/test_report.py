@@ -103,6 +103,14 @@ def test_empty_day_is_a_valid_page(root: Path) -> None:
     assert "0 anomalous" in rep.summary and "n/a sessions" in rep.summary
 
 
+def test_a_day_without_anomalies_still_names_the_model_that_scored_it(root: Path) -> None:
+    with Warehouse(f"duckdb:///{root / 'warehouse.duckdb'}") as wh:
+        wh.write_run_metrics(SRC, DT_EMPTY, "score", "run-2", {"sessions": 10, "anomalies": 0, "model_version": 7.0})
+    rep = write_night_report(SRC, DT_EMPTY, data_root=root)
+    assert rep.figures["model_versions"] == ["7"] and rep.figures["run_ids"] == ["run-2"]
+    assert "model 7" in rep.summary
+
+
 def test_rerun_overwrites_and_out_is_honoured(root: Path) -> None:
     first = write_night_report(SRC, DT, data_root=root)
     first.path.write_text("stale", encoding="utf-8")

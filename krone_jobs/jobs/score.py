@@ -101,6 +101,8 @@ class ScoreMetrics:
         out = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         out.update({f"anomalies_{lvl}": float(self.per_level.get(lvl, 0)) for lvl in LEVELS})
         out.update({f"seconds_{phase}": float(v) for phase, v in self.phase_seconds.items()})
+        if self.model_version.isdigit():  # so the night report names the model on a day with no anomaly
+            out["model_version"] = float(self.model_version)
         return out
 
 
