@@ -38,11 +38,13 @@ def numeric_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, fl
     return out
 
 
-def record_metrics(source: str, dt: str, stage: str, run_id: str, metrics: Mapping[str, Any]) -> int:
-    """Replace the stage's ``run_metrics`` rows for (source, dt); returns the number written."""
+def record_metrics(source: str, dt: str, stage: str, run_id: str, metrics: Mapping[str, Any],
+                   url: str | None = None) -> int:
+    """Replace the stage's ``run_metrics`` rows for (source, dt) (warehouse ``url``, default the configured
+    one); returns the number written."""
     from krone_jobs.warehouse import Warehouse
 
-    with Warehouse() as warehouse:
+    with Warehouse(url) as warehouse:
         warehouse.ensure_schema()
         return warehouse.write_run_metrics(source, dt, stage, run_id, numeric_metrics(metrics))
 
@@ -185,13 +187,18 @@ def train_window(source: str, end: str, *, days: int = 7, data_root: str | Path 
 
     root = _root(data_root)
     result = train_partitions(source, end, days=days, data_root=root, labels=_path(labels, root), seed=seed)
-    summary = result.summary()
+    return record_training(source, end, result.summary(), run_id=run_id)
+
+
+def record_training(source: str, end: str, summary: Mapping[str, Any], *, run_id: str | None = None,
+                    url: str | None = None) -> dict[str, Any]:
+    """Record a training run's figures (``TrainResult.summary()``) as stage ``train`` at ``end``."""
     version = str(summary.get("model_version", ""))
     metrics = {**summary.get("metrics", {}), "promoted": bool(summary.get("promoted")),
                **({"model_version": float(version)} if version.isdigit() else {})}
     run_id = run_id or new_run_id()
-    rows = record_metrics(source, end, "train", run_id, metrics)
-    return _result("train", source, end, run_id, metrics, metric_rows=rows, summary=summary)
+    rows = record_metrics(source, end, "train", run_id, metrics, url)
+    return _result("train", source, end, run_id, metrics, metric_rows=rows, summary=dict(summary))
 
 
 def score_day(source: str, dt: str, *, data_root: str | Path | None = None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import csv
 import json
 import logging
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -530,9 +531,12 @@ def main_train_partitions(args: argparse.Namespace) -> TrainResult:
     if ignored:
         raise SystemExit(f"--end takes the hierarchy and miner state from the pipeline; drop {', '.join(ignored)} "
                          "(overrides go to state/<source>/overrides.csv, then `krone hierarchy`)")
+    from krone_jobs.pipeline import record_training
+    from krone_jobs.warehouse import WarehouseUnavailable
+
     validation = read_sessions(args.validation, require_label=True) if args.validation else None
     try:
-        return train_partitions(
+        result = train_partitions(
             args.source, args.end, days=args.days, data_root=args.data_root, tracking_uri=args.tracking_uri,
             warehouse_url=args.warehouse_url, seed=args.seed, labels=args.labels,
             exclude_reported=args.exclude_reported, nested_params=args.nested_params, fp_bound=args.fp_bound,
@@ -540,6 +544,11 @@ def main_train_partitions(args: argparse.Namespace) -> TrainResult:
         )
     except (ValueError, FileNotFoundError) as e:  # no window, bad date, missing state: say which, no traceback
         raise SystemExit(f"krone train: {e}") from None
+    try:  # as the DAG task does; the model is registered either way, so a down warehouse only warns
+        record_training(args.source, args.end, result.summary(), url=args.warehouse_url)
+    except WarehouseUnavailable as e:
+        print(f"krone train: figures not recorded in run_metrics: {e}", file=sys.stderr)
+    return result
 
 
 def _train_files(args: argparse.Namespace) -> tuple[str, TrainResult]:

@@ -326,3 +326,19 @@ def test_cli_end_mode_needs_a_source_and_refuses_file_options(pipeline: Any) -> 
         main_train(parser.parse_args(["--end", "2026-10-07", "--source", SOURCE, *root]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--end", DAYS[1], "--dataset", "hdfs-demo"])  # one data option at a time
+
+
+def test_cli_end_mode_records_the_run_like_the_dag_task(pipeline: Any, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    url = f"duckdb:///{tmp_path}/w.duckdb"
+    argv = ["--end", DAYS[1], "--days", "2", "--source", SOURCE, "--data-root", str(pipeline.root),
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--warehouse-url", url, "--fp-bound", "1",
+            "--nested-params", json.dumps(TINY), "--labels", str(pipeline.root / "labels" / SOURCE / "labels.csv")]
+    assert main_train(parser.parse_args(argv)) == 0
+    assert "promoted to champion" in capsys.readouterr().out
+    with Warehouse(url) as wh, wh.engine.connect() as conn:
+        metrics = dict(conn.exec_driver_sql(
+            "SELECT metric, value FROM run_metrics WHERE stage = 'train' AND dt = ?", (DAYS[1],)).all())
+    assert metrics["model_version"] == 1.0 and metrics["promoted"] == 1.0 and metrics["n_train_sessions"] > 0
