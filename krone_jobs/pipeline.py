@@ -106,7 +106,7 @@ def hierarchy_stage(source: str, dt: str | None, *, data_root: str | Path | None
     from krone_jobs.jobs.hierarchy_job import run_hierarchy
 
     grown = run_hierarchy(source, dt, data_root=data_root, extractor=extractor)
-    dt = grown.dt
+    dt = dt or grown.dt  # the newest state's day when none was named
     metrics = {**grown.to_dict(), **publish_templates(source, dt, data_root=data_root)}
     return _recorded("hierarchy", source, dt, run_id, metrics)
 

@@ -453,8 +453,8 @@ def train_partitions(
     return train(
         source, window.sessions, {t.template_id: t.template for t in store.templates()}, hierarchy=hierarchy,
         validation=validation, seed=seed, nested_params=nested_params, holdout=holdout, fp_bound=fp_bound,
-        tolerance=tolerance, min_heldout=min_heldout, miner_state=state, tracking_uri=tracking_uri, artifact_root=artifact_root,
-        normal_keys=feedback_normal_keys(url, source), extra_params=params, extra_metrics=window.metrics(),
+        tolerance=tolerance, min_heldout=min_heldout, miner_state=state, tracking_uri=tracking_uri,
+        artifact_root=artifact_root, normal_keys=feedback_normal_keys(url, source), extra_params=params, extra_metrics=window.metrics(),
     )
 
 
