@@ -235,6 +235,27 @@ def train(
 
 
 # ----------------------------------------------------------------------------------------- inputs
+_ANOMALOUS = frozenset({"1", "anomaly", "anomalous", "abnormal", "true", "yes"})
+_NORMAL = frozenset({"0", "normal", "false", "no", ""})
+
+
+def label_flags(values: Any, path: Path) -> np.ndarray:
+    """0/1 per label: a number > 0 or ``Anomaly``/``Anomalous``/``Abnormal``/``true``/``yes`` (any case) is
+    anomalous; 0, ``Normal``, ``false``, ``no`` or a missing value is normal. Any other value is refused
+    with the values named: read as normal, a spelling we do not know would put anomalies into training."""
+    import pandas as pd
+
+    series = pd.Series(values)
+    numeric = pd.to_numeric(series, errors="coerce")
+    text = series.astype("string").str.strip().str.lower().fillna("")
+    known = numeric.notna() | text.isin(_ANOMALOUS | _NORMAL)
+    if not known.all():
+        odd = sorted(set(series[~known].astype(str)))
+        raise ValueError(f"{path}: label value(s) {odd[:5]} are neither a number nor one of "
+                         f"{sorted(_ANOMALOUS | _NORMAL - {''})}")
+    return ((numeric > 0) | text.isin(_ANOMALOUS)).to_numpy(dtype=np.int8)
+
+
 def read_sessions(path: Path, *, require_label: bool = False) -> tuple[list[tuple[str, ...]], np.ndarray]:
     """Sessions and 0/1 labels (missing label = normal) from Parquet (file or folder) or CSV with columns
     ``session_id``, ``template_ids`` (list or space-separated) and ``label`` (optional unless required)."""
@@ -247,8 +268,7 @@ def read_sessions(path: Path, *, require_label: bool = False) -> tuple[list[tupl
     missing = {"session_id", "template_ids", *(("label",) if require_label else ())} - set(frame.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-    labels = (pd.to_numeric(frame["label"], errors="coerce").fillna(0).astype(np.int8).to_numpy()
-              if "label" in frame.columns else np.zeros(len(frame), dtype=np.int8))
+    labels = label_flags(frame["label"], path) if "label" in frame.columns else np.zeros(len(frame), dtype=np.int8)
     return [template_ids(v) for v in frame["template_ids"]], labels
 
 
@@ -309,15 +329,18 @@ def read_window(root: Path, source: str, dates: Sequence[str]) -> tuple[tuple[st
 
 
 def anomalous_labels(path: Path) -> set[str]:
-    """Session ids labelled anomalous (label > 0) in a ``session_id,label`` CSV (the generator writes one)."""
+    """Session ids labelled anomalous in a ``session_id,label`` CSV (the generator writes one; column names
+    in any case, and Loghub's HDFS ``BlockId,Label`` file as it comes; labels as :func:`label_flags` reads)."""
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype={"session_id": str})
-    missing = {"session_id", "label"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-    flagged = pd.to_numeric(frame["label"], errors="coerce").fillna(0) > 0
-    return set(frame.loc[flagged, "session_id"])
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    columns = {c.strip().lower(): c for c in frame.columns}
+    session = columns.get("session_id") or columns.get("blockid")
+    if session is None or "label" not in columns:
+        missing = [name for name, found in (("session_id", session), ("label", columns.get("label"))) if not found]
+        raise ValueError(f"{path}: missing column(s) {missing}")
+    flagged = label_flags(frame[columns["label"]], path).astype(bool)
+    return set(frame.loc[flagged, session])
 
 
 def _warehouse_absent(url: str) -> bool:

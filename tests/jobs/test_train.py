@@ -27,6 +27,8 @@ from krone_jobs.jobs.train import (
     NoTrainingData,
     TrainResult,
     add_train_arguments,
+    anomalous_labels,
+    label_flags,
     main_train,
     read_sessions,
     resolve_ids,
@@ -204,6 +206,20 @@ def test_read_sessions_accepts_parquet_lists_and_missing_labels(tmp_path: Path) 
     with pytest.raises(ValueError, match="label"):
         read_sessions(tmp_path / "s.csv", require_label=True)
     assert np.array_equal(read_sessions(tmp_path / "s.csv")[1], [0])
+
+
+
+def test_labels_are_read_in_the_usual_spellings_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
+    values = [1, 0, "Anomaly", "normal", " ABNORMAL ", "true", "", None, "2", "0.0"]
+    assert label_flags(values, tmp_path).tolist() == [1, 0, 1, 0, 1, 1, 0, 0, 1, 0]
+    with pytest.raises(ValueError, match=r"label value\(s\) \['suspicious'\]"):
+        label_flags(["Normal", "suspicious"], tmp_path)  # never read as normal: that would train on anomalies
+    loghub = tmp_path / "anomaly_label.csv"  # Loghub's HDFS file as it comes
+    loghub.write_text("BlockId,Label\nblk_1,Normal\nblk_-2,Anomaly\n")
+    assert anomalous_labels(loghub) == {"blk_-2"}
+    (tmp_path / "bad.csv").write_text("id,label\na,1\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['session_id'\]"):
+        anomalous_labels(tmp_path / "bad.csv")
 
 
 # ------------------------------------------------------------------------------ pipeline partitions
