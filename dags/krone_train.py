@@ -9,7 +9,8 @@ runs inside the same call and moves the alias `champion` only when the candidate
 candidate became champion, and is *skipped*, with the gate's reasons in its log, when it was refused.
 
 Params: `source`, `end` (YYYY-MM-DD), `days` (window length), `labels` (CSV of session labels; relative
-to the data root; known anomalies are kept out of training), `seed`, `data_root`. No catchup: training on
+to the data root; known anomalies are kept out of training), `seed`, `data_root`, and the gate's
+`fp_bound` and `min_heldout`. No catchup: training on
 an old window would only produce a model the gate compares with today's champion. MLflow and the
 warehouse come from `KRONE_MLFLOW_URI` / `KRONE_WAREHOUSE_URL` (or the `krone_warehouse` connection).
 """
@@ -57,7 +58,8 @@ def train() -> dict[str, Any]:
     params = context["params"]
     return pipeline.train_window(params["source"], window_end(context), days=int(params["days"]),
                                  data_root=params.get("data_root"), labels=params.get("labels"),
-                                 seed=int(params["seed"]), run_id=context["dag_run"].run_id)
+                                 seed=int(params["seed"]), run_id=context["dag_run"].run_id,
+                                 fp_bound=float(params["fp_bound"]), min_heldout=int(params["min_heldout"]))
 
 
 @task(outlets=[MODEL_ASSET])
@@ -87,6 +89,9 @@ def promote(result: dict[str, Any], *, outlet_events: Any = None) -> dict[str, A
         "days": Param(7, type="integer", minimum=1, description="days in the training window"),
         "labels": Param(None, type=["null", "string"], description="CSV of session labels (anomalies left out)"),
         "seed": Param(0, type="integer", description="seed of the held-out split and the model"),
+        "fp_bound": Param(0.02, type="number", minimum=0, maximum=1,
+                          description="gate: highest held-out false-positive rate to promote"),
+        "min_heldout": Param(20, type="integer", minimum=0, description="gate: fewest held-out normal sessions"),
     },
     tags=["krone", "train", "mlflow"],
     doc_md=__doc__,

@@ -177,16 +177,18 @@ def parse_day(source: str, dt: str, fmt: str, *, data_root: str | Path | None = 
 
 # ------------------------------------------------------------------------------------------ train, score
 def train_window(source: str, end: str, *, days: int = 7, data_root: str | Path | None = None,
-                 labels: str | Path | None = None, seed: int = 0, run_id: str | None = None) -> dict[str, Any]:
+                 labels: str | Path | None = None, seed: int = 0, run_id: str | None = None,
+                 **gate: Any) -> dict[str, Any]:
     """Train on the ``days`` days ending at ``end``; the gate and the ``champion`` move happen inside.
 
     ``labels`` (a CSV of ``session_id,label``; relative paths are from the data root) keeps known
-    anomalies out of training. The summary's metrics are recorded as stage ``train`` at ``end``.
+    anomalies out of training; ``gate`` sets the champion gate (``fp_bound``, ``tolerance``, ``min_heldout``).
+    The summary's metrics are recorded as stage ``train`` at ``end``.
     """
     from krone_jobs.jobs.train import train_partitions
 
     root = _root(data_root)
-    result = train_partitions(source, end, days=days, data_root=root, labels=_path(labels, root), seed=seed)
+    result = train_partitions(source, end, days=days, data_root=root, labels=_path(labels, root), seed=seed, **gate)
     return record_training(source, end, result.summary(), run_id=run_id)
 
 

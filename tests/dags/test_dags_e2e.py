@@ -189,9 +189,9 @@ def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dic
     from mlflow import MlflowClient
 
     train = run_dag(world, "krone_train", next_day(DAYS[1]), {
-        "source": SOURCE, "end": DAYS[1], "days": 2, "labels": f"labels/{SOURCE}/labels.csv"})
+        "source": SOURCE, "end": DAYS[1], "days": 2, "labels": f"labels/{SOURCE}/labels.csv", "min_heldout": 25})
     verdict = xcom(train, "promote")
-    assert verdict["promoted"] is True
+    assert verdict["promoted"] is True and verdict["gate"]["min_heldout"] == 25  # the gate params reach the gate
     client = MlflowClient(tracking_uri=world.mlflow_uri, registry_uri=world.mlflow_uri)
     champion = client.get_model_version_by_alias(f"krone-{SOURCE}", "champion")
     assert str(champion.version) == str(verdict["model_version"])
