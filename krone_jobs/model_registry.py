@@ -470,6 +470,7 @@ def regate(
     *,
     fp_bound: float | None = None,
     tolerance: float | None = None,
+    min_heldout: int | None = None,
 ) -> GateVerdict:
     """Re-run the gate on ``target`` against the current champion, on the held-out sessions logged with
     ``target``'s training run (which ``target`` never saw; the champion may have, so the check leans
@@ -484,12 +485,12 @@ def regate(
     params = client.get_run(target.run_id).data.params
     bound = fp_bound if fp_bound is not None else float(params.get("gate_fp_bound", FP_BOUND))
     tol = tolerance if tolerance is not None else float(params.get("gate_tolerance", FP_TOLERANCE))
-    min_heldout = int(params.get("gate_min_heldout", MIN_HELDOUT))
+    least = min_heldout if min_heldout is not None else int(params.get("gate_min_heldout", MIN_HELDOUT))
     current = champion_version(client, source)
     champion = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{current}")) if current else None
     candidate = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{target.version}"))
     return gate(candidate, heldout, champion=champion, champion_version=current, validation=validation,
-                fp_bound=bound, tolerance=tol, min_heldout=min_heldout)
+                fp_bound=bound, tolerance=tol, min_heldout=least)
 
 
 def promoted_by() -> str:
@@ -522,6 +523,7 @@ def promote(
     reason: str = "",
     fp_bound: float | None = None,
     tolerance: float | None = None,
+    min_heldout: int | None = None,
 ) -> GateVerdict | None:
     """An operator moves ``champion`` to a registered version (a rollback, or a refused candidate they trust).
 
@@ -539,7 +541,8 @@ def promote(
     previous = champion_version(client, source)
     if previous == version:
         return None
-    verdict = None if force else regate(client, source, target, fp_bound=fp_bound, tolerance=tolerance)
+    verdict = None if force else regate(client, source, target, fp_bound=fp_bound, tolerance=tolerance,
+                                        min_heldout=min_heldout)
     if verdict is not None and not verdict.passed:
         client.set_model_version_tag(name, version, "krone.promote_refused", "; ".join(verdict.reasons))
         return verdict
@@ -558,6 +561,8 @@ def add_promote_arguments(p: argparse.ArgumentParser) -> None:
                    help="gate bound (default: the one the version was trained with)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="allowed FP-rate excess over the champion (default: as trained)")
+    p.add_argument("--min-heldout", type=int, default=None,
+                   help="fewest held-out normal sessions the gate accepts (default: as trained)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: KRONE_MLFLOW_URI / settings)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -569,7 +574,8 @@ def main_promote(args: argparse.Namespace) -> int:
     before = champion_version(client, args.source)
     try:
         verdict = promote(args.source, args.version, tracking_uri=args.tracking_uri, force=args.force,
-                          reason=args.reason, fp_bound=args.fp_bound, tolerance=args.tolerance)
+                          reason=args.reason, fp_bound=args.fp_bound, tolerance=args.tolerance,
+                          min_heldout=args.min_heldout)
     except (LookupError, PromotionRefused) as e:
         raise SystemExit(f"krone promote: {e}") from None
     after = champion_version(client, args.source)

@@ -213,6 +213,8 @@ def test_promote_reruns_the_gate_on_the_versions_held_out_sessions(client: Mlflo
     assert "FAIL" in client.get_model_version("krone-regate", bad).tags["krone.promote_refused"]
 
     _, newer = log_version(client, detector, "regate", heldout)
+    strict = promote("regate", newer, min_heldout=61)  # the flag overrides the (default) trained value
+    assert strict is not None and not strict.passed and strict.reasons[0].startswith("FAIL: 60 held-out")
     verdict = promote("regate", newer, reason="same model, new build")
     assert verdict is not None and verdict.passed and verdict.champion_version == good and verdict.n_heldout == 60
     assert champion(client, "regate") == newer
