@@ -143,6 +143,14 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
                    help="where the per-session walk runs (auto: this process up to 50,000 sessions, else Spark)")
     p.add_argument("--json", action="store_true", help="print the run's figures as one JSON object")
     p.set_defaults(func=_cmd_score)
+    p = sub.add_parser("night", parents=[common], help="parse -> sessionize -> hierarchy -> kseqs (-> score -> "
+                       "report with a champion) for a day or a range of days, in order, without Airflow")
+    p.add_argument("--date", required=True, help="YYYY-MM-DD: the (first) day")
+    p.add_argument("--end", default=None, help="YYYY-MM-DD: the last day of a range (default: --date only)")
+    p.add_argument("--format", required=True, help="as for `krone parse`")
+    p.add_argument("--max-quarantine-ratio", type=float, default=0.05)
+    p.add_argument("--no-score", action="store_true", help="parse stages only, even with a champion")
+    p.set_defaults(func=_cmd_night)
 
 
 def _stage(result: dict[str, Any]) -> int:
@@ -151,16 +159,23 @@ def _stage(result: dict[str, Any]) -> int:
     return 0
 
 
-def _cmd_parse(a: argparse.Namespace) -> int:
+def _format_error(command: str, name: str) -> bool:
+    """Check a format before Spark starts: an unknown name or a bad formats file is the user's to fix."""
     from krone_jobs.logformats import get_format
+
+    try:
+        get_format(name)
+    except (KeyError, ValueError, OSError) as exc:
+        print(f"krone {command}: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return True
+    return False
+
+
+def _cmd_parse(a: argparse.Namespace) -> int:
     from krone_jobs.pipeline import parse_stage
 
-    try:  # before Spark starts: an unknown name or a bad formats file is the user's to fix
-        get_format(a.format)
-    except (KeyError, ValueError, OSError) as exc:
-        print(f"krone parse: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    if _format_error("parse", a.format):
         return 2
-
     return _stage(parse_stage(a.source, a.date, a.format, data_root=a.data_root, partitions=a.partitions,
                               max_quarantine_ratio=a.max_quarantine_ratio))
 
@@ -193,6 +208,21 @@ def _cmd_kseqs(a: argparse.Namespace) -> int:
     from krone_jobs.pipeline import kseqs_stage
 
     return _stage(kseqs_stage(a.source, a.date, data_root=a.data_root))
+
+
+def _cmd_night(a: argparse.Namespace) -> int:
+    from krone_jobs.night import day_range, run_night
+
+    if _format_error("night", a.format):
+        return 2
+    try:
+        day_range(a.date, a.end)
+    except ValueError as exc:
+        print(f"krone night: {exc}", file=sys.stderr)
+        return 2
+    run_night(a.source, a.format, a.date, a.end, data_root=a.data_root, score=not a.no_score,
+              max_quarantine_ratio=a.max_quarantine_ratio)
+    return 0
 
 
 def _cmd_score(a: argparse.Namespace) -> int:

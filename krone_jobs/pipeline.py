@@ -161,12 +161,12 @@ def gate_verdict(source: str, dt: str, suite: str, *, data_root: str | Path | No
 
 
 def parse_day(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
-              run_id: str | None = None) -> dict[str, Any]:
+              run_id: str | None = None, **parse_options: Any) -> dict[str, Any]:
     """Everything ``krone_parse`` does for one day, in its order: parse, gate, sessionize, gate,
-    hierarchy, kseqs. Returns each step's result by name."""
+    hierarchy, kseqs (``parse_options`` as for :func:`parse_stage`). Returns each step's result by name."""
     run_id = run_id or new_run_id()
     kw: dict[str, Any] = {"data_root": data_root, "run_id": run_id}
-    out = {"parse": parse_stage(source, dt, fmt, **kw)}
+    out = {"parse": parse_stage(source, dt, fmt, **kw, **parse_options)}
     out["parsed_gate"] = gate_verdict(source, dt, "parsed", data_root=data_root)
     out["sessionize"] = sessionize_stage(source, dt, **kw)
     out["sessions_gate"] = gate_verdict(source, dt, "sessions", data_root=data_root)

@@ -1,0 +1,60 @@
+"""``krone night``: one source's nightly chain for a day or a range of days, in date order, without Airflow.
+
+For each day it runs what the ``krone_parse`` DAG runs (parse and its gate, sessionize and its gate,
+hierarchy, KRONE Seqs) and, when ``krone-<source>`` has a champion, what ``krone_score`` runs (score, night
+report): the same :mod:`krone_jobs.pipeline` functions, so run_metrics, reports and the verdict cache are
+exactly those of the DAGs. Days run in order because sessionize carries a day's open sessions into the
+next one; the first failing day stops the run (the next day would read its carry-over), and as every stage
+overwrites its own partition, running the range again resumes cleanly. For a backfill before the first
+training, or on a machine where Airflow is not (yet) deployed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+
+def day_range(start: str, end: str | None) -> list[str]:
+    """Every day from ``start`` to ``end`` (inclusive; ``None``: ``start`` only), as YYYY-MM-DD."""
+    first = date.fromisoformat(start)
+    last = date.fromisoformat(end) if end else first
+    if last < first:
+        raise ValueError(f"--end {end} is before --date {start}")
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
+def has_champion(source: str) -> bool:
+    """Whether ``krone-<source>`` has a ``champion`` to score with (the configured MLflow store)."""
+    from krone_jobs import model_registry as registry
+
+    return registry.champion_version(registry.connect(), source) is not None
+
+
+def run_night(
+    source: str, fmt: str, start: str, end: str | None = None, *, data_root: str | Path | None = None,
+    score: bool = True, say: Callable[[str], None] = print, **parse_options: Any,
+) -> list[dict[str, Any]]:
+    """Parse (and score, if asked and a champion exists) every day of the range; one line per step.
+    ``parse_options`` go to the parse job (``max_quarantine_ratio``, ``partitions``)."""
+    from krone_jobs import pipeline
+
+    days = day_range(start, end)
+    scoring = score and has_champion(source)
+    if score and not scoring:
+        say(f"no champion for krone-{source} yet: parsing only (then `krone train --source {source} --end "
+            f"{days[-1]}`)")
+    results = []
+    for dt in days:
+        out: dict[str, Any] = pipeline.parse_day(source, dt, fmt, data_root=data_root, **parse_options)
+        p, s, k = (out[step]["metrics"] for step in ("parse", "sessionize", "kseqs"))
+        say(f"{source} {dt}: {p['raw_lines']:,} lines ({p['quarantined']:,} quarantined), {p['new_templates']} new "
+            f"templates, {s['sessions']:,} sessions closed ({s['open_sessions']:,} open), {k['chunks']:,} KRONE Seqs")
+        if scoring:
+            out["score"] = pipeline.score_day(source, dt, data_root=data_root)
+            out["report"] = pipeline.night_report(source, dt, data_root=data_root)
+            say(f"  {out['report']['summary'].splitlines()[0]}")
+        results.append(out)
+    return results

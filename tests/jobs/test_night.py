@@ -1,0 +1,52 @@
+"""``krone night``: the DAGs' daily chain over a range of days, parse-only until a champion exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from krone_jobs import pipeline
+from krone_jobs.night import day_range, run_night
+from krone_jobs.synthetic import generate
+from krone_jobs.warehouse import Warehouse
+
+SOURCE = "nightly"
+DAYS = ("2026-11-01", "2026-11-02")
+
+
+def test_day_range() -> None:
+    assert day_range("2026-11-30", "2026-12-02") == ["2026-11-30", "2026-12-01", "2026-12-02"]
+    assert day_range("2026-11-30", None) == ["2026-11-30"]
+    with pytest.raises(ValueError, match="before"):
+        day_range("2026-11-30", "2026-11-29")
+
+
+def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
+        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    monkeypatch.setenv("KRONE_WAREHOUSE_URL", url)
+    monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("KRONE_MLFLOW_ARTIFACTS", (tmp_path / "artifacts").as_uri())
+    generate(tmp_path, days=2, sessions_per_day=80, seed=3, start_date=DAYS[0], source=SOURCE)
+
+    said: list[str] = []
+    first = run_night(SOURCE, "krone", *DAYS, data_root=tmp_path, say=said.append)
+    assert said[0].startswith(f"no champion for krone-{SOURCE} yet: parsing only")
+    assert [line.split(":")[0] for line in said[1:]] == [f"{SOURCE} {d}" for d in DAYS]
+    assert all("score" not in out for out in first)
+    assert first[0]["sessionize"]["metrics"]["open_sessions"] > 0  # jobs running at midnight ...
+    assert first[1]["sessionize"]["metrics"]["carried_in_events"] > 0  # ... are closed by day 2, in order
+
+    pipeline.train_window(SOURCE, DAYS[0], days=1, data_root=tmp_path, fp_bound=1.0, min_heldout=0)
+    said.clear()
+    again = run_night(SOURCE, "krone", DAYS[1], data_root=tmp_path, say=said.append)
+    assert said[0].startswith(f"{SOURCE} {DAYS[1]}:") and said[1].startswith(f"  {SOURCE} {DAYS[1]}: ")
+    assert again[0]["score"]["metrics"]["sessions"] == again[0]["sessionize"]["metrics"]["sessions"]
+    assert Path(again[0]["report"]["path"]).is_file()
+    with Warehouse(url) as wh, wh.engine.connect() as conn:
+        query = text("SELECT DISTINCT stage FROM run_metrics WHERE dt = :dt")
+        stages = set(conn.execute(query, {"dt": DAYS[1]}).scalars())
+    assert {"parse", "sessionize", "hierarchy", "kseqs", "score"} <= stages
