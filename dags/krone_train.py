@@ -59,7 +59,7 @@ def train() -> dict[str, Any]:
     return pipeline.train_window(params["source"], window_end(context), days=int(params["days"]),
                                  data_root=params.get("data_root"), labels=params.get("labels"),
                                  seed=int(params["seed"]), run_id=context["dag_run"].run_id,
-                                 fp_bound=float(params["fp_bound"]), min_heldout=int(params["min_heldout"]))
+                                 **{k: params[k] for k in ("fp_bound", "min_heldout") if params.get(k) is not None})
 
 
 @task(outlets=[MODEL_ASSET])
@@ -89,9 +89,12 @@ def promote(result: dict[str, Any], *, outlet_events: Any = None) -> dict[str, A
         "days": Param(7, type="integer", minimum=1, description="days in the training window"),
         "labels": Param(None, type=["null", "string"], description="CSV of session labels (anomalies left out)"),
         "seed": Param(0, type="integer", description="seed of the held-out split and the model"),
-        "fp_bound": Param(0.02, type="number", minimum=0, maximum=1,
-                          description="gate: highest held-out false-positive rate to promote"),
-        "min_heldout": Param(20, type="integer", minimum=0, description="gate: fewest held-out normal sessions"),
+        "fp_bound": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                          description="gate: highest held-out false-positive rate to promote (default: "
+                                      "krone_jobs.config.GATE_FP_BOUND)"),
+        "min_heldout": Param(None, type=["null", "integer"], minimum=0,
+                             description="gate: fewest held-out normal sessions (default: "
+                                         "krone_jobs.config.GATE_MIN_HELDOUT)"),
     },
     tags=["krone", "train", "mlflow"],
     doc_md=__doc__,

@@ -11,6 +11,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The champion gate's defaults, in one place for the registry, `krone train` / `krone promote` and the
+# krone_train DAG (which may import this module at parse time: standard library only).
+GATE_FP_BOUND = 0.02
+"""Highest held-out false-positive rate a candidate may have to become champion."""
+GATE_TOLERANCE = 0.002
+"""How much a candidate's held-out false-positive rate may exceed the champion's on the same sessions."""
+GATE_MIN_HELDOUT = 20
+"""Fewer held-out normal sessions than this measure no false-positive rate worth gating on (0 of 2 "passes"
+any bound); the gate's reason gives the rate's 95 % upper bound, so an operator sees how sure it is."""
+
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)

@@ -36,7 +36,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from krone_jobs.config import settings
+from krone_jobs.config import GATE_FP_BOUND, GATE_MIN_HELDOUT, GATE_TOLERANCE, settings
 from krone_jobs.detectors.nested_aware import TABLES
 from krone_jobs.detectors.router import RoutedDetector
 from krone_jobs.detectors.verdict import SessionVerdict
@@ -47,11 +47,6 @@ from krone_jobs.templates import TemplateStore
 
 CHAMPION = "champion"
 MODEL_NAME = "model"  # the pyfunc's name inside its run
-FP_BOUND = 0.02
-FP_TOLERANCE = 0.002
-# Fewer held-out normal sessions than this measure no false-positive rate worth gating on (0 of 2 "passes"
-# any bound); the reason line gives the rate's 95 % upper bound, so an operator sees how sure it is.
-MIN_HELDOUT = 20
 GATE_DIR = "gate"  # run artifacts the gate judged on, so it can be re-run by `krone promote`
 HELDOUT_FILE = "heldout.parquet"
 VALIDATION_FILE = "validation.parquet"
@@ -322,7 +317,7 @@ class GateVerdict:
     n_validation: int
     fp_bound: float
     tolerance: float
-    min_heldout: int = MIN_HELDOUT
+    min_heldout: int = GATE_MIN_HELDOUT
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (tuples as lists, an unmeasurable NaN as ``null``)."""
@@ -354,9 +349,9 @@ def gate(
     champion: Predictor | None = None,
     champion_version: str | None = None,
     validation: Validation | None = None,
-    fp_bound: float = FP_BOUND,
-    tolerance: float = FP_TOLERANCE,
-    min_heldout: int = MIN_HELDOUT,
+    fp_bound: float = GATE_FP_BOUND,
+    tolerance: float = GATE_TOLERANCE,
+    min_heldout: int = GATE_MIN_HELDOUT,
 ) -> GateVerdict:
     """Judge a candidate on held-out *normal* sessions (and optional labelled ones), against the champion
     evaluated on the very same sessions, so the comparison measures the models and not the data. Fewer
@@ -404,9 +399,9 @@ def promote_if_better(
     *,
     run_id: str,
     validation: Validation | None = None,
-    fp_bound: float = FP_BOUND,
-    tolerance: float = FP_TOLERANCE,
-    min_heldout: int = MIN_HELDOUT,
+    fp_bound: float = GATE_FP_BOUND,
+    tolerance: float = GATE_TOLERANCE,
+    min_heldout: int = GATE_MIN_HELDOUT,
 ) -> GateVerdict:
     """Run the gate against the current champion, record the verdict (run params/metrics, ``gate.json``,
     model-version tags) and move ``champion`` to ``version`` only if it passed."""
@@ -483,9 +478,9 @@ def regate(
             f"cannot be re-run: pass --force (with --reason) to promote it anyway")
     heldout, validation = logged
     params = client.get_run(target.run_id).data.params
-    bound = fp_bound if fp_bound is not None else float(params.get("gate_fp_bound", FP_BOUND))
-    tol = tolerance if tolerance is not None else float(params.get("gate_tolerance", FP_TOLERANCE))
-    least = min_heldout if min_heldout is not None else int(params.get("gate_min_heldout", MIN_HELDOUT))
+    bound = fp_bound if fp_bound is not None else float(params.get("gate_fp_bound", GATE_FP_BOUND))
+    tol = tolerance if tolerance is not None else float(params.get("gate_tolerance", GATE_TOLERANCE))
+    least = min_heldout if min_heldout is not None else int(params.get("gate_min_heldout", GATE_MIN_HELDOUT))
     current = champion_version(client, source)
     champion = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{current}")) if current else None
     candidate = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{target.version}"))

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from krone_jobs.config import settings
+from krone_jobs.config import GATE_FP_BOUND, GATE_MIN_HELDOUT, GATE_TOLERANCE, settings
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, load_overrides
 from krone_jobs.partitions import check_date, check_source, latest_before, partition_dir
@@ -173,9 +173,9 @@ def train(
     seed: int = 0,
     nested_params: Mapping[str, Any] | None = None,
     holdout: float = HOLDOUT,
-    fp_bound: float = 0.02,
-    tolerance: float = 0.002,
-    min_heldout: int = 20,
+    fp_bound: float = GATE_FP_BOUND,
+    tolerance: float = GATE_TOLERANCE,
+    min_heldout: int = GATE_MIN_HELDOUT,
     miner_state: str | None = None,
     tracking_uri: str | None = None,
     artifact_root: str | None = None,
@@ -446,9 +446,9 @@ def train_partitions(
     labels: Path | None = None,
     exclude_reported: bool = True,
     nested_params: Mapping[str, Any] | None = None,
-    fp_bound: float = 0.02,
-    tolerance: float = 0.002,
-    min_heldout: int = 20,
+    fp_bound: float = GATE_FP_BOUND,
+    tolerance: float = GATE_TOLERANCE,
+    min_heldout: int = GATE_MIN_HELDOUT,
     holdout: float = HOLDOUT,
     validation: tuple[Sequence[Sequence[str]], Sequence[int]] | None = None,
 ) -> TrainResult:
@@ -508,9 +508,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miner-state", type=Path, help="Drain3 miner state JSON to ship inside the model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=HOLDOUT, help="share of normal sessions held out for the gate")
-    p.add_argument("--fp-bound", type=float, default=0.02, help="highest held-out false-positive rate to promote")
-    p.add_argument("--tolerance", type=float, default=0.002, help="allowed FP-rate excess over the champion")
-    p.add_argument("--min-heldout", type=int, default=20, help="fewest held-out normal sessions the gate accepts")
+    p.add_argument("--fp-bound", type=float, default=GATE_FP_BOUND, help="highest held-out false-positive rate to promote")
+    p.add_argument("--tolerance", type=float, default=GATE_TOLERANCE, help="allowed FP-rate excess over the champion")
+    p.add_argument("--min-heldout", type=int, default=GATE_MIN_HELDOUT, help="fewest held-out normal sessions the gate accepts")
     p.add_argument("--nested-params", type=json.loads, default=None, help='Nested-Aware options as JSON, e.g. {"epochs": 5}')
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: KRONE_MLFLOW_URI / settings)")
     p.add_argument("--data-dir", type=Path, default=None, help="shared data root for --dataset")
