@@ -19,10 +19,15 @@ class Codebook:
 
     @classmethod
     def from_hierarchy(cls, hierarchy: Hierarchy) -> Codebook:
-        names: tuple[list[str], list[str], list[str]] = ([], [], [])
-        index: tuple[dict[str, int], dict[str, int], dict[str, int]] = ({}, {}, {})
-        codes: dict[str, tuple[int, int, int]] = {}
-        for tid in sorted(hierarchy):
+        return cls({}, ([], [], [])).extended(hierarchy)
+
+    def extended(self, hierarchy: Hierarchy) -> Codebook:
+        """This codebook plus the templates of ``hierarchy`` it lacks, their new nodes *appended* (sorted
+        template ids), so every existing code, and whatever a fitted detector learned about it, stays valid."""
+        names = (list(self.names[0]), list(self.names[1]), list(self.names[2]))
+        index = tuple({name: code for code, name in enumerate(table)} for table in names)
+        codes = dict(self.codes)
+        for tid in sorted(t for t in hierarchy if t not in codes):
             node = hierarchy[tid]
             row = []
             for lvl, node_id in enumerate((node.entity_node, node.action_node, node.status_node)):
@@ -31,7 +36,7 @@ class Codebook:
                     names[lvl].append(node_id)
                 row.append(index[lvl][node_id])
             codes[tid] = (row[0], row[1], row[2])
-        return cls(codes, names)
+        return Codebook(codes, names)
 
     def cut(self, seq: Sequence[str]) -> Cut | None:
         """Cut a session on int codes; ``None`` for an empty session or an unknown template."""

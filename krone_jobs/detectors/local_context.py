@@ -248,6 +248,12 @@ class LocalContextDetector(BaseEstimator):
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    def use_codebook(self, codebook: Codebook) -> None:
+        """Judge with ``codebook``, an :meth:`Codebook.extended` copy of this one (templates placed after
+        training): every learned code keeps its meaning, the new templates' nodes are simply unseen."""
+        self.codebook_ = codebook
+        self._cache.clear()
+
     # ---------------------------------------------------------------------------- persistence
     def to_state(self) -> dict[str, Any]:
         """Learned state as plain lists (node codes follow the hierarchy, so they are reproducible)."""

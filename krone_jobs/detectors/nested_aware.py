@@ -606,6 +606,15 @@ class NestedAwareDetector(BaseEstimator):
                 f"under such closed parents at a share of {k} of {n}, upper bound "
                 f"{self.closed_parent_rate_[level]:.2g} < budget {self.fp_budget:.2g})")
 
+    def use_codebook(self, codebook: Codebook) -> None:
+        """Judge with ``codebook``, an :meth:`Codebook.extended` copy of this one (templates placed after
+        training). Learned codes keep their meaning; a new template's own nodes are unseen, so rule 1 (an
+        error step), rule 2 or the content check with its nearest seen ancestor judge it, as in evaluation
+        where the hierarchy covers the test templates too."""
+        self.codebook_ = codebook
+        self.classes_ = self._classes()
+        self.bag_._route(codebook)
+
     def _classes(self) -> tuple[np.ndarray, ...]:
         """Per codebook table, the unseen-class token of every node (from its name)."""
         return tuple(

@@ -93,8 +93,28 @@ class RoutedDetector(BaseEstimator):
         self.nested_ = (
             NestedAwareDetector(self.hierarchy, **(self.nested_params or {})).fit(sessions) if self.nested else None
         )
+        self.hierarchy_ = self.hierarchy
         self._reset_runtime()
         return self
+
+    def extend_hierarchy(self, placed: Hierarchy) -> int:
+        """Judge the templates of ``placed`` (the pipeline's hierarchy, grown by the hierarchy stage since
+        training) that this model lacks instead of flagging every session that has one: their nodes join
+        the codebooks as never-seen nodes, so the Nested-Aware rules judge a new template in context (an
+        error step is anomalous, an ordinary one is weighed by its session's content), exactly as
+        ``krone evaluate`` does, where the hierarchy covers test-only templates too. Existing templates keep
+        the model's placement. Runtime only: :meth:`save` writes the training hierarchy. Returns how many
+        templates were added."""
+        new = [placed[t] for t in sorted(placed) if t not in self.hierarchy_]
+        if not new:
+            return 0
+        self.hierarchy_ = self.hierarchy_.extend(new)
+        codebook = self.local_.codebook_.extended(self.hierarchy_)
+        self.local_.use_codebook(codebook)
+        if self.nested_ is not None:
+            self.nested_.use_codebook(codebook)
+        self._reset_runtime()
+        return len(new)
 
     def _reset_runtime(self) -> None:
         self._sessions: dict[tuple[str, ...], SessionVerdict] = {}
@@ -365,5 +385,6 @@ class RoutedDetector(BaseEstimator):
                   llm=llm, llm_band=p["llm_band"], llm_examples=int(p.get("llm_examples", 3)), cache_size=p["cache_size"])
         det.local_ = LocalContextDetector.from_state(hierarchy, state["local"])
         det.nested_ = NestedAwareDetector.from_state(hierarchy, state["nested"]) if "nested" in state else None
+        det.hierarchy_ = hierarchy
         det._reset_runtime()
         return det

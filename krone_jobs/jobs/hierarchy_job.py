@@ -47,6 +47,12 @@ def load_hierarchy(root: Path, source: str) -> Hierarchy:
     return Hierarchy.load_csv(path)
 
 
+def hierarchy_at(root: Path, source: str, dt: str) -> Hierarchy | None:
+    """The hierarchy a run of day ``dt`` used (the newest dated snapshot at or before it), or ``None``."""
+    path = latest_before(state_dir(root, source) / "hierarchy", dt, inclusive=True)
+    return Hierarchy.load_csv(path) if path is not None else None
+
+
 def _save(hierarchy: Hierarchy, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = temp_dir_for(path)

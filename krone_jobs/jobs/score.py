@@ -3,8 +3,9 @@
 What a night costs is decided by the verdict cache. The champion model (``models:/krone-<source>@champion``)
 and the cache of its version (one query, ``Warehouse.load_cache``) are loaded on the driver; then
 
-1. **Spark, per session** (``mapInArrow``): cut the session into KRONE Seqs with the model's hierarchy and
-   walk them as the router does (status, then action, then entity; stop at the first anomalous chunk).
+1. **Spark, per session** (``mapInArrow``): cut the session into KRONE Seqs with the model's hierarchy (plus
+   the templates the hierarchy stage placed since training, :meth:`RoutedDetector.extend_hierarchy`: a new
+   template is judged in context, not flagged for being new) and walk them as the router does (status, then action, then entity; stop at the first anomalous chunk).
    A chunk in the knowledge base, or one an operator marked normal (feedback), is normal; a chunk in the
    cache takes the cached verdict (a *cache hit*). A session whose walk meets only such chunks is decided
    there; the others (an uncached chunk on the way, or a template the model lacks) go back to the driver.
@@ -81,6 +82,8 @@ class ScoreMetrics:
     cache_hits: int = 0
     """Chunk lookups answered by the warehouse cache."""
     new_cache_entries: int = 0
+    templates_placed: int = 0
+    """Templates the model lacks that the hierarchy stage placed since training: judged in context."""
     unknown_template_sessions: int = 0
     feedback_normal_keys: int = 0
     llm_calls: int = 0
@@ -351,6 +354,7 @@ def run_score(
     ``llm``: a :class:`~krone_jobs.detectors.router.ChunkJudge` to use instead of the one built from
     ``KRONE_LLM_*`` (evaluation harnesses pass theirs). ``engine``: where the per-session walk runs
     (``spark``, ``local`` = this process, ``auto`` = local up to :data:`LOCAL_MAX_SESSIONS` sessions)."""
+    from krone_jobs.jobs.hierarchy_job import hierarchy_at
     from krone_jobs.jobs.parse import latest_templates
     from krone_jobs.spark import get_spark
     from krone_jobs.warehouse import Warehouse
@@ -369,6 +373,8 @@ def run_score(
         wh.ensure_schema()  # the warehouse must answer before any work: nothing is half-done when it is down
         champion = Champion.load(source, tracking_uri)
         detector = champion.detector
+        placed = hierarchy_at(root, source, date)
+        templates_placed = detector.extend_hierarchy(placed) if placed is not None else 0
         feedback = {k for k in wh.normal_feedback(source).values() if k}
         applied = sum(detector.add_normal(k) for k in sorted(feedback))
         cache = wh.load_cache(source, champion.version)
@@ -378,7 +384,7 @@ def run_score(
         phases = {"load": time.perf_counter() - t0}
         n_sessions = count_rows(partition_dir(root, "sessions", source, date))
         payload = json.dumps({
-            "hierarchy": detector.hierarchy.to_json(), "to_model": model_ids(store, champion.store),
+            "hierarchy": detector.hierarchy_.to_json(), "to_model": model_ids(store, champion.store),
             "known": sorted(set(_knowledge_keys(detector)) | feedback),
             "cached": {k: bool(v["verdict"]) for k, v in cache.items()}})
         if engine == "spark" or (engine == "auto" and n_sessions > LOCAL_MAX_SESSIONS):
@@ -411,7 +417,7 @@ def run_score(
         decomposed: dict[tuple[str, ...], Decomposition | None] = {}
         for seq in verdicts:
             try:
-                decomposed[seq] = decompose(seq, detector.hierarchy)
+                decomposed[seq] = decompose(seq, detector.hierarchy_)
             except UnknownTemplateError:
                 decomposed[seq] = None
                 continue
@@ -431,6 +437,7 @@ def run_score(
             anomalies=len(reports), per_level=dict(sorted(Counter(r["level"] for r in reports).items())),
             decided_from_cache=n_sessions - len(undecided), routed_sessions=len(verdicts),
             cache_hits=sum(hits.values()), new_cache_entries=len({r["cache_key"] for r in new_cache}),
+            templates_placed=templates_placed,
             unknown_template_sessions=sum(1 for s in seqs if decomposed.get(s) is None),
             feedback_normal_keys=applied, llm_calls=detector.stats_["llm_calls"],
             llm_tokens=int(llm_counters.get("prompt_tokens", 0) + llm_counters.get("completion_tokens", 0)),

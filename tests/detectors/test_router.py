@@ -89,3 +89,26 @@ def test_llm_seam_only_sees_uncertain_chunks(tmp_path: Path) -> None:
     (e,) = det.detect([FAILED_READ])  # an unseen error step scores inf: never sent to the LLM
     assert e.anomalous and e.detector == "nested"
     assert not v.anomalous and v.detector == "llm"
+
+
+def test_templates_placed_after_training_are_judged_in_context(tmp_path: Path) -> None:
+    """A template the model lacks but the pipeline's hierarchy placed is judged by the Nested-Aware rules
+    (an error step is anomalous, for that reason) instead of being flagged only for being new; known
+    templates keep the model's placement, and the extension is not saved with the model."""
+    from krone_jobs.hierarchy.model import make_node
+    from tests.toy import toy_hierarchy
+
+    det = RoutedDetector(toy_hierarchy(), nested_params=TINY).fit(NORMAL)
+    timed_out = ["t1", "t2", "t0", "t5", "t6", "t7"]
+    (before,) = det.detect([timed_out])
+    assert before.anomalous and "t0 is not in the hierarchy" in before.reason
+    placed = toy_hierarchy().extend([make_node("t0", "read blob <*> timed out", "blob", "read", "timeout", "offline")])
+    placed = placed.with_overrides([make_node("t6", "worker <*> running task", "job", "run", "none", "override")])
+    assert det.extend_hierarchy(placed) == 1 and det.extend_hierarchy(placed) == 0
+    assert det.hierarchy_["t6"] == toy_hierarchy()["t6"] and "t0" not in det.hierarchy
+    (after,) = det.detect([timed_out])
+    assert after.anomalous and after.detector == "nested" and after.level == "status"
+    assert "S:blob/read/timeout#t0 was never seen in training and names an error" in after.reason
+    assert not any(det.predict(NORMAL[:3]))
+    det.save(tmp_path / "model")
+    assert "t0" not in RoutedDetector.load(tmp_path / "model").hierarchy_

@@ -153,3 +153,26 @@ def test_llm_decides_uncertain_chunks_within_its_budget(
     assert by_llm and all(r[0].startswith("LLM: step order") for r in by_llm)  # one answer may settle several
     prompt = json.dumps(fake.requests[0]["messages"])
     assert "job_" not in prompt  # session ids and raw lines never leave; node ids and templates do
+
+
+def test_templates_placed_after_training_are_judged_in_context(
+    pipeline: Pipeline, spark: Any, warehouse: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A champion trained on day 1's hierarchy only: day 2's new template, placed by the hierarchy stage, is
+    judged by the Nested-Aware rules in its session's context (and cached like any chunk) instead of every
+    session that has it being reported, night after night, as a template the model lacks."""
+    day1 = latest_templates(pipeline.root, SOURCE, DAYS[0])
+    assert day1 is not None and pipeline.parse[DAYS[1]].new_templates > 0
+    full = load_hierarchy(pipeline.root, SOURCE)
+    known = {t.template_id for t in day1.templates()}
+    table = pq.read_table(partition_dir(pipeline.root, "sessions", SOURCE, DAYS[0])).to_pydict()
+    sessions = [[day1.resolve(t) for t in tids] for tids in table["template_ids"]]
+    monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("KRONE_MLFLOW_ARTIFACTS", (tmp_path / "artifacts").as_uri())
+    train(SOURCE, sessions, {t.template_id: t.template for t in day1.templates()},
+          hierarchy=type(full)(full[t] for t in full if t in known), miner_state=day1.to_json(), fp_bound=1.0,
+          min_heldout=0)
+    m = score(pipeline, spark)
+    assert m.templates_placed == len(full) - len(known) > 0 and m.unknown_template_sessions == 0
+    assert not rows(warehouse, "SELECT reason FROM anomaly_reports WHERE reason LIKE '%not in the hierarchy%'")
+    assert score(pipeline, spark).routed_sessions == 0  # warm: the sessions with the new template are cached too
