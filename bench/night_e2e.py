@@ -34,21 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from rendered_e2e import _link_raw  # bench/ is on sys.path when this file runs
+from rendered_e2e import _link_raw, by_our_id  # bench/ is on sys.path when this file runs
 
 from krone_jobs.datasets import default_data_dir
 
 FORMATS = {"hdfs": "hdfs", "thunderbird": "thunderbird"}
-
-
-def _labels(rendered: Path, system: str) -> dict[str, int]:
-    """Our session id -> label (HDFS: the block id; Thunderbird: ``<node>#<first epoch>`` via sessions.csv)."""
-    with open(rendered / "labels.csv", newline="") as fh:
-        label = {row["session_id"]: int(row["label"]) for row in csv.DictReader(fh)}
-    if system == "hdfs":
-        return label
-    with open(rendered / "sessions.csv", newline="") as fh:
-        return {f"{row['node']}#{row['first_epoch']}": label[row["session_id"]] for row in csv.DictReader(fh)}
 
 
 def _sessions(root: Path, system: str, days: list[str]) -> Any:
@@ -76,7 +66,7 @@ def run_system(system: str, work: Path, train_days: int) -> dict[str, Any]:
     root = home / "data"
     days = _link_raw(rendered, root, system)
     train, scored = days[:train_days], days[train_days:]
-    label = _labels(rendered, system)
+    label = by_our_id(rendered, system, "label")
     labels_csv = home / "labels.csv"  # what an operator passes to `krone train --labels`
     with open(labels_csv, "w", newline="") as fh:
         csv.writer(fh).writerows([("session_id", "label"), *label.items()])

@@ -56,14 +56,15 @@ def _link_raw(rendered: Path, root: Path, system: str) -> list[str]:
     return [*days, (date.fromisoformat(days[-1]) + timedelta(days=1)).isoformat()]
 
 
-def _seq_ids(rendered: Path, system: str) -> dict[str, int]:
-    """Our session id -> demo seq_id."""
+def by_our_id(rendered: Path, system: str, column: str) -> dict[str, int]:
+    """Our session id -> an int column of ``labels.csv`` (``seq_id``, ``label``). HDFS: the block id is ours
+    too; Thunderbird: ours is ``<node>#<first epoch>``, found through ``sessions.csv``."""
     with open(rendered / "labels.csv", newline="") as fh:
-        seq = {row["session_id"]: int(row["seq_id"]) for row in csv.DictReader(fh)}
+        value = {row["session_id"]: int(row[column]) for row in csv.DictReader(fh)}
     if system == "hdfs":
-        return seq
+        return value
     with open(rendered / "sessions.csv", newline="") as fh:
-        return {f"{row['node']}#{row['first_epoch']}": seq[row["session_id"]] for row in csv.DictReader(fh)}
+        return {f"{row['node']}#{row['first_epoch']}": value[row["session_id"]] for row in csv.DictReader(fh)}
 
 
 def _score(hierarchy: Hierarchy, train: list[tuple[str, ...]], test: list[tuple[str, ...] | None], y: np.ndarray,
@@ -137,7 +138,7 @@ def run_system(system: str, work: Path, spark: Any) -> dict[str, Any]:
     assert store is not None
     templates = {t.template_id: t.template for t in store.templates()}
     ours_h = build_hierarchy(templates, OfflineExtractor())
-    seq_of = _seq_ids(rendered, system)
+    seq_of = by_our_id(rendered, system, "seq_id")
     ours = {seq_of[s]: tuple(t if t in ours_h else store.resolve(t) for t in ids)
             for s, ids in zip(sessions["session_id"], sessions["template_ids"]) if s in seq_of}
 
