@@ -65,7 +65,10 @@ class ChunkJudge(Protocol):
 
 
 class RoutedDetector(BaseEstimator):
-    """Local-Context knowledge base, then the Nested-Aware model on unseen chunks, then an optional LLM."""
+    """Local-Context knowledge base, then the Nested-Aware model on unseen chunks, then an optional LLM.
+
+    Learned: ``local_``, ``nested_``, ``hierarchy_`` (the hierarchy it judges with: ``hierarchy`` plus any
+    templates placed later, :meth:`extend_hierarchy`), ``stats_``."""
 
     def __init__(
         self,

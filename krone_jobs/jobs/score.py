@@ -5,7 +5,8 @@ and the cache of its version (one query, ``Warehouse.load_cache``) are loaded on
 
 1. **Spark, per session** (``mapInArrow``): cut the session into KRONE Seqs with the model's hierarchy (plus
    the templates the hierarchy stage placed since training, :meth:`RoutedDetector.extend_hierarchy`: a new
-   template is judged in context, not flagged for being new) and walk them as the router does (status, then action, then entity; stop at the first anomalous chunk).
+   template is judged in context, not flagged for being new) and walk them as the router does (status,
+   then action, then entity; stop at the first anomalous chunk).
    A chunk in the knowledge base, or one an operator marked normal (feedback), is normal; a chunk in the
    cache takes the cached verdict (a *cache hit*). A session whose walk meets only such chunks is decided
    there; the others (an uncached chunk on the way, or a template the model lacks) go back to the driver.

@@ -508,9 +508,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miner-state", type=Path, help="Drain3 miner state JSON to ship inside the model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=HOLDOUT, help="share of normal sessions held out for the gate")
-    p.add_argument("--fp-bound", type=float, default=GATE_FP_BOUND, help="highest held-out false-positive rate to promote")
-    p.add_argument("--tolerance", type=float, default=GATE_TOLERANCE, help="allowed FP-rate excess over the champion")
-    p.add_argument("--min-heldout", type=int, default=GATE_MIN_HELDOUT, help="fewest held-out normal sessions the gate accepts")
+    p.add_argument("--fp-bound", type=float, default=GATE_FP_BOUND,
+                   help="highest held-out false-positive rate to promote")
+    p.add_argument("--tolerance", type=float, default=GATE_TOLERANCE,
+                   help="allowed FP-rate excess over the champion")
+    p.add_argument("--min-heldout", type=int, default=GATE_MIN_HELDOUT,
+                   help="fewest held-out normal sessions the gate accepts")
     p.add_argument("--nested-params", type=json.loads, default=None, help='Nested-Aware options as JSON, e.g. {"epochs": 5}')
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: KRONE_MLFLOW_URI / settings)")
     p.add_argument("--data-dir", type=Path, default=None, help="shared data root for --dataset")
