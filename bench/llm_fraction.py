@@ -57,7 +57,7 @@ def judge_pass(detector: RoutedDetector, test: Any, llm: LLMJudge | None) -> dic
     y_pred = detector.predict(test.sequences)
     fig = confusion(test.labels, y_pred)
     out: dict[str, Any] = {"f1": fig["f1"], "precision": fig["precision"], "recall": fig["recall"],
-                           "requests": detector.stats_["llm_calls"]}
+                           "requests": detector.stats_["llm_requests"]}
     if llm is not None:
         c = llm.client.counters
         out.update(calls=c.calls, budget_refusals=c.budget_refusals,

@@ -15,9 +15,15 @@ The sessions closed on the scored days are then joined with the rendered labels:
 of the ``anomaly_reports`` table, anomalies per level, lines/s of the parse stages and
 sessions/s of scoring (whole stage runs, model load and Spark jobs included), peak RSS. The classical
 baselines of ``krone_jobs/detectors/baselines.py`` are fitted on the same training sessions and judged on
-the same scored sessions, in the same run, for scale. No LLM is configured (offline figures).
+the same scored sessions, in the same run, for scale.
 
-    .venv/bin/python bench/night_e2e.py [--systems hdfs thunderbird] [--train-days 3] [--work /tmp/krone-night-e2e]
+No LLM by default (offline figures). ``--llm scripted`` puts the scripted OpenAI-protocol endpoint of
+``llm_fraction.py`` (the tests' server on 127.0.0.1, answering ``Abnormal`` when the chunk's steps name an
+error) behind ``KRONE_LLM_*`` with the default budget, so the figures show how many calls a real night
+makes and that they go through the real client, prompts and budget; its verdicts carry no knowledge.
+
+    .venv/bin/python bench/night_e2e.py [--systems hdfs thunderbird] [--train-days 3] [--llm off|scripted]
+                                        [--work /tmp/krone-night-e2e]
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def _sessions(root: Path, system: str, days: list[str]) -> Any:
     return pd.concat([pd.read_parquet(partition_dir(root, "sessions", system, d)) for d in days], ignore_index=True)
 
 
-def run_system(system: str, work: Path, train_days: int) -> dict[str, Any]:
+def run_system(system: str, work: Path, train_days: int, llm_url: str | None = None) -> dict[str, Any]:
     from krone_jobs import pipeline
     from krone_jobs.detectors.baselines import BASELINES
     from krone_jobs.evaluate import confusion
@@ -63,6 +69,8 @@ def run_system(system: str, work: Path, train_days: int) -> dict[str, Any]:
     for var in ("KRONE_DATA_ROOT", "KRONE_MLFLOW_URI", "KRONE_MLFLOW_ARTIFACTS", "KRONE_WAREHOUSE_URL",
                 "KRONE_LLM_BASE_URL", "KRONE_LLM_MODEL"):
         os.environ.pop(var, None)
+    if llm_url is not None:
+        os.environ.update(KRONE_LLM_BASE_URL=llm_url, KRONE_LLM_MODEL="scripted", KRONE_LLM_API_KEY="bench")
     root = home / "data"
     days = _link_raw(rendered, root, system)
     train, scored = days[:train_days], days[train_days:]
@@ -112,7 +120,7 @@ def run_system(system: str, work: Path, train_days: int) -> dict[str, Any]:
         "model_version": trained["summary"].get("model_version"),
         "scored_sessions": len(test_sessions), "unlabelled_sessions": int((~known).sum()),
         "routed": confusion(y[known], pred[known]), "anomalies_per_level": per_level, "baselines": baselines,
-        "llm_calls": sum(m.get("llm_calls", 0) for m in scores),
+        **{k: sum(m.get(k, 0) for m in scores) for k in ("llm_calls", "llm_requests", "llm_budget_refusals")},
         "parse_lines_per_s": round(raw_lines / (parse_s + night_s - score_s)),
         "score_sessions_per_s": round(sum(m["sessions"] for m in scores) / score_s) if score_s else None,
         "seconds": {"parse_train_days": round(parse_s, 1), "train": round(train_s, 1),
@@ -120,30 +128,48 @@ def run_system(system: str, work: Path, train_days: int) -> dict[str, Any]:
     }
 
 
+def _summary(system: str, r: dict[str, Any]) -> str:
+    m = r["routed"]
+    best = max(r["baselines"].items(), key=lambda kv: kv[1]["f1"])
+    return (f"{system}: trained on {r['train_days'][0]}..{r['train_days'][-1]} ({r['normal_train_sessions']:,} "
+            f"normal sessions, model v{r['model_version']}), scored {r['scored_days'][0]}..{r['scored_days'][-1]}: "
+            f"{r['scored_sessions']:,} sessions ({r['unlabelled_sessions']} unlabelled) | routed F1 {m['f1']:.4f} "
+            f"P {m['precision']:.4f} R {m['recall']:.4f} (TP {m['tp']}, FP {m['fp']}, FN {m['fn']}), "
+            f"{r['llm_calls']} LLM calls ({100 * r['llm_calls'] / max(r['scored_sessions'], 1):.2f} % of "
+            f"sessions; {r['llm_requests']} chunks asked about, {r['llm_budget_refusals']} refused by the budget) "
+            f"| best baseline {best[0]} F1 {best[1]['f1']:.4f} | {r['raw_lines']:,} lines at "
+            f"{r['parse_lines_per_s']:,} lines/s through the parse stages, scoring {r['score_sessions_per_s']:,} "
+            f"sessions/s (whole stage runs) | seconds {r['seconds']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--systems", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     p.add_argument("--train-days", type=int, default=3, help="days of the training window (the rest are scored)")
+    p.add_argument("--llm", choices=["off", "scripted"], default="off")
     p.add_argument("--work", type=Path, default=Path("/tmp/krone-night-e2e"))
     a = p.parse_args(argv)
     from krone_jobs.spark import get_spark
 
+    server = None
+    if a.llm == "scripted":
+        from llm_fraction import FakeLLM, scripted_answer
+
+        os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+        server = FakeLLM().start()
+        server.respond(scripted_answer)
     spark = get_spark("night-e2e")  # one session for every stage of every system
-    for system in a.systems:
-        r = run_system(system, a.work, a.train_days)
-        m = r["routed"]
-        best = max(r["baselines"].items(), key=lambda kv: kv[1]["f1"])
-        print(f"{system}: trained on {r['train_days'][0]}..{r['train_days'][-1]} ({r['normal_train_sessions']:,} "
-              f"normal sessions, model v{r['model_version']}), scored {r['scored_days'][0]}..{r['scored_days'][-1]}: "
-              f"{r['scored_sessions']:,} sessions ({r['unlabelled_sessions']} unlabelled) | routed F1 {m['f1']:.4f} "
-              f"P {m['precision']:.4f} R {m['recall']:.4f} (TP {m['tp']}, FP {m['fp']}, FN {m['fn']}), "
-              f"{r['llm_calls']} LLM calls | best baseline {best[0]} F1 {best[1]['f1']:.4f} | "
-              f"{r['raw_lines']:,} lines at {r['parse_lines_per_s']:,} lines/s through the parse stages, scoring "
-              f"{r['score_sessions_per_s']:,} sessions/s (whole stage runs) | seconds {r['seconds']}", flush=True)
-        print(json.dumps(r))
+    try:
+        for system in a.systems:
+            r = run_system(system, a.work, a.train_days, server.base_url if server is not None else None)
+            print(_summary(system, r), flush=True)
+            print(json.dumps(r))
+    finally:
+        spark.stop()
+        if server is not None:
+            server.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (the driver; Spark's JVM not included): {peak:,.0f} MiB")
-    spark.stop()
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def fit_and_judge(detector: Any, train: Sequence[Sequence[str]], test: Sequence[
     detector.fit(train)
     train_seconds = time.perf_counter() - t0
     if hasattr(detector, "stats_"):
-        detector.stats_.update(flagged_by_local=0, rescued_by_nested=0, llm_calls=0)
+        detector.stats_.update(flagged_by_local=0, rescued_by_nested=0, llm_requests=0)
     t0 = time.perf_counter()
     if hasattr(detector, "detect"):
         verdicts = detector.detect(test)
@@ -161,7 +161,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
         result["automaton"] = detector.automaton_
         result["automaton_setting"] = config.resolved_automaton()
     if hasattr(detector, "stats_"):
-        for key in ("flagged_by_local", "rescued_by_nested", "llm_calls"):
+        for key in ("flagged_by_local", "rescued_by_nested", "llm_requests"):
             result[key] = detector.stats_[key]
     if hasattr(detector, "predict_levels"):
         levels = detector.predict_levels(test.sequences)

@@ -127,7 +127,7 @@ class RoutedDetector(BaseEstimator):
         self._normals_by_parent: dict[tuple[int, Any], list[tuple[str, ...]]] | None = None
         self._nearest_memo: dict[tuple[int, int, tuple[int, ...]], tuple[tuple[str, ...], float] | None] = {}
         self.stats_ = {"sessions": 0, "session_cache_hits": 0, "flagged_by_local": 0, "rescued_by_nested": 0,
-                       "chunks_scored": 0, "llm_calls": 0}
+                       "chunks_scored": 0, "llm_requests": 0}
 
     # ------------------------------------------------------------------------------- judging
     def _keys(self, c: Cut) -> tuple[list[Key], ...]:
@@ -186,7 +186,7 @@ class RoutedDetector(BaseEstimator):
         """The chunk's decision; an uncertain one is put to the LLM now, when the walk first reaches it."""
         score = self._uncertain.pop((li, ex), None)
         if score is not None and self.llm is not None:
-            self.stats_["llm_calls"] += 1
+            self.stats_["llm_requests"] += 1
             answer = self.llm.judge(self._request(li, LEVELS[li], ex, score.ratio))
             if answer is not None:
                 self._chunks[(li, ex)] = self._explained(li, ex, answer, score)

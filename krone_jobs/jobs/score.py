@@ -87,7 +87,11 @@ class ScoreMetrics:
     """Templates the model lacks that the hierarchy stage placed since training: judged in context."""
     unknown_template_sessions: int = 0
     feedback_normal_keys: int = 0
+    llm_requests: int = 0
+    """Uncertain chunks the walk put to the LLM judge (some answered from its cache or refused by the budget)."""
     llm_calls: int = 0
+    """Calls charged to the run's LLM budget (answered or not): the spend."""
+    llm_budget_refusals: int = 0
     llm_tokens: int = 0
     llm_invalid: int = 0
     llm_failures: int = 0
@@ -440,10 +444,12 @@ def run_score(
             cache_hits=sum(hits.values()), new_cache_entries=len({r["cache_key"] for r in new_cache}),
             templates_placed=templates_placed,
             unknown_template_sessions=sum(1 for s in seqs if decomposed.get(s) is None),
-            feedback_normal_keys=applied, llm_calls=detector.stats_["llm_calls"],
+            feedback_normal_keys=applied, llm_requests=detector.stats_["llm_requests"],
+            llm_calls=int(llm_counters.get("calls", 0)),
+            llm_budget_refusals=int(llm_counters.get("budget_refusals", 0)),
             llm_tokens=int(llm_counters.get("prompt_tokens", 0) + llm_counters.get("completion_tokens", 0)),
             llm_invalid=int(llm_counters.get("invalid", 0)), llm_failures=int(llm_counters.get("failures", 0)),
-            llm_fraction=round(detector.stats_["llm_calls"] / n_sessions, 6) if n_sessions else 0.0,
+            llm_fraction=round(int(llm_counters.get("calls", 0)) / n_sessions, 6) if n_sessions else 0.0,
         )
         _gate(reports, root, source, date)
         phases["gate"] = time.perf_counter() - t0 - sum(phases.values())

@@ -85,7 +85,7 @@ def test_llm_seam_only_sees_uncertain_chunks(tmp_path: Path) -> None:
     det = RoutedDetector(toy_hierarchy(), nested_params=TINY, llm=judge, llm_band=1e9).fit(NORMAL)
     (v,) = det.detect([["t6", "t1", "t2", "t3", "t5", "t7"]])  # unseen order, no unseen error step
     assert judge.requests and all(r.nested_score == r.nested_score for r in judge.requests)
-    assert judge.requests[0].nodes and det.stats_["llm_calls"] == len(judge.requests)
+    assert judge.requests[0].nodes and det.stats_["llm_requests"] == len(judge.requests)
     (e,) = det.detect([FAILED_READ])  # an unseen error step scores inf: never sent to the LLM
     assert e.anomalous and e.detector == "nested"
     assert not v.anomalous and v.detector == "llm"

@@ -148,7 +148,9 @@ def test_llm_decides_uncertain_chunks_within_its_budget(
         m = score(pipeline, spark)
     finally:
         fake.stop()
-    assert 0 < m.llm_calls and len(fake.requests) <= 3 and m.llm_tokens > 0
+    assert 0 < m.llm_calls == len(fake.requests) <= 3 and m.llm_tokens > 0  # the spend, within the budget
+    assert m.llm_budget_refusals > 0 and m.llm_requests >= m.llm_calls + m.llm_budget_refusals  # asked > spent
+    assert m.llm_fraction == round(m.llm_calls / m.sessions, 6)
     by_llm = rows(warehouse, "SELECT reason FROM anomaly_reports WHERE detector = 'llm'")
     assert by_llm and all(r[0].startswith("LLM: step order") for r in by_llm)  # one answer may settle several
     prompt = json.dumps(fake.requests[0]["messages"])
