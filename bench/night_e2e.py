@@ -59,6 +59,7 @@ def run_system(system: str, work: Path, train_days: int, llm_url: str | None = N
     from krone_jobs import pipeline
     from krone_jobs.detectors.baselines import BASELINES
     from krone_jobs.evaluate import confusion
+    from krone_jobs.jobs.parse import latest_templates
     from krone_jobs.night import run_night
     from krone_jobs.warehouse import Warehouse
 
@@ -100,15 +101,17 @@ def run_system(system: str, work: Path, train_days: int, llm_url: str | None = N
     known = y >= 0
     pred = np.asarray([s in flagged for s in test_sessions["session_id"]], dtype=np.int8)
 
-    normal_train = [tuple(ids) for s, ids in zip(train_sessions["session_id"], train_sessions["template_ids"])
-                    if label.get(s, 0) == 0]
-    test_seqs = [tuple(ids) for ids in test_sessions["template_ids"]]
+    store = latest_templates(root, system)  # superseded ids resolved, as training does
+    resolve = store.resolve if store is not None else str
+    normal_train = [tuple(map(resolve, ids)) for s, ids in zip(train_sessions["session_id"],
+                                                               train_sessions["template_ids"]) if label.get(s, 0) == 0]
+    test_seqs = [tuple(map(resolve, ids)) for ids in test_sessions["template_ids"]]
     baselines = {}
     for name, make in BASELINES.items():
         guess = np.asarray(make().fit(normal_train).predict(test_seqs), dtype=np.int8)
         baselines[name] = confusion(y[known], guess[known])
 
-    metrics = [n[step]["metrics"] for n in (*parsed, *nights) for step in ("parse",)]
+    metrics = [n["parse"]["metrics"] for n in (*parsed, *nights)]
     raw_lines = sum(m["raw_lines"] for m in metrics)
     scores = [n["score"]["metrics"] for n in nights]
     per_level = {level: sum(m["per_level"].get(level, 0) for m in scores) for level in ("status", "action", "entity")}
@@ -138,8 +141,8 @@ def _summary(system: str, r: dict[str, Any]) -> str:
             f"{r['llm_calls']} LLM calls ({100 * r['llm_calls'] / max(r['scored_sessions'], 1):.2f} % of "
             f"sessions; {r['llm_requests']} chunks asked about, {r['llm_budget_refusals']} refused by the budget) "
             f"| best baseline {best[0]} F1 {best[1]['f1']:.4f} | {r['raw_lines']:,} lines at "
-            f"{r['parse_lines_per_s']:,} lines/s through the parse stages, scoring {r['score_sessions_per_s']:,} "
-            f"sessions/s (whole stage runs) | seconds {r['seconds']}")
+            f"{r['parse_lines_per_s']:,} lines/s through the parse stages (and night reports), scoring "
+            f"{r['score_sessions_per_s']:,} sessions/s (whole stage runs) | seconds {r['seconds']}")
 
 
 def main(argv: list[str] | None = None) -> None:
