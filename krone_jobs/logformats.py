@@ -233,14 +233,23 @@ THUNDERBIRD = LineFormat(
     MinerSettings(depth=3),
 )
 KRONE_SESSION_PATTERN = r"\b(job_\d+)\b"  # every line of a synthetic job names it
+# ``<timestamp> <LEVEL> [<node>] <component>: <message>``. As with Thunderbird's syslog tag, the content keeps
+# the component: it names the subsystem the message is about, so Drain keeps the components' messages apart
+# and the offline hierarchy takes it as the entity (the tag rule), instead of guessing one from free text.
+# Drain depth 6: a line is routed by its first four tokens (tag, job id, verb, the word after it). The tag
+# is a token every message of a component shares, so with the default depth 4 same-length messages of one
+# component meet in one leaf, where it lifts their similarity over ``sim_th`` and unlike ones merge ("open
+# blob <path> on ..." with "close blob <path> after ..."). On the generator's 122k demo lines: 35 templates,
+# none mixing two of its template keys (depth 4: 39 templates, 8,012 lines under a template of another key).
 KRONE = LineFormat(
     "krone",
     re.compile(
         r"^(?P<timestamp>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}) (?P<level>[A-Z]+) "
-        r"(?P<component>[\w.$-]+) \[(?P<node>[\w.-]+)\] (?P<content>.*)$"
+        r"\[(?P<node>[\w.-]+)\] (?P<content>(?:(?P<component>[\w.$-]{1,128}): )?.*)$"
     ),
     # Same result as strptime("%Y-%m-%d %H:%M:%S.%f") for what the regex admits, ~30x faster.
     datetime.fromisoformat,
+    MinerSettings(depth=6),
     session=SessionSpec("id_pattern", KRONE_SESSION_PATTERN),
 )
 

@@ -377,7 +377,7 @@ class _Job:
                 lo, hi = GAP_MS.get(ev.key, DEFAULT_GAP_MS)
                 t += rng.randint(lo, hi)
             tpl = TEMPLATES[ev.key]
-            lines.append(f"{clock.stamp(t)} {tpl.level} {tpl.entity} [{ev.host}] {tpl.fmt.format_map(ev.params)}")
+            lines.append(f"{clock.stamp(t)} {tpl.level} [{ev.host}] {tpl.entity}: {tpl.fmt.format_map(ev.params)}")
         return lines
 
 

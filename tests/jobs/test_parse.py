@@ -201,7 +201,7 @@ def test_fast_session_keys_and_masker_agree_with_the_library() -> None:
         assert session_keys(rule)(parsed) == rule.keys(parsed)
         assert mask(parsed.content + " é 12 ١٢") == reference.mask(parsed.content + " é 12 ١٢")
     grouped = IdPatternSessionKey(r"(job)_(\d+)")  # two groups: the library's own method is used
-    line = parse_line(b"2026-11-01 00:00:00.000 INFO a [n] job_1 job_2\n", KRONE)
+    line = parse_line(b"2026-11-01 00:00:00.000 INFO [n] a: job_1 job_2\n", KRONE)
     assert isinstance(line, ParsedLine) and session_keys(grouped)(line) == grouped.keys(line) == ("job",)
 
 
