@@ -20,6 +20,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
+from krone_jobs import serving
 from krone_jobs.config import GATE_FP_BOUND, GATE_MIN_HELDOUT, GATE_TOLERANCE, settings
 from krone_jobs.detectors.nested_aware import TABLES
 from krone_jobs.detectors.router import RoutedDetector
@@ -62,7 +64,10 @@ PIP_REQUIREMENTS = [
 ]
 OUTPUT_COLUMNS = ("anomalous", "level", "chunk_index", "span_start", "span_end", "detector", "score", "reason")
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec(AnyType(), "template_ids")]),  # a list of ids or one space-separated string
+    inputs=Schema([
+        ColSpec(AnyType(), "template_ids", required=False),  # a list of ids or one space-separated string
+        ColSpec(AnyType(), "messages", required=False),  # or the lines' contents: a list, or one text
+    ]),
     outputs=Schema([
         ColSpec("boolean", "anomalous"),
         ColSpec("string", "level", required=False),
@@ -128,21 +133,61 @@ def verdict_frame(verdicts: Sequence[SessionVerdict]) -> pd.DataFrame:
 
 
 class KroneModel(mlflow.pyfunc.PythonModel):
-    """The registered model: routed detection of template-id sessions.
+    """The registered model: routed detection of sessions, given as template ids or as messages.
+
+    ``template_ids``: what ``krone score`` sends; an id the model lacks flags its session ("not in the
+    hierarchy"), since only the pipeline's hierarchy stage knows its text. ``messages`` (the content of
+    each line, as the line format cuts it): matched with the miner state the model was trained with, and
+    a message no template fits is placed by the offline rules and judged in context (``serving.py``).
+    The templates placed so accumulate in the served model (their verdicts stay cached) up to
+    ``MAX_PLACED``; past that it starts again from its trained state, so hostile input cannot grow it
+    without bound. A lock keeps concurrent requests from interleaving with that.
 
     After loading, ``detector`` is the :class:`RoutedDetector` and ``templates`` the miner state it was
     trained with (``None`` if none was logged), for jobs that must match raw lines exactly as training did
     (``load_champion(source).unwrap_python_model().templates``).
     """
 
+    MAX_PLACED = 10_000
+
     def load_context(self, context: Any) -> None:
-        self.detector = RoutedDetector.load(context.artifacts["detector"])
+        self._detector_path = context.artifacts["detector"]
+        self.detector = RoutedDetector.load(self._detector_path)
         miner = context.artifacts.get("miner")
         self.templates = TemplateStore.from_json(Path(miner).read_text(encoding="utf-8")) if miner else None
+        self._lock = threading.Lock()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        sessions = [template_ids(v) for v in model_input["template_ids"]]
-        return verdict_frame(self.detector.detect(sessions))
+        columns = {"template_ids", "messages"} & set(model_input.columns)
+        if len(columns) != 1:
+            raise MlflowException.invalid_parameter_value(
+                f"send exactly one of the columns template_ids and messages (got {sorted(model_input.columns)})")
+        if "template_ids" in columns:
+            with self._lock:
+                return verdict_frame(self.detector.detect([template_ids(v) for v in model_input["template_ids"]]))
+        if self.templates is None:
+            raise MlflowException.invalid_parameter_value(
+                "this model version was logged without a miner state: send template_ids")
+        try:
+            texts = [serving.messages(v, row) for row, v in enumerate(model_input["messages"])]
+        except serving.BadMessages as err:
+            raise MlflowException.invalid_parameter_value(str(err)) from None
+        with self._lock:
+            sessions, unmatched = serving.template_sessions(texts, self.templates)
+            self._place(unmatched)
+            return verdict_frame(self.detector.detect(sessions))
+
+    def _place(self, unmatched: dict[str, str]) -> None:
+        """Extend the served detector with the templates it lacks (see the class docstring for the cap)."""
+        def lacking() -> dict[str, str]:
+            return {tid: text for tid, text in unmatched.items() if tid not in self.detector.hierarchy_}
+
+        new = lacking()
+        if len(self.detector.hierarchy_) + len(new) - len(self.detector.hierarchy) > self.MAX_PLACED:
+            self.detector = RoutedDetector.load(self._detector_path)
+            new = lacking()
+        if new:
+            self.detector.extend_hierarchy(serving.placed(new, self.detector.hierarchy_))
 
 
 # ---------------------------------------------------------------------------------------- tracking

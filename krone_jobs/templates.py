@@ -168,7 +168,7 @@ class TemplateStore:
 
     def mine(self, content: str) -> TemplateMatch:
         """Add a line to the miner (may create or generalise a template) and return its template."""
-        return self._add(self._miner.masker.mask(content), 1)[0]
+        return self._add(self.mask(content), 1)[0]
 
     def _add(self, masked: str, weight: int) -> tuple[TemplateMatch, int]:
         """Mine ``masked`` as ``weight`` lines; returns the match and the cluster id it landed in."""
@@ -188,6 +188,10 @@ class TemplateStore:
                 self._superseded[supersedes] = tid
         self._remember(cluster.cluster_id, text)
         return TemplateMatch(tid, text, is_new, supersedes), cluster.cluster_id
+
+    def mask(self, content: str) -> str:
+        """``content`` with this store's masks applied: what Drain sees of it."""
+        return self._miner.masker.mask(content)
 
     def match(self, content: str) -> TemplateMatch | None:
         """Match-only inference: never changes state; ``None`` when no template fits exactly."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -13,9 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
+from krone_jobs import serving
 from krone_jobs.detectors.router import RoutedDetector
+from krone_jobs.hierarchy.extractor import build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, make_node
+from krone_jobs.hierarchy.offline import OfflineExtractor
+from krone_jobs.logformats import KRONE, ParsedLine, parse_line
 from krone_jobs.model_registry import (
     CHAMPION,
     Predictor,
@@ -39,6 +45,7 @@ from krone_jobs.model_registry import (
     verdict_frame,
 )
 from krone_jobs.synthetic import TEMPLATES, generate_sessions
+from krone_jobs.templates import TemplateStore
 
 
 def flags(bad: set[str]) -> Predictor:
@@ -158,6 +165,85 @@ def test_loaded_model_predicts_like_the_detector(client: MlflowClient, detector:
     assert loaded.unwrap_python_model().templates is None  # no miner state was logged
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"hierarchy.csv", "knowledge_base.json", "thresholds.json"} <= names
+
+
+def _contents(lines: Sequence[str]) -> list[str]:
+    out = []
+    for line in lines:
+        parsed = parse_line(line.encode(), KRONE)
+        assert isinstance(parsed, ParsedLine)
+        out.append(parsed.content)
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(client: MlflowClient) -> tuple[mlflow.pyfunc.PyFuncModel, TemplateStore, RoutedDetector]:
+    """A champion trained as ``krone train`` does: Drain ids, offline hierarchy, miner state logged."""
+    store = TemplateStore(KRONE.miner)
+    train = [_contents(s.lines) for s in generate_sessions(300, seed=21, anomaly_rate=0.0)]
+    for messages in train:
+        for message in messages:
+            store.mine(message)
+    hierarchy = build_hierarchy({t.template_id: t.template for t in store.templates()}, OfflineExtractor())
+    ids = [[store.match(m).template_id for m in messages] for messages in train]  # type: ignore[union-attr]
+    detector = RoutedDetector(hierarchy, nested_params={"epochs": 2, "hidden": 8, "dim": 8}).fit(ids)
+    with mlflow.start_run(experiment_id=ensure_experiment(client, "msgs")) as run:
+        log_krone_model(detector, miner_state=store.to_json())
+        version = register(run.info.run_id, "msgs")
+    client.set_registered_model_alias("krone-msgs", CHAMPION, version)
+    return load_champion("msgs"), store, detector
+
+
+def test_served_model_takes_messages_and_judges_new_ones_in_context(
+    served: tuple[mlflow.pyfunc.PyFuncModel, TemplateStore, RoutedDetector],
+) -> None:
+    model, store, detector = served
+    test = generate_sessions(120, seed=22, anomaly_rate=0.3)
+    texts = [_contents(s.lines) for s in test]
+    by_messages = model.predict(pd.DataFrame({"messages": texts}))
+    matched = [[store.match(m) for m in t] for t in texts]
+    known = [i for i, m in enumerate(matched) if None not in m]
+    ids = [[m.template_id for m in matched[i]] for i in known]  # type: ignore[union-attr]
+    pd.testing.assert_frame_equal(by_messages.iloc[known].reset_index(drop=True), verdict_frame(detector.detect(ids)))
+    # a message no template fits (a new or a failure template) is placed by the offline rules and judged in
+    # context, as `krone score` judges a template placed after training, never flagged for being unknown
+    novel = sorted(set(range(len(test))) - set(known))
+    assert {test[i].anomaly_kind for i in novel} == {"new_template", "unexpected_status"}
+    assert not by_messages["reason"].iloc[novel].str.contains("not in the hierarchy").any()
+    errors = [i for i in novel
+              if test[i].anomaly_kind == "unexpected_status" or "worker.oom.killed" in test[i].template_keys]
+    assert len(errors) > 5 and by_messages["anomalous"].iloc[errors].all()
+    all_ids, unmatched = serving.template_sessions(texts, store)
+    extended = copy.deepcopy(detector)
+    assert extended.extend_hierarchy(serving.placed(unmatched, detector.hierarchy)) == len(unmatched) > 0
+    pd.testing.assert_frame_equal(by_messages, verdict_frame(extended.detect(all_ids)))
+    # one text per session, a message per line, gives the same verdicts
+    one_text = model.predict(pd.DataFrame({"messages": ["\n".join(t) for t in texts]}))
+    pd.testing.assert_frame_equal(one_text, by_messages)
+
+
+def test_served_model_refuses_bad_requests_and_bounds_what_it_places(
+    served: tuple[mlflow.pyfunc.PyFuncModel, TemplateStore, RoutedDetector], detector: RoutedDetector,
+) -> None:
+    model, _, _ = served
+    for frame, says in [
+        (pd.DataFrame({"messages": [["ok", 3]]}), "row 0, message 1: not a string"),
+        (pd.DataFrame({"messages": [["x" * 70_000]]}), "over 65,536"),
+        (pd.DataFrame({"messages": [["a"]], "template_ids": [["b"]]}), "exactly one of the columns"),
+    ]:
+        with pytest.raises(MlflowException, match=says):
+            model.predict(frame)
+    python_model = model.unwrap_python_model()
+    python_model.MAX_PLACED = 5
+    trained = len(python_model.detector.hierarchy)
+    for batch in range(4):  # hostile input: every message a template of its own
+        model.predict(pd.DataFrame({"messages": [[f"weird{batch}{i} frobnicated the {batch}x{i} flux"]
+                                                  for i in range(3)]}))
+        assert len(python_model.detector.hierarchy_) - trained <= 5
+    no_miner = log_version(connect(), detector, "nominer")[1]
+    connect().set_registered_model_alias("krone-nominer", CHAMPION, no_miner)
+    with pytest.raises(MlflowException, match="without a miner state: send template_ids"):
+        load_champion("nominer").predict(pd.DataFrame({"messages": [["a"]]}))
 
 
 # ------------------------------------------------------------------------------------------ promote
