@@ -118,7 +118,11 @@ def sessions_frame(sessions: Sequence[Sequence[str]]) -> pd.DataFrame:
 
 
 def verdict_frame(verdicts: Sequence[SessionVerdict]) -> pd.DataFrame:
-    """The pyfunc's output: one row per session, nullable where a normal session has no location."""
+    """The pyfunc's output: one row per session, nullable where a normal session has no location.
+
+    An infinite score (a never-seen error step) is given as the largest double: the scoring server writes
+    floats as they are, and ``Infinity`` is not JSON, so strict clients (JavaScript, Go) would reject the
+    very answers that matter most."""
     spans = [v.span or (None, None) for v in verdicts]
     return pd.DataFrame({
         "anomalous": pd.array([v.anomalous for v in verdicts], dtype="bool"),
@@ -127,7 +131,7 @@ def verdict_frame(verdicts: Sequence[SessionVerdict]) -> pd.DataFrame:
         "span_start": pd.array([s[0] for s in spans], dtype="Int64"),
         "span_end": pd.array([s[1] for s in spans], dtype="Int64"),
         "detector": pd.array([v.detector for v in verdicts], dtype="string"),
-        "score": np.asarray([v.score for v in verdicts], dtype=np.float64),
+        "score": np.minimum(np.asarray([v.score for v in verdicts], dtype=np.float64), np.finfo(np.float64).max),
         "reason": pd.array([v.reason for v in verdicts], dtype="string"),
     }, columns=list(OUTPUT_COLUMNS))
 

@@ -213,6 +213,7 @@ def test_served_model_takes_messages_and_judges_new_ones_in_context(
     errors = [i for i in novel
               if test[i].anomaly_kind == "unexpected_status" or "worker.oom.killed" in test[i].template_keys]
     assert len(errors) > 5 and by_messages["anomalous"].iloc[errors].all()
+    assert np.isfinite(by_messages["score"]).all()  # an error step's infinite score would not be JSON
     all_ids, unmatched = serving.template_sessions(texts, store)
     extended = copy.deepcopy(detector)
     assert extended.extend_hierarchy(serving.placed(unmatched, detector.hierarchy)) == len(unmatched) > 0
