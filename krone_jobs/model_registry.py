@@ -177,14 +177,14 @@ class KroneModel(mlflow.pyfunc.PythonModel):
         except serving.BadMessages as err:
             raise MlflowException.invalid_parameter_value(str(err)) from None
         with self._lock:
-            sessions, unmatched = serving.template_sessions(texts, self.templates)
-            self._place(unmatched)
+            sessions, templates = serving.template_sessions(texts, self.templates)
+            self._place(templates)
             return verdict_frame(self.detector.detect(sessions))
 
-    def _place(self, unmatched: dict[str, str]) -> None:
+    def _place(self, templates: dict[str, str]) -> None:
         """Extend the served detector with the templates it lacks (see the class docstring for the cap)."""
         def lacking() -> dict[str, str]:
-            return {tid: text for tid, text in unmatched.items() if tid not in self.detector.hierarchy_}
+            return {tid: text for tid, text in templates.items() if tid not in self.detector.hierarchy_}
 
         new = lacking()
         if len(self.detector.hierarchy_) + len(new) - len(self.detector.hierarchy) > self.MAX_PLACED:

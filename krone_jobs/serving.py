@@ -49,20 +49,18 @@ def messages(value: object, row: int) -> tuple[str, ...]:
 def template_sessions(
     sessions: Sequence[Sequence[str]], store: TemplateStore
 ) -> tuple[list[tuple[str, ...]], dict[str, str]]:
-    """Template-id sessions for message sessions, and ``{id: text}`` of the templates the store lacks."""
+    """Template-id sessions for message sessions, and ``{id: template text}`` of every id they use (a
+    message no template of ``store`` fits: its masked text)."""
     ids: dict[str, str] = {}
-    unmatched: dict[str, str] = {}
-    for message in {m for s in sessions for m in s}:
+    texts: dict[str, str] = {}
+    for message in dict.fromkeys(m for s in sessions for m in s):
         found = store.match(message)
-        if found is not None:
-            ids[message] = found.template_id
-        else:
-            text = store.mask(message)
-            ids[message] = template_id(text)
-            unmatched[ids[message]] = text
-    return [tuple(ids[m] for m in s) for s in sessions], unmatched
+        text = found.template if found is not None else store.mask(message)
+        ids[message] = found.template_id if found is not None else template_id(text)
+        texts[ids[message]] = text
+    return [tuple(ids[m] for m in s) for s in sessions], texts
 
 
-def placed(unmatched: dict[str, str], known: Hierarchy) -> Hierarchy:
+def placed(templates: dict[str, str], known: Hierarchy) -> Hierarchy:
     """``known`` grown by the offline placement of the templates it lacks (what the hierarchy stage does)."""
-    return build_hierarchy(unmatched, OfflineExtractor(), known)
+    return build_hierarchy(templates, OfflineExtractor(), known)

@@ -214,9 +214,10 @@ def test_served_model_takes_messages_and_judges_new_ones_in_context(
               if test[i].anomaly_kind == "unexpected_status" or "worker.oom.killed" in test[i].template_keys]
     assert len(errors) > 5 and by_messages["anomalous"].iloc[errors].all()
     assert np.isfinite(by_messages["score"]).all()  # an error step's infinite score would not be JSON
-    all_ids, unmatched = serving.template_sessions(texts, store)
+    all_ids, templates = serving.template_sessions(texts, store)
     extended = copy.deepcopy(detector)
-    assert extended.extend_hierarchy(serving.placed(unmatched, detector.hierarchy)) == len(unmatched) > 0
+    new = {t for s in all_ids for t in s} - set(detector.hierarchy)
+    assert extended.extend_hierarchy(serving.placed(templates, detector.hierarchy)) == len(new) > 0
     pd.testing.assert_frame_equal(by_messages, verdict_frame(extended.detect(all_ids)))
     # one text per session, a message per line, gives the same verdicts
     one_text = model.predict(pd.DataFrame({"messages": ["\n".join(t) for t in texts]}))
