@@ -51,13 +51,17 @@ def template_sessions(
 ) -> tuple[list[tuple[str, ...]], dict[str, str]]:
     """Template-id sessions for message sessions, and ``{id: template text}`` of every id they use (a
     message no template of ``store`` fits: its masked text)."""
+    by_masked: dict[str, str] = {}
     ids: dict[str, str] = {}
     texts: dict[str, str] = {}
     for message in dict.fromkeys(m for s in sessions for m in s):
-        found = store.match(message)
-        text = found.template if found is not None else store.mask(message)
-        ids[message] = found.template_id if found is not None else template_id(text)
-        texts[ids[message]] = text
+        masked = store.mask(message)
+        if masked not in by_masked:  # Drain sees only the masked text: one search answers for all its messages
+            found = store.match(message)
+            text = found.template if found is not None else masked
+            by_masked[masked] = template_id(text)
+            texts[by_masked[masked]] = text
+        ids[message] = by_masked[masked]
     return [tuple(ids[m] for m in s) for s in sessions], texts
 
 

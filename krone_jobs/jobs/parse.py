@@ -74,7 +74,7 @@ from krone_jobs.partitions import (
     swap_in,
     temp_dir_for,
 )
-from krone_jobs.templates import MinerSettings, TemplateStore, template_id
+from krone_jobs.templates import MinerSettings, TemplateStore, masker, template_id
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -153,21 +153,6 @@ def _staging_schema() -> pa.Schema:
 
 
 # ------------------------------------------------------------------------------------------ pass 1
-def masker(miner: MinerSettings) -> Callable[[str], str]:
-    """The substitutions drain3's ``LogMasker`` applies for these settings (same compiled regexes, order and
-    replacement text), without its per-call overhead: masking is the costliest step per line."""
-    config = miner.to_config()
-    subs = [(mi.regex.sub, config.mask_prefix + mi.mask_with + config.mask_suffix)
-            for mi in config.masking_instructions]
-
-    def mask(content: str) -> str:
-        for sub, replacement in subs:
-            content = sub(replacement, content)
-        return content
-
-    return mask
-
-
 def _node_key(line: ParsedLine) -> tuple[str, ...]:
     """Node-window formats: the node for now; the window needs the node's lines in time order."""
     return (line.node,) if line.node and line.timestamp is not None else ()
