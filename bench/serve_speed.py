@@ -26,17 +26,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _contents(lines: list[str]) -> list[str]:
-    from krone_jobs.logformats import KRONE, ParsedLine, parse_line
-
-    out = []
-    for line in lines:
-        parsed = parse_line(line.encode(), KRONE)
-        assert isinstance(parsed, ParsedLine)
-        out.append(parsed.content)
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", type=int, default=3000, help="normal training jobs")
@@ -65,7 +54,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     store = TemplateStore(KRONE.miner)
-    train = [_contents(s.lines) for s in generate_sessions(args.train, seed=0, anomaly_rate=0.0)]
+    train = [s.contents for s in generate_sessions(args.train, seed=0, anomaly_rate=0.0)]
     for messages in train:
         for message in messages:
             store.mine(message)
@@ -84,7 +73,7 @@ def main() -> None:
           f"loaded models:/krone-serve@champion in {t2 - t1:.2f}s", flush=True)
 
     test = generate_sessions(args.test, seed=1, anomaly_rate=0.03)
-    texts = [_contents(s.lines) for s in test]
+    texts = [s.contents for s in test]
     n_messages = sum(map(len, texts))
     known = [[m.template_id if (m := store.match(x)) else "unknown" for x in t] for t in texts]
     by_ids = sessions_frame(known)

@@ -199,6 +199,12 @@ class SyntheticSession:
     label: int
     anomaly_kind: str
 
+    @property
+    def contents(self) -> list[str]:
+        """Each line's content as the ``krone`` format cuts it (component tag and message): what the parse
+        stage mines and what a served model takes as ``messages``."""
+        return [LINE_RE.match(line)["content"] for line in self.lines]  # type: ignore[index]
+
 
 @dataclass(frozen=True, slots=True)
 class GenerateSummary:

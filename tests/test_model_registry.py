@@ -21,7 +21,7 @@ from krone_jobs.detectors.router import RoutedDetector
 from krone_jobs.hierarchy.extractor import build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, make_node
 from krone_jobs.hierarchy.offline import OfflineExtractor
-from krone_jobs.logformats import KRONE, ParsedLine, parse_line
+from krone_jobs.logformats import KRONE
 from krone_jobs.model_registry import (
     CHAMPION,
     Predictor,
@@ -167,20 +167,11 @@ def test_loaded_model_predicts_like_the_detector(client: MlflowClient, detector:
     assert {"hierarchy.csv", "knowledge_base.json", "thresholds.json"} <= names
 
 
-def _contents(lines: Sequence[str]) -> list[str]:
-    out = []
-    for line in lines:
-        parsed = parse_line(line.encode(), KRONE)
-        assert isinstance(parsed, ParsedLine)
-        out.append(parsed.content)
-    return out
-
-
 @pytest.fixture(scope="module")
 def served(client: MlflowClient) -> tuple[mlflow.pyfunc.PyFuncModel, TemplateStore, RoutedDetector]:
     """A champion trained as ``krone train`` does: Drain ids, offline hierarchy, miner state logged."""
     store = TemplateStore(KRONE.miner)
-    train = [_contents(s.lines) for s in generate_sessions(300, seed=21, anomaly_rate=0.0)]
+    train = [s.contents for s in generate_sessions(300, seed=21, anomaly_rate=0.0)]
     for messages in train:
         for message in messages:
             store.mine(message)
@@ -199,7 +190,7 @@ def test_served_model_takes_messages_and_judges_new_ones_in_context(
 ) -> None:
     model, store, detector = served
     test = generate_sessions(120, seed=22, anomaly_rate=0.3)
-    texts = [_contents(s.lines) for s in test]
+    texts = [s.contents for s in test]
     by_messages = model.predict(pd.DataFrame({"messages": texts}))
     matched = [[store.match(m) for m in t] for t in texts]
     known = [i for i, m in enumerate(matched) if None not in m]

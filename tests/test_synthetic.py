@@ -130,6 +130,7 @@ def test_each_line_matches_exactly_its_ground_truth_template(sessions: list[Synt
             assert m["content"].startswith(f"{m['component']}: ")  # the tag stays in the content
             message = m["content"].removeprefix(f"{m['component']}: ")
             assert [k for k, p in patterns.items() if p.match(message)] == [key]
+        assert all(c.startswith(f"{TEMPLATES[k].entity}: ") for k, c in zip(s.template_keys, s.contents))
 
 
 def test_templates_by_kind(sessions: list[SyntheticSession]) -> None:
