@@ -239,6 +239,24 @@ def test_served_model_refuses_bad_requests_and_bounds_what_it_places(
         load_champion("nominer").predict(pd.DataFrame({"messages": [["a"]]}))
 
 
+def test_scoring_server_answers_valid_json_and_400_on_bad_input(
+    served: tuple[mlflow.pyfunc.PyFuncModel, TemplateStore, RoutedDetector],
+) -> None:
+    """Through MLflow's own scoring app (what `mlflow models serve` runs), in process."""
+    from mlflow.pyfunc.scoring_server import init
+    from starlette.testclient import TestClient
+
+    http = TestClient(init(served[0]))
+    job = generate_sessions(40, seed=23, anomaly_rate=0.0)[0].contents
+    oom = "worker: job_1 task t-1 killed by kernel oom-killer (rss 9000 MB)"
+    answer = http.post("/invocations", json={"dataframe_records": [{"messages": job}, {"messages": [*job, oom]}]})
+    assert answer.status_code == 200
+    rows = json.loads(answer.text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))["predictions"]
+    assert [r["anomalous"] for r in rows] == [False, True] and "names an error" in rows[1]["reason"]
+    bad = http.post("/invocations", json={"dataframe_records": [{"messages": ["ok", 3]}]})
+    assert bad.status_code == 400 and "row 0, message 1: not a string" in bad.json()["message"]
+
+
 # ------------------------------------------------------------------------------------------ promote
 def promote_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
