@@ -217,6 +217,7 @@ def test_served_model_takes_messages_and_judges_new_ones_in_context(
 
 def test_served_model_refuses_bad_requests_and_bounds_what_it_places(
     served: tuple[mlflow.pyfunc.PyFuncModel, TemplateStore, RoutedDetector], detector: RoutedDetector,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model, _, _ = served
     for frame, says in [
@@ -227,7 +228,7 @@ def test_served_model_refuses_bad_requests_and_bounds_what_it_places(
         with pytest.raises(MlflowException, match=says):
             model.predict(frame)
     python_model = model.unwrap_python_model()
-    python_model.MAX_PLACED = 5
+    monkeypatch.setattr(python_model, "MAX_PLACED", 5)
     trained = len(python_model.detector.hierarchy)
     for batch in range(4):  # hostile input: every message a template of its own
         model.predict(pd.DataFrame({"messages": [[f"weird{batch}{i} frobnicated the {batch}x{i} flux"]
