@@ -18,6 +18,7 @@ In-process calls, so the figures leave out HTTP and JSON (``mlflow models serve`
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import time
@@ -32,8 +33,6 @@ def main() -> None:
     p.add_argument("--test", type=int, default=20000, help="test jobs per batch call")
     p.add_argument("--single", type=int, default=500, help="one-session requests for the latency figures")
     args = p.parse_args()
-
-    import os
 
     import mlflow
     import pandas as pd

@@ -13,7 +13,7 @@ import pytest
 from drain3.masking import LogMasker
 
 from krone_jobs.jobs.kseqs import run_kseqs
-from krone_jobs.jobs.parse import latest_templates, masker, run_parse, session_keys
+from krone_jobs.jobs.parse import latest_templates, run_parse, session_keys
 from krone_jobs.jobs.sessionize import run_sessionize
 from krone_jobs.logformats import (
     HDFS,
@@ -26,7 +26,7 @@ from krone_jobs.logformats import (
     parse_line,
 )
 from krone_jobs.partitions import partition_dir, state_dir
-from krone_jobs.templates import MinerSettings
+from krone_jobs.templates import MinerSettings, masker
 
 SOURCE = "syn"
 DAYS = ("2026-11-01", "2026-11-02")
