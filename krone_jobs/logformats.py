@@ -10,8 +10,15 @@ invisible C1 controls and which legacy text encodings rarely produce alone); the
 ``encoding="latin-1"``. Anything else is quarantined as ``bad_encoding``. Lines with NUL or other C0
 control bytes (TAB and ESC, used by coloured logs, excepted) are quarantined as ``binary``.
 
-Timestamps are naive ``datetime`` values on the log's own clock. The Thunderbird text stamp has no year,
-so that format uses its epoch column instead (naive UTC).
+A format reads the decoded line with a regex of named groups or, for JSON lines (one object per line, as
+structured loggers, container runtimes and cloud log exports write them), takes the same fields from keys
+of the object (``LineFormat.from_json``). A JSON line that does not parse, is not an object, has no
+content or holds an object where a value belongs is quarantined as ``no_format_match`` with the reason in
+words; ``json.loads`` limits are part of that (nesting bombs, over-long integers), under the same size limit.
+
+Timestamps are naive ``datetime`` values on the log's own clock; a stamp with a UTC offset (``%z``, ISO
+8601) becomes naive UTC. The Thunderbird text stamp has no year, so that format uses its epoch column
+instead (naive UTC).
 
 A format also names the Drain settings a new source of it starts mining with (``LineFormat.miner``): how
 templates should be grouped depends on what the content looks like (see ``THUNDERBIRD``), and how its lines
@@ -26,13 +33,14 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import os
 import re
 import tomllib
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from functools import lru_cache, partial
 from operator import itemgetter
@@ -46,8 +54,9 @@ QUARANTINE_SAMPLE_BYTES = 1024
 """How much of an oversized line is kept for the quarantine record."""
 
 _EPOCH = datetime(1970, 1, 1)
-_FIELD_ORDER = ("timestamp", "level", "component", "node", "content", "label")
+_FIELD_ORDER = ("timestamp", "level", "component", "node", "content", "label", "session")
 _FIELDS = frozenset(_FIELD_ORDER)
+_CONTENT = _FIELD_ORDER.index("content")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f]")
 _CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0A, 0x1B), *range(0x1C, 0x20), 0x7F])
 _C1 = re.compile(rb"[\x80-\x9f]")
@@ -67,7 +76,8 @@ class QuarantineReason(StrEnum):
 
 
 class ParsedLine(NamedTuple):
-    """Header fields and content of one line; ``None`` where the format has no such field."""
+    """Header fields and content of one line; ``None`` where the format has no such field. ``session`` is
+    the line's own session id, for formats that carry one (``session = "field"``)."""
 
     timestamp: datetime | None
     level: str | None
@@ -76,6 +86,7 @@ class ParsedLine(NamedTuple):
     content: str
     label: str | None = None
     encoding: Literal["utf-8", "latin-1"] = "utf-8"
+    session: str | None = None
 
     @property
     def is_alert(self) -> bool | None:
@@ -100,23 +111,25 @@ class OversizedLine(NamedTuple):
 
 
 TimestampParser = Callable[[str], datetime]
-SessionKind = Literal["block_id", "id_pattern", "node_window"]
+SessionKind = Literal["block_id", "id_pattern", "node_window", "field"]
+_SESSION_KINDS = ("block_id", "id_pattern", "node_window", "field")
 
 
 @dataclass(frozen=True, slots=True)
 class SessionSpec:
     """How a format's lines make sessions: ``block_id`` (HDFS block ids), ``id_pattern`` (every match of
-    ``pattern`` in the content, group 1 if it has one) or ``node_window`` (a node's lines until a gap of
-    more than ``gap_seconds``). A spec, not a rule, because a node-window rule is stateful: :meth:`make`
-    gives each run a fresh one."""
+    ``pattern`` in the content, group 1 if it has one), ``node_window`` (a node's lines until a gap of
+    more than ``gap_seconds``) or ``field`` (the line's own ``session`` field: a request or trace id of a
+    JSON log, a ``session`` group of a regex). A spec, not a rule, because a node-window rule is stateful:
+    :meth:`make` gives each run a fresh one."""
 
     kind: SessionKind = "node_window"
     pattern: str | None = None
     gap_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("block_id", "id_pattern", "node_window"):
-            raise ValueError(f"session kind {self.kind!r}: use block_id, id_pattern or node_window")
+        if self.kind not in _SESSION_KINDS:
+            raise ValueError(f"session kind {self.kind!r}: use one of {', '.join(_SESSION_KINDS)}")
         if (self.kind == "id_pattern") != (self.pattern is not None):
             raise ValueError("a session pattern goes with, and only with, session kind id_pattern")
         if self.pattern is not None:
@@ -129,55 +142,95 @@ class SessionSpec:
             return BlockIdSessionKey()
         if self.kind == "id_pattern":
             return IdPatternSessionKey(self.pattern or "")
+        if self.kind == "field":
+            return FieldSessionKey()
         return NodeWindowSessionKey(self.gap_seconds)
 
 
 @dataclass(frozen=True, slots=True)
 class LineFormat:
-    """A line layout: a regex with named groups among ``_FIELDS`` (``content`` required).
+    """A line layout: a regex with named groups among ``_FIELDS`` (``content`` required), or for JSON lines
+    (``regex`` ``None``) ``json_fields``: which key of each line's object holds each of those fields. A
+    key is looked up as it is first (flattened names such as ECS ``log.level``), then as a dotted path
+    into nested objects (``kubernetes.pod_name``).
 
-    ``parse_timestamp`` turns the ``timestamp`` group into a datetime; it must raise ``ValueError`` (or
+    ``parse_timestamp`` turns the ``timestamp`` text into a datetime; it must raise ``ValueError`` (or
     ``OverflowError``) on bad input so the line is quarantined as ``bad_timestamp``. ``miner`` is what the
     parse job mines a source's first day with; from then on the settings travel in the source's miner state.
     ``session`` says which lines belong together.
     """
 
     name: str
-    regex: re.Pattern[str]
+    regex: re.Pattern[str] | None
     parse_timestamp: TimestampParser | None = None
     miner: MinerSettings = MinerSettings()
     session: SessionSpec = SessionSpec()
+    json_fields: tuple[tuple[str, str], ...] = ()
     groups: frozenset[str] = field(init=False)
-    _pick: itemgetter[tuple[str | None, ...]] = field(init=False, repr=False, compare=False)
+    _pick: itemgetter[tuple[str | None, ...]] | None = field(init=False, repr=False, compare=False)
+    _paths: tuple[tuple[str, tuple[str, ...]] | None, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        groups = frozenset(self.regex.groupindex)
+        if (self.regex is None) == (not self.json_fields):
+            raise ValueError(f"format {self.name!r}: give a regex or JSON fields, one of the two")
+        what = "group" if self.regex is not None else "field"
+        if self.regex is not None:
+            groups = frozenset(self.regex.groupindex)
+        else:
+            names = [name for name, _ in self.json_fields]
+            if len(set(names)) != len(names):
+                raise ValueError(f"format {self.name!r}: a field is mapped twice")
+            bad = [name for name, path in self.json_fields if not isinstance(path, str) or not path]
+            if bad:
+                raise ValueError(f"format {self.name!r}: field(s) {bad} need a non-empty key")
+            groups = frozenset(names)
         unknown = groups - _FIELDS
         if unknown:
-            raise ValueError(f"format {self.name!r}: unknown named groups {sorted(unknown)}, allowed: {_FIELD_ORDER}")
+            kind = "named groups" if self.regex is not None else "fields"
+            raise ValueError(f"format {self.name!r}: unknown {kind} {sorted(unknown)}, allowed: {_FIELD_ORDER}")
         if "content" not in groups:
-            raise ValueError(f"format {self.name!r}: a 'content' group is required")
+            raise ValueError(f"format {self.name!r}: a 'content' {what} is required")
         if ("timestamp" in groups) != (self.parse_timestamp is not None):
-            raise ValueError(f"format {self.name!r}: give a timestamp group and a timestamp parser together")
+            raise ValueError(f"format {self.name!r}: give a timestamp {what} and a timestamp parser together")
+        if self.session.kind == "field" and "session" not in groups:
+            raise ValueError(f"format {self.name!r}: session kind 'field' needs a 'session' {what}")
         object.__setattr__(self, "groups", groups)
-        # m.groups() + (None,): an absent field reads the trailing None; one C call picks all six
-        missing = self.regex.groups
-        slots = [self.regex.groupindex[name] - 1 if name in groups else missing for name in _FIELD_ORDER]
-        object.__setattr__(self, "_pick", itemgetter(*slots))
+        if self.regex is not None:
+            # m.groups() + (None,): an absent field reads the trailing None; one C call picks all of them
+            missing = self.regex.groups
+            slots = [self.regex.groupindex[name] - 1 if name in groups else missing for name in _FIELD_ORDER]
+            object.__setattr__(self, "_pick", itemgetter(*slots))
+            object.__setattr__(self, "_paths", ())
+        else:
+            keys = dict(self.json_fields)
+            object.__setattr__(self, "_pick", None)
+            object.__setattr__(self, "_paths", tuple(
+                (keys[name], tuple(keys[name].split("."))) if name in keys else None for name in _FIELD_ORDER))
 
     @classmethod
     def from_regex(
         cls, pattern: str, *, timestamp_format: str | TimestampParser | None = None, name: str = "custom",
         miner: MinerSettings | None = None, session: SessionSpec | None = None,
     ) -> LineFormat:
-        """User-defined format; ``timestamp_format`` is a ``strptime`` pattern or a callable, ``miner`` the Drain
-        settings a new source of this format starts with (default :class:`MinerSettings`), ``session`` its
-        session rule (default: node windows).
+        """User-defined format; ``timestamp_format`` is a ``strptime`` pattern, one of
+        :data:`TIMESTAMP_KEYWORDS` or a callable, ``miner`` the Drain settings a new source of this format
+        starts with (default :class:`MinerSettings`), ``session`` its session rule (default: node windows).
 
         The regex runs on at most ``max_bytes`` of text per line; keep it free of nested quantifiers.
         """
-        parser = partial(_strptime, timestamp_format) if isinstance(timestamp_format, str) else timestamp_format
-        return cls(name, re.compile(pattern), parser, miner or MinerSettings(), session or SessionSpec())
+        return cls(name, re.compile(pattern), timestamp_parser(timestamp_format), miner or MinerSettings(),
+                   session or SessionSpec())
+
+    @classmethod
+    def from_json(
+        cls, fields: Mapping[str, str], *, timestamp_format: str | TimestampParser | None = None,
+        name: str = "custom", miner: MinerSettings | None = None, session: SessionSpec | None = None,
+    ) -> LineFormat:
+        """JSON lines (one object per line); ``fields`` maps our field names (``content`` required) to the
+        keys that hold them, e.g. ``{"timestamp": "@timestamp", "content": "message", "session": "trace.id"}``.
+        Other arguments as :meth:`from_regex`."""
+        return cls(name, None, timestamp_parser(timestamp_format), miner or MinerSettings(),
+                   session or SessionSpec(), tuple(fields.items()))
 
 
 def _strptime(fmt: str, text: str) -> datetime:
@@ -197,8 +250,32 @@ def _bgl_ts(text: str) -> datetime:
 
 
 def _epoch_ts(text: str) -> datetime:
-    """Unix seconds as naive UTC (no local-timezone lookup, unlike ``fromtimestamp``)."""
-    return _EPOCH + timedelta(seconds=int(text))
+    """Unix seconds (whole or fractional) as naive UTC (no local-timezone lookup, unlike ``fromtimestamp``)."""
+    try:
+        return _EPOCH + timedelta(seconds=int(text))
+    except ValueError:
+        return _EPOCH + timedelta(seconds=float(text))
+
+
+def _epoch_ms_ts(text: str) -> datetime:
+    """Unix milliseconds as naive UTC."""
+    return _EPOCH + timedelta(milliseconds=float(text))
+
+
+TIMESTAMP_KEYWORDS: dict[str, TimestampParser] = {
+    "epoch": _epoch_ts, "epoch_ms": _epoch_ms_ts, "iso8601": datetime.fromisoformat}
+"""Timestamp formats by name, besides ``strptime`` patterns: Unix seconds, Unix milliseconds and ISO 8601
+(``2026-11-20T13:04:05.123Z``). A stamp with a UTC offset becomes naive UTC (see :func:`parse_line`)."""
+
+
+def timestamp_parser(spec: str | TimestampParser | None) -> TimestampParser | None:
+    """A parser for ``spec``: a keyword of :data:`TIMESTAMP_KEYWORDS`, a ``strptime`` pattern or a callable."""
+    if spec is None or callable(spec):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"timestamp format {spec!r}: give a strptime pattern, one of {sorted(TIMESTAMP_KEYWORDS)} "
+                        "or a callable")
+    return TIMESTAMP_KEYWORDS.get(spec) or partial(_strptime, spec)
 
 
 HDFS = LineFormat(
@@ -256,8 +333,8 @@ KRONE = LineFormat(
 FORMATS: dict[str, LineFormat] = {f.name: f for f in (HDFS, BGL, THUNDERBIRD, KRONE)}
 
 
-_FORMAT_KEYS = {"regex", "timestamp_format", "session", "session_pattern", "session_gap_seconds", "sim_th",
-                "depth", "max_children"}
+_FORMAT_KEYS = {"regex", "fields", "timestamp_format", "session", "session_pattern", "session_gap_seconds",
+                "sim_th", "depth", "max_children"}
 _FORMAT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
@@ -266,13 +343,18 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
 
         [myapp]
         regex = '^(?P<timestamp>\S+ \S+) (?P<level>[A-Z]+) (?P<component>\S+): (?P<content>.*)$'
-        timestamp_format = "%Y-%m-%d %H:%M:%S,%f"   # strptime, or "epoch" (Unix seconds); omit with no timestamp
-        session = "id_pattern"                        # or node_window (default), block_id
+        timestamp_format = "%Y-%m-%d %H:%M:%S,%f"   # strptime, "epoch", "epoch_ms", "iso8601"; none: no timestamp
+        session = "id_pattern"                        # or node_window (default), block_id, field
         session_pattern = '\b(job_\d+)\b'
         # optional: session_gap_seconds = 60, and Drain's sim_th, depth, max_children
 
-    Every table is checked here (names, keys, regex groups, session rule, Drain settings), so a typo fails
-    the run at its start with the file and format named, not on an executor.
+        [orders]                                      # JSON lines: `fields` instead of `regex`
+        fields = { timestamp = "@timestamp", level = "log.level", content = "message", session = "trace.id" }
+        timestamp_format = "iso8601"
+        session = "field"                             # the session is the line's own `session` field
+
+    Every table is checked here (names, keys, regex groups or fields, session rule, Drain settings), so a
+    typo fails the run at its start with the file and format named, not on an executor.
     """
     with open(path, "rb") as fh:
         tables = tomllib.load(fh)
@@ -285,15 +367,20 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
             if not _FORMAT_NAME.fullmatch(name) or name in FORMATS:
                 raise ValueError(f"name must match {_FORMAT_NAME.pattern} and not be a built-in ({sorted(FORMATS)})")
             unknown = set(spec) - _FORMAT_KEYS
-            if unknown or "regex" not in spec:
-                raise ValueError(f"needs 'regex'; unknown keys {sorted(unknown)}; allowed {sorted(_FORMAT_KEYS)}")
+            if unknown or ("regex" in spec) == ("fields" in spec):
+                raise ValueError(f"needs 'regex' or 'fields' (one of them); unknown keys {sorted(unknown)}; "
+                                 f"allowed {sorted(_FORMAT_KEYS)}")
             miner = MinerSettings(**{k: spec[k] for k in ("sim_th", "depth", "max_children") if k in spec})
             session = SessionSpec(spec.get("session", "node_window"), spec.get("session_pattern"),
                                   float(spec.get("session_gap_seconds", 60.0)))
-            stamp = spec.get("timestamp_format")
-            parser = _epoch_ts if stamp == "epoch" else stamp
-            formats[name] = LineFormat.from_regex(spec["regex"], timestamp_format=parser, name=name, miner=miner,
-                                                  session=session)
+            common = {"timestamp_format": spec.get("timestamp_format"), "name": name, "miner": miner,
+                      "session": session}
+            if "regex" in spec:
+                formats[name] = LineFormat.from_regex(spec["regex"], **common)
+            elif isinstance(spec["fields"], dict):
+                formats[name] = LineFormat.from_json(spec["fields"], **common)
+            else:
+                raise ValueError("'fields' must be a table of field = key, e.g. { content = \"message\" }")
         except (ValueError, TypeError, re.error) as exc:
             raise ValueError(f"{where}: {exc}") from None
     return formats
@@ -381,17 +468,74 @@ def parse_line(
     if decoded is None:
         return Quarantined(QuarantineReason.BAD_ENCODING, "not UTF-8 and does not look like latin-1 text", raw)
     text, encoding = decoded
-    m = fmt.regex.match(text)
-    if m is None:
-        return Quarantined(QuarantineReason.NO_FORMAT_MATCH, f"line does not match format {fmt.name!r}", raw)
-    ts_text, level, component, node, content, label = fmt._pick(m.groups() + (None,))
+    if fmt._pick is not None:
+        m = fmt.regex.match(text)  # type: ignore[union-attr]
+        if m is None:
+            return Quarantined(QuarantineReason.NO_FORMAT_MATCH, f"line does not match format {fmt.name!r}", raw)
+        ts_text, level, component, node, content, label, session = fmt._pick(m.groups() + (None,))
+    else:
+        values = _json_fields(text, fmt)
+        if isinstance(values, str):
+            return Quarantined(QuarantineReason.NO_FORMAT_MATCH, f"{values} (format {fmt.name!r})", raw)
+        ts_text, level, component, node, content, label, session = values
     ts: datetime | None = None
     if fmt.parse_timestamp is not None:
+        if ts_text is None:
+            return Quarantined(QuarantineReason.BAD_TIMESTAMP, "no timestamp", raw)
         try:
             ts = fmt.parse_timestamp(ts_text)
+            if ts.tzinfo is not None:
+                ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
         except (ValueError, OverflowError) as exc:
-            return Quarantined(QuarantineReason.BAD_TIMESTAMP, f"timestamp {ts_text!r}: {exc}", raw)
-    return ParsedLine(ts, level, component, node, content or "", label, encoding)
+            return Quarantined(QuarantineReason.BAD_TIMESTAMP, f"timestamp {ts_text[:100]!r}: {exc}", raw)
+    return ParsedLine(ts, level, component, node, content or "", label, encoding, session)
+
+
+_JSON_KINDS = {dict: "object", list: "array"}
+
+
+def _json_fields(text: str, fmt: LineFormat) -> tuple[str | None, ...] | str:
+    """The format's fields of one JSON line (``_FIELD_ORDER``), or why it has none, in words.
+
+    Strings are taken as they are (the content without a trailing line break), numbers and booleans as
+    JSON writes them; a missing key or ``null`` is ``None``. An object or array where a value belongs is
+    refused rather than flattened: it means the key points at the wrong place, which a quarantine count
+    shows at once."""
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, nesting bombs
+        return f"not JSON ({str(exc)[:120]})"
+    if not isinstance(record, dict):
+        return f"a JSON {_JSON_KINDS.get(type(record), 'value')}, not an object"
+    out: list[str | None] = []
+    for slot in fmt._paths:
+        if slot is None:
+            out.append(None)
+            continue
+        key, path = slot
+        value = record.get(key) if key in record else _walk(record, path)
+        if value is None or isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, bool):
+            out.append("true" if value else "false")
+        elif isinstance(value, (int, float)):
+            out.append(repr(value))
+        else:
+            return f"key {key!r} holds a JSON {_JSON_KINDS[type(value)]}, not a value"
+    content = out[_CONTENT]
+    if content is None:
+        return f"no content: key {fmt._paths[_CONTENT][0]!r} is missing or null"  # type: ignore[index]
+    out[_CONTENT] = content.rstrip("\r\n")  # Docker's json-file driver keeps the line's own line break
+    return tuple(out)
+
+
+def _walk(record: dict[str, object], path: tuple[str, ...]) -> object:
+    value: object = record
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
 
 
 # --- session keys -------------------------------------------------------------------------------------
@@ -413,6 +557,13 @@ class IdPatternSessionKey:
     def keys(self, line: ParsedLine) -> tuple[str, ...]:
         found = [m.group(self._group) for m in self.regex.finditer(line.content)]
         return tuple(dict.fromkeys(found))
+
+
+class FieldSessionKey:
+    """The line's own session id (``ParsedLine.session``): a request or trace id the log writes per line."""
+
+    def keys(self, line: ParsedLine) -> tuple[str, ...]:
+        return (line.session,) if line.session else ()
 
 
 class BlockIdSessionKey(IdPatternSessionKey):

@@ -19,6 +19,7 @@ from krone_jobs.logformats import (
     QUARANTINE_SAMPLE_BYTES,
     THUNDERBIRD,
     BlockIdSessionKey,
+    FieldSessionKey,
     IdPatternSessionKey,
     LineFormat,
     LogReadError,
@@ -27,6 +28,7 @@ from krone_jobs.logformats import (
     ParsedLine,
     Quarantined,
     QuarantineReason,
+    SessionSpec,
     default_session_rule,
     get_format,
     iter_lines,
@@ -159,6 +161,103 @@ def test_invalid_formats_are_rejected(pattern: str, timestamp_format: str | None
         LineFormat.from_regex(pattern, timestamp_format=timestamp_format)
 
 
+def test_timestamp_keywords_and_utc_offsets() -> None:
+    def stamp(text: str, timestamp_format: str) -> datetime | None:
+        fmt = LineFormat.from_regex(r"^(?P<timestamp>\S+) (?P<content>.*)$", timestamp_format=timestamp_format)
+        return parsed(f"{text} x".encode(), fmt).timestamp
+
+    assert stamp("1131566461", "epoch") == datetime(2005, 11, 9, 20, 1, 1)
+    assert stamp("1131566461.25", "epoch") == datetime(2005, 11, 9, 20, 1, 1, 250000)
+    assert stamp("1131566461250", "epoch_ms") == datetime(2005, 11, 9, 20, 1, 1, 250000)
+    assert stamp("2026-11-20T13:04:05.123Z", "iso8601") == datetime(2026, 11, 20, 13, 4, 5, 123000)
+    # a stamp with a UTC offset becomes naive UTC, whatever parsed it: rows of one source share one clock
+    assert stamp("2026-11-20T13:04:05+02:00", "iso8601") == datetime(2026, 11, 20, 11, 4, 5)
+    assert stamp("20261120T130405-0130", "%Y%m%dT%H%M%S%z") == datetime(2026, 11, 20, 14, 34, 5)
+
+
+def test_an_absent_optional_timestamp_is_quarantined_not_raised() -> None:
+    fmt = LineFormat.from_regex(r"^(?:(?P<timestamp>\d+) )?(?P<content>\D.*)$", timestamp_format="epoch")
+    assert parsed(b"1131566461 up", fmt).timestamp == datetime(2005, 11, 9, 20, 1, 1)
+    q = quarantined(b"up", fmt)
+    assert q.reason is QuarantineReason.BAD_TIMESTAMP and q.message == "no timestamp"
+
+
+def test_a_session_group_gives_field_sessions() -> None:
+    fmt = LineFormat.from_regex(r"^\[(?P<session>[^\]]*)\] (?P<content>.*)$", session=SessionSpec("field"))
+    rule = fmt.session.make()
+    assert isinstance(rule, FieldSessionKey)
+    assert rule.keys(parsed(b"[req-9] GET /orders 200", fmt)) == ("req-9",)
+    assert rule.keys(parsed(b"[] GET /health 200", fmt)) == ()  # no id: quarantined as no_session_key
+    with pytest.raises(ValueError, match="needs a 'session' group"):
+        LineFormat.from_regex(r"^(?P<content>.*)$", session=SessionSpec("field"))
+
+
+# --- JSON lines ---------------------------------------------------------------------------------------
+ECS = LineFormat.from_json(
+    {"timestamp": "@timestamp", "level": "log.level", "component": "log.logger", "node": "host.name",
+     "content": "message", "session": "trace.id", "label": "labels.anomaly"},
+    timestamp_format="iso8601", name="ecs", session=SessionSpec("field"))
+
+
+def test_json_lines_take_flattened_keys_then_dotted_paths() -> None:
+    raw = (b'{"@timestamp": "2026-11-20T13:04:05.5+01:00", "log.level": "WARN", "log": {"logger": "api.Orders"},'
+           b' "host": {"name": "node-7"}, "message": "order 42 retried", "trace": {"id": "t-1"},'
+           b' "labels": {"anomaly": false}, "extra": [1, {"deep": null}]}')
+    line = parsed(raw, ECS)
+    assert line == ParsedLine(datetime(2026, 11, 20, 12, 4, 5, 500000), "WARN", "api.Orders", "node-7",
+                              "order 42 retried", "false", "utf-8", "t-1")
+    assert ECS.session.make().keys(line) == ("t-1",)
+    sparse = parsed(b'{"@timestamp": "2026-11-20T13:04:05Z", "message": 17, "host": null}', ECS)
+    assert (sparse.content, sparse.node, sparse.level, sparse.session) == ("17", None, None, None)
+    docker = LineFormat.from_json({"timestamp": "time", "content": "log"}, timestamp_format="iso8601")
+    line = parsed(b'{"log":"GET /health 200\\n","stream":"stdout","time":"2026-11-20T13:04:05.123456789Z"}', docker)
+    assert (line.content, line.timestamp) == ("GET /health 200", datetime(2026, 11, 20, 13, 4, 5, 123456))
+    epoch = LineFormat.from_json({"timestamp": "ts", "content": "msg"}, timestamp_format="epoch_ms")
+    assert parsed(b'{"ts": 1131566461250, "msg": "up"}', epoch).timestamp == datetime(2005, 11, 9, 20, 1, 1, 250000)
+    assert parsed(b'{"ts": 1.13156646125e12, "msg": "up"}', epoch).timestamp == datetime(2005, 11, 9, 20, 1, 1, 250000)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "message"),
+    [
+        (b"order 42 retried", QuarantineReason.NO_FORMAT_MATCH, "not JSON"),
+        (b'{"message": "cut off', QuarantineReason.NO_FORMAT_MATCH, "not JSON"),
+        (b"[1, 2]", QuarantineReason.NO_FORMAT_MATCH, "a JSON array, not an object"),
+        (b'"just text"', QuarantineReason.NO_FORMAT_MATCH, "a JSON value, not an object"),
+        (b"[" * 60_000, QuarantineReason.NO_FORMAT_MATCH, "recursion"),  # nesting bomb under the size limit
+        (b'{"message": 1' + b"1" * 5000 + b"}", QuarantineReason.NO_FORMAT_MATCH, "not JSON"),  # over-long int
+        (b'{"@timestamp": "2026-11-20T13:04:05Z"}', QuarantineReason.NO_FORMAT_MATCH, "no content: key 'message'"),
+        (b'{"@timestamp": "2026-11-20T13:04:05Z", "message": null}', QuarantineReason.NO_FORMAT_MATCH,
+         "no content"),
+        (b'{"@timestamp": "2026-11-20T13:04:05Z", "message": {"text": "x"}}', QuarantineReason.NO_FORMAT_MATCH,
+         "key 'message' holds a JSON object"),
+        (b'{"@timestamp": "now", "message": "x"}', QuarantineReason.BAD_TIMESTAMP, "timestamp 'now'"),
+        (b'{"message": "x"}', QuarantineReason.BAD_TIMESTAMP, "no timestamp"),
+        (b'{"message": "x\\u0000", "@timestamp": "2026-11-20T13:04:05Z", "host": {"name": ["a"]}}',
+         QuarantineReason.NO_FORMAT_MATCH, "key 'host.name' holds a JSON array"),
+        (b'{"message": "\x01"}\x01', QuarantineReason.BINARY, "control byte"),
+    ],
+)
+def test_bad_json_lines_are_quarantined_with_a_reason(raw: bytes, reason: QuarantineReason, message: str) -> None:
+    q = quarantined(raw, ECS)
+    assert q.reason is reason and message in q.message and q.raw == raw
+    assert len(q.message) < 300  # a reason, not a copy of the line
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"level": "lvl"}, "a 'content' field is required"),
+        ({"content": "msg", "msg": "x"}, r"unknown fields \['msg'\]"),
+        ({"content": ""}, "need a non-empty key"),
+        ({"content": "msg", "timestamp": "ts"}, "timestamp field and a timestamp parser"),
+    ],
+)
+def test_invalid_json_formats_are_rejected(fields: dict[str, str], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        LineFormat.from_json(fields)
+
+
 # --- bad input ----------------------------------------------------------------------------------------
 
 
@@ -248,11 +347,13 @@ def test_adversarial_lines_at_the_size_limit_stay_fast(fmt: LineFormat, body: by
 
 def test_formats_and_rules_pickle_for_spark() -> None:
     custom = LineFormat.from_regex(r"^(?P<timestamp>\S+) (?P<content>.*)$", timestamp_format="%Y%m%d")
-    for fmt in (HDFS, BGL, THUNDERBIRD, KRONE):
+    for fmt in (HDFS, BGL, THUNDERBIRD, KRONE, ECS):
         assert pickle.loads(pickle.dumps(fmt)) == fmt
     assert parse_line(b"20240101 x", pickle.loads(pickle.dumps(custom))) == ParsedLine(
         datetime(2024, 1, 1), None, None, None, "x"
     )
+    line = b'{"@timestamp": "2026-11-20T13:04:05Z", "message": "x", "trace": {"id": "t"}}'
+    assert parse_line(line, pickle.loads(pickle.dumps(ECS))) == parse_line(line, ECS)
     rule = NodeWindowSessionKey()
     rule.assign("n1", datetime(2024, 1, 1))
     assert pickle.loads(pickle.dumps(rule)).state == rule.state
@@ -431,6 +532,11 @@ depth = 5
 regex = '^(?P<timestamp>\d+) (?P<node>\S+) (?P<content>.*)$'
 timestamp_format = "epoch"
 session_gap_seconds = 300
+
+[orders]
+fields = { timestamp = "@timestamp", node = "host.name", content = "message", session = "trace.id" }
+timestamp_format = "iso8601"
+session = "field"
 """
 
 
@@ -448,8 +554,13 @@ def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch:
     assert parsed(b"1131566461 dn228 link up", get_format("edge")).timestamp == datetime(2005, 11, 9, 20, 1, 1)
     edge = default_session_rule("edge")
     assert isinstance(edge, NodeWindowSessionKey) and edge.gap_seconds == 300
+    orders = get_format("orders")
+    assert orders.regex is None and dict(orders.json_fields)["session"] == "trace.id"
+    line = parsed(b'{"@timestamp": "2026-11-20T13:04:05Z", "message": "paid", "trace": {"id": "t-9"}}', orders)
+    assert (line.timestamp, line.content) == (datetime(2026, 11, 20, 13, 4, 5), "paid")
+    assert default_session_rule("orders").keys(line) == ("t-9",)
     assert get_format("hdfs") is HDFS  # built-ins first
-    with pytest.raises(KeyError, match=r"known: \['bgl', 'hdfs', 'krone', 'thunderbird', 'edge', 'myapp'\]"):
+    with pytest.raises(KeyError, match=r"known: \['bgl', 'hdfs', 'krone', 'thunderbird', 'edge', 'myapp', 'orders'\]"):
         get_format("nginx")
     monkeypatch.setenv("KRONE_FORMATS_FILE", str(tmp_path / "missing.toml"))
     with pytest.raises(FileNotFoundError, match="KRONE_FORMATS_FILE"):
@@ -461,12 +572,17 @@ def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch:
     [
         ("[hdfs]\nregex = '^(?P<content>.*)$'", "not be a built-in"),
         ("[app]\nregex = '^(?P<content>.*)$'\ncolour = 'red'", r"unknown keys \['colour'\]"),
-        ("[app]\ntimestamp_format = '%Y'", "needs 'regex'"),
+        ("[app]\ntimestamp_format = '%Y'", "needs 'regex' or 'fields'"),
+        ("[app]\nregex = '^(?P<content>.*)$'\nfields = { content = 'msg' }", "needs 'regex' or 'fields'"),
+        ("[app]\nfields = 'message'", "'fields' must be a table"),
+        ("[app]\nfields = { content = 'msg', when = 'ts' }", r"unknown fields \['when'\]"),
+        ("[app]\nfields = { content = 'msg' }\nsession = 'field'", "needs a 'session' field"),
         ("[app]\nregex = '^(?P<msg>.*)$'", "unknown named groups"),
         ("[app]\nregex = '^(?P<content>.*'", "missing \\)"),
         ("[app]\nregex = '^(?P<content>.*)$'\nsession = 'id_pattern'", "session pattern"),
         ("[app]\nregex = '^(?P<content>.*)$'\nsession = 'per_line'", "session kind"),
         ("[app]\nregex = '^(?P<content>.*)$'\ndepth = 2", "depth"),
+        ("[app]\nregex = '^(?P<timestamp>\\d+) (?P<content>.*)$'\ntimestamp_format = 5", "give a strptime pattern"),
     ],
 )
 def test_formats_file_errors_name_file_and_format(tmp_path: Path, table: str, error: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from krone_jobs.jobs.sessionize import run_sessionize
 from krone_jobs.logformats import (
     HDFS,
     KRONE,
+    KRONE_SESSION_PATTERN,
     THUNDERBIRD,
     BlockIdSessionKey,
     IdPatternSessionKey,
@@ -26,6 +29,7 @@ from krone_jobs.logformats import (
     parse_line,
 )
 from krone_jobs.partitions import partition_dir, state_dir
+from krone_jobs.synthetic import generate_sessions
 from krone_jobs.templates import MinerSettings, masker
 
 SOURCE = "syn"
@@ -169,6 +173,65 @@ def test_a_format_from_the_formats_file_runs_through_parse_and_sessionize(
         get_format("gateway")
     s = run_sessionize("gw", day, data_root=tmp_path, spark=spark, gap_seconds=60)
     assert s.sessions + s.open_sessions == 3
+
+
+def _as_json(line: str) -> str:
+    """A ``krone`` text line as a structured logger would write it (ECS-style keys, nested and flattened)."""
+    m = KRONE.regex.match(line)  # type: ignore[union-attr]
+    assert m is not None
+    component, _, message = m["content"].partition(": ")
+    job = re.search(KRONE_SESSION_PATTERN, message)
+    return json.dumps({"@timestamp": m["timestamp"].replace(" ", "T") + "+00:00", "log": {"level": m["level"]},
+                       "host.name": m["node"], "log.logger": component, "message": message,
+                       "labels": {"job": job[1] if job else None}})
+
+
+def test_json_lines_make_the_same_sessions_as_the_same_lines_as_text(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    formats = tmp_path / "formats.toml"
+    formats.write_text(
+        "[jobs-json]\n"
+        "fields = { timestamp = '@timestamp', level = 'log.level', node = 'host.name', component = 'log.logger', "
+        "content = 'message', session = 'labels.job' }\n"
+        "timestamp_format = 'iso8601'\n"
+        "session = 'field'\n")
+    monkeypatch.setenv("KRONE_FORMATS_FILE", str(formats))
+    day = "2026-11-01"
+    lines = sorted(line for s in generate_sessions(40, seed=5, start_date=day) for line in s.lines)  # interleaved
+    hostile = [
+        "not json at all",
+        "[1, 2]",
+        '{"@timestamp": "2026-11-01T10:00:00Z", "message": {"text": "an object"}}',
+        "[" * 50_000,  # a nesting bomb under the size limit
+        '{"message": "no timestamp", "labels": {"job": "job_1"}}',
+        '{"@timestamp": "2026-11-01T10:00:00Z", "message": "no job named"}',
+    ]
+    records = [_as_json(line) for line in lines]
+    for i, bad in enumerate(hostile):
+        records.insert(i * len(records) // len(hostile), bad)
+    for source, text in (("txt", lines), ("js", records)):
+        folder = tmp_path / "raw" / source / f"dt={day}"
+        folder.mkdir(parents=True)
+        (folder / f"{source}.log").write_text("\n".join(text) + "\n")
+    as_text = run_parse("txt", day, "krone", data_root=tmp_path, spark=spark, partitions=2)
+    as_json = run_parse("js", day, "jobs-json", data_root=tmp_path, spark=spark, partitions=2,
+                        max_quarantine_ratio=0.05)
+    assert as_json.raw_lines == len(records) == as_json.parsed + as_json.quarantined
+    assert as_json.parsed == as_text.parsed == len(lines)
+    assert as_json.quarantine_reasons == {"no_format_match": 4, "bad_timestamp": 1, "no_session_key": 1}
+    reasons = _frame(tmp_path, "quarantine", "js", day).set_index("line_no")["reason"]
+    assert reasons[records.index(hostile[3]) + 1] == "no_format_match"
+    components = set(_frame(tmp_path, "parsed", "txt", day)["component"])
+    assert set(_frame(tmp_path, "parsed", "js", day)["component"]) == components and len(components) > 3
+    text_s = run_sessionize("txt", day, data_root=tmp_path, spark=spark)
+    json_s = run_sessionize("js", day, data_root=tmp_path, spark=spark)
+    assert (json_s.sessions, json_s.open_sessions, json_s.events) == (text_s.sessions, text_s.open_sessions,
+                                                                       text_s.events)
+    length = {stage: dict(zip(f["session_id"], f["template_ids"].map(len)))
+              for stage, f in (("txt", _frame(tmp_path, "sessions", "txt", day)),
+                               ("js", _frame(tmp_path, "sessions", "js", day)))}
+    assert length["js"] == length["txt"] and len(length["js"]) == json_s.sessions > 0
 
 
 def test_unknown_format_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
