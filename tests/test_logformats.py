@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import pickle
+import re
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -212,6 +213,9 @@ def test_json_lines_take_flattened_keys_then_dotted_paths() -> None:
     docker = LineFormat.from_json({"timestamp": "time", "content": "log"}, timestamp_format="iso8601")
     line = parsed(b'{"log":"GET /health 200\\n","stream":"stdout","time":"2026-11-20T13:04:05.123456789Z"}', docker)
     assert (line.content, line.timestamp) == ("GET /health 200", datetime(2026, 11, 20, 13, 4, 5, 123456))
+    tagged = LineFormat.from_json({"component": "logger", "content": "msg"}, tag_content=True)
+    assert parsed(b'{"logger": "blobstore", "msg": "read blob 7"}', tagged).content == "blobstore: read blob 7"
+    assert parsed(b'{"msg": "read blob 7"}', tagged).content == "read blob 7"  # no component, no tag
     epoch = LineFormat.from_json({"timestamp": "ts", "content": "msg"}, timestamp_format="epoch_ms")
     assert parsed(b'{"ts": 1131566461250, "msg": "up"}', epoch).timestamp == datetime(2005, 11, 9, 20, 1, 1, 250000)
     assert parsed(b'{"ts": 1.13156646125e12, "msg": "up"}', epoch).timestamp == datetime(2005, 11, 9, 20, 1, 1, 250000)
@@ -256,6 +260,13 @@ def test_bad_json_lines_are_quarantined_with_a_reason(raw: bytes, reason: Quaran
 def test_invalid_json_formats_are_rejected(fields: dict[str, str], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         LineFormat.from_json(fields)
+
+
+def test_tag_content_needs_json_fields_with_a_component() -> None:
+    with pytest.raises(ValueError, match="tag_content needs JSON fields with a 'component'"):
+        LineFormat.from_json({"content": "msg"}, tag_content=True)
+    with pytest.raises(ValueError, match="tag_content needs JSON fields"):
+        LineFormat("app", re.compile(r"^(?P<component>\S+) (?P<content>.*)$"), tag_content=True)
 
 
 # --- bad input ----------------------------------------------------------------------------------------
@@ -577,6 +588,8 @@ def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch:
         ("[app]\nfields = 'message'", "'fields' must be a table"),
         ("[app]\nfields = { content = 'msg', when = 'ts' }", r"unknown fields \['when'\]"),
         ("[app]\nfields = { content = 'msg' }\nsession = 'field'", "needs a 'session' field"),
+        ("[app]\nregex = '^(?P<content>.*)$'\ntag_content = true", "tag_content is for JSON"),
+        ("[app]\nfields = { content = 'msg', component = 'c' }\ntag_content = 'yes'", "true or false"),
         ("[app]\nregex = '^(?P<msg>.*)$'", "unknown named groups"),
         ("[app]\nregex = '^(?P<content>.*'", "missing \\)"),
         ("[app]\nregex = '^(?P<content>.*)$'\nsession = 'id_pattern'", "session pattern"),

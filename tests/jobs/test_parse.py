@@ -186,7 +186,7 @@ def _as_json(line: str) -> str:
                        "labels": {"job": job[1] if job else None}})
 
 
-def test_json_lines_make_the_same_sessions_as_the_same_lines_as_text(
+def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_text(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     formats = tmp_path / "formats.toml"
@@ -195,7 +195,9 @@ def test_json_lines_make_the_same_sessions_as_the_same_lines_as_text(
         "fields = { timestamp = '@timestamp', level = 'log.level', node = 'host.name', component = 'log.logger', "
         "content = 'message', session = 'labels.job' }\n"
         "timestamp_format = 'iso8601'\n"
-        "session = 'field'\n")
+        "session = 'field'\n"
+        "tag_content = true\n"  # '<component>: <message>', the content of the text format
+        "depth = 6\n")  # and the text format's Drain depth: then the templates are the same too
     monkeypatch.setenv("KRONE_FORMATS_FILE", str(formats))
     day = "2026-11-01"
     lines = sorted(line for s in generate_sessions(40, seed=5, start_date=day) for line in s.lines)  # interleaved
@@ -228,10 +230,10 @@ def test_json_lines_make_the_same_sessions_as_the_same_lines_as_text(
     json_s = run_sessionize("js", day, data_root=tmp_path, spark=spark)
     assert (json_s.sessions, json_s.open_sessions, json_s.events) == (text_s.sessions, text_s.open_sessions,
                                                                        text_s.events)
-    length = {stage: dict(zip(f["session_id"], f["template_ids"].map(len)))
-              for stage, f in (("txt", _frame(tmp_path, "sessions", "txt", day)),
-                               ("js", _frame(tmp_path, "sessions", "js", day)))}
-    assert length["js"] == length["txt"] and len(length["js"]) == json_s.sessions > 0
+    sessions = {source: dict(zip(f["session_id"], f["template_ids"].map(tuple)))
+                for source, f in (("txt", _frame(tmp_path, "sessions", "txt", day)),
+                                  ("js", _frame(tmp_path, "sessions", "js", day)))}
+    assert sessions["js"] == sessions["txt"] and len(sessions["js"]) == json_s.sessions > 0
 
 
 def test_unknown_format_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
