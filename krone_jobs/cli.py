@@ -70,6 +70,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=int, default=3)
     p.add_argument("--sessions-per-day", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["text", "json"], default="text",
+                   help="write the logs as text lines (format krone) or JSON lines (format krone-json)")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("generate", help="write generated nested-execution logs with labelled anomalies")
     p.add_argument("--data-root", type=Path, default=None, help="default: $KRONE_DATA_ROOT or <home>/data")
@@ -81,13 +83,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start-date", default="2026-11-01")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gzip", action="store_true")
+    p.add_argument("--layout", choices=["text", "json"], default="text",
+                   help="text lines (format krone) or JSON lines (format krone-json)")
     p.set_defaults(func=_cmd_generate)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from krone_jobs.demo import print_summary, run_demo
 
-    print_summary(run_demo(args.data_root, days=args.days, sessions_per_day=args.sessions_per_day, seed=args.seed))
+    print_summary(run_demo(args.data_root, days=args.days, sessions_per_day=args.sessions_per_day, seed=args.seed,
+                           layout=args.layout))
     return 0
 
 
@@ -96,7 +101,8 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     from krone_jobs.synthetic import generate
 
     g = generate(a.data_root or settings().data_root, days=a.days, sessions_per_day=a.sessions_per_day, lines=a.lines,
-                 anomaly_rate=a.anomaly_rate, seed=a.seed, start_date=a.start_date, gzip=a.gzip, source=a.source)
+                 anomaly_rate=a.anomaly_rate, seed=a.seed, start_date=a.start_date, gzip=a.gzip, source=a.source,
+                 layout=a.layout)
     print(json.dumps({"lines": g.lines, "sessions": g.sessions, "anomalies": g.anomalies, "bytes": g.bytes,
                       "lines_per_day": g.lines_per_day, "seconds": round(g.seconds, 2)}))
     return 0

@@ -17,9 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
+
+if TYPE_CHECKING:
+    from krone_jobs.synthetic import Layout
 
 SOURCE = "demo"
 START = "2026-11-01"
@@ -49,9 +52,10 @@ class _Stages:
 
 def run_demo(
     data_root: Path | None = None, *, days: int = 3, sessions_per_day: int = 1500, seed: int = 0,
-    source: str = SOURCE, say: Callable[[str], None] = print,
+    source: str = SOURCE, say: Callable[[str], None] = print, layout: Layout = "text",
 ) -> DemoResult:
-    """generate -> parse (every day) -> train (all days but the last) -> score + report (the last day)."""
+    """generate -> parse (every day) -> train (all days but the last) -> score + report (the last day).
+    ``layout="json"`` writes the same jobs as JSON lines, parsed with the ``krone-json`` format."""
     from krone_jobs import pipeline
     from krone_jobs.synthetic import generate
 
@@ -61,11 +65,12 @@ def run_demo(
     dates = [(date.fromisoformat(START) + timedelta(days=i)).isoformat() for i in range(days)]
     stages = _Stages(say)
     say(f"krone demo: {days} days x {sessions_per_day:,} jobs of generated logs under {root}")
-    gen = generate(root, days=days, sessions_per_day=sessions_per_day, seed=seed, start_date=START, source=source)
+    gen = generate(root, days=days, sessions_per_day=sessions_per_day, seed=seed, start_date=START, source=source,
+                   layout=layout)
     stages.done("generate", f"{gen.lines:,} lines, {gen.sessions:,} jobs, {sum(gen.anomalies.values())} injected "
                             f"anomalies {dict(gen.anomalies)}")
     for dt in dates:
-        out = pipeline.parse_day(source, dt, "krone", data_root=root)
+        out = pipeline.parse_day(source, dt, "krone-json" if layout == "json" else "krone", data_root=root)
         p, s, k = out["parse"]["metrics"], out["sessionize"]["metrics"], out["kseqs"]["metrics"]
         stages.done("parse", f"{dt}: {p['raw_lines']:,} lines ({p['quarantined']} quarantined), "
                              f"{s['sessions']:,} sessions closed ({s['open_sessions']} carried over), "

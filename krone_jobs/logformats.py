@@ -340,7 +340,17 @@ KRONE = LineFormat(
     session=SessionSpec("id_pattern", KRONE_SESSION_PATTERN),
 )
 
-FORMATS: dict[str, LineFormat] = {f.name: f for f in (HDFS, BGL, THUNDERBIRD, KRONE)}
+# The generator's jobs as JSON lines (``krone generate --layout json``): ECS-style keys, nested and flattened,
+# the job id in a field of its own. ``tag_content`` and depth 6 give exactly the ``krone`` format's contents,
+# so both layouts of a day make the same templates and sessions (tested).
+KRONE_JSON = LineFormat.from_json(
+    {"timestamp": "@timestamp", "level": "log.level", "node": "host.name", "component": "log.logger",
+     "content": "message", "session": "labels.job"},
+    timestamp_format="iso8601", name="krone-json", miner=MinerSettings(depth=6), session=SessionSpec("field"),
+    tag_content=True,
+)
+
+FORMATS: dict[str, LineFormat] = {f.name: f for f in (HDFS, BGL, THUNDERBIRD, KRONE, KRONE_JSON)}
 
 
 _FORMAT_KEYS = {"regex", "fields", "tag_content", "timestamp_format", "session", "session_pattern",

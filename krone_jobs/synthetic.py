@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip as gzip_lib
+import json
 import random
 import re
 import time
@@ -32,9 +33,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from krone_jobs.logformats import KRONE, KRONE_SESSION_PATTERN
+
+Layout = Literal["text", "json"]
 
 LINE_RE = KRONE.regex  # the generator writes exactly what the parser's ``krone`` format reads
 SESSION_RE = re.compile(KRONE_SESSION_PATTERN)
@@ -446,6 +449,19 @@ def _mean_day_lines(quiet_end: bool) -> float:
     return (1 - share) * _mean_job_lines(False) + share * _mean_job_lines(True)
 
 
+def json_line(line: str) -> str:
+    """A ``krone`` text line as a structured logger would write it: the JSON line the ``krone-json`` format
+    reads (ECS-style keys, nested and flattened, the job id in ``labels.job``)."""
+    m = LINE_RE.match(line)
+    if m is None:
+        raise ValueError(f"not a krone line: {line[:80]!r}")
+    component, _, message = m["content"].partition(": ")
+    job = SESSION_RE.search(message)
+    return json.dumps({"@timestamp": m["timestamp"].replace(" ", "T") + "Z", "log": {"level": m["level"]},
+                       "host.name": m["node"], "log.logger": component, "message": message,
+                       "labels": {"job": job[1] if job else None}})
+
+
 def _write_day(path: Path, lines: list[str], compress: bool) -> int:
     """Replace the day's file (and a stale twin with the other extension); return bytes written."""
     for stale in (path.with_name(path.name.removesuffix(".gz")), path.with_name(path.name + ".gz")):
@@ -482,8 +498,12 @@ def generate(
     start_date: str = "2026-11-01",
     gzip: bool = False,
     source: str = "synthetic",
+    layout: Layout = "text",
 ) -> GenerateSummary:
     """Write ``raw/<source>/dt=D/<source>.log[.gz]`` per day plus ``labels/<source>/{labels,templates}.csv``.
+
+    ``layout``: ``text`` lines of the ``krone`` format, or ``json`` lines of the ``krone-json`` format
+    (:func:`json_line`; the same jobs, labels and order).
 
     Days are generated one at a time; lines of jobs that run past midnight are carried into the next day's
     file, so memory holds about one day. ``lines`` (a target total, met to about one percent) overrides
@@ -524,7 +544,8 @@ def generate(
                         (day_lines if line.startswith(today) else spill).append(line)
             day_lines.sort()  # same-day timestamps sort as text; per-session order holds (strictly increasing)
             name = f"{source}.log.gz" if gzip else f"{source}.log"
-            n_bytes += _write_day(out / "raw" / source / f"dt={today}" / name, day_lines, gzip)
+            written = [json_line(line) for line in day_lines] if layout == "json" else day_lines
+            n_bytes += _write_day(out / "raw" / source / f"dt={today}" / name, written, gzip)
             per_day[today] = len(day_lines)
     return GenerateSummary(
         lines_per_day=per_day,
@@ -548,10 +569,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--start-date", default="2026-11-01")
     p.add_argument("--gzip", action="store_true")
     p.add_argument("--source", default="synthetic")
+    p.add_argument("--layout", choices=["text", "json"], default="text")
     a = p.parse_args(argv)
     summary = generate(a.out_dir, days=a.days, sessions_per_day=a.sessions_per_day, lines=a.lines,
                        anomaly_rate=a.anomaly_rate, seed=a.seed, start_date=a.start_date, gzip=a.gzip,
-                       source=a.source)
+                       source=a.source, layout=a.layout)
     print(summary, f"lines/s={summary.lines_per_second:,.0f}")
 
 

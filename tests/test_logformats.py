@@ -17,6 +17,7 @@ from krone_jobs.logformats import (
     DEFAULT_MAX_LINE_BYTES,
     HDFS,
     KRONE,
+    KRONE_JSON,
     QUARANTINE_SAMPLE_BYTES,
     THUNDERBIRD,
     BlockIdSessionKey,
@@ -358,7 +359,7 @@ def test_adversarial_lines_at_the_size_limit_stay_fast(fmt: LineFormat, body: by
 
 def test_formats_and_rules_pickle_for_spark() -> None:
     custom = LineFormat.from_regex(r"^(?P<timestamp>\S+) (?P<content>.*)$", timestamp_format="%Y%m%d")
-    for fmt in (HDFS, BGL, THUNDERBIRD, KRONE, ECS):
+    for fmt in (HDFS, BGL, THUNDERBIRD, KRONE, KRONE_JSON, ECS):
         assert pickle.loads(pickle.dumps(fmt)) == fmt
     assert parse_line(b"20240101 x", pickle.loads(pickle.dumps(custom))) == ParsedLine(
         datetime(2024, 1, 1), None, None, None, "x"
@@ -571,7 +572,8 @@ def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch:
     assert (line.timestamp, line.content) == (datetime(2026, 11, 20, 13, 4, 5), "paid")
     assert default_session_rule("orders").keys(line) == ("t-9",)
     assert get_format("hdfs") is HDFS  # built-ins first
-    with pytest.raises(KeyError, match=r"known: \['bgl', 'hdfs', 'krone', 'thunderbird', 'edge', 'myapp', 'orders'\]"):
+    known = r"known: \['bgl', 'hdfs', 'krone', 'krone-json', 'thunderbird', 'edge', 'myapp', 'orders'\]"
+    with pytest.raises(KeyError, match=known):
         get_format("nginx")
     monkeypatch.setenv("KRONE_FORMATS_FILE", str(tmp_path / "missing.toml"))
     with pytest.raises(FileNotFoundError, match="KRONE_FORMATS_FILE"):

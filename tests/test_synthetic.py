@@ -12,6 +12,7 @@ import pytest
 
 from krone_jobs.hierarchy.kseqs import decompose
 from krone_jobs.hierarchy.model import Hierarchy, TemplateNode
+from krone_jobs.logformats import KRONE, KRONE_JSON, ParsedLine, parse_line
 from krone_jobs.synthetic import (
     ANOMALY_KINDS,
     LINE_RE,
@@ -22,6 +23,7 @@ from krone_jobs.synthetic import (
     SyntheticSession,
     generate,
     generate_sessions,
+    json_line,
 )
 
 DAYS = 3
@@ -163,6 +165,23 @@ def test_structural_anomalies_change_a_krone_seq(
     normal = set().union(*(keys(s) for s in sessions if not s.label))
     anomalous = [s for s in sessions if s.label]
     assert all(keys(s) - normal for s in anomalous), [s.anomaly_kind for s in anomalous if not keys(s) - normal]
+
+
+def test_json_layout_writes_the_same_lines_for_the_krone_json_format(run: tuple[Path, GenerateSummary],
+                                                                      tmp_path: Path) -> None:
+    out, summary = run
+    json_summary = generate(tmp_path, days=DAYS, sessions_per_day=400, anomaly_rate=RATE, seed=5, layout="json")
+    assert json_summary.lines_per_day == summary.lines_per_day
+    assert (tmp_path / "labels" / "synthetic" / "labels.csv").read_bytes() == (
+        out / "labels" / "synthetic" / "labels.csv").read_bytes()
+    text_rule, json_rule = KRONE.session.make(), KRONE_JSON.session.make()
+    for day, lines in _day_files(out).items():
+        json_lines = _day_files(tmp_path)[day]
+        assert json_lines == [json_line(line) for line in lines]
+        for text, as_json in zip(lines[::50], json_lines[::50]):
+            t, j = parse_line(text.encode(), KRONE), parse_line(as_json.encode(), KRONE_JSON)
+            assert isinstance(t, ParsedLine) and isinstance(j, ParsedLine)
+            assert j._replace(session=None) == t and json_rule.keys(j) == text_rule.keys(t)
 
 
 def test_line_target_is_met_closely(tmp_path: Path) -> None:

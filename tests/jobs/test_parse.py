@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ from krone_jobs.jobs.sessionize import run_sessionize
 from krone_jobs.logformats import (
     HDFS,
     KRONE,
-    KRONE_SESSION_PATTERN,
     THUNDERBIRD,
     BlockIdSessionKey,
     IdPatternSessionKey,
@@ -29,7 +26,7 @@ from krone_jobs.logformats import (
     parse_line,
 )
 from krone_jobs.partitions import partition_dir, state_dir
-from krone_jobs.synthetic import generate_sessions
+from krone_jobs.synthetic import generate_sessions, json_line
 from krone_jobs.templates import MinerSettings, masker
 
 SOURCE = "syn"
@@ -175,22 +172,11 @@ def test_a_format_from_the_formats_file_runs_through_parse_and_sessionize(
     assert s.sessions + s.open_sessions == 3
 
 
-def _as_json(line: str) -> str:
-    """A ``krone`` text line as a structured logger would write it (ECS-style keys, nested and flattened)."""
-    m = KRONE.regex.match(line)  # type: ignore[union-attr]
-    assert m is not None
-    component, _, message = m["content"].partition(": ")
-    job = re.search(KRONE_SESSION_PATTERN, message)
-    return json.dumps({"@timestamp": m["timestamp"].replace(" ", "T") + "+00:00", "log": {"level": m["level"]},
-                       "host.name": m["node"], "log.logger": component, "message": message,
-                       "labels": {"job": job[1] if job else None}})
-
-
 def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_text(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     formats = tmp_path / "formats.toml"
-    formats.write_text(
+    formats.write_text(  # the built-in krone-json format, as a user would write it
         "[jobs-json]\n"
         "fields = { timestamp = '@timestamp', level = 'log.level', node = 'host.name', component = 'log.logger', "
         "content = 'message', session = 'labels.job' }\n"
@@ -209,7 +195,7 @@ def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_te
         '{"message": "no timestamp", "labels": {"job": "job_1"}}',
         '{"@timestamp": "2026-11-01T10:00:00Z", "message": "no job named"}',
     ]
-    records = [_as_json(line) for line in lines]
+    records = [json_line(line) for line in lines]
     for i, bad in enumerate(hostile):
         records.insert(i * len(records) // len(hostile), bad)
     for source, text in (("txt", lines), ("js", records)):
