@@ -74,6 +74,9 @@ class QuarantineReason(StrEnum):
     BAD_ENCODING = "bad_encoding"
     NO_FORMAT_MATCH = "no_format_match"
     BAD_TIMESTAMP = "bad_timestamp"
+    CONTINUATION = "continuation"
+    """Not an event: a line of a multi-line record (a stack trace under its log line), by the format's
+    ``continuation`` pattern. Kept with its raw bytes; not counted against the quarantine-ratio bound."""
 
 
 class ParsedLine(NamedTuple):
@@ -159,6 +162,10 @@ class LineFormat:
     entity (``krone demo`` written as JSON lines: F1 0.903 without the tag, 0.962 with it and Drain depth
     6 as the ``krone`` format has, the text demo's figure; 0.952 at depth 4).
 
+    ``continuation`` matches the lines that continue a multi-line record (``^\\s`` for indented stack-trace
+    frames): such a line that does not match the format is set aside as ``continuation`` instead of
+    ``no_format_match``; the record's event is its first line.
+
     ``parse_timestamp`` turns the ``timestamp`` text into a datetime; it must raise ``ValueError`` (or
     ``OverflowError``) on bad input so the line is quarantined as ``bad_timestamp``. ``miner`` is what the
     parse job mines a source's first day with; from then on the settings travel in the source's miner state.
@@ -172,6 +179,7 @@ class LineFormat:
     session: SessionSpec = SessionSpec()
     json_fields: tuple[tuple[str, str], ...] = ()
     tag_content: bool = False
+    continuation: re.Pattern[str] | None = None
     groups: frozenset[str] = field(init=False)
     _pick: itemgetter[tuple[str | None, ...]] | None = field(init=False, repr=False, compare=False)
     _paths: tuple[tuple[str, tuple[str, ...]] | None, ...] = field(init=False, repr=False, compare=False)
@@ -219,28 +227,33 @@ class LineFormat:
     @classmethod
     def from_regex(
         cls, pattern: str, *, timestamp_format: str | TimestampParser | None = None, name: str = "custom",
-        miner: MinerSettings | None = None, session: SessionSpec | None = None,
+        miner: MinerSettings | None = None, session: SessionSpec | None = None, continuation: str | None = None,
     ) -> LineFormat:
         """User-defined format; ``timestamp_format`` is a ``strptime`` pattern, one of
         :data:`TIMESTAMP_KEYWORDS` or a callable, ``miner`` the Drain settings a new source of this format
-        starts with (default :class:`MinerSettings`), ``session`` its session rule (default: node windows).
+        starts with (default :class:`MinerSettings`), ``session`` its session rule (default: node windows),
+        ``continuation`` the pattern of a multi-line record's further lines (see the class docstring).
 
         The regex runs on at most ``max_bytes`` of text per line; keep it free of nested quantifiers.
         """
         return cls(name, re.compile(pattern), timestamp_parser(timestamp_format), miner or MinerSettings(),
-                   session or SessionSpec())
+                   session or SessionSpec(), continuation=_compiled(continuation))
 
     @classmethod
     def from_json(
         cls, fields: Mapping[str, str], *, timestamp_format: str | TimestampParser | None = None,
         name: str = "custom", miner: MinerSettings | None = None, session: SessionSpec | None = None,
-        tag_content: bool = False,
+        tag_content: bool = False, continuation: str | None = None,
     ) -> LineFormat:
         """JSON lines (one object per line); ``fields`` maps our field names (``content`` required) to the
         keys that hold them, e.g. ``{"timestamp": "@timestamp", "content": "message", "session": "trace.id"}``.
         ``tag_content``: see the class docstring. Other arguments as :meth:`from_regex`."""
         return cls(name, None, timestamp_parser(timestamp_format), miner or MinerSettings(),
-                   session or SessionSpec(), tuple(fields.items()), tag_content)
+                   session or SessionSpec(), tuple(fields.items()), tag_content, _compiled(continuation))
+
+
+def _compiled(pattern: str | None) -> re.Pattern[str] | None:
+    return re.compile(pattern) if pattern is not None else None
 
 
 def _strptime(fmt: str, text: str) -> datetime:
@@ -353,7 +366,7 @@ KRONE_JSON = LineFormat.from_json(
 FORMATS: dict[str, LineFormat] = {f.name: f for f in (HDFS, BGL, THUNDERBIRD, KRONE, KRONE_JSON)}
 
 
-_FORMAT_KEYS = {"regex", "fields", "tag_content", "timestamp_format", "session", "session_pattern",
+_FORMAT_KEYS = {"regex", "fields", "tag_content", "continuation", "timestamp_format", "session", "session_pattern",
                 "session_gap_seconds", "sim_th", "depth", "max_children"}
 _FORMAT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
@@ -366,6 +379,7 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
         timestamp_format = "%Y-%m-%d %H:%M:%S,%f"   # strptime, "epoch", "epoch_ms", "iso8601"; none: no timestamp
         session = "id_pattern"                        # or node_window (default), block_id, field
         session_pattern = '\b(job_\d+)\b'
+        continuation = '^\s'                           # optional: further lines of a record (stack traces)
         # optional: session_gap_seconds = 60, and Drain's sim_th, depth, max_children
 
         [orders]                                      # JSON lines: `fields` instead of `regex`
@@ -395,7 +409,7 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
             session = SessionSpec(spec.get("session", "node_window"), spec.get("session_pattern"),
                                   float(spec.get("session_gap_seconds", 60.0)))
             common = {"timestamp_format": spec.get("timestamp_format"), "name": name, "miner": miner,
-                      "session": session}
+                      "session": session, "continuation": spec.get("continuation")}
             if "regex" in spec:
                 if "tag_content" in spec:
                     raise ValueError("tag_content is for JSON 'fields'; a regex keeps the tag in its content group")
@@ -497,12 +511,12 @@ def parse_line(
     if fmt._pick is not None:
         m = fmt.regex.match(text)  # type: ignore[union-attr]
         if m is None:
-            return Quarantined(QuarantineReason.NO_FORMAT_MATCH, f"line does not match format {fmt.name!r}", raw)
+            return _unmatched(text, fmt, f"line does not match format {fmt.name!r}", raw)
         ts_text, level, component, node, content, label, session = fmt._pick(m.groups() + (None,))
     else:
         values = _json_fields(text, fmt)
         if isinstance(values, str):
-            return Quarantined(QuarantineReason.NO_FORMAT_MATCH, f"{values} (format {fmt.name!r})", raw)
+            return _unmatched(text, fmt, f"{values} (format {fmt.name!r})", raw)
         ts_text, level, component, node, content, label, session = values
     ts: datetime | None = None
     if fmt.parse_timestamp is not None:
@@ -515,6 +529,12 @@ def parse_line(
         except (ValueError, OverflowError) as exc:
             return Quarantined(QuarantineReason.BAD_TIMESTAMP, f"timestamp {ts_text[:100]!r}: {exc}", raw)
     return ParsedLine(ts, level, component, node, content or "", label, encoding, session)
+
+
+def _unmatched(text: str, fmt: LineFormat, why: str, raw: bytes) -> Quarantined:
+    if fmt.continuation is not None and fmt.continuation.match(text):
+        return Quarantined(QuarantineReason.CONTINUATION, "continues the record of an earlier line", raw)
+    return Quarantined(QuarantineReason.NO_FORMAT_MATCH, why, raw)
 
 
 _JSON_KINDS = {dict: "object", list: "array"}

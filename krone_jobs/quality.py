@@ -37,6 +37,8 @@ SESSION_COLUMNS: tuple[str, ...] = ("source", "dt", "session_id", "template_ids"
 REPORT_COLUMNS: tuple[str, ...] = ("source", "dt", "session_id", "level", "detector", "reason", "score")
 SUITES: tuple[str, ...] = ("parsed", "sessions", "reports")
 COUNT_KEYS: tuple[str, ...] = ("raw", "parsed", "quarantined")
+"""Required run-level counts of a parse; ``continuation`` (lines of multi-line records, kept in quarantine/
+but expected) may be given too and is left out of the quarantine ratio."""
 
 _COUNTS_SUITE = "parsed_counts"
 _EXPECTED_KWARGS = ("column_set", "value_set", "regex", "type_", "min_value", "max_value", "or_equal")
@@ -119,8 +121,9 @@ def validate(
         raise ValueError(f"unknown suite {suite!r}; expected one of {SUITES}")
     if (suite == "parsed") != (counts is not None):
         raise ValueError("counts (raw, parsed, quarantined) are required for 'parsed' and only for it")
-    if counts is not None and set(counts) != set(COUNT_KEYS):
-        raise ValueError(f"counts must have exactly the keys {COUNT_KEYS}, got {sorted(counts)}")
+    if counts is not None and not set(COUNT_KEYS) <= set(counts) <= {*COUNT_KEYS, "continuation"}:
+        raise ValueError(f"counts must have the keys {COUNT_KEYS} (and optionally 'continuation'), "
+                         f"got {sorted(counts)}")
 
     started = time.perf_counter()
     validations = [_run(frame, suite, run_name, {}, "BOOLEAN_ONLY" if _is_spark(frame) else "SUMMARY")]
@@ -160,15 +163,18 @@ def gate(frame: Any, suite: str, **kwargs: Any) -> QualityResult:
 
 
 def _counts_frame(counts: Mapping[str, int]) -> Any:
-    """One row of run-level figures; the reconciliation compares ``raw_lines`` with ``accounted_lines``."""
+    """One row of run-level figures; the reconciliation compares ``raw_lines`` with ``accounted_lines``.
+    Continuation lines are accounted for (in quarantine/) but are no sign of bad input, so the ratio the
+    bound applies to leaves them out."""
     import pandas as pd
 
     raw, parsed, quarantined = (int(counts[k]) for k in COUNT_KEYS)
+    bad = quarantined - int(counts.get("continuation", 0))
     return pd.DataFrame(
         {
             "raw_lines": [raw],
             "accounted_lines": [parsed + quarantined],
-            "quarantine_ratio": [quarantined / raw if raw else 0.0],
+            "quarantine_ratio": [bad / raw if raw else 0.0],
         }
     )
 

@@ -194,6 +194,20 @@ def test_a_session_group_gives_field_sessions() -> None:
         LineFormat.from_regex(r"^(?P<content>.*)$", session=SessionSpec("field"))
 
 
+def test_continuation_lines_of_multi_line_records_are_set_aside_not_counted_as_bad() -> None:
+    fmt = LineFormat.from_regex(r"^(?P<timestamp>\S+ \S+) (?P<level>[A-Z]+) (?P<component>\S+): (?P<content>.*)$",
+                                timestamp_format="%Y-%m-%d %H:%M:%S,%f", continuation=r"^(?:\s|Caused by: )")
+    assert parsed(b"2026-11-20 13:04:05,123 ERROR api.Orders: payment failed", fmt).content == "payment failed"
+    for line in (b"\tat com.shop.Orders.pay(Orders.java:42)", b"    ... 12 more", b"Caused by: java.io.IOException"):
+        q = quarantined(line, fmt)
+        assert q.reason is QuarantineReason.CONTINUATION and q.raw == line
+    assert quarantined(b"garbage", fmt).reason is QuarantineReason.NO_FORMAT_MATCH
+    assert fmt.regex is not None
+    no_rule = LineFormat.from_regex(fmt.regex.pattern, timestamp_format="%Y-%m-%d %H:%M:%S,%f")
+    assert quarantined(b"\tat x", no_rule).reason is QuarantineReason.NO_FORMAT_MATCH
+    assert quarantined(b"2026-11-20 99:04:05,123 ERROR a: b", fmt).reason is QuarantineReason.BAD_TIMESTAMP
+
+
 # --- JSON lines ---------------------------------------------------------------------------------------
 ECS = LineFormat.from_json(
     {"timestamp": "@timestamp", "level": "log.level", "component": "log.logger", "node": "host.name",
@@ -549,6 +563,7 @@ session_gap_seconds = 300
 fields = { timestamp = "@timestamp", node = "host.name", content = "message", session = "trace.id" }
 timestamp_format = "iso8601"
 session = "field"
+continuation = '^\s'
 """
 
 
@@ -571,6 +586,7 @@ def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch:
     line = parsed(b'{"@timestamp": "2026-11-20T13:04:05Z", "message": "paid", "trace": {"id": "t-9"}}', orders)
     assert (line.timestamp, line.content) == (datetime(2026, 11, 20, 13, 4, 5), "paid")
     assert default_session_rule("orders").keys(line) == ("t-9",)
+    assert quarantined(b"  pretty-printed rest", orders).reason is QuarantineReason.CONTINUATION
     assert get_format("hdfs") is HDFS  # built-ins first
     known = r"known: \['bgl', 'hdfs', 'krone', 'krone-json', 'thunderbird', 'edge', 'myapp', 'orders'\]"
     with pytest.raises(KeyError, match=known):
@@ -594,6 +610,7 @@ def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch:
         ("[app]\nfields = { content = 'msg', component = 'c' }\ntag_content = 'yes'", "true or false"),
         ("[app]\nregex = '^(?P<msg>.*)$'", "unknown named groups"),
         ("[app]\nregex = '^(?P<content>.*'", "missing \\)"),
+        ("[app]\nregex = '^(?P<content>.*)$'\ncontinuation = '(unclosed'", "missing \\)"),
         ("[app]\nregex = '^(?P<content>.*)$'\nsession = 'id_pattern'", "session pattern"),
         ("[app]\nregex = '^(?P<content>.*)$'\nsession = 'per_line'", "session kind"),
         ("[app]\nregex = '^(?P<content>.*)$'\ndepth = 2", "depth"),

@@ -188,6 +188,15 @@ def test_quarantine_ratio_above_bound_fails_and_bound_is_configurable() -> None:
     assert run("parsed", parsed_frame(), counts=counts, max_quarantine_ratio=0.2).success
 
 
+def test_continuation_lines_are_accounted_for_but_not_held_against_the_ratio() -> None:
+    counts = {"raw": 100, "parsed": 60, "quarantined": 40, "continuation": 38}  # stack traces under 60 events
+    result = run("parsed", parsed_frame(), counts=counts)
+    assert result.success, result.summary
+    assert not run("parsed", parsed_frame(), counts={**counts, "continuation": 30}).success  # 10 % bad lines
+    with pytest.raises(ValueError, match="optionally 'continuation'"):
+        run("parsed", parsed_frame(), counts={**counts, "binary": 1})
+
+
 def test_empty_run_reconciles() -> None:
     empty = parsed_frame().iloc[0:0]
     assert run("parsed", empty, counts={"raw": 0, "parsed": 0, "quarantined": 0}).success

@@ -56,6 +56,7 @@ from krone_jobs.logformats import (
     LogReadError,
     NodeWindowSessionKey,
     ParsedLine,
+    QuarantineReason,
     SessionKeyRule,
     get_format,
     iter_lines,
@@ -444,7 +445,8 @@ def run_parse(
     if gate:
         quality_gate(read_partition(spark, root, "parsed", source, date), "parsed", root, source, date,
                      max_quarantine_ratio=max_quarantine_ratio,
-                     counts={"raw": raw_lines, "parsed": n_parsed, "quarantined": n_quarantined})
+                     counts={"raw": raw_lines, "parsed": n_parsed, "quarantined": n_quarantined,
+                             "continuation": reasons.get(str(QuarantineReason.CONTINUATION), 0)})
     day_counts: Counter[str] = Counter()
     for text, n in counts.items():
         day_counts[mapping[text]] += n

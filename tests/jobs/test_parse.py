@@ -172,6 +172,37 @@ def test_a_format_from_the_formats_file_runs_through_parse_and_sessionize(
     assert s.sessions + s.open_sessions == 3
 
 
+def test_stack_traces_under_their_log_lines_pass_the_quarantine_gate(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    formats = tmp_path / "formats.toml"
+    formats.write_text(
+        "[shop]\n"
+        "regex = '^(?P<timestamp>\\S+ \\S+) (?P<level>[A-Z]+) (?P<component>\\S+): (?P<content>.*)$'\n"
+        "timestamp_format = '%Y-%m-%d %H:%M:%S'\n"
+        "session = 'id_pattern'\n"
+        "session_pattern = '\\b(order-\\d+)\\b'\n"
+        "continuation = '^(?:\\s|Caused by: )'\n")
+    monkeypatch.setenv("KRONE_FORMATS_FILE", str(formats))
+    day = "2026-11-20"
+    lines = []
+    for i in range(20):
+        lines.append(f"2026-11-20 10:00:{i:02d} ERROR shop.Orders: order-{i % 4} payment failed after {i} ms")
+        lines += ["java.lang.IllegalStateException: card declined", "\tat shop.Orders.pay(Orders.java:42)",
+                  "Caused by: java.io.IOException: reset", "    ... 12 more"][1:]  # the first is a bad line
+    lines.insert(1, "java.lang.IllegalStateException: card declined")
+    folder = tmp_path / "raw" / "shop" / f"dt={day}"
+    folder.mkdir(parents=True)
+    (folder / "shop.log").write_text("\n".join(lines) + "\n")
+    m = run_parse("shop", day, "shop", data_root=tmp_path, spark=spark)  # default bound: 5 % bad lines
+    assert (m.raw_lines, m.parsed) == (81, 20)
+    assert m.quarantine_reasons == {"continuation": 60, "no_format_match": 1}
+    kept = _frame(tmp_path, "quarantine", "shop", day).set_index("line_no")
+    assert kept.loc[3, "reason"] == "continuation"
+    assert kept.loc[3, "raw"] == b"\tat shop.Orders.pay(Orders.java:42)\n"  # the raw bytes, line break included
+    assert kept.loc[2, "reason"] == "no_format_match"
+
+
 def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_text(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
