@@ -50,7 +50,9 @@ def run_night(
     for dt in days:
         out: dict[str, Any] = pipeline.parse_day(source, dt, fmt, data_root=data_root, **parse_options)
         p, s, k = (out[step]["metrics"] for step in ("parse", "sessionize", "kseqs"))
-        say(f"{source} {dt}: {p['raw_lines']:,} lines ({p['quarantined']:,} quarantined), {p['new_templates']} new "
+        traces = p.get("quarantine_reasons", {}).get("continuation", 0)
+        aside = f"{p['quarantined']:,} quarantined" + (f", {traces:,} of them continuation lines" if traces else "")
+        say(f"{source} {dt}: {p['raw_lines']:,} lines ({aside}), {p['new_templates']} new "
             f"templates, {s['sessions']:,} sessions closed ({s['open_sessions']:,} open), {k['chunks']:,} KRONE Seqs")
         if scoring:
             out["score"] = pipeline.score_day(source, dt, data_root=data_root)
