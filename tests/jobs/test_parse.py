@@ -145,17 +145,22 @@ def test_first_day_mines_with_the_formats_settings_and_later_days_keep_them(spar
         assert [t.template for t in store.templates()] == ["<*> <*> startup succeeded"]
 
 
+def _use_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str) -> None:
+    """Name a formats file with ``toml`` in ``KRONE_FORMATS_FILE``: the driver reads it, executors get the format."""
+    formats = tmp_path / "formats.toml"
+    formats.write_text(toml)
+    monkeypatch.setenv("KRONE_FORMATS_FILE", str(formats))
+
+
 def test_a_format_from_the_formats_file_runs_through_parse_and_sessionize(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    formats = tmp_path / "formats.toml"
-    formats.write_text(
+    _use_formats(tmp_path, monkeypatch,
         "[gateway]\n"
         "regex = '^(?P<timestamp>\\S+ \\S+) (?P<level>[A-Z]+) (?P<component>\\S+): (?P<content>.*)$'\n"
         "timestamp_format = '%Y-%m-%d %H:%M:%S'\n"
         "session = 'id_pattern'\n"
         "session_pattern = '\\b(req-\\d+)\\b'\n")
-    monkeypatch.setenv("KRONE_FORMATS_FILE", str(formats))  # the driver reads it; executors get the format
     day = "2026-11-20"
     folder = tmp_path / "raw" / "gw" / f"dt={day}"
     folder.mkdir(parents=True)
@@ -175,15 +180,13 @@ def test_a_format_from_the_formats_file_runs_through_parse_and_sessionize(
 def test_stack_traces_under_their_log_lines_pass_the_quarantine_gate(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    formats = tmp_path / "formats.toml"
-    formats.write_text(
+    _use_formats(tmp_path, monkeypatch,
         "[shop]\n"
         "regex = '^(?P<timestamp>\\S+ \\S+) (?P<level>[A-Z]+) (?P<component>\\S+): (?P<content>.*)$'\n"
         "timestamp_format = '%Y-%m-%d %H:%M:%S'\n"
         "session = 'id_pattern'\n"
         "session_pattern = '\\b(order-\\d+)\\b'\n"
         "continuation = '^(?:\\s|Caused by: )'\n")
-    monkeypatch.setenv("KRONE_FORMATS_FILE", str(formats))
     day = "2026-11-20"
     lines = []
     for i in range(20):
@@ -206,8 +209,7 @@ def test_stack_traces_under_their_log_lines_pass_the_quarantine_gate(
 def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_text(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    formats = tmp_path / "formats.toml"
-    formats.write_text(  # the built-in krone-json format, as a user would write it
+    _use_formats(tmp_path, monkeypatch,  # the built-in krone-json format, as a user would write it
         "[jobs-json]\n"
         "fields = { timestamp = '@timestamp', level = 'log.level', node = 'host.name', component = 'log.logger', "
         "content = 'message', session = 'labels.job' }\n"
@@ -215,7 +217,6 @@ def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_te
         "session = 'field'\n"
         "tag_content = true\n"  # '<component>: <message>', the content of the text format
         "depth = 6\n")  # and the text format's Drain depth: then the templates are the same too
-    monkeypatch.setenv("KRONE_FORMATS_FILE", str(formats))
     day = "2026-11-01"
     lines = sorted(line for s in generate_sessions(40, seed=5, start_date=day) for line in s.lines)  # interleaved
     hostile = [
