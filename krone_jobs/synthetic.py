@@ -509,6 +509,8 @@ def generate(
     file, so memory holds about one day. ``lines`` (a target total, met to about one percent) overrides
     ``sessions_per_day``.
     """
+    if layout not in ("text", "json"):
+        raise ValueError(f"layout {layout!r}: text or json")
     t0 = time.perf_counter()
     out = Path(out_dir)
     clock = _Clock(date.fromisoformat(start_date))
