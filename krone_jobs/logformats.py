@@ -61,6 +61,7 @@ _COMPONENT = _FIELD_ORDER.index("component")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f]")
 _CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0A, 0x1B), *range(0x1C, 0x20), 0x7F])
 _C1 = re.compile(rb"[\x80-\x9f]")
+_UTF8_BOM = b"\xef\xbb\xbf"
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
 _MAX_NON_ASCII_SHARE = 0.3
 
@@ -700,7 +701,8 @@ def iter_lines(
     Memory stays bounded: a line longer than ``max_bytes`` (plus its CR/LF) is yielded as an
     :class:`OversizedLine` and the rest of it is skipped in 1 MiB reads. A truncated or corrupt .gz
     yields every complete line before the damage, then raises :class:`LogReadError`; the partial last
-    line is dropped.
+    line is dropped. A UTF-8 byte-order mark opening the file (Windows tools write one) is not part of the
+    first line.
     """
     limit = max_bytes + 2
     line_no = 0
@@ -712,6 +714,8 @@ def iter_lines(
             while chunk := stream.readline(limit):
                 raw = chunk if len(chunk) < limit or chunk.endswith(b"\n") else _skip_rest(stream, chunk)
                 line_no += 1
+                if line_no == 1 and isinstance(raw, bytes) and raw.startswith(_UTF8_BOM):
+                    raw = raw[len(_UTF8_BOM):]
                 yield line_no, raw
         except EOFError as exc:
             raise LogReadError(os.fspath(path), "truncated", line_no, str(exc)) from exc

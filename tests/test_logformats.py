@@ -463,6 +463,16 @@ def test_iter_lines_plain_file_with_crlf_and_no_final_newline(tmp_path: Path) ->
     assert list(iter_lines(path, max_bytes=3))[3] == (4, OversizedLine(b"three", 5))
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_iter_lines_drops_a_byte_order_mark_opening_the_file(tmp_path: Path, compress: bool) -> None:
+    body = b"\xef\xbb\xbf" + HDFS_LINE + b"\n\xef\xbb\xbfnot at the start\n"
+    path = tmp_path / "bom.log"
+    path.write_bytes(gzip.compress(body) if compress else body)
+    (_, first), (_, second) = iter_lines(path)
+    assert isinstance(first, bytes) and parsed(first).component == "dfs.DataNode$PacketResponder"
+    assert second == b"\xef\xbb\xbfnot at the start\n"  # only the file's first bytes are a mark
+
+
 def test_iter_lines_gzip_is_detected_by_content(tmp_path: Path) -> None:
     path = tmp_path / "no-suffix"
     path.write_bytes(gzip.compress(HDFS_LINE + b"\n" + HDFS_LINE))
