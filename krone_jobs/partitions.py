@@ -2,7 +2,7 @@
 
 Layout::
 
-    raw/<source>/dt=D/*.log[.gz]                  input (read-only to the jobs)
+    raw/<source>/dt=D/*.log[.gz]                  input (read-only to the jobs; also .jsonl, .ndjson)
     <stage>/source=S/dt=D/part-NNNNN.parquet      stage output: parsed, quarantine, sessions, kseqs
     state/<source>/...                            per-source state (miner JSON, hierarchy CSV, open sessions)
 
@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-RAW_SUFFIXES = (".log", ".log.gz")
+RAW_SUFFIXES = (".log", ".log.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+"""What a raw partition's log files are called; other files there are listed by :func:`ignored_raw_files`."""
 _DT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})(?:\.\w+)?$")
 _PART = re.compile(r"^part-(\d+)")
 
@@ -61,6 +62,16 @@ def raw_files(root: Path, source: str, dt: str) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(RAW_SUFFIXES))
+
+
+def ignored_raw_files(root: Path, source: str, dt: str) -> list[Path]:
+    """Files of the raw partition that are not log files by name (hidden and ``_`` marker files aside), so
+    a parse run can say it skipped them instead of reading an empty day."""
+    folder = raw_dir(root, source, dt)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.endswith(RAW_SUFFIXES) and not p.name.startswith((".", "_")) and not p.is_dir())
 
 
 def partition_dir(root: Path, stage: str, source: str, dt: str) -> Path:

@@ -38,6 +38,7 @@ system every executor can open (local disk in local mode, a shared mount on a cl
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -63,9 +64,11 @@ from krone_jobs.logformats import (
     parse_line,
 )
 from krone_jobs.partitions import (
+    RAW_SUFFIXES,
     atomic_write_text,
     check_date,
     check_source,
+    ignored_raw_files,
     latest_before,
     partition_dir,
     raw_files,
@@ -80,6 +83,8 @@ from krone_jobs.templates import MinerSettings, TemplateStore, masker, template_
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
 
 STRIPE_LINES = 256
 """Lines per stripe: small enough that even a test file of a few hundred lines spreads over the units."""
@@ -109,6 +114,8 @@ class ParseMetrics:
     format: str
     files: int
     partitions: int
+    ignored_files: int
+    """Files in the raw partition not named as log files (``RAW_SUFFIXES``): skipped, and logged by name."""
     raw_lines: int
     parsed: int
     quarantined: int
@@ -386,6 +393,10 @@ def run_parse(
     spark = spark or get_spark()
     parts = partitions or spark.sparkContext.defaultParallelism
     files = raw_files(root, source, date)
+    ignored = ignored_raw_files(root, source, date)
+    if ignored:
+        log.warning("%s %s: skipped %d file(s) not named *%s: %s", source, date, len(ignored),
+                    "|*".join(RAW_SUFFIXES), ", ".join(p.name for p in ignored[:10]))
     seed_path = latest_before(templates_dir(root, source), date)
     seed = seed_path.read_text(encoding="utf-8") if seed_path else None
     store = TemplateStore.from_json(seed) if seed else TemplateStore(fmt.miner)
@@ -455,7 +466,8 @@ def run_parse(
     seed_ids = {t.template_id for t in TemplateStore.from_json(seed).templates()} if seed else set()
     live = store.templates()
     return ParseMetrics(
-        source=source, dt=date, format=fmt_name, files=len(files), partitions=parts, raw_lines=raw_lines,
+        source=source, dt=date, format=fmt_name, files=len(files), partitions=parts, ignored_files=len(ignored),
+        raw_lines=raw_lines,
         parsed=n_parsed, quarantined=n_quarantined, quarantine_reasons=dict(sorted(reasons.items())),
         masked_texts=len(ids), templates=len(live), new_templates=sum(t.template_id not in seed_ids for t in live),
         unmatched=sum(tid is None for tid in ids.values()), seconds=round(seconds, 3),

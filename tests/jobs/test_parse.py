@@ -230,13 +230,16 @@ def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_te
     records = [json_line(line) for line in lines]
     for i, bad in enumerate(hostile):
         records.insert(i * len(records) // len(hostile), bad)
-    for source, text in (("txt", lines), ("js", records)):
+    for source, name, text in (("txt", "app.log", lines), ("js", "app.jsonl", records)):
         folder = tmp_path / "raw" / source / f"dt={day}"
         folder.mkdir(parents=True)
-        (folder / f"{source}.log").write_text("\n".join(text) + "\n")
+        (folder / name).write_text("\n".join(text) + "\n")
+    (folder / "README.txt").write_text("exported by the log shipper\n")  # not a log file: skipped, counted
+    (folder / "_SUCCESS").touch()  # a marker: skipped silently
     as_text = run_parse("txt", day, "krone", data_root=tmp_path, spark=spark, partitions=2)
     as_json = run_parse("js", day, "jobs-json", data_root=tmp_path, spark=spark, partitions=2,
                         max_quarantine_ratio=0.05)
+    assert (as_json.files, as_json.ignored_files, as_text.ignored_files) == (1, 1, 0)
     assert as_json.raw_lines == len(records) == as_json.parsed + as_json.quarantined
     assert as_json.parsed == as_text.parsed == len(lines)
     assert as_json.quarantine_reasons == {"no_format_match": 4, "bad_timestamp": 1, "no_session_key": 1}
