@@ -56,22 +56,25 @@ def raw_dir(root: Path, source: str, dt: str) -> Path:
     return root / "raw" / source / f"dt={dt}"
 
 
-def raw_files(root: Path, source: str, dt: str) -> list[Path]:
-    """The partition's raw log files, sorted by name (a missing folder is an empty partition)."""
+def _partition_files(root: Path, source: str, dt: str) -> list[Path]:
+    """Every file under the raw partition, sub-folders included (``hour=13/`` as log shippers write them),
+    sorted by path; hidden and ``_``-prefixed names (``.staging/``, ``_SUCCESS``) are not data."""
     folder = raw_dir(root, source, dt)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(RAW_SUFFIXES))
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
+
+
+def raw_files(root: Path, source: str, dt: str) -> list[Path]:
+    """The partition's raw log files, sorted by path (a missing folder is an empty partition)."""
+    return [p for p in _partition_files(root, source, dt) if p.name.endswith(RAW_SUFFIXES)]
 
 
 def ignored_raw_files(root: Path, source: str, dt: str) -> list[Path]:
-    """Files of the raw partition that are not log files by name (hidden and ``_`` marker files aside), so
-    a parse run can say it skipped them instead of reading an empty day."""
-    folder = raw_dir(root, source, dt)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir()
-                  if not p.name.endswith(RAW_SUFFIXES) and not p.name.startswith((".", "_")) and not p.is_dir())
+    """Files of the raw partition that are not log files by name, so a parse run can say it skipped them
+    instead of reading an empty day."""
+    return [p for p in _partition_files(root, source, dt) if not p.name.endswith(RAW_SUFFIXES)]
 
 
 def partition_dir(root: Path, stage: str, source: str, dt: str) -> Path:

@@ -1,4 +1,4 @@
-"""The per-source record the parse job leaves for later stages."""
+"""Raw partitions and the per-source record the parse job leaves for later stages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from krone_jobs.logformats import SessionSpec
-from krone_jobs.partitions import record_source_format, source_format, source_session, state_dir
+from krone_jobs.partitions import (
+    ignored_raw_files,
+    raw_files,
+    record_source_format,
+    source_format,
+    source_session,
+    state_dir,
+)
 
 
 def test_source_record_keeps_format_and_session_rule(tmp_path: Path) -> None:
@@ -23,3 +30,17 @@ def test_a_record_from_before_session_rules_were_kept_has_none(tmp_path: Path) -
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"format": "hdfs"}), encoding="utf-8")
     assert (source_format(tmp_path, "hdfs"), source_session(tmp_path, "hdfs")) == ("hdfs", None)
+
+
+def test_raw_files_take_log_files_at_any_depth_and_name_the_others(tmp_path: Path) -> None:
+    day = tmp_path / "raw" / "app" / "dt=2026-11-20"
+    names = ["a.log", "b.log.gz", "hour=13/c.jsonl", "hour=14/d.ndjson.gz", "notes.txt", "hour=13/e.csv",
+             "_SUCCESS", ".a.log.crc", ".staging/f.log", "_temporary/g.log"]
+    for name in names:
+        (day / name).parent.mkdir(parents=True, exist_ok=True)
+        (day / name).write_text("x\n")
+    found = [p.relative_to(day).as_posix() for p in raw_files(tmp_path, "app", "2026-11-20")]
+    assert found == ["a.log", "b.log.gz", "hour=13/c.jsonl", "hour=14/d.ndjson.gz"]
+    skipped = [p.relative_to(day).as_posix() for p in ignored_raw_files(tmp_path, "app", "2026-11-20")]
+    assert skipped == ["hour=13/e.csv", "notes.txt"]
+    assert raw_files(tmp_path, "app", "2026-11-21") == ignored_raw_files(tmp_path, "app", "2026-11-21") == []
