@@ -396,7 +396,7 @@ def run_parse(
     ignored = ignored_raw_files(root, source, date)
     if ignored:
         log.warning("%s %s: skipped %d file(s) not named *%s: %s", source, date, len(ignored),
-                    "|*".join(RAW_SUFFIXES), ", ".join(p.name for p in ignored[:10]))
+                    "|*".join(RAW_SUFFIXES), ", ".join(p.relative_to(root).as_posix() for p in ignored[:10]))
     seed_path = latest_before(templates_dir(root, source), date)
     seed = seed_path.read_text(encoding="utf-8") if seed_path else None
     store = TemplateStore.from_json(seed) if seed else TemplateStore(fmt.miner)
