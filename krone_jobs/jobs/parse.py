@@ -105,6 +105,10 @@ class ReconciliationError(RuntimeError):
     """Raw lines != parsed + quarantined: a line was lost or doubled (a bug, never bad input)."""
 
 
+class NoLogFilesError(FileNotFoundError):
+    """The raw partition has files, but none named as log files: an empty day would hide a naming mistake."""
+
+
 @dataclass(frozen=True)
 class ParseMetrics:
     """Counts of one parse run (also what the ``parsed`` quality gate checks)."""
@@ -395,8 +399,12 @@ def run_parse(
     files = raw_files(root, source, date)
     ignored = ignored_raw_files(root, source, date)
     if ignored:
+        names = ", ".join(p.relative_to(root).as_posix() for p in ignored[:10])
+        if not files:  # a day of only other files is a naming mistake, not a quiet day
+            raise NoLogFilesError(f"{source} {date}: the raw partition holds {len(ignored)} file(s) and none is "
+                                  f"named *{'|*'.join(RAW_SUFFIXES)}: {names}")
         log.warning("%s %s: skipped %d file(s) not named *%s: %s", source, date, len(ignored),
-                    "|*".join(RAW_SUFFIXES), ", ".join(p.relative_to(root).as_posix() for p in ignored[:10]))
+                    "|*".join(RAW_SUFFIXES), names)
     seed_path = latest_before(templates_dir(root, source), date)
     seed = seed_path.read_text(encoding="utf-8") if seed_path else None
     store = TemplateStore.from_json(seed) if seed else TemplateStore(fmt.miner)

@@ -13,7 +13,7 @@ import pytest
 from drain3.masking import LogMasker
 
 from krone_jobs.jobs.kseqs import run_kseqs
-from krone_jobs.jobs.parse import latest_templates, run_parse, session_keys
+from krone_jobs.jobs.parse import NoLogFilesError, latest_templates, run_parse, session_keys
 from krone_jobs.jobs.sessionize import run_sessionize
 from krone_jobs.logformats import (
     HDFS,
@@ -255,6 +255,17 @@ def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_te
                 for source, f in (("txt", _frame(tmp_path, "sessions", "txt", day)),
                                   ("js", _frame(tmp_path, "sessions", "js", day)))}
     assert sessions["js"] == sessions["txt"] and len(sessions["js"]) == json_s.sessions > 0
+
+
+def test_a_day_of_files_not_named_as_logs_is_a_clear_error_not_an_empty_day(spark: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "raw" / "hdfs" / "dt=2008-11-09"
+    folder.mkdir(parents=True)
+    (folder / "hdfs.txt").write_bytes(_hdfs_line(1))
+    (folder / "_SUCCESS").touch()
+    named = r"holds 1 file\(s\) and none is named \*\.log.*raw/hdfs/dt=2008-11-09/hdfs.txt"
+    with pytest.raises(NoLogFilesError, match=named):
+        run_parse("hdfs", "2008-11-09", "hdfs", data_root=tmp_path, spark=spark)
+    assert not partition_dir(tmp_path, "parsed", "hdfs", "2008-11-09").exists()
 
 
 def test_unknown_format_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
