@@ -475,8 +475,8 @@ def run_parse(
     live = store.templates()
     return ParseMetrics(
         source=source, dt=date, format=fmt_name, files=len(files), partitions=parts, ignored_files=len(ignored),
-        raw_lines=raw_lines,
-        parsed=n_parsed, quarantined=n_quarantined, quarantine_reasons=dict(sorted(reasons.items())),
+        raw_lines=raw_lines, parsed=n_parsed, quarantined=n_quarantined,
+        quarantine_reasons=dict(sorted(reasons.items())),
         masked_texts=len(ids), templates=len(live), new_templates=sum(t.template_id not in seed_ids for t in live),
         unmatched=sum(tid is None for tid in ids.values()), seconds=round(seconds, 3),
         gate_seconds=round(time.perf_counter() - t0 - seconds, 3), steps={k: round(v, 3) for k, v in steps.items()},
