@@ -165,7 +165,8 @@ class LineFormat:
 
     ``continuation`` matches the lines that continue a multi-line record (``^\\s`` for indented stack-trace
     frames): such a line that does not match the format is set aside as ``continuation`` instead of
-    ``no_format_match``; the record's event is its first line.
+    ``no_format_match``; the record's event is its first line. (The parse job checks that a run of them has
+    a record above it: ``jobs.parse.orphan_continuations``.)
 
     ``parse_timestamp`` turns the ``timestamp`` text into a datetime; it must raise ``ValueError`` (or
     ``OverflowError``) on bad input so the line is quarantined as ``bad_timestamp``. ``miner`` is what the

@@ -349,16 +349,64 @@ def latest_templates(root: Path, source: str, dt: str | None = None) -> Template
 
 
 # ------------------------------------------------------------------------------------------ the job
+_NOT_A_RECORD = frozenset({QuarantineReason.NO_FORMAT_MATCH, QuarantineReason.BINARY, QuarantineReason.BAD_ENCODING})
+ORPHAN_MESSAGE = "a continuation line under a line that is not a log record: nothing to continue"
+
+
+def orphan_continuations(rows: Iterable[tuple[str, int, str]]) -> set[tuple[str, int]]:
+    """``(file, line_no)`` of the ``continuation`` lines among quarantined ``rows`` whose record has no first
+    line: the nearest earlier line that is neither a continuation nor empty did not match the format at all
+    (garbage), so the pattern must not hide them from the quarantine ratio. A line not quarantined is an
+    event; a run at the very start of a file is given the benefit of the doubt (a rotated file)."""
+    by_file: dict[str, dict[int, str]] = {}
+    for file, line_no, reason in rows:
+        by_file.setdefault(file, {})[line_no] = reason
+    orphans: set[tuple[str, int]] = set()
+    for file, lines in by_file.items():
+        has_record, previous = True, 0
+        for line_no in sorted(lines):
+            if line_no != previous + 1:  # an event line lies in between
+                has_record = True
+            reason = lines[line_no]
+            if reason == QuarantineReason.CONTINUATION:
+                if not has_record:
+                    orphans.add((file, line_no))
+            elif reason != QuarantineReason.EMPTY:
+                has_record = reason not in _NOT_A_RECORD
+            previous = line_no
+    return orphans
+
+
 def _finish_quarantine(staging: Path, out: Path) -> Counter[str]:
-    """Move the units' quarantine files into ``out`` (an empty file if none); return counts per reason."""
+    """Move the units' quarantine files into ``out`` (an empty file if none); return counts per reason.
+
+    Units see stripes of a file, so whether a continuation line has a record to continue is decided here,
+    over all of them (:func:`orphan_continuations`); orphans become ``no_format_match``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     out.mkdir(parents=True)
     reasons: Counter[str] = Counter()
     found = sorted(staging.glob("quarantine-*.parquet"))
-    for path in found:
-        reasons.update(pq.read_table(path, columns=["reason"]).column("reason").to_pylist())
-        os.rename(path, out / re.sub(r"^quarantine-", "part-", path.name))
+    keys = {path: pq.read_table(path, columns=["file", "line_no", "reason"]) for path in found}
+    orphans = orphan_continuations(
+        row for t in keys.values() for row in zip(*(t[c].to_pylist() for c in ("file", "line_no", "reason"))))
+    for path, key in keys.items():
+        target = out / re.sub(r"^quarantine-", "part-", path.name)
+        hit = [(f, n) in orphans for f, n in zip(key["file"].to_pylist(), key["line_no"].to_pylist())]
+        if any(hit):
+            table = pq.read_table(path)
+            mask = pa.array(hit)
+            for name, value in (("reason", str(QuarantineReason.NO_FORMAT_MATCH)), ("message", ORPHAN_MESSAGE)):
+                i = table.schema.get_field_index(name)
+                table = table.set_column(i, table.schema.field(i), pc.if_else(mask, value, table[name]))
+            pq.write_table(table, target)
+            path.unlink()
+            reasons.update(table["reason"].to_pylist())
+        else:
+            reasons.update(key["reason"].to_pylist())
+            os.rename(path, target)
     if not found:
         pq.write_table(quarantine_schema().empty_table(), out / "part-00000.parquet")
     return reasons

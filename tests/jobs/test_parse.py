@@ -13,7 +13,14 @@ import pytest
 from drain3.masking import LogMasker
 
 from krone_jobs.jobs.kseqs import run_kseqs
-from krone_jobs.jobs.parse import NoLogFilesError, latest_templates, run_parse, session_keys
+from krone_jobs.jobs.parse import (
+    ORPHAN_MESSAGE,
+    NoLogFilesError,
+    latest_templates,
+    orphan_continuations,
+    run_parse,
+    session_keys,
+)
 from krone_jobs.jobs.sessionize import run_sessionize
 from krone_jobs.logformats import (
     HDFS,
@@ -177,7 +184,7 @@ def test_a_format_from_the_formats_file_runs_through_parse_and_sessionize(
     assert s.sessions + s.open_sessions == 3
 
 
-def test_stack_traces_under_their_log_lines_pass_the_quarantine_gate(
+def test_stack_traces_under_their_log_lines_pass_the_quarantine_gate_and_orphans_do_not(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _use_formats(tmp_path, monkeypatch,
@@ -186,24 +193,35 @@ def test_stack_traces_under_their_log_lines_pass_the_quarantine_gate(
         "timestamp_format = '%Y-%m-%d %H:%M:%S'\n"
         "session = 'id_pattern'\n"
         "session_pattern = '\\b(order-\\d+)\\b'\n"
-        "continuation = '^(?:\\s|Caused by: )'\n")
+        "continuation = '^(?:\\s|Caused by: |[\\w.$]+(?:Exception|Error)\\b)'\n")
     day = "2026-11-20"
+    trace = ["java.lang.IllegalStateException: card declined", "\tat shop.Orders.pay(Orders.java:42)",
+             "Caused by: java.io.IOException: reset", "    ... 12 more"]
     lines = []
-    for i in range(20):
-        lines.append(f"2026-11-20 10:00:{i:02d} ERROR shop.Orders: order-{i % 4} payment failed after {i} ms")
-        lines += ["java.lang.IllegalStateException: card declined", "\tat shop.Orders.pay(Orders.java:42)",
-                  "Caused by: java.io.IOException: reset", "    ... 12 more"][1:]  # the first is a bad line
-    lines.insert(1, "java.lang.IllegalStateException: card declined")
+    for i in range(60):
+        if len(lines) == 255:  # garbage as line 256, the last of the first stripe; an indented line under it
+            lines += ["#### disk full, log truncated ####", "\tat a.frame.with.no.Record(X.java:1)"]
+        lines.append(f"2026-11-20 10:{i // 60:02d}:{i % 60:02d} ERROR shop.Orders: order-{i % 4} payment failed")
+        lines += trace
     folder = tmp_path / "raw" / "shop" / f"dt={day}"
     folder.mkdir(parents=True)
     (folder / "shop.log").write_text("\n".join(lines) + "\n")
-    m = run_parse("shop", day, "shop", data_root=tmp_path, spark=spark)  # default bound: 5 % bad lines
-    assert (m.raw_lines, m.parsed) == (81, 20)
-    assert m.quarantine_reasons == {"continuation": 60, "no_format_match": 1}
+    m = run_parse("shop", day, "shop", data_root=tmp_path, spark=spark, partitions=2)  # default bound: 5 % bad
+    assert (m.raw_lines, m.parsed) == (302, 60)
+    assert m.quarantine_reasons == {"continuation": 240, "no_format_match": 2}
     kept = _frame(tmp_path, "quarantine", "shop", day).set_index("line_no")
     assert kept.loc[3, "reason"] == "continuation"
     assert kept.loc[3, "raw"] == b"\tat shop.Orders.pay(Orders.java:42)\n"  # the raw bytes, line break included
-    assert kept.loc[2, "reason"] == "no_format_match"
+    assert kept.loc[256, "reason"] == kept.loc[257, "reason"] == "no_format_match"  # across the stripe border
+    assert kept.loc[257, "message"] == ORPHAN_MESSAGE
+
+
+def test_a_continuation_run_needs_a_record_line_above_it() -> None:
+    rows = [("a", 2, "continuation"), ("a", 3, "continuation"),  # under event line 1
+            ("a", 5, "no_format_match"), ("a", 6, "continuation"), ("a", 7, "empty"), ("a", 8, "continuation"),
+            ("a", 10, "binary"), ("a", 12, "continuation"),  # line 11 is an event
+            ("b", 1, "continuation"), ("b", 2, "no_session_key"), ("b", 3, "continuation")]
+    assert orphan_continuations(reversed(rows)) == {("a", 6), ("a", 8)}
 
 
 def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_text(
