@@ -390,11 +390,14 @@ def _finish_quarantine(staging: Path, out: Path) -> Counter[str]:
     reasons: Counter[str] = Counter()
     found = sorted(staging.glob("quarantine-*.parquet"))
     keys = {path: pq.read_table(path, columns=["file", "line_no", "reason"]) for path in found}
+    continued = any(str(QuarantineReason.CONTINUATION) in t["reason"].unique().to_pylist() for t in keys.values())
     orphans = orphan_continuations(
-        row for t in keys.values() for row in zip(*(t[c].to_pylist() for c in ("file", "line_no", "reason"))))
+        row for t in keys.values() for row in zip(*(t[c].to_pylist() for c in ("file", "line_no", "reason")))
+    ) if continued else set()
     for path, key in keys.items():
         target = out / re.sub(r"^quarantine-", "part-", path.name)
-        hit = [(f, n) in orphans for f, n in zip(key["file"].to_pylist(), key["line_no"].to_pylist())]
+        files, line_nos = key["file"].to_pylist(), key["line_no"].to_pylist()
+        hit = [(f, n) in orphans for f, n in zip(files, line_nos)] if orphans else []
         if any(hit):
             table = pq.read_table(path)
             mask = pa.array(hit)
