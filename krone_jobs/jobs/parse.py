@@ -396,8 +396,9 @@ def _finish_quarantine(staging: Path, out: Path) -> Counter[str]:
     ) if continued else set()
     for path, key in keys.items():
         target = out / re.sub(r"^quarantine-", "part-", path.name)
-        files, line_nos = key["file"].to_pylist(), key["line_no"].to_pylist()
-        hit = [(f, n) in orphans for f, n in zip(files, line_nos)] if orphans else []
+        hit: list[bool] = []
+        if orphans:
+            hit = [(f, n) in orphans for f, n in zip(key["file"].to_pylist(), key["line_no"].to_pylist())]
         if any(hit):
             table = pq.read_table(path)
             mask = pa.array(hit)
