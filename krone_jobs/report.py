@@ -347,6 +347,7 @@ def _figures(source: str, day: date, days: int, data: _DayData) -> dict[str, Any
         "raw_lines": _metric(data.metrics, ("raw_lines", "raw"), prefer="parse"),
         "parsed_lines": _metric(data.metrics, ("parsed_lines", "parsed"), prefer="parse"),
         "quarantined": _metric(data.metrics, ("quarantined", "quarantined_lines"), prefer="parse"),
+        "continuation_lines": _metric(data.metrics, ("quarantine_reasons.continuation",), prefer="parse"),
         "seconds": _metric(data.metrics, ("seconds",)),
         "new_templates": data.new_template_count,
         "repeat_offenders": len(data.offenders),
@@ -395,6 +396,12 @@ def _fmt(value: int | float | None) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
 
 
+def _continuation_note(figures: Mapping[str, Any]) -> str:
+    """Stack-trace lines are kept in quarantine/ but are no bad input: say how many of the count they are."""
+    n = figures.get("continuation_lines")
+    return f" ({_fmt(n)} of them continuation lines)" if n else ""
+
+
 def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:
     """A few terminal lines; log text in them is stripped of control characters."""
     levels = ", ".join(f"{level} {figures['per_level'][level]:,}" for level in LEVELS)
@@ -402,7 +409,8 @@ def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:
         f"{figures['source']} {figures['dt']}: {_fmt(figures['sessions'])} sessions, "
         f"{figures['anomalies']:,} anomalous ({levels}); cache hits {_fmt(figures['cache_hits'])}, "
         f"LLM calls {_fmt(figures['llm_calls'])}; report: {path}",
-        f"  new templates {figures['new_templates']:,}, quarantined lines {_fmt(figures['quarantined'])}, "
+        f"  new templates {figures['new_templates']:,}, quarantined lines {_fmt(figures['quarantined'])}"
+        f"{_continuation_note(figures)}, "
         f"repeat offenders {figures['repeat_offenders']:,}, model {', '.join(figures['model_versions']) or 'n/a'}",
     ]
     if data.top:
@@ -526,7 +534,8 @@ def _figures_html(figures: Mapping[str, Any]) -> str:
     ]
     cards += [(label, figures[key]) for label, key in
               (("raw lines", "raw_lines"), ("parsed lines", "parsed_lines"), ("quarantined lines", "quarantined"),
-               ("score seconds", "seconds")) if figures[key] is not None]
+               ("of them continuation lines", "continuation_lines"), ("score seconds", "seconds"))
+              if figures[key] is not None]
     items = "".join(f"<div class=\"fig\"><b>{_e(_fmt(v))}</b><span>{_e(label)}</span></div>" for label, v in cards)
     detectors = ", ".join(f"{d} {n:,}" for d, n in figures["per_detector"].items())
     by_detector = f"<p class=\"meta\">decided by: {_e(detectors)}</p>" if detectors else ""
