@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 DAY = "2026-11-01"
-LAYOUTS = {"text": "krone", "json": "krone-json"}
 
 
 def _parse_line_rate(lines: list[bytes], fmt_name: str) -> float:
@@ -43,15 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     from krone_jobs.jobs.parse import latest_templates, run_parse
     from krone_jobs.spark import get_spark
-    from krone_jobs.synthetic import generate
+    from krone_jobs.synthetic import LAYOUT_FORMATS, generate
 
     shutil.rmtree(a.work, ignore_errors=True)
-    for layout in LAYOUTS:
+    for layout in LAYOUT_FORMATS:
         generate(a.work, days=1, sessions_per_day=a.jobs, start_date=DAY, source=layout, layout=layout)
-    files = {layout: a.work / "raw" / layout / f"dt={DAY}" / f"{layout}.log" for layout in LAYOUTS}
+    files = {layout: a.work / "raw" / layout / f"dt={DAY}" / f"{layout}.log" for layout in LAYOUT_FORMATS}
     lines = {layout: path.read_bytes().splitlines() for layout, path in files.items()}
     n = len(lines["text"])
-    per_core = {layout: _parse_line_rate(lines[layout], fmt) for layout, fmt in LAYOUTS.items()}
+    per_core = {layout: _parse_line_rate(lines[layout], fmt) for layout, fmt in LAYOUT_FORMATS.items()}
     print(f"{n:,} lines a layout ({os.path.getsize(files['text']) / n:.0f} B/line text, "
           f"{os.path.getsize(files['json']) / n:.0f} B/line JSON)")
     print(f"parse_line, one core: text {per_core['text']:,.0f} lines/s, JSON {per_core['json']:,.0f} lines/s "
@@ -59,19 +58,19 @@ def main(argv: list[str] | None = None) -> None:
 
     spark = get_spark("json-parse-speed")
     try:
-        for layout, fmt in LAYOUTS.items():  # warm-up: JVM, Python workers, GX context
+        for layout, fmt in LAYOUT_FORMATS.items():  # warm-up: JVM, Python workers, GX context
             run_parse(layout, DAY, fmt, data_root=a.work, spark=spark)
-        stage: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+        stage: dict[str, list[float]] = {layout: [] for layout in LAYOUT_FORMATS}
         for _ in range(a.reps):
-            for layout, fmt in LAYOUTS.items():
+            for layout, fmt in LAYOUT_FORMATS.items():
                 t0 = time.perf_counter()
                 m = run_parse(layout, DAY, fmt, data_root=a.work, spark=spark)
                 stage[layout].append(m.raw_lines / (time.perf_counter() - t0))
                 assert m.raw_lines == n and m.quarantined == 0, m
     finally:
         spark.stop()
-    templates = {layout: sorted(t.template for t in latest_templates(a.work, layout).templates())  # type: ignore[union-attr]
-                 for layout in LAYOUTS}
+    stores = {layout: latest_templates(a.work, layout) for layout in LAYOUT_FORMATS}
+    templates = {layout: sorted(t.template for t in store.templates()) for layout, store in stores.items() if store}
     assert templates["json"] == templates["text"], "the two layouts must give the same templates"
     best = {layout: max(rates) for layout, rates in stage.items()}
     print(f"parse stage, local[2], warm (best of {a.reps}): text {best['text']:,.0f} lines/s, JSON "

@@ -57,7 +57,7 @@ def run_demo(
     """generate -> parse (every day) -> train (all days but the last) -> score + report (the last day).
     ``layout="json"`` writes the same jobs as JSON lines, parsed with the ``krone-json`` format."""
     from krone_jobs import pipeline
-    from krone_jobs.synthetic import generate
+    from krone_jobs.synthetic import LAYOUT_FORMATS, generate
 
     if days < 2:
         raise ValueError("the demo needs at least two days: training days, then a day to score")
@@ -70,7 +70,7 @@ def run_demo(
     stages.done("generate", f"{gen.lines:,} lines, {gen.sessions:,} jobs, {sum(gen.anomalies.values())} injected "
                             f"anomalies {dict(gen.anomalies)}")
     for dt in dates:
-        out = pipeline.parse_day(source, dt, "krone-json" if layout == "json" else "krone", data_root=root)
+        out = pipeline.parse_day(source, dt, LAYOUT_FORMATS[layout], data_root=root)
         p, s, k = out["parse"]["metrics"], out["sessionize"]["metrics"], out["kseqs"]["metrics"]
         stages.done("parse", f"{dt}: {p['raw_lines']:,} lines ({p['quarantined']} quarantined), "
                              f"{s['sessions']:,} sessions closed ({s['open_sessions']} carried over), "

@@ -38,6 +38,8 @@ from typing import Literal, NamedTuple
 from krone_jobs.logformats import KRONE, KRONE_SESSION_PATTERN
 
 Layout = Literal["text", "json"]
+LAYOUT_FORMATS: dict[str, str] = {"text": "krone", "json": "krone-json"}
+"""The line format that reads each layout the generator writes."""
 
 LINE_RE = KRONE.regex  # the generator writes exactly what the parser's ``krone`` format reads
 SESSION_RE = re.compile(KRONE_SESSION_PATTERN)
@@ -509,7 +511,7 @@ def generate(
     file, so memory holds about one day. ``lines`` (a target total, met to about one percent) overrides
     ``sessions_per_day``.
     """
-    if layout not in ("text", "json"):
+    if layout not in LAYOUT_FORMATS:
         raise ValueError(f"layout {layout!r}: text or json")
     t0 = time.perf_counter()
     out = Path(out_dir)
