@@ -1,12 +1,14 @@
-"""Raw lines -> our parse + sessionize -> Local-Context F1, vs the same detector on the authors' pre-parsed demo.
+"""Raw lines -> our parse + sessionize -> F1 (Local-Context and routed), vs the same detectors on the authors' pre-parsed demo.
 
 The rendered logs (``/work/shared/data/rendered/{hdfs,thunderbird}``: 5 daily ``.gz`` files re-rendered from
 the KRONE demo sessions, see their README) go through :func:`run_parse` and :func:`run_sessionize` exactly
 as a nightly run would (one more, empty day closes the sessions still open at the end of day 5). Each
 session is mapped to the demo's ``seq_id`` through ``labels.csv`` (HDFS: the block id; Thunderbird: node
 and first epoch second via ``sessions.csv``, since our node-window key is ``<node>#<first epoch>``).
-Then :class:`LocalContextDetector` is trained on the official split's training ids and judged on its test
-ids twice, with the offline extractor's hierarchy in both:
+Then each detector (``--detectors``: the authors' Local-Context mode and the routed detector that ``krone
+night`` scores with, both as ``krone evaluate --detector`` builds them) is trained on the training ids of each
+official split (``--train-percents``, 80 / 10 / 1 %) and judged on its test ids twice, with the offline
+extractor's hierarchy in both:
 
 * **ours**: our template ids, hierarchy from our mined template texts;
 * **pre-parsed**: the demo's template ids, hierarchy from the authors' template texts (what
@@ -17,9 +19,11 @@ session, so each of our ids can be lined up with the authors' id of the same eve
 much of the difference each kind of split explains: **ours** again with the lines of every authors' template
 the render tool filled without a real example line (``manifest.json``: ``generic`` or ``override`` values,
 e.g. a pool of unrelated tokens) given back one id per authors' template, and with *every* authors' template
-we split given back one id.
+we split given back one id. The Local-Context mode flags every KRONE Seq unseen in training, so it is the
+detector most sensitive to template granularity; the routed one judges unseen chunks in context.
 
-    .venv/bin/python bench/rendered_e2e.py [--systems hdfs thunderbird] [--work /tmp/krone-rendered-e2e]
+    .venv/bin/python bench/rendered_e2e.py [--systems hdfs thunderbird] [--detectors local routed]
+                                           [--train-percents 80 10 1] [--work /tmp/krone-rendered-e2e]
 """
 
 from __future__ import annotations
@@ -35,13 +39,14 @@ from typing import Any
 import numpy as np
 
 from krone_jobs.datasets import default_data_dir, load_demo, load_demo_templates, official_split
-from krone_jobs.detectors.local_context import LocalContextDetector
-from krone_jobs.evaluate import EvalConfig, confusion
+from krone_jobs.evaluate import EvalConfig, confusion, make_detector
 from krone_jobs.hierarchy.extractor import build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy
 from krone_jobs.hierarchy.offline import OfflineExtractor
 
 SYSTEMS = {"hdfs": ("hdfs", "hdfs-demo"), "thunderbird": ("thunderbird", "thunderbird-demo")}
+DETECTORS = ("local", "routed")
+TRAIN_PERCENTS = (80, 10, 1)
 
 
 def _link_raw(rendered: Path, root: Path, system: str) -> list[str]:
@@ -68,10 +73,10 @@ def by_our_id(rendered: Path, system: str, column: str) -> dict[str, int]:
 
 
 def _score(hierarchy: Hierarchy, train: list[tuple[str, ...]], test: list[tuple[str, ...] | None], y: np.ndarray,
-           dataset: str) -> dict[str, Any]:
+           dataset: str, detector_name: str) -> dict[str, Any]:
     """Fit on ``train``, judge ``test``; a test session we did not rebuild (``None``) counts as normal."""
-    automaton = EvalConfig(dataset=dataset).resolved_automaton()
-    detector = LocalContextDetector(hierarchy, automaton=automaton).fit(train)
+    config = EvalConfig(dataset, hierarchy="offline", detector=detector_name)
+    detector = make_detector(config, hierarchy).fit(train)
     present = [i for i, s in enumerate(test) if s is not None]
     pred = np.zeros(len(test), dtype=np.int8)
     pred[present] = detector.predict([test[i] for i in present])
@@ -94,10 +99,8 @@ def _collapsed(ours: Sessions, authors: Sessions, merge: set[str], templates: di
     return build_hierarchy(texts, OfflineExtractor()), seqs
 
 
-def _split_attribution(rendered: Path, ours: Sessions, authors: Sessions,
-                       templates: dict[str, str], authors_templates: dict[str, str], train_ids: list[int],
-                       test_ids: list[int], y: np.ndarray, dataset: str) -> dict[str, Any]:
-    """F1 of ours with the render tool's synthetic-value templates, then with all split templates, merged back."""
+def _split_sets(rendered: Path, ours: Sessions, authors: Sessions) -> dict[str, set[str]]:
+    """The authors' templates we split: those the render tool filled with synthetic values, and all of them."""
     ours_of: dict[str, set[str]] = {}
     for i, seq in ours.items():
         if len(seq) == len(authors.get(i, ())):
@@ -107,15 +110,11 @@ def _split_attribution(rendered: Path, ours: Sessions, authors: Sessions,
     manifest = json.loads((rendered / "manifest.json").read_text())
     synthetic = {a for a, d in manifest.get("templates_without_real_example", {}).items()
                  if d["provenance"] in ("generic", "override")}
-    out: dict[str, Any] = {"authors_templates_split": len(split), "split_synthetic_values": len(split & synthetic)}
-    for name, merge in (("synthetic_values_merged", split & synthetic), ("all_splits_merged", split)):
-        hierarchy, seqs = _collapsed(ours, authors, merge, templates, authors_templates)
-        out[f"f1_{name}"] = _score(hierarchy, [seqs[i] for i in train_ids if i in seqs],
-                                   [seqs.get(i) for i in test_ids], y, dataset)["f1"]
-    return out
+    return {"synthetic_values_merged": split & synthetic, "all_splits_merged": split}
 
 
-def run_system(system: str, work: Path, spark: Any) -> dict[str, Any]:
+def run_system(system: str, work: Path, spark: Any, detectors: tuple[str, ...] = DETECTORS,
+               train_percents: tuple[int, ...] = TRAIN_PERCENTS) -> dict[str, Any]:
     from krone_jobs.jobs.hierarchy_job import run_hierarchy
     from krone_jobs.jobs.parse import latest_templates, run_parse
     from krone_jobs.jobs.sessionize import run_sessionize
@@ -145,45 +144,61 @@ def run_system(system: str, work: Path, spark: Any) -> dict[str, Any]:
     demo = load_demo(dataset)
     by_id = dict(zip(demo.ids, demo.sequences))
     label = dict(zip(demo.ids, demo.labels.tolist()))
-    train_ids, test_ids = official_split(dataset, 80)
-    missing = [i for i in [*train_ids, *test_ids] if i not in ours]
-    y = np.asarray([label[i] for i in test_ids], dtype=np.int8)
     authors_templates = load_demo_templates(dataset)
     authors_h = build_hierarchy(authors_templates, OfflineExtractor())
-    ours_fig = _score(ours_h, [ours[i] for i in train_ids if i in ours], [ours.get(i) for i in test_ids], y, dataset)
-    pre_fig = _score(authors_h, [by_id[i] for i in train_ids], [by_id[i] for i in test_ids], y, dataset)
+    splits = _split_sets(rendered, ours, by_id)
+    merged = {name: _collapsed(ours, by_id, merge, templates, authors_templates) for name, merge in splits.items()}
+    judged: dict[str, dict[str, Any]] = {}
+    missing = 0
+    for tp in train_percents:
+        train_ids, test_ids = official_split(dataset, tp)
+        missing += sum(i not in ours for i in [*train_ids, *test_ids])
+        y = np.asarray([label[i] for i in test_ids], dtype=np.int8)
+        for name in detectors:
+            ours_fig = _score(ours_h, [ours[i] for i in train_ids if i in ours], [ours.get(i) for i in test_ids], y,
+                              dataset, name)
+            pre_fig = _score(authors_h, [by_id[i] for i in train_ids], [by_id[i] for i in test_ids], y, dataset, name)
+            row = {"f1_ours": ours_fig["f1"], "f1_preparsed": pre_fig["f1"], "ours": ours_fig, "preparsed": pre_fig}
+            for what, (hierarchy, seqs) in merged.items():  # ours with the split templates given back one id
+                row[f"f1_{what}"] = _score(hierarchy, [seqs[i] for i in train_ids if i in seqs],
+                                           [seqs.get(i) for i in test_ids], y, dataset, name)["f1"]
+            judged[f"{name}@{tp}"] = row
     same_length = sum(len(ours[i]) == len(by_id[i]) for i in ours if i in by_id)
     return {
         "system": system, "days": len(days), "raw_lines": sum(m.raw_lines for m in parse),
         "quarantined": sum(m.quarantined for m in parse), "templates_ours": len(store.templates()),
-        "templates_authors": len(load_demo_templates(dataset)), "sessions": int(len(sessions)),
-        "sessions_mapped": len(ours), "sessions_same_length": same_length, "missing_split_ids": len(missing),
+        "templates_authors": len(authors_templates), "sessions": int(len(sessions)),
+        "sessions_mapped": len(ours), "sessions_same_length": same_length, "missing_split_ids": missing,
         "open_at_end": sess[-1].open_sessions, "parse_sessionize_seconds": round(seconds, 1),
-        "f1_ours": ours_fig["f1"], "f1_preparsed": pre_fig["f1"], "ours": ours_fig, "preparsed": pre_fig,
-        **_split_attribution(rendered, ours, by_id, templates, authors_templates, train_ids, test_ids, y, dataset),
+        "authors_templates_split": len(splits["all_splits_merged"]),
+        "split_synthetic_values": len(splits["synthetic_values_merged"]), "detectors": judged,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=list(DETECTORS))
+    p.add_argument("--train-percents", type=int, nargs="+", default=list(TRAIN_PERCENTS), choices=TRAIN_PERCENTS)
     p.add_argument("--work", type=Path, default=Path("/tmp/krone-rendered-e2e"))
     a = p.parse_args(argv)
     from krone_jobs.spark import get_spark
 
     spark = get_spark("rendered-e2e")
     for system in a.systems:
-        r = run_system(system, a.work, spark)
+        r = run_system(system, a.work, spark, tuple(a.detectors), tuple(a.train_percents))
         print(f"{system}: {r['raw_lines']:,} lines ({r['quarantined']} quarantined), {r['templates_ours']} templates "
               f"(authors: {r['templates_authors']}), {r['sessions']:,} sessions ({r['sessions_mapped']:,} mapped to "
               f"seq_id, {r['sessions_same_length']:,} with the demo's length, {r['missing_split_ids']} split ids "
-              f"missing), parse+sessionize {r['parse_sessionize_seconds']} s | Local-Context F1 ours "
-              f"{r['f1_ours']:.4f} vs pre-parsed {r['f1_preparsed']:.4f} "
-              f"(diff {r['f1_ours'] - r['f1_preparsed']:+.4f}); "
-              f"{r['authors_templates_split']} authors' templates split by us ({r['split_synthetic_values']} filled "
-              f"with synthetic values by the render tool): ours {r['f1_synthetic_values_merged']:.4f} with those "
-              f"merged back, {r['f1_all_splits_merged']:.4f} with all merged back",
-              flush=True)
+              f"missing), parse+sessionize {r['parse_sessionize_seconds']} s; {r['authors_templates_split']} "
+              f"authors' templates split by us ({r['split_synthetic_values']} filled with synthetic values by the "
+              f"render tool)", flush=True)
+        for name, d in r["detectors"].items():
+            diff = d["f1_ours"] - d["f1_preparsed"]
+            print(f"  {name:<10} F1 ours {d['f1_ours']:.4f} vs pre-parsed {d['f1_preparsed']:.4f} (diff {diff:+.4f}, "
+                  f"{'within' if abs(diff) <= 0.01 else 'NOT within'} 0.01); ours {d['f1_synthetic_values_merged']:.4f} "
+                  f"with the synthetic-value splits merged back, {d['f1_all_splits_merged']:.4f} with all merged back",
+                  flush=True)
         print(json.dumps(r))
     spark.stop()
 
