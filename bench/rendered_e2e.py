@@ -1,8 +1,10 @@
 """Raw lines -> our parse + sessionize -> F1 (Local-Context and routed), vs the same detectors on the authors' pre-parsed demo.
 
 The rendered logs (``/work/shared/data/rendered/{hdfs,thunderbird}``: 5 daily ``.gz`` files re-rendered from
-the KRONE demo sessions, see their README) go through :func:`run_parse` and :func:`run_sessionize` exactly
-as a nightly run would (one more, empty day closes the sessions still open at the end of day 5). Each
+the KRONE demo sessions, see their README) go through :func:`run_parse`, :func:`run_sessionize`,
+:func:`run_hierarchy` and :func:`run_kseqs` exactly as a nightly run would (one more, empty day closes the
+sessions still open at the end of day 5); the distinct KRONE Seqs the kseqs stage wrote must be exactly those
+of the sessions cut in this process with the stage's hierarchy, which the detectors then use. Each
 session is mapped to the demo's ``seq_id`` through ``labels.csv`` (HDFS: the block id; Thunderbird: node
 and first epoch second via ``sessions.csv``, since our node-window key is ``<node>#<first epoch>``).
 Then each detector (``--detectors``: the authors' Local-Context mode and the routed detector that ``krone
@@ -115,7 +117,9 @@ def _split_sets(rendered: Path, ours: Sessions, authors: Sessions) -> dict[str, 
 
 def run_system(system: str, work: Path, spark: Any, detectors: tuple[str, ...] = DETECTORS,
                train_percents: tuple[int, ...] = TRAIN_PERCENTS) -> dict[str, Any]:
-    from krone_jobs.jobs.hierarchy_job import run_hierarchy
+    from krone_jobs.hierarchy.kseqs import decompose
+    from krone_jobs.jobs.hierarchy_job import load_hierarchy, run_hierarchy
+    from krone_jobs.jobs.kseqs import run_kseqs
     from krone_jobs.jobs.parse import latest_templates, run_parse
     from krone_jobs.jobs.sessionize import run_sessionize
     from krone_jobs.partitions import partition_dir
@@ -129,6 +133,8 @@ def run_system(system: str, work: Path, spark: Any, detectors: tuple[str, ...] =
     sess = [run_sessionize(system, d, data_root=root, spark=spark) for d in days]
     seconds = time.perf_counter() - t0
     run_hierarchy(system, data_root=root)
+    kseq_metrics = [run_kseqs(system, d, data_root=root, spark=spark) for d in days]
+    seconds_all = time.perf_counter() - t0
 
     import pandas as pd
 
@@ -136,7 +142,7 @@ def run_system(system: str, work: Path, spark: Any, detectors: tuple[str, ...] =
     store = latest_templates(root, system)
     assert store is not None
     templates = {t.template_id: t.template for t in store.templates()}
-    ours_h = build_hierarchy(templates, OfflineExtractor())
+    ours_h = load_hierarchy(root, system)  # the hierarchy stage's own (offline extractor)
     seq_of = by_our_id(rendered, system, "seq_id")
     ours = {seq_of[s]: tuple(t if t in ours_h else store.resolve(t) for t in ids)
             for s, ids in zip(sessions["session_id"], sessions["template_ids"]) if s in seq_of}
@@ -163,6 +169,11 @@ def run_system(system: str, work: Path, spark: Any, detectors: tuple[str, ...] =
                 row[f"f1_{what}"] = _score(hierarchy, [seqs[i] for i in train_ids if i in seqs],
                                            [seqs.get(i) for i in test_ids], y, dataset, name)["f1"]
             judged[f"{name}@{tp}"] = row
+    written = set(pd.concat([pd.read_parquet(partition_dir(root, "kseqs", system, d), columns=["level", "key"])
+                             for d in days]).itertuples(index=False, name=None))
+    cut_here = {(c.level, c.key) for ids in sessions["template_ids"]
+                for dec in [decompose([t if t in ours_h else store.resolve(t) for t in ids], ours_h)]
+                for c in (*dec.status, *dec.action, dec.entity)}
     same_length = sum(len(ours[i]) == len(by_id[i]) for i in ours if i in by_id)
     return {
         "system": system, "days": len(days), "raw_lines": sum(m.raw_lines for m in parse),
@@ -170,6 +181,9 @@ def run_system(system: str, work: Path, spark: Any, detectors: tuple[str, ...] =
         "templates_authors": len(authors_templates), "sessions": int(len(sessions)),
         "sessions_mapped": len(ours), "sessions_same_length": same_length, "missing_split_ids": missing,
         "open_at_end": sess[-1].open_sessions, "parse_sessionize_seconds": round(seconds, 1),
+        "all_stages_seconds": round(seconds_all, 1), "kseqs_distinct": len(written),
+        "kseqs_unknown_template": sum(m.sessions_unknown_template for m in kseq_metrics),
+        "kseqs_match_cut": written == cut_here,
         "authors_templates_split": len(splits["all_splits_merged"]),
         "split_synthetic_values": len(splits["synthetic_values_merged"]), "detectors": judged,
     }
@@ -190,7 +204,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{system}: {r['raw_lines']:,} lines ({r['quarantined']} quarantined), {r['templates_ours']} templates "
               f"(authors: {r['templates_authors']}), {r['sessions']:,} sessions ({r['sessions_mapped']:,} mapped to "
               f"seq_id, {r['sessions_same_length']:,} with the demo's length, {r['missing_split_ids']} split ids "
-              f"missing), parse+sessionize {r['parse_sessionize_seconds']} s; {r['authors_templates_split']} "
+              f"missing), parse+sessionize {r['parse_sessionize_seconds']} s, with hierarchy and kseqs "
+              f"{r['all_stages_seconds']} s; {r['kseqs_distinct']:,} distinct KRONE Seqs written "
+              f"({'the same as' if r['kseqs_match_cut'] else 'NOT the same as'} an in-process cut, "
+              f"{r['kseqs_unknown_template']} sessions with an unknown template); {r['authors_templates_split']} "
               f"authors' templates split by us ({r['split_synthetic_values']} filled with synthetic values by the "
               f"render tool)", flush=True)
         for name, d in r["detectors"].items():
