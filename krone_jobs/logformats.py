@@ -15,6 +15,8 @@ structured loggers, container runtimes and cloud log exports write them), takes 
 of the object (``LineFormat.from_json``). A JSON line that does not parse, is not an object, has no
 content or holds an object where a value belongs is quarantined as ``no_format_match`` with the reason in
 words; ``json.loads`` limits are part of that (nesting bombs, over-long integers), under the same size limit.
+Escapes that decode to what a raw line may not hold are quarantined as the raw bytes would be: a control
+character as ``binary``, a lone UTF-16 surrogate (unwritable as UTF-8) as ``bad_encoding``.
 
 Timestamps are naive ``datetime`` values on the log's own clock; a stamp with a UTC offset (``%z``, ISO
 8601) becomes naive UTC. The Thunderbird text stamp has no year, so that format uses its epoch column
@@ -63,6 +65,10 @@ _CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0A, 0x1B), *range(0x1C, 0x2
 _C1 = re.compile(rb"[\x80-\x9f]")
 _UTF8_BOM = b"\xef\xbb\xbf"
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
+# what a JSON escape can spell in a decoded string but a raw line may not hold: _CONTROL's characters and
+# lone UTF-16 surrogates (``"\ud83d"`` from a logger that cut an emoji in half), which no UTF-8 writer takes
+_UNSAFE_TEXT = re.compile("[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f\ud800-\udfff]")
+_LINE_BREAK = re.compile("[\r\n]")
 _MAX_NON_ASCII_SHARE = 0.3
 
 
@@ -519,6 +525,9 @@ def parse_line(
         values = _json_fields(text, fmt)
         if isinstance(values, str):
             return _unmatched(text, fmt, f"{values} (format {fmt.name!r})", raw)
+        unsafe = _unsafe_text(values, raw)
+        if unsafe is not None:
+            return unsafe
         ts_text, level, component, node, content, label, session = values
     ts: datetime | None = None
     if fmt.parse_timestamp is not None:
@@ -545,10 +554,9 @@ _JSON_KINDS = {dict: "object", list: "array"}
 def _json_fields(text: str, fmt: LineFormat) -> tuple[str | None, ...] | str:
     """The format's fields of one JSON line (``_FIELD_ORDER``), or why it has none, in words.
 
-    Strings are taken as they are (the content without a trailing line break), numbers and booleans as
-    JSON writes them; a missing key or ``null`` is ``None``. An object or array where a value belongs is
-    refused rather than flattened: it means the key points at the wrong place, which a quarantine count
-    shows at once."""
+    Strings are taken as they are (of the content, its first line), numbers and booleans as JSON writes
+    them; a missing key or ``null`` is ``None``. An object or array where a value belongs is refused rather
+    than flattened: it means the key points at the wrong place, which a quarantine count shows at once."""
     try:
         record = json.loads(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, nesting bombs
@@ -573,10 +581,28 @@ def _json_fields(text: str, fmt: LineFormat) -> tuple[str | None, ...] | str:
     content = out[_CONTENT]
     if content is None:
         return f"no content: key {fmt._paths[_CONTENT][0]!r} is missing or null"  # type: ignore[index]
-    content = content.rstrip("\r\n")  # Docker's json-file driver keeps the line's own line break
+    # Docker's json-file driver keeps the line's own line break; a message of several lines (an exception
+    # logged with its stack trace) is its first line, as a multi-line record of a text log is
+    content = _LINE_BREAK.split(content.strip("\r\n"), 1)[0]
     tag = out[_COMPONENT]
     out[_CONTENT] = f"{tag}: {content}" if fmt.tag_content and tag else content
     return tuple(out)
+
+
+def _unsafe_text(values: tuple[str | None, ...], raw: bytes) -> Quarantined | None:
+    """A JSON line whose escapes decode to a control character other than tab and ESC (``\\u0000``:
+    PostgreSQL text refuses it) or to a lone surrogate (not encodable: the Parquet write would fail the whole
+    stage) is quarantined, as such characters in a raw line are."""
+    for name, value in zip(_FIELD_ORDER, values):
+        bad = _UNSAFE_TEXT.search(value) if value is not None else None
+        if bad is not None:
+            code = ord(bad.group())
+            if 0xD800 <= code <= 0xDFFF:
+                return Quarantined(QuarantineReason.BAD_ENCODING,
+                                   f"escaped lone surrogate U+{code:04X} in the {name} field", raw)
+            return Quarantined(QuarantineReason.BINARY, f"escaped control character U+{code:04X} in the {name} "
+                               "field", raw)
+    return None
 
 
 def _walk(record: dict[str, object], path: tuple[str, ...]) -> object:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import gzip
 import pickle
+import random
 import re
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from krone_jobs.logformats import (
     load_formats_file,
     parse_line,
 )
+from krone_jobs.synthetic import generate_sessions, json_line
 from krone_jobs.templates import MinerSettings
 
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub_2k"
@@ -264,6 +267,36 @@ def test_bad_json_lines_are_quarantined_with_a_reason(raw: bytes, reason: Quaran
 
 
 @pytest.mark.parametrize(
+    ("escaped", "reason", "message"),
+    [
+        (r"order \ud83d shipped", QuarantineReason.BAD_ENCODING, "escaped lone surrogate U+D83D in the content field"),
+        (r"x\u0000y", QuarantineReason.BINARY, "escaped control character U+0000 in the content field"),
+    ],
+)
+def test_json_escapes_that_no_raw_line_could_hold_are_quarantined(
+    escaped: str, reason: QuarantineReason, message: str
+) -> None:
+    """A lone surrogate (a logger that cut an emoji in half) cannot be written as UTF-8, so the parse stage's
+    Parquet write would fail the whole day; a NUL is refused by PostgreSQL text. Both come from JSON escapes
+    alone: the raw line itself is clean UTF-8 with no control byte."""
+    raw = b'{"@timestamp": "2026-11-20T13:04:05Z", "message": "%s"}' % escaped.encode()
+    q = quarantined(raw, ECS)
+    assert (q.reason, q.message, q.raw) == (reason, message, raw)
+    in_node = quarantined(b'{"@timestamp": "2026-11-20T13:04:05Z", "message": "x", "host": {"name": "a\\u0007"}}',
+                          ECS)
+    assert in_node.message == "escaped control character U+0007 in the node field"
+
+
+def test_a_json_message_of_several_lines_is_its_first_line() -> None:
+    """An exception logged with its stack trace in the message: the event is its first line, as a
+    multi-line record of a text log is (the raw line, referenced by file and line number, keeps the rest)."""
+    raw = b'{"@timestamp": "2026-11-20T13:04:05Z", "message": "\\norder 42 failed\\n\\tat a.B.c(B.java:7)\\n"}'
+    assert parsed(raw, ECS).content == "order 42 failed"
+    assert parsed(b'{"message": "colour \\u001b[31mred\\tok", "@timestamp": "2026-11-20T13:04:05Z"}',
+                  ECS).content == "colour \x1b[31mred\tok"  # tab and ANSI escape are text, as in raw lines
+
+
+@pytest.mark.parametrize(
     ("fields", "error"),
     [
         ({"level": "lvl"}, "a 'content' field is required"),
@@ -336,6 +369,69 @@ def test_non_text_bytes_are_bad_encoding(tail: bytes) -> None:
 def test_binary_garbage(garbage: bytes) -> None:
     q = quarantined(HDFS_LINE + garbage)
     assert q.reason is QuarantineReason.BINARY and "control byte" in q.message
+
+
+_JUNK = [b"\x00", b"\x1b[2J", b"\\ud83d", b"\\udfff", b"\\u0000", b"\\n", b"\xff\xfe", b"\xc3", b'"', b"{", b"}",
+         b"[" * 300, b"9" * 400, b"1e999", b"-", b":", b" " * 9, b"\r", b"\n", "\u00e9".encode(), "\U0001f600".encode(),
+         b"\\", b'\\"', b"\t", b"\x7f", b"NaN", b"null", b"true", b"\x85", b"\xe2\x80\xa8"]
+# what no stored field may hold: control characters other than tab and ESC, and lone surrogates
+_UNSTORABLE = re.compile("[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f\ud800-\udfff]")
+
+
+def _mutated(rng: random.Random, line: bytes) -> bytes:
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(len(line) + 1)
+        kind = rng.choice((0, 0, 0, 1, 1, 2, 3, 4))
+        if kind == 0:
+            line = line[:i] + rng.choice(_JUNK) + line[i:]
+        elif kind == 1 and line:
+            line = line[:i] + bytes([rng.randrange(256)]) + line[i + 1:]
+        elif kind == 2:
+            line = line[:i] + line[i + rng.randint(1, 12):]
+        elif kind == 3:
+            line = line[:i]
+        else:
+            line = line[:i] + line[i:i + rng.randint(1, 40)] + line[i:]
+    return line
+
+
+def _samples(fmt: LineFormat) -> list[bytes]:
+    if fmt in (KRONE, KRONE_JSON):
+        lines = [line for session in generate_sessions(3, seed=1) for line in session.lines][:40]
+        return [(json_line(line) if fmt is KRONE_JSON else line).encode() for line in lines]
+    sample = {HDFS: HDFS_LINE, BGL: b"- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 "
+              b"R02-M1-N0-C:J12-U11 RAS KERNEL INFO instruction cache parity error corrected",
+              THUNDERBIRD: b"- 1131566461 2005.11.09 dn228 Nov 9 12:01:01 dn228/dn228 crond(pam_unix)[2915]: "
+              b"session closed for user root",
+              ECS: b'{"@timestamp": "2026-11-20T13:04:05.5+01:00", "log.level": "WARN", "log": {"logger": "api"}, '
+              b'"host": {"name": "node-7"}, "message": "order 42 retried", "trace": {"id": "t-1"}}'}
+    return [sample[fmt]]
+
+
+@pytest.mark.parametrize("fmt", [HDFS, BGL, THUNDERBIRD, KRONE, KRONE_JSON, ECS], ids=lambda f: f.name)
+def test_mutated_lines_never_raise_and_every_parsed_field_can_be_stored(fmt: LineFormat) -> None:
+    """Seeded fuzzing: valid lines with junk inserted, bytes flipped, cut or repeated. Every outcome is a
+    parsed line whose fields UTF-8 and PostgreSQL can store, with session keys, or a quarantined record that
+    keeps the raw bytes: nothing raises, so no line can stop a night."""
+    rng = random.Random(f"fuzz-{fmt.name}")
+    samples = _samples(fmt)
+    rule = fmt.session.make()
+    outcomes: Counter[str] = Counter()
+    for _ in range(3000):
+        raw = _mutated(rng, rng.choice(samples))
+        result = parse_line(raw, fmt)
+        if isinstance(result, Quarantined):
+            assert result.raw == raw
+            result.message.encode("utf-8")
+            outcomes[result.reason] += 1
+            continue
+        assert isinstance(result, ParsedLine)
+        texts = [v for v in result if isinstance(v, str)] + list(rule.keys(result))
+        for text in texts:
+            text.encode("utf-8")  # raises on a lone surrogate
+            assert _UNSTORABLE.search(text) is None, (raw, result)
+        outcomes["parsed"] += 1
+    assert min(outcomes["parsed"], sum(outcomes.values()) - outcomes["parsed"]) > 200, outcomes  # both sides tried
 
 
 def test_tab_and_ansi_escape_are_text() -> None:

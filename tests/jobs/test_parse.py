@@ -244,6 +244,9 @@ def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_te
         "[" * 50_000,  # a nesting bomb under the size limit
         '{"message": "no timestamp", "labels": {"job": "job_1"}}',
         '{"@timestamp": "2026-11-01T10:00:00Z", "message": "no job named"}',
+        # escapes no raw line could hold: a lone surrogate (unwritable as UTF-8) and a NUL (PostgreSQL refuses it)
+        '{"@timestamp": "2026-11-01T10:00:00Z", "message": "job_1 \\ud83d", "labels": {"job": "job_1"}}',
+        '{"@timestamp": "2026-11-01T10:00:00Z", "message": "job_1", "labels": {"job": "job_1\\u0000"}}',
     ]
     records = [json_line(line) for line in lines]
     for i, bad in enumerate(hostile):
@@ -260,7 +263,8 @@ def test_json_lines_make_the_same_sessions_and_templates_as_the_same_lines_as_te
     assert (as_json.files, as_json.ignored_files, as_text.ignored_files) == (1, 1, 0)
     assert as_json.raw_lines == len(records) == as_json.parsed + as_json.quarantined
     assert as_json.parsed == as_text.parsed == len(lines)
-    assert as_json.quarantine_reasons == {"no_format_match": 4, "bad_timestamp": 1, "no_session_key": 1}
+    assert as_json.quarantine_reasons == {"no_format_match": 4, "bad_timestamp": 1, "no_session_key": 1,
+                                          "bad_encoding": 1, "binary": 1}
     reasons = _frame(tmp_path, "quarantine", "js", day).set_index("line_no")["reason"]
     assert reasons[records.index(hostile[3]) + 1] == "no_format_match"
     components = set(_frame(tmp_path, "parsed", "txt", day)["component"])
