@@ -132,6 +132,9 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sessionize", parents=[common], help="parsed/ -> sessions/ (open sessions carry over)")
     p.add_argument("--date", required=True, help="YYYY-MM-DD")
     p.add_argument("--gap-seconds", type=float, default=None, help="default: 1800 (id keys) or the format's gap")
+    p.add_argument("--max-session-seconds", type=float, default=None,
+                   help="a session still open at the end of the day but spanning more than this is closed there "
+                        "(default: 86400)")
     p.set_defaults(func=_cmd_sessionize)
     p = sub.add_parser("hierarchy", parents=[common], help="add new templates to state/<source>/hierarchy.csv")
     p.add_argument("--date", default=None, help="use the miner state of this day (default: newest)")
@@ -189,7 +192,8 @@ def _cmd_parse(a: argparse.Namespace) -> int:
 def _cmd_sessionize(a: argparse.Namespace) -> int:
     from krone_jobs.pipeline import sessionize_stage
 
-    return _stage(sessionize_stage(a.source, a.date, data_root=a.data_root, gap_seconds=a.gap_seconds))
+    return _stage(sessionize_stage(a.source, a.date, data_root=a.data_root, gap_seconds=a.gap_seconds,
+                                   max_session_seconds=a.max_session_seconds))
 
 
 def _cmd_hierarchy(a: argparse.Namespace) -> int:

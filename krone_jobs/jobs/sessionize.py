@@ -13,6 +13,13 @@ halves. The end of the day is the later of midnight on the log's clock and the d
 covers logs whose clock (e.g. Thunderbird's UTC epoch) is offset from the partition's day. Ids of carried
 events are resolved through the day's miner state (a template may have been generalised since).
 
+**Endless sessions.** A key that never falls silent for ``gap_seconds`` (a node that logs every few seconds,
+a constant request id) would never close: carried from day to day, growing, never scored. A session that is
+still open at the end of a day but already spans more than ``max_session_seconds`` (default one day) is
+closed there and emitted as it is; the key's next events start a new session. Such a piece of an id-keyed
+session is named ``<key>@<epoch second of its first event>`` (a node window's name already says where it
+starts), and the day's metrics count them as ``cut_sessions``.
+
 Only the previous calendar day's open sessions are read: days are sessionized in date order, and a rerun
 of day D reads the same input, so it rewrites the same rows.
 """
@@ -45,6 +52,8 @@ if TYPE_CHECKING:
 
 ID_SESSION_GAP_SECONDS = 1800.0
 """Id-keyed sessions: a session whose last event is this close to the day's end may still continue."""
+MAX_SESSION_SECONDS = 86_400.0
+"""A session still open at the end of a day but spanning more than this is closed there (module docstring)."""
 EVENT_COLUMNS = ("key", "timestamp", "file", "line_no", "template_id")
 SESSION_COLUMNS = ("session_id", "template_ids", "n_events", "first_ts", "last_ts", "lines")
 _MICROS = 1_000_000
@@ -59,6 +68,8 @@ class SessionizeMetrics:
     sessions: int
     open_sessions: int
     seconds: float
+    cut_sessions: int = 0
+    """Sessions closed at the end of the day because they span more than ``max_session_seconds``."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,13 +138,15 @@ def run_sessionize(
     spark: SparkSession | None = None,
     fmt_name: str | None = None,
     gap_seconds: float | None = None,
+    max_session_seconds: float = MAX_SESSION_SECONDS,
     gate: bool = True,
 ) -> SessionizeMetrics:
     """Sessionize one parsed day; overwrite ``sessions/`` and the day's open-session state.
 
     ``fmt_name`` defaults to the format the source was parsed with (its session rule as the parse job
     recorded it, so a format from ``KRONE_FORMATS_FILE`` needs no file here); ``gap_seconds`` to the format's
-    node-window gap, or :data:`ID_SESSION_GAP_SECONDS` for id-keyed sessions. Raises the ``sessions``
+    node-window gap, or :data:`ID_SESSION_GAP_SECONDS` for id-keyed sessions; ``max_session_seconds`` bounds
+    how long a session may stay open (module docstring). Raises the ``sessions``
     quality gate's ``QualityGateError`` if it fails (``gate=False`` skips it, for tests of other behaviour).
     """
     from pyspark.sql import functions as F
@@ -164,15 +177,20 @@ def run_sessionize(
 
     ev = F.struct("timestamp", "file", "line_no", "template_id", "key")
     sessions = events.groupBy("session_id").agg(
-        F.sort_array(F.collect_list(ev)).alias("ev"), F.max("epoch").alias("last_epoch")).cache()
+        F.sort_array(F.collect_list(ev)).alias("ev"), F.min("epoch").alias("first_epoch"),
+        F.max("epoch").alias("last_epoch")).cache()
     try:
         last_event, n_events = sessions.agg(F.max("last_epoch"), F.sum(F.size("ev"))).first()
         midnight = datetime.fromisoformat(date) + timedelta(days=1)
         # carried events are older than today's, so the latest event overall is today's latest
         day_end = max(int((midnight - datetime(1970, 1, 1)).total_seconds()) * _MICROS, last_event or 0)
-        is_open = F.coalesce(F.col("last_epoch") >= F.lit(day_end - int(gap * _MICROS)), F.lit(False))
+        active = F.coalesce(F.col("last_epoch") >= F.lit(day_end - int(gap * _MICROS)), F.lit(False))
+        cut = active & (F.col("last_epoch") - F.col("first_epoch") > int(max_session_seconds * _MICROS))
+        is_open = active & ~cut
+        piece = F.concat(F.col("session_id"), F.lit("@"), F.floor(F.col("first_epoch") / _MICROS).cast("string"))
         closed = sessions.filter(~is_open).select(
-            "session_id",
+            (F.when(cut, piece).otherwise(F.col("session_id")) if not node_windows else F.col("session_id"))
+            .alias("session_id"),
             F.transform("ev", lambda e: e["template_id"]).alias("template_ids"),
             F.size("ev").alias("n_events"),
             F.col("ev")[0]["timestamp"].alias("first_ts"),
@@ -185,7 +203,7 @@ def run_sessionize(
             *(F.col("e")[c].alias(c) for c in EVENT_COLUMNS))
         write_partition(still_open, open_dir(root, source, date), sort_by=["key", "timestamp", "file", "line_no"],
                         files=1)
-        n_open = sessions.filter(is_open).count()
+        n_open, n_cut = sessions.agg(F.sum(is_open.cast("long")), F.sum(cut.cast("long"))).first()
     finally:
         sessions.unpersist()
 
@@ -197,6 +215,7 @@ def run_sessionize(
         events=(n_events or 0) - carried_events,
         carried_in_events=carried_events,
         sessions=count_rows(sessions_dir),
-        open_sessions=n_open,
+        open_sessions=n_open or 0,
         seconds=round(time.perf_counter() - t0, 3),
+        cut_sessions=n_cut or 0,
     )

@@ -94,3 +94,36 @@ def test_node_windows_follow_the_format_rule_across_midnight(spark: Any, tmp_pat
     assert dict(zip(got["session_id"], got["lines"].map(list))) == expected
     crossing = got[got["session_id"].str.startswith("c#")]
     assert len(crossing) == 1 and crossing["dt"].item() == day2 and crossing["n_events"].item() == 4
+
+
+def _hdfs_line(at: datetime, block: str) -> str:
+    return f"{at:%y%m%d %H%M%S} 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block {block} terminating"
+
+
+def test_a_session_that_never_falls_silent_is_cut_after_a_day_not_carried_forever(
+    spark: Any, tmp_path: Path
+) -> None:
+    """A block id that logs every 10 minutes and a node that logs every 10 minutes (900 s gap here) for three
+    days: without a bound neither would ever close. Each is carried over day 1, cut at the end of day 2
+    (spanning more than a day), and its rest closes normally once it falls silent (day 4 is empty)."""
+    days = ("2008-11-09", "2008-11-10", "2008-11-11", "2008-11-12")
+    start = datetime(2008, 11, 9, 0, 5)
+    stamps = [start + timedelta(minutes=10 * i) for i in range(3 * 144)]
+    for source, line in (("blk", lambda at, i: _hdfs_line(at, "blk_-42")), ("tb", lambda at, i: _tb_line("n1", at, i))):
+        for day in days:
+            folder = tmp_path / "raw" / source / f"dt={day}"
+            folder.mkdir(parents=True)
+            (folder / "a.log").write_text("".join(f"{line(at, i)}\n" for i, at in enumerate(stamps)
+                                                  if at.date().isoformat() == day))
+    epoch = int((start - datetime(1970, 1, 1)).total_seconds())  # of the first line; day 3's first: + 2 days
+    for source, fmt, gap, names in (("blk", "hdfs", None, [f"blk_-42@{epoch}", "blk_-42"]),
+                                    ("tb", "thunderbird", 900.0, [f"n1#{epoch}", f"n1#{epoch + 2 * 86_400}"])):
+        for day in days:
+            run_parse(source, day, fmt, data_root=tmp_path, spark=spark, gate=False)
+        runs = [run_sessionize(source, day, data_root=tmp_path, spark=spark, gap_seconds=gap, gate=False)
+                for day in days]
+        assert [(m.sessions, m.open_sessions, m.cut_sessions) for m in runs] == [
+            (0, 1, 0), (1, 0, 1), (0, 1, 0), (1, 0, 0)], source
+        got = _sessions(tmp_path, source, days)
+        assert list(got["session_id"]) == names and list(got["n_events"]) == [288, 144], source
+        assert got["lines"].map(len).sum() == len(stamps)  # every line in exactly one session
