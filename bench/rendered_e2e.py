@@ -1,4 +1,4 @@
-"""Raw lines -> our parse + sessionize -> F1 (Local-Context and routed), vs the same detectors on the authors' pre-parsed demo.
+"""Raw lines -> our parse stages -> F1 (Local-Context and routed), vs the same on the authors' pre-parsed demo.
 
 The rendered logs (``/work/shared/data/rendered/{hdfs,thunderbird}``: 5 daily ``.gz`` files re-rendered from
 the KRONE demo sessions, see their README) go through :func:`run_parse`, :func:`run_sessionize`,
@@ -213,9 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, d in r["detectors"].items():
             diff = d["f1_ours"] - d["f1_preparsed"]
             print(f"  {name:<10} F1 ours {d['f1_ours']:.4f} vs pre-parsed {d['f1_preparsed']:.4f} (diff {diff:+.4f}, "
-                  f"{'within' if abs(diff) <= 0.01 else 'NOT within'} 0.01); ours {d['f1_synthetic_values_merged']:.4f} "
-                  f"with the synthetic-value splits merged back, {d['f1_all_splits_merged']:.4f} with all merged back",
-                  flush=True)
+                  f"{'within' if abs(diff) <= 0.01 else 'NOT within'} 0.01); ours "
+                  f"{d['f1_synthetic_values_merged']:.4f} with the synthetic-value splits merged back, "
+                  f"{d['f1_all_splits_merged']:.4f} with all merged back", flush=True)
         print(json.dumps(r))
     spark.stop()
 

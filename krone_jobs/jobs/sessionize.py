@@ -187,10 +187,11 @@ def run_sessionize(
         active = F.coalesce(F.col("last_epoch") >= F.lit(day_end - int(gap * _MICROS)), F.lit(False))
         cut = active & (F.col("last_epoch") - F.col("first_epoch") > int(max_session_seconds * _MICROS))
         is_open = active & ~cut
+        # a cut id-keyed session is <key>@<first epoch second>; a node window's name already says where it starts
         piece = F.concat(F.col("session_id"), F.lit("@"), F.floor(F.col("first_epoch") / _MICROS).cast("string"))
+        name = F.col("session_id") if node_windows else F.when(cut, piece).otherwise(F.col("session_id"))
         closed = sessions.filter(~is_open).select(
-            (F.when(cut, piece).otherwise(F.col("session_id")) if not node_windows else F.col("session_id"))
-            .alias("session_id"),
+            name.alias("session_id"),
             F.transform("ev", lambda e: e["template_id"]).alias("template_ids"),
             F.size("ev").alias("n_events"),
             F.col("ev")[0]["timestamp"].alias("first_ts"),
