@@ -134,7 +134,7 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gap-seconds", type=float, default=None, help="default: 1800 (id keys) or the format's gap")
     p.add_argument("--max-session-seconds", type=float, default=None,
                    help="a session still open at the end of the day but spanning more than this is closed there "
-                        "(default: 86400)")
+                        "(default: KRONE_MAX_SESSION_SECONDS, else 86400)")
     p.set_defaults(func=_cmd_sessionize)
     p = sub.add_parser("hierarchy", parents=[common], help="add new templates to state/<source>/hierarchy.csv")
     p.add_argument("--date", default=None, help="use the miner state of this day (default: newest)")

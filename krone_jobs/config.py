@@ -20,6 +20,9 @@ GATE_TOLERANCE = 0.002
 GATE_MIN_HELDOUT = 20
 """Fewer held-out normal sessions than this measure no false-positive rate worth gating on (0 of 2 "passes"
 any bound); the gate's reason gives the rate's 95 % upper bound, so an operator sees how sure it is."""
+MAX_SESSION_SECONDS = 86_400.0
+"""Default of ``KRONE_MAX_SESSION_SECONDS``: a session still open at the end of a day but spanning more than
+this is closed there instead of carried over (``krone_jobs.jobs.sessionize``)."""
 
 
 def _env(name: str, default: str) -> str:
@@ -80,6 +83,10 @@ class Settings:
     @property
     def llm_max_fraction(self) -> float:
         return float(_env("KRONE_LLM_MAX_FRACTION", "0.005"))
+
+    @property
+    def max_session_seconds(self) -> float:
+        return float(_env("KRONE_MAX_SESSION_SECONDS", str(MAX_SESSION_SECONDS)))
 
     @property
     def llm_band(self) -> float | None:

@@ -15,10 +15,10 @@ events are resolved through the day's miner state (a template may have been gene
 
 **Endless sessions.** A key that never falls silent for ``gap_seconds`` (a node that logs every few seconds,
 a constant request id) would never close: carried from day to day, growing, never scored. A session that is
-still open at the end of a day but already spans more than ``max_session_seconds`` (default one day) is
-closed there and emitted as it is; the key's next events start a new session. Such a piece of an id-keyed
-session is named ``<key>@<epoch second of its first event>`` (a node window's name already says where it
-starts), and the day's metrics count them as ``cut_sessions``.
+still open at the end of a day but already spans more than ``max_session_seconds`` (default
+``KRONE_MAX_SESSION_SECONDS``, one day) is closed there and emitted as it is; the key's next events start a
+new session. Such a piece of an id-keyed session is named ``<key>@<epoch second of its first event>`` (a node
+window's name already says where it starts), and the day's metrics count them as ``cut_sessions``.
 
 Only the previous calendar day's open sessions are read: days are sessionized in date order, and a rerun
 of day D reads the same input, so it rewrites the same rows.
@@ -52,8 +52,6 @@ if TYPE_CHECKING:
 
 ID_SESSION_GAP_SECONDS = 1800.0
 """Id-keyed sessions: a session whose last event is this close to the day's end may still continue."""
-MAX_SESSION_SECONDS = 86_400.0
-"""A session still open at the end of a day but spanning more than this is closed there (module docstring)."""
 EVENT_COLUMNS = ("key", "timestamp", "file", "line_no", "template_id")
 SESSION_COLUMNS = ("session_id", "template_ids", "n_events", "first_ts", "last_ts", "lines")
 _MICROS = 1_000_000
@@ -138,7 +136,7 @@ def run_sessionize(
     spark: SparkSession | None = None,
     fmt_name: str | None = None,
     gap_seconds: float | None = None,
-    max_session_seconds: float = MAX_SESSION_SECONDS,
+    max_session_seconds: float | None = None,
     gate: bool = True,
 ) -> SessionizeMetrics:
     """Sessionize one parsed day; overwrite ``sessions/`` and the day's open-session state.
@@ -162,6 +160,7 @@ def run_sessionize(
     rule = _session_spec(root, source, fmt_name).make()
     node_windows = isinstance(rule, NodeWindowSessionKey)
     gap = gap_seconds if gap_seconds is not None else rule.gap_seconds if node_windows else ID_SESSION_GAP_SECONDS
+    max_span = max_session_seconds if max_session_seconds is not None else settings().max_session_seconds
 
     today = read_partition(spark, root, "parsed", source, date).select(
         F.explode("session_keys").alias("key"), "timestamp", "file", "line_no", "template_id")
@@ -185,7 +184,7 @@ def run_sessionize(
         # carried events are older than today's, so the latest event overall is today's latest
         day_end = max(int((midnight - datetime(1970, 1, 1)).total_seconds()) * _MICROS, last_event or 0)
         active = F.coalesce(F.col("last_epoch") >= F.lit(day_end - int(gap * _MICROS)), F.lit(False))
-        cut = active & (F.col("last_epoch") - F.col("first_epoch") > int(max_session_seconds * _MICROS))
+        cut = active & (F.col("last_epoch") - F.col("first_epoch") > int(max_span * _MICROS))
         is_open = active & ~cut
         # a cut id-keyed session is <key>@<first epoch second>; a node window's name already says where it starts
         piece = F.concat(F.col("session_id"), F.lit("@"), F.floor(F.col("first_epoch") / _MICROS).cast("string"))

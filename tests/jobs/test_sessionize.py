@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 
 from krone_jobs.jobs.parse import run_parse
 from krone_jobs.jobs.sessionize import run_sessionize
@@ -101,11 +102,12 @@ def _hdfs_line(at: datetime, block: str) -> str:
 
 
 def test_a_session_that_never_falls_silent_is_cut_after_a_day_not_carried_forever(
-    spark: Any, tmp_path: Path
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A block id that logs every 10 minutes and a node that logs every 10 minutes (900 s gap here) for three
-    days: without a bound neither would ever close. Each is carried over day 1, cut at the end of day 2
-    (spanning more than a day), and its rest closes normally once it falls silent (day 4 is empty)."""
+    """A block id and a node (900 s gap here) that log every 10 minutes for three days: without a bound
+    neither would ever close. The block is carried over day 1, cut at the end of day 2 (spanning more than
+    the default day) and its rest closes once it falls silent (day 4 is empty). The node, with
+    ``KRONE_MAX_SESSION_SECONDS`` at half a day, is cut at the end of each day instead of carried."""
     days = ("2008-11-09", "2008-11-10", "2008-11-11", "2008-11-12")
     start = datetime(2008, 11, 9, 0, 5)
     stamps = [start + timedelta(minutes=10 * i) for i in range(3 * 144)]
@@ -115,15 +117,21 @@ def test_a_session_that_never_falls_silent_is_cut_after_a_day_not_carried_foreve
             folder.mkdir(parents=True)
             (folder / "a.log").write_text("".join(f"{line(at, i)}\n" for i, at in enumerate(stamps)
                                                   if at.date().isoformat() == day))
-    epoch = int((start - datetime(1970, 1, 1)).total_seconds())  # of the first line; day 3's first: + 2 days
-    for source, fmt, gap, names in (("blk", "hdfs", None, [f"blk_-42@{epoch}", "blk_-42"]),
-                                    ("tb", "thunderbird", 900.0, [f"n1#{epoch}", f"n1#{epoch + 2 * 86_400}"])):
+    e = int((start - datetime(1970, 1, 1)).total_seconds())  # of the first line; each day's first: + 86,400
+    cases = (
+        ("blk", "hdfs", None, None, [(0, 1, 0), (1, 0, 1), (0, 1, 0), (1, 0, 0)], [f"blk_-42@{e}", "blk_-42"],
+         [288, 144]),
+        ("tb", "thunderbird", 900.0, "43200", [(1, 0, 1), (1, 0, 1), (1, 0, 1), (0, 0, 0)],
+         [f"n1#{e}", f"n1#{e + 86_400}", f"n1#{e + 2 * 86_400}"], [144, 144, 144]),
+    )
+    for source, fmt, gap, bound, counts, names, sizes in cases:
+        if bound is not None:
+            monkeypatch.setenv("KRONE_MAX_SESSION_SECONDS", bound)
         for day in days:
             run_parse(source, day, fmt, data_root=tmp_path, spark=spark, gate=False)
         runs = [run_sessionize(source, day, data_root=tmp_path, spark=spark, gap_seconds=gap, gate=False)
                 for day in days]
-        assert [(m.sessions, m.open_sessions, m.cut_sessions) for m in runs] == [
-            (0, 1, 0), (1, 0, 1), (0, 1, 0), (1, 0, 0)], source
+        assert [(m.sessions, m.open_sessions, m.cut_sessions) for m in runs] == counts, source
         got = _sessions(tmp_path, source, days)
-        assert list(got["session_id"]) == names and list(got["n_events"]) == [288, 144], source
+        assert (list(got["session_id"]), list(got["n_events"])) == (names, sizes), source
         assert got["lines"].map(len).sum() == len(stamps)  # every line in exactly one session
