@@ -65,9 +65,9 @@ _CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0A, 0x1B), *range(0x1C, 0x2
 _C1 = re.compile(rb"[\x80-\x9f]")
 _UTF8_BOM = b"\xef\xbb\xbf"
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
-# what a JSON escape can spell in a decoded string but a raw line may not hold: _CONTROL's characters and
-# lone UTF-16 surrogates (``"\ud83d"`` from a logger that cut an emoji in half), which no UTF-8 writer takes
-_UNSAFE_TEXT = re.compile("[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f\ud800-\udfff]")
+# what a JSON escape can spell in a decoded string but a raw line may not hold: _CONTROL_BYTES as characters
+# and lone UTF-16 surrogates (``"\ud83d"`` from a logger that cut an emoji in half), which no UTF-8 writer takes
+_UNSAFE_TEXT = re.compile(f"[{re.escape(_CONTROL_BYTES.decode('latin-1'))}\ud800-\udfff]")
 _LINE_BREAK = re.compile("[\r\n]")
 _MAX_NON_ASCII_SHARE = 0.3
 
