@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -615,6 +616,23 @@ def _walk(record: dict[str, object], path: tuple[str, ...]) -> object:
 
 
 # --- session keys -------------------------------------------------------------------------------------
+
+MAX_SESSION_KEY_CHARS = 200
+"""Longest session key kept as it is. Keys come from log text (a block id of 3,000 digits, a runaway trace
+id), and the key becomes the report's ``session_id``, part of a primary key: PostgreSQL refuses an index
+entry over 2,704 bytes, so one such line would fail the whole day's report write. Longer keys are
+shortened by :func:`bounded_session_key`."""
+
+
+def bounded_session_key(key: str) -> str:
+    """``key`` itself, or when longer than :data:`MAX_SESSION_KEY_CHARS` its head, ``~`` and a 128-bit
+    BLAKE2b digest of the whole key: still recognisable, still one session per distinct key, and at most
+    ``MAX_SESSION_KEY_CHARS`` characters (800 bytes of UTF-8)."""
+    if len(key) <= MAX_SESSION_KEY_CHARS:
+        return key
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"{key[: MAX_SESSION_KEY_CHARS - len(digest) - 1]}~{digest}"
+
 
 
 class SessionKeyRule(Protocol):

@@ -20,6 +20,7 @@ from krone_jobs.logformats import (
     HDFS,
     KRONE,
     KRONE_JSON,
+    MAX_SESSION_KEY_CHARS,
     QUARANTINE_SAMPLE_BYTES,
     THUNDERBIRD,
     BlockIdSessionKey,
@@ -33,6 +34,7 @@ from krone_jobs.logformats import (
     Quarantined,
     QuarantineReason,
     SessionSpec,
+    bounded_session_key,
     default_session_rule,
     get_format,
     iter_lines,
@@ -497,6 +499,14 @@ def test_block_ids_give_one_session_per_block() -> None:
     )
     assert rule.keys(same_twice) == ("blk_1781953582842324563",)
     assert rule.keys(parsed(b"081109 203615 148 INFO x: no block here")) == ()
+
+
+def test_long_session_keys_are_shortened_but_stay_distinct() -> None:
+    short = "x" * MAX_SESSION_KEY_CHARS
+    assert bounded_session_key(short) == short
+    a, b = bounded_session_key(short + "a"), bounded_session_key(short + "b")
+    assert a != b and len(a) == len(b) == MAX_SESSION_KEY_CHARS
+    assert a.startswith("x" * 100) and a == bounded_session_key(short + "a")
 
 
 def test_id_pattern_session_key() -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, create_engine, event, exc, make_url, text
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from krone_jobs.hierarchy.model import make_node
+from krone_jobs.logformats import MAX_SESSION_KEY_CHARS, bounded_session_key
 from krone_jobs.warehouse import CONNECT_TIMEOUT_S, Warehouse, WarehouseUnavailable
 
 PG_URL = os.environ.get("KRONE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -186,6 +187,14 @@ def test_hostile_strings_are_stored_verbatim(wh: Warehouse) -> None:
     assert list(wh.load_cache(HOSTILE, HOSTILE)) == [HOSTILE]
     assert wh.normal_feedback(HOSTILE) == {HOSTILE: HOSTILE}
     assert query(wh, "SELECT note, author FROM feedback") == [(HOSTILE, HOSTILE)]
+
+
+def test_the_longest_session_id_the_parse_stage_makes_fits_the_report_key(wh: Warehouse) -> None:
+    """A bounded session key of 4-byte characters, plus the ``@<epoch>`` of a cut session, is still a valid
+    primary-key value (PostgreSQL's btree refuses entries over 2,704 bytes; an unbounded key did fail)."""
+    longest = bounded_session_key("\U0001F600" * (MAX_SESSION_KEY_CHARS + 1)) + "@1731537600"
+    wh.write_reports("hdfs", D1, "r1", [report(longest)])
+    assert query(wh, "SELECT session_id FROM anomaly_reports") == [(longest,)]
 
 
 def test_templates_upsert_widens_dates_and_takes_the_running_count(wh: Warehouse) -> None:

@@ -7,7 +7,8 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    lines; a unit is (file, stripe) and runs as one Spark task, so one big ``.gz`` still keeps every core
    busy (each task decompresses the file and skips the other stripes' lines, ~1 us/line). Files are read
    with :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes.
-2. **Pass 1** (one task per unit): parse (:func:`~krone_jobs.logformats.parse_line`), session keys,
+2. **Pass 1** (one task per unit): parse (:func:`~krone_jobs.logformats.parse_line`), session keys
+   (a key longer than ``MAX_SESSION_KEY_CHARS`` is kept shortened, counted in ``long_session_keys``),
    quarantine; mask the content with the miner's masks and give each distinct masked text a per-unit index.
    Rows (with the index) and quarantine records go to the unit's own staging files; the task returns only
    its dictionary (masked text, index, first line, count) and its line counts.
@@ -52,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from krone_jobs.config import settings
 from krone_jobs.logformats import (
     DEFAULT_MAX_LINE_BYTES,
+    MAX_SESSION_KEY_CHARS,
     IdPatternSessionKey,
     LineFormat,
     LogReadError,
@@ -59,6 +61,7 @@ from krone_jobs.logformats import (
     ParsedLine,
     QuarantineReason,
     SessionKeyRule,
+    bounded_session_key,
     get_format,
     iter_lines,
     parse_line,
@@ -98,7 +101,8 @@ LINE_FIELDS = ("line_no", "timestamp", "level", "component", "node", "content", 
                "session_keys")
 QUARANTINE_FIELDS = ("line_no", "reason", "message", "raw", "truncated")
 REPORT_DDL = "unit int, kind string, masked string, midx int, first_line bigint, n bigint"
-"""Pass-1 results: ``dict`` rows (one per masked text of a unit), ``raw`` and ``quarantined`` counts."""
+"""Pass-1 results: ``dict`` rows (one per masked text of a unit), ``raw``, ``quarantined`` and
+``long_session_keys`` counts."""
 
 
 class ReconciliationError(RuntimeError):
@@ -129,6 +133,9 @@ class ParseMetrics:
     new_templates: int = 0
     unmatched: int = 0
     """Masked texts the final state did not match (given their own text as template); expected 0."""
+    long_session_keys: int = 0
+    """Parsed lines with a session key longer than ``MAX_SESSION_KEY_CHARS``, kept under a shortened key
+    (:func:`~krone_jobs.logformats.bounded_session_key`)."""
     seconds: float = 0.0
     """Parsing and writing; the quality gate's time is ``gate_seconds``."""
     gate_seconds: float = 0.0
@@ -195,6 +202,7 @@ class _UnitParser:
         self.mask = masker(miner)
         self.max_bytes = max_bytes
         self.raw_lines = 0
+        self.long_keys = 0
         self.quarantined: list[tuple[Any, ...]] = []
         self.index: dict[str, int] = {}
         self.first: list[int] = []
@@ -227,6 +235,9 @@ class _UnitParser:
             if not found:
                 quarantined.append((line_no, NO_SESSION_KEY, f"no session key for format {fmt.name!r}", raw, False))
                 continue
+            if max(map(len, found)) > MAX_SESSION_KEY_CHARS:
+                found = tuple(dict.fromkeys(map(bounded_session_key, found)))
+                self.long_keys += 1
             masked = mask(parsed.content)
             midx = index.get(masked)
             if midx is None:
@@ -259,9 +270,10 @@ class _UnitParser:
                            staging / f"quarantine-{unit:05d}.parquet")
         nd = len(self.counts)
         return pa.RecordBatch.from_pydict(
-            {"unit": [unit] * (nd + 2), "kind": ["dict"] * nd + ["raw", "quarantined"],
-             "masked": [*self.index, None, None], "midx": [*range(nd), None, None],
-             "first_line": [*self.first, None, None], "n": [*self.counts, self.raw_lines, len(self.quarantined)]},
+            {"unit": [unit] * (nd + 3), "kind": ["dict"] * nd + ["raw", "quarantined", "long_session_keys"],
+             "masked": [*self.index, None, None, None], "midx": [*range(nd), None, None, None],
+             "first_line": [*self.first, None, None, None],
+             "n": [*self.counts, self.raw_lines, len(self.quarantined), self.long_keys]},
             schema=pa.schema([("unit", pa.int32()), ("kind", pa.string()), ("masked", pa.string()),
                               ("midx", pa.int32()), ("first_line", pa.int64()), ("n", pa.int64())]),
         )
@@ -530,7 +542,8 @@ def run_parse(
         raw_lines=raw_lines, parsed=n_parsed, quarantined=n_quarantined,
         quarantine_reasons=dict(sorted(reasons.items())),
         masked_texts=len(ids), templates=len(live), new_templates=sum(t.template_id not in seed_ids for t in live),
-        unmatched=sum(tid is None for tid in ids.values()), seconds=round(seconds, 3),
+        unmatched=sum(tid is None for tid in ids.values()), long_session_keys=totals["long_session_keys"],
+        seconds=round(seconds, 3),
         gate_seconds=round(time.perf_counter() - t0 - seconds, 3), steps={k: round(v, 3) for k, v in steps.items()},
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from krone_jobs.logformats import (
     THUNDERBIRD,
     BlockIdSessionKey,
     IdPatternSessionKey,
+    MAX_SESSION_KEY_CHARS,
     ParsedLine,
+    bounded_session_key,
     get_format,
     parse_line,
 )
@@ -118,7 +121,10 @@ def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path)
     folder.mkdir(parents=True)
     good = [_hdfs_line(i, b"\r\n" if i % 5 == 0 else b"\n") for i in range(400)]
     latin1 = "081109 203615 148 INFO dfs.DataNode: Receiving block blk_77 for café".encode("latin-1") + b"\n"
-    (folder / "a.log").write_bytes(b"".join(good[:200] + list(HOSTILE.values()) + [latin1] + good[200:]))
+    # block ids of 3,000 digits, two alike but for the last digit, one of them twice: kept under bounded keys
+    huge = [b"081109 203615 148 INFO dfs.DataNode: Receiving block blk_" + b"7" * 2999 + last + b" src: /10.0.0.1\n"
+            for last in (b"1", b"2", b"1")]
+    (folder / "a.log").write_bytes(b"".join(good[:200] + list(HOSTILE.values()) + [latin1, *huge] + good[200:]))
     packed = gzip.compress(b"".join(_hdfs_line(i) for i in range(500, 700)), mtime=0)
     (folder / "b.log.gz").write_bytes(packed[: len(packed) - 200])  # truncated .gz
 
@@ -127,8 +133,9 @@ def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path)
     expected = {reason: 1 for reason in HOSTILE} | {"gz_truncated": 1}
     assert m.quarantine_reasons == expected
     assert m.raw_lines == m.parsed + m.quarantined
-    gz_lines = m.raw_lines - 1 - len(good) - len(HOSTILE) - 1
-    assert 0 < gz_lines < 200 and m.parsed == len(good) + 1 + gz_lines
+    gz_lines = m.raw_lines - 1 - len(good) - len(HOSTILE) - 1 - len(huge)
+    assert 0 < gz_lines < 200 and m.parsed == len(good) + 1 + len(huge) + gz_lines
+    assert m.long_session_keys == len(huge)
     q = _frame(tmp_path, "quarantine", "hdfs", day).set_index("reason")
     assert q.loc["binary", "raw"].rstrip(b"\n") == HOSTILE["binary"].rstrip(b"\n")
     assert q.loc["oversized", "truncated"] and len(q.loc["oversized", "raw"]) <= 1024
@@ -137,6 +144,10 @@ def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path)
     parsed = _frame(tmp_path, "parsed", "hdfs", day)
     assert set(parsed.loc[parsed["encoding"] == "latin-1", "content"]) == {"Receiving block blk_77 for café"}
     assert not parsed["content"].str.contains("\r").any()
+    keys = [k for ks in parsed["session_keys"] for k in ks]
+    assert max(map(len, keys)) == MAX_SESSION_KEY_CHARS
+    long_keys = Counter(k for k in keys if k.startswith("blk_777"))
+    assert long_keys == {bounded_session_key("blk_" + "7" * 2999 + "1"): 2, bounded_session_key("blk_" + "7" * 2999 + "2"): 1}
 
 
 def test_first_day_mines_with_the_formats_settings_and_later_days_keep_them(spark: Any, tmp_path: Path) -> None:
