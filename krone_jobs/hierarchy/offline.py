@@ -86,6 +86,10 @@ ABBREVIATIONS = {"blk": "block", "pkt": "packet", "msg": "message", "conn": "con
 
 # ------------------------------------------------------------------------------------------- patterns
 _VAR = "<*>"
+MAX_NAME_CHARS = 64
+"""Entity and action names are cut to this length: they are parts of every node id and KRONE Seq key, and a
+one-word template of 60 KB must not make a 60 KB entity. The longest real name seen (loghub samples, the
+demo sets) has 54 characters."""
 _ADDRESS = re.compile(r"^(?:/?<\*>|[\d.]+)(?::(?:<\*>|\d+))*:?(?=\s|[A-Za-z]|$)")
 _MARKER = re.compile(r"^(?:[A-Z]+\*|[-=#>*]+)\s+")  # HDFS "BLOCK*", "--" and the like
 _PROGRAM = re.compile(r"^(?P<prog>[A-Za-z/][\w.\-/<>*]*?|[A-Z][a-z]+(?: [A-Z][a-z]+){1,2})"
@@ -178,7 +182,7 @@ def place(template: str) -> Placement:
         action, entity = named, _object(tokens, _index_of_noun(tokens, entity)) or NONE
     if entity == NONE:
         entity = action
-    return Placement(entity, action, status)
+    return Placement(entity[:MAX_NAME_CHARS], action[:MAX_NAME_CHARS], status)
 
 
 def find_status(template: str) -> str:

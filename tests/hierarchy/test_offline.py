@@ -11,7 +11,7 @@ import pytest
 
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, node_ids
-from krone_jobs.hierarchy.offline import OfflineExtractor, find_status, lemma, place
+from krone_jobs.hierarchy.offline import MAX_NAME_CHARS, OfflineExtractor, find_status, lemma, place
 
 HDFS = {
     "1": "Receiving block blk_<*> src: <*> dest: /<*>:50010",
@@ -133,6 +133,12 @@ def test_hierarchy_nests_and_handles_odd_input() -> None:
     hierarchy = build_hierarchy({**odd, **HDFS, **SYSLOG}, OfflineExtractor())  # raises if it does not nest
     assert len(hierarchy) == len(odd) + len(HDFS) + len(SYSLOG)
     assert hierarchy["y"].entity_node == "E:none#y"
+
+
+def test_names_stay_short_whatever_the_template() -> None:
+    p = place("Disk" + "x" * 60_000 + " failed writing" + " sector" + "y" * 60_000)
+    assert len(p.entity) == MAX_NAME_CHARS and p.entity.startswith("diskxxx") and p.action == "write"
+    assert len(place("Checked " + "Z" * 60_000).entity) == MAX_NAME_CHARS
 
 
 # ------------------------------------------------------------------------------------- shared data
