@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict, unknown_template_verdict
 from krone_jobs.detectors.codebook import Codebook
+from krone_jobs.detectors.explain import render_steps
+from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict, unknown_template_verdict
 from krone_jobs.hierarchy.kseqs import LEVELS, Cut
 from krone_jobs.hierarchy.model import Hierarchy
 
@@ -184,7 +185,7 @@ class LocalContextDetector(BaseEstimator):
             span = (0, c.status_spans[-1][1])
         level_name = LEVELS[level]
         where = f" under {parent}" if parent else ""
-        reason = f"{level_name}-level KRONE Seq{where} never seen in training: {' -> '.join(nodes)}"
+        reason = f"{level_name}-level KRONE Seq{where} never seen in training: {render_steps(nodes)}"
         if len(missing) >= 2:
             a, b = missing[-2], missing[-1]
             own = names[2 if level == 0 else 1 if level == 1 else 0]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
-from krone_jobs.detectors.explain import describe_difference, k_nearest, nearest
+from krone_jobs.detectors.explain import describe_difference, k_nearest, nearest, render_steps
 from krone_jobs.detectors.local_context import LocalContextDetector
 from krone_jobs.detectors.nested_aware import TABLES, ChunkExample, NestedAwareDetector, chunk_examples
 from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict, unknown_template_verdict
@@ -224,10 +224,10 @@ class RoutedDetector(BaseEstimator):
     def _unseen_reason(self, li: int, ex: ChunkExample) -> str:
         parent, nodes = self._names(li, ex)
         where = f" under {parent}" if parent else ""
-        reason = f"{LEVELS[li]}-level KRONE Seq{where} never seen in training: {' -> '.join(nodes)}"
+        reason = f"{LEVELS[li]}-level KRONE Seq{where} never seen in training: {render_steps(nodes)}"
         near = self._nearest(li, ex)
         if near is not None:
-            reason += f"; nearest normal: {' -> '.join(near[0])} ({describe_difference(near[0], nodes)})"
+            reason += f"; nearest normal: {render_steps(near[0])} ({describe_difference(near[0], nodes)})"
         return reason
 
     def _nearest(self, li: int, ex: ChunkExample) -> tuple[tuple[str, ...], float] | None:
