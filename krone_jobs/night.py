@@ -52,6 +52,8 @@ def run_night(
         p, s, k = (out[step]["metrics"] for step in ("parse", "sessionize", "kseqs"))
         traces = p.get("quarantine_reasons", {}).get("continuation", 0)
         aside = f"{p['quarantined']:,} quarantined" + (f", {traces:,} of them continuation lines" if traces else "")
+        if p["long_session_keys"]:
+            aside += f"; {p['long_session_keys']:,} with a session key shortened"
         cut = s["cut_sessions"]
         still = f"{s['open_sessions']:,} open" + (f", {cut:,} cut at the maximum session span" if cut else "")
         say(f"{source} {dt}: {p['raw_lines']:,} lines ({aside}), {p['new_templates']} new "
