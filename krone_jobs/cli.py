@@ -135,6 +135,9 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-session-seconds", type=float, default=None,
                    help="a session still open at the end of the day but spanning more than this is closed there "
                         "(default: KRONE_MAX_SESSION_SECONDS, else 86400)")
+    p.add_argument("--max-session-events", type=int, default=None,
+                   help="a session of more events is emitted as pieces of this many "
+                        "(default: KRONE_MAX_SESSION_EVENTS, else 100000)")
     p.set_defaults(func=_cmd_sessionize)
     p = sub.add_parser("hierarchy", parents=[common], help="add new templates to state/<source>/hierarchy.csv")
     p.add_argument("--date", default=None, help="use the miner state of this day (default: newest)")
@@ -193,7 +196,8 @@ def _cmd_sessionize(a: argparse.Namespace) -> int:
     from krone_jobs.pipeline import sessionize_stage
 
     return _stage(sessionize_stage(a.source, a.date, data_root=a.data_root, gap_seconds=a.gap_seconds,
-                                   max_session_seconds=a.max_session_seconds))
+                                   max_session_seconds=a.max_session_seconds,
+                                   max_session_events=a.max_session_events))
 
 
 def _cmd_hierarchy(a: argparse.Namespace) -> int:

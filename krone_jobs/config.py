@@ -23,6 +23,9 @@ any bound); the gate's reason gives the rate's 95 % upper bound, so an operator 
 MAX_SESSION_SECONDS = 86_400.0
 """Default of ``KRONE_MAX_SESSION_SECONDS``: a session still open at the end of a day but spanning more than
 this is closed there instead of carried over (``krone_jobs.jobs.sessionize``)."""
+MAX_SESSION_EVENTS = 100_000
+"""Default of ``KRONE_MAX_SESSION_EVENTS``: a session of more events is emitted as pieces of this many
+(``krone_jobs.jobs.sessionize``); one row of millions of events would exhaust Spark's heap."""
 
 
 def _env(name: str, default: str) -> str:
@@ -87,6 +90,10 @@ class Settings:
     @property
     def max_session_seconds(self) -> float:
         return float(_env("KRONE_MAX_SESSION_SECONDS", str(MAX_SESSION_SECONDS)))
+
+    @property
+    def max_session_events(self) -> int:
+        return int(_env("KRONE_MAX_SESSION_EVENTS", str(MAX_SESSION_EVENTS)))
 
     @property
     def llm_band(self) -> float | None:

@@ -54,8 +54,9 @@ def run_night(
         aside = f"{p['quarantined']:,} quarantined" + (f", {traces:,} of them continuation lines" if traces else "")
         if p["long_session_keys"]:
             aside += f"; {p['long_session_keys']:,} with a session key shortened"
-        cut = s["cut_sessions"]
+        cut, split = s["cut_sessions"], s["split_sessions"]
         still = f"{s['open_sessions']:,} open" + (f", {cut:,} cut at the maximum session span" if cut else "")
+        still += f", {split:,} split into pieces of the maximum session size" if split else ""
         say(f"{source} {dt}: {p['raw_lines']:,} lines ({aside}), {p['new_templates']} new "
             f"templates, {s['sessions']:,} sessions closed ({still}), {k['chunks']:,} KRONE Seqs")
         if scoring:

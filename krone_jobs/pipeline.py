@@ -90,12 +90,14 @@ def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None 
 
 
 def sessionize_stage(source: str, dt: str, *, data_root: str | Path | None = None, run_id: str | None = None,
-                     gap_seconds: float | None = None, max_session_seconds: float | None = None) -> dict[str, Any]:
+                     gap_seconds: float | None = None, max_session_seconds: float | None = None,
+                     max_session_events: int | None = None) -> dict[str, Any]:
     """Sessionize one parsed day (reads the previous day's open sessions: run days in date order)."""
     from krone_jobs.jobs.sessionize import run_sessionize
 
     metrics = run_sessionize(source, dt, data_root=data_root, gap_seconds=gap_seconds,
-                             max_session_seconds=max_session_seconds).to_dict()
+                             max_session_seconds=max_session_seconds,
+                             max_session_events=max_session_events).to_dict()
     return _recorded("sessionize", source, dt, run_id, metrics)
 
 

@@ -20,6 +20,13 @@ still open at the end of a day but already spans more than ``max_session_seconds
 new session. Such a piece of an id-keyed session is named ``<key>@<epoch second of its first event>`` (a node
 window's name already says where it starts), and the day's metrics count them as ``cut_sessions``.
 
+**Huge sessions.** A session of more than ``max_session_events`` events (default ``KRONE_MAX_SESSION_EVENTS``,
+100,000: a node that logs many lines a second, a request id written on every line) is closed at once and
+emitted as pieces of that many events in time order, named ``<name>~<k>`` (``k`` from 0) where ``<name>`` is
+the name a cut session gets. The events of one session are gathered into one row, and a row of millions
+of events exhausts the JVM heap (3,000,000 lines of one node did, with the default 1 GB driver), failing the
+whole night. The metrics count such sessions as ``split_sessions``; each piece is a session of its own.
+
 Only the previous calendar day's open sessions are read: days are sessionized in date order, and a rerun
 of day D reads the same input, so it rewrites the same rows.
 """
@@ -68,6 +75,8 @@ class SessionizeMetrics:
     seconds: float
     cut_sessions: int = 0
     """Sessions closed at the end of the day because they span more than ``max_session_seconds``."""
+    split_sessions: int = 0
+    """Sessions of more than ``max_session_events`` events, emitted as pieces of that many events."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +146,7 @@ def run_sessionize(
     fmt_name: str | None = None,
     gap_seconds: float | None = None,
     max_session_seconds: float | None = None,
+    max_session_events: int | None = None,
     gate: bool = True,
 ) -> SessionizeMetrics:
     """Sessionize one parsed day; overwrite ``sessions/`` and the day's open-session state.
@@ -144,9 +154,11 @@ def run_sessionize(
     ``fmt_name`` defaults to the format the source was parsed with (its session rule as the parse job
     recorded it, so a format from ``KRONE_FORMATS_FILE`` needs no file here); ``gap_seconds`` to the format's
     node-window gap, or :data:`ID_SESSION_GAP_SECONDS` for id-keyed sessions; ``max_session_seconds`` bounds
-    how long a session may stay open (module docstring). Raises the ``sessions``
-    quality gate's ``QualityGateError`` if it fails (``gate=False`` skips it, for tests of other behaviour).
+    how long a session may stay open and ``max_session_events`` how many events it may hold (module
+    docstring). Raises the ``sessions`` quality gate's ``QualityGateError`` if it fails (``gate=False`` skips
+    it, for tests of other behaviour).
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from krone_jobs.jobs.parse import quality_gate
@@ -161,6 +173,9 @@ def run_sessionize(
     node_windows = isinstance(rule, NodeWindowSessionKey)
     gap = gap_seconds if gap_seconds is not None else rule.gap_seconds if node_windows else ID_SESSION_GAP_SECONDS
     max_span = max_session_seconds if max_session_seconds is not None else settings().max_session_seconds
+    max_events = max_session_events if max_session_events is not None else settings().max_session_events
+    if max_events < 1:
+        raise ValueError(f"max_session_events must be at least 1, not {max_events}")
 
     today = read_partition(spark, root, "parsed", source, date).select(
         F.explode("session_keys").alias("key"), "timestamp", "file", "line_no", "template_id")
@@ -173,11 +188,15 @@ def run_sessionize(
         events = today.unionByName(_resolved(carried, root, source, date))
     events = events.withColumn("epoch", _epoch_micros(F.col("timestamp")))
     events = _node_windows(events, gap) if node_windows else events.withColumn("session_id", F.col("key"))
+    events = _pieces(events, max_events)
 
     ev = F.struct("timestamp", "file", "line_no", "template_id", "key")
-    sessions = events.groupBy("session_id").agg(
-        F.sort_array(F.collect_list(ev)).alias("ev"), F.min("epoch").alias("first_epoch"),
-        F.max("epoch").alias("last_epoch")).cache()
+    whole = Window.partitionBy("session_id")
+    sessions = events.groupBy("session_id", "piece").agg(
+        F.sort_array(F.collect_list(ev)).alias("ev"), F.min("epoch").alias("piece_first"),
+        F.max("epoch").alias("piece_last")).select(
+        "*", F.min("piece_first").over(whole).alias("first_epoch"), F.max("piece_last").over(whole).alias("last_epoch"),
+        (F.max("piece").over(whole) > 0).alias("split")).cache()
     try:
         last_event, n_events = sessions.agg(F.max("last_epoch"), F.sum(F.size("ev"))).first()
         midnight = datetime.fromisoformat(date) + timedelta(days=1)
@@ -185,10 +204,11 @@ def run_sessionize(
         day_end = max(int((midnight - datetime(1970, 1, 1)).total_seconds()) * _MICROS, last_event or 0)
         active = F.coalesce(F.col("last_epoch") >= F.lit(day_end - int(gap * _MICROS)), F.lit(False))
         cut = active & (F.col("last_epoch") - F.col("first_epoch") > int(max_span * _MICROS))
-        is_open = active & ~cut
+        is_open = active & ~cut & ~F.col("split")
         # a cut id-keyed session is <key>@<first epoch second>; a node window's name already says where it starts
-        piece = F.concat(F.col("session_id"), F.lit("@"), F.floor(F.col("first_epoch") / _MICROS).cast("string"))
-        name = F.col("session_id") if node_windows else F.when(cut, piece).otherwise(F.col("session_id"))
+        at = F.concat(F.col("session_id"), F.lit("@"), F.floor(F.col("first_epoch") / _MICROS).cast("string"))
+        base = F.col("session_id") if node_windows else F.when(cut | F.col("split"), at).otherwise(F.col("session_id"))
+        name = F.when(F.col("split"), F.concat(base, F.lit("~"), F.col("piece").cast("string"))).otherwise(base)
         closed = sessions.filter(~is_open).select(
             name.alias("session_id"),
             F.transform("ev", lambda e: e["template_id"]).alias("template_ids"),
@@ -203,7 +223,9 @@ def run_sessionize(
             *(F.col("e")[c].alias(c) for c in EVENT_COLUMNS))
         write_partition(still_open, open_dir(root, source, date), sort_by=["key", "timestamp", "file", "line_no"],
                         files=1)
-        n_open, n_cut = sessions.agg(F.sum(is_open.cast("long")), F.sum(cut.cast("long"))).first()
+        first_piece = F.col("piece") == 0
+        n_open, n_cut, n_split = sessions.agg(F.sum(is_open.cast("long")), F.sum((cut & first_piece).cast("long")),
+                                              F.sum((F.col("split") & first_piece).cast("long"))).first()
     finally:
         sessions.unpersist()
 
@@ -218,4 +240,15 @@ def run_sessionize(
         open_sessions=n_open or 0,
         seconds=round(time.perf_counter() - t0, 3),
         cut_sessions=n_cut or 0,
+        split_sessions=n_split or 0,
     )
+
+
+def _pieces(events: DataFrame, max_events: int) -> DataFrame:
+    """``piece``: the event's place in its session, in time order, integer-divided by ``max_events`` (0 for
+    every event of a session that is not too long)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy("session_id").orderBy("timestamp", "file", "line_no")
+    return events.withColumn("piece", F.floor((F.row_number().over(order) - 1) / F.lit(max_events)))

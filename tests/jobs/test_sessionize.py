@@ -135,3 +135,45 @@ def test_a_session_that_never_falls_silent_is_cut_after_a_day_not_carried_foreve
         got = _sessions(tmp_path, source, days)
         assert (list(got["session_id"]), list(got["n_events"])) == (names, sizes), source
         assert got["lines"].map(len).sum() == len(stamps)  # every line in exactly one session
+
+
+def test_a_huge_session_is_emitted_in_pieces_not_gathered_into_one_row(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``KRONE_MAX_SESSION_EVENTS`` at 50: a block of 120 events closes as pieces of 50, 50 and 20 in
+    time order; a block still open at midnight with 40 events is carried, and with its 30 events of day 2
+    splits into 50 + 20 there; a block of 30 and a node window of 120 events (one line a second, so
+    several lines share a second and the file order decides) follow the same rule."""
+    monkeypatch.setenv("KRONE_MAX_SESSION_EVENTS", "50")
+    day1, day2 = "2008-11-09", "2008-11-10"
+    t = datetime(2008, 11, 9, 10, 0)
+    late = datetime(2008, 11, 9, 23, 59, 20)
+    rows = ([(t + timedelta(seconds=i // 3), "blk_1") for i in range(120)]
+            + [(t + timedelta(seconds=i), "blk_2") for i in range(30)]
+            + [(late + timedelta(seconds=i), "blk_3") for i in range(70)])  # 40 before midnight, 30 after
+    for day in (day1, day2):
+        folder = tmp_path / "raw" / "hdfs" / f"dt={day}"
+        folder.mkdir(parents=True)
+        (folder / "a.log").write_text("".join(f"{_hdfs_line(at, blk)}\n" for at, blk in sorted(rows)
+                                              if at.date().isoformat() == day))
+        run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, gate=False)
+    first = run_sessionize("hdfs", day1, data_root=tmp_path, spark=spark)
+    second = run_sessionize("hdfs", day2, data_root=tmp_path, spark=spark)
+    assert [(m.sessions, m.open_sessions, m.split_sessions) for m in (first, second)] == [(4, 1, 1), (2, 0, 1)]
+    got = _sessions(tmp_path, "hdfs", (day1, day2))
+    epoch = lambda at: int((at - datetime(1970, 1, 1)).total_seconds())  # noqa: E731
+    assert dict(zip(got["session_id"], got["n_events"])) == {
+        f"blk_1@{epoch(t)}~0": 50, f"blk_1@{epoch(t)}~1": 50, f"blk_1@{epoch(t)}~2": 20, "blk_2": 30,
+        f"blk_3@{epoch(late)}~0": 50, f"blk_3@{epoch(late)}~1": 20}
+    pieces = got[got["session_id"].str.startswith("blk_1@")].sort_values("session_id")
+    numbers = [int(ref.rsplit(":", 1)[1]) for refs in pieces["lines"] for ref in refs]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 120  # time (and file) order, every line once
+
+    node = tmp_path / "raw" / "tb" / f"dt={day1}"
+    node.mkdir(parents=True)
+    (node / "a.log").write_text("".join(f"{_tb_line('n1', t + timedelta(seconds=i // 2), i)}\n" for i in range(120)))
+    run_parse("tb", day1, "thunderbird", data_root=tmp_path, spark=spark, gate=False)
+    m = run_sessionize("tb", day1, data_root=tmp_path, spark=spark)
+    assert (m.sessions, m.split_sessions) == (3, 1)
+    got = _sessions(tmp_path, "tb", (day1,))
+    assert list(got.sort_values("session_id")["session_id"]) == [f"n1#{epoch(t)}~{k}" for k in range(3)]
