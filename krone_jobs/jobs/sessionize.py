@@ -24,7 +24,7 @@ window's name already says where it starts), and the day's metrics count them as
 100,000: a node that logs many lines a second, a request id written on every line) is closed at once and
 emitted as pieces of that many events in time order, named ``<name>~<k>`` (``k`` from 0) where ``<name>`` is
 the name a cut session gets. The events of one session are gathered into one row, and a row of millions
-of events exhausts the JVM heap (3,000,000 lines of one node did, with the default 1 GB driver), failing the
+of events exhausts the JVM heap (3,000,000 lines of one node did, with the default 2 GB driver), failing the
 whole night. The metrics count such sessions as ``split_sessions``; each piece is a session of its own.
 
 Only the previous calendar day's open sessions are read: days are sessionized in date order, and a rerun
