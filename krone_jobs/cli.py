@@ -128,6 +128,9 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
                    "TOML file named by KRONE_FORMATS_FILE (README: Using your own logs)")
     p.add_argument("--partitions", type=int, default=None, help="stripes per file (default: Spark parallelism)")
     p.add_argument("--max-quarantine-ratio", type=float, default=0.05)
+    p.add_argument("--max-new-templates", type=int, default=None,
+                   help="templates the day may open; lines that would open more are quarantined as template_flood "
+                        "(default: KRONE_MAX_NEW_TEMPLATES, else 2000)")
     p.set_defaults(func=_cmd_parse)
     p = sub.add_parser("sessionize", parents=[common], help="parsed/ -> sessions/ (open sessions carry over)")
     p.add_argument("--date", required=True, help="YYYY-MM-DD")
@@ -189,7 +192,7 @@ def _cmd_parse(a: argparse.Namespace) -> int:
     if _format_error("parse", a.format):
         return 2
     return _stage(parse_stage(a.source, a.date, a.format, data_root=a.data_root, partitions=a.partitions,
-                              max_quarantine_ratio=a.max_quarantine_ratio))
+                              max_quarantine_ratio=a.max_quarantine_ratio, max_new_templates=a.max_new_templates))
 
 
 def _cmd_sessionize(a: argparse.Namespace) -> int:

@@ -52,6 +52,9 @@ def run_night(
         p, s, k = (out[step]["metrics"] for step in ("parse", "sessionize", "kseqs"))
         traces = p.get("quarantine_reasons", {}).get("continuation", 0)
         aside = f"{p['quarantined']:,} quarantined" + (f", {traces:,} of them continuation lines" if traces else "")
+        if flood := p.get("quarantine_reasons", {}).get("template_flood", 0):
+            aside += (f"; {flood:,} of them would have opened more than the day's KRONE_MAX_NEW_TEMPLATES new "
+                      "templates (template_flood)")
         if p["long_session_keys"]:
             aside += f"; {p['long_session_keys']:,} with a session key shortened"
         cut, split = s["cut_sessions"], s["split_sessions"]

@@ -82,7 +82,8 @@ def _path(value: str | Path | None, root: Path) -> Path | None:
 def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
                 run_id: str | None = None, **options: Any) -> dict[str, Any]:
     """Parse one raw day (its ``parsed`` quality gate runs inside, before the miner state is saved);
-    ``options`` go to :func:`~krone_jobs.jobs.parse.run_parse` (``partitions``, ``max_quarantine_ratio``)."""
+    ``options`` go to :func:`~krone_jobs.jobs.parse.run_parse` (``partitions``, ``max_quarantine_ratio``,
+    ``max_new_templates``)."""
     from krone_jobs.jobs.parse import run_parse
 
     metrics = run_parse(source, dt, fmt, data_root=data_root, **options).to_dict()

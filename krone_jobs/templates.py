@@ -46,6 +46,8 @@ from drain3.drain import LogCluster
 from drain3.masking import MaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
 
+from krone_jobs.drain_search import IndexedLeafSearch
+
 STATE_FORMAT = "krone.templates"
 STATE_VERSION = 1
 
@@ -175,6 +177,8 @@ class TemplateStore:
         self._miner = TemplateMiner(config=self.settings.to_config())
         # drain3 reads this attribute when filing and when searching the tree: same test on both sides
         self._miner.drain.has_numbers = self.settings.routes_as_parameter()  # type: ignore[method-assign]
+        self._search = IndexedLeafSearch(self._miner.drain)
+        self._miner.drain.fast_match = self._search  # type: ignore[method-assign]
         self._mask = masker(self.settings)
         self._cluster_text: dict[int, str] = {}
         self._live: dict[str, int] = {}  # template id -> clusters whose current text has that id
@@ -188,7 +192,9 @@ class TemplateStore:
 
     def _add(self, masked: str, weight: int) -> tuple[TemplateMatch, int]:
         """Mine ``masked`` as ``weight`` lines; returns the match and the cluster id it landed in."""
-        cluster, _ = self._miner.drain.add_log_message(masked)
+        cluster, change = self._miner.drain.add_log_message(masked)
+        if change == "cluster_template_changed":
+            self._search.changed(cluster)
         cluster.size += weight - 1
         text = cluster.get_template()
         tid = template_id(text)
@@ -205,13 +211,36 @@ class TemplateStore:
         self._remember(cluster.cluster_id, text)
         return TemplateMatch(tid, text, is_new, supersedes), cluster.cluster_id
 
+    def mine_known(self, content: str) -> TemplateMatch | None:
+        """:meth:`mine` a line only into a template it already fits (Drain's similarity, so it may generalise
+        it); ``None``, and no change, where it would open a new one."""
+        drain = self._miner.drain
+        masked = self.mask(content)
+        if drain.tree_search(drain.root_node, drain.get_content_as_tokens(masked), drain.sim_th, False) is None:
+            return None
+        return self._add(masked, 1)[0]
+
+    @property
+    def opened(self) -> int:
+        """Templates (Drain clusters) ever opened by this store and the states it was restored from."""
+        return int(self._miner.drain.clusters_counter)
+
     def mask(self, content: str) -> str:
         """``content`` with this store's masks applied: what Drain sees of it."""
         return self._mask(content)
 
-    def match(self, content: str) -> TemplateMatch | None:
-        """Match-only inference: never changes state; ``None`` when no template fits exactly."""
-        cluster = self._miner.match(content, full_search_strategy="fallback")
+    def match(self, content: str, *, full_search: bool = True) -> TemplateMatch | None:
+        """Match-only inference: never changes state; ``None`` when no template fits exactly.
+
+        ``full_search``: where the prefix tree finds nothing, also try every template with as many tokens
+        (Drain's ``fallback``; linear in those templates)."""
+        cluster = self._miner.match(content, full_search_strategy="never")
+        if cluster is None and full_search:
+            self._search.enabled = False  # the full search's list of ids is no leaf
+            try:
+                cluster = self._miner.match(content, full_search_strategy="fallback")
+            finally:
+                self._search.enabled = True
         if cluster is None:
             return None
         text = cluster.get_template()

@@ -19,9 +19,11 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    identical masked line cannot change the template it falls into, so this yields the templates one Drain
    process would find reading the day in file order (it also skips Drain's per-line work). Then every
    masked text is matched (match-only) against the final state; the state is saved as
-   ``state/<source>/templates/dt=D.json``.
+   ``state/<source>/templates/dt=D.json``. A day may open ``max_new_templates`` templates; texts that would
+   open more are refused (:func:`mine_texts`): a flood of unique text must not turn every line into a template.
 4. **Pass 2** (one task per unit): each unit's rows get their template id by index (``pyarrow.take``) and
-   are written as the unit's part file of the staged ``parsed/`` partition, which then replaces the old one.
+   are written as the unit's part file of the staged ``parsed/`` partition, which then replaces the old one;
+   the rows of refused texts become ``template_flood`` quarantine records, their raw lines read again.
 
 So a line's template id is a function of the day's miner state and the line's text only, never of the
 task that saw it, and the state depends only on the previous day's state and the day's lines in file
@@ -31,8 +33,10 @@ days). A rerun of day D seeds from the same previous-day state and rewrites the 
 are hashes of template text (:func:`~krone_jobs.templates.template_id`); when Drain generalises a template
 the old id stays in the state's ``superseded`` map, through which later stages resolve older rows' ids.
 
-Limits: the distinct masked texts are mined in one process, so a log whose lines mask to millions of
-distinct texts (ids the masks miss) wants a mask for them. Raw files and the data root must be on a file
+Limits: the distinct masked texts are mined in one process. Drain's search within a leaf of its prefix tree
+goes through an index once the leaf is large (:mod:`krone_jobs.drain_search`), so a flood of unique text costs
+about linear time (200,000 such lines: mine step 6 s; before: quadratic, 50,000 took ~10 min), but a log
+whose lines mask to millions of distinct texts (ids the masks miss) still wants a mask for them. Raw files and the data root must be on a file
 system every executor can open (local disk in local mode, a shared mount on a cluster).
 """
 
@@ -96,6 +100,9 @@ NO_SESSION_KEY = "no_session_key"
 """Quarantine reason for a well-formed line that names no session (beyond logformats' reasons)."""
 READ_ERROR_PREFIX = "gz_"
 """Quarantine reasons ``gz_truncated`` / ``gz_corrupt``: one record for the unreadable rest of a file."""
+TEMPLATE_FLOOD = "template_flood"
+"""Quarantine reason for a line whose text fits no template after the day already opened
+``max_new_templates`` new ones (see :func:`mine_texts`)."""
 
 LINE_FIELDS = ("line_no", "timestamp", "level", "component", "node", "content", "label", "encoding",
                "session_keys")
@@ -133,6 +140,9 @@ class ParseMetrics:
     new_templates: int = 0
     unmatched: int = 0
     """Masked texts the final state did not match (given their own text as template); expected 0."""
+    flooded_texts: int = 0
+    """Distinct masked texts refused once the day had opened ``max_new_templates`` templates; their lines
+    are quarantined as ``template_flood``."""
     long_session_keys: int = 0
     """Parsed lines with a session key longer than ``MAX_SESSION_KEY_CHARS``, kept under a shortened key
     (:func:`~krone_jobs.logformats.bounded_session_key`)."""
@@ -192,6 +202,14 @@ def session_keys(rule: SessionKeyRule) -> Callable[[ParsedLine], tuple[str, ...]
     return rule.keys
 
 
+def _stripe(unit: dict[str, Any], max_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of a unit's stripe of its file; raises ``LogReadError`` where the file is damaged."""
+    part, parts = unit["part"], unit["parts"]
+    for line_no, raw in iter_lines(unit["path"], max_bytes=max_bytes):
+        if ((line_no - 1) // STRIPE_LINES) % parts == part:
+            yield line_no, raw
+
+
 class _UnitParser:
     """Pass 1 for one unit: parse, key, quarantine and mask its stripe of one file (see the module docstring)."""
 
@@ -210,13 +228,10 @@ class _UnitParser:
 
     def _lines(self) -> Iterator[tuple[int, Any]]:
         """This unit's stripe of the file; a damaged .gz ends it with one quarantine record (stripe 0 only)."""
-        part, parts = self.unit["part"], self.unit["parts"]
         try:
-            for line_no, raw in iter_lines(self.unit["path"], max_bytes=self.max_bytes):
-                if ((line_no - 1) // STRIPE_LINES) % parts == part:
-                    yield line_no, raw
+            yield from _stripe(self.unit, self.max_bytes)
         except LogReadError as exc:
-            if part == 0:
+            if self.unit["part"] == 0:
                 self.raw_lines += 1
                 self.quarantined.append((exc.lines_read + 1, READ_ERROR_PREFIX + exc.kind, str(exc), b"", True))
 
@@ -300,39 +315,90 @@ def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str)
 
 
 # ------------------------------------------------------------------------------------------ pass 2
-def _pass2(staging: str, out: str) -> Callable[..., Iterator[pa.RecordBatch]]:
+PASS2_DDL = "unit int, path string, file string, part int, parts int, template_ids array<string>"
+"""Pass-2 work: a unit and its template id per masked-text index (null: the text's lines are quarantined)."""
+
+
+def _pass2(staging: str, out: str, max_bytes: int, flood_message: str) -> Callable[..., Iterator[pa.RecordBatch]]:
     def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         schema = parsed_schema()
         for batch in batches:
             for unit in batch.to_pylist():
                 tids = pa.array(unit["template_ids"], pa.string())
-                rows = 0
+                rows, flooded = 0, []
                 source = pq.ParquetFile(Path(staging) / f"lines-{unit['unit']:05d}.parquet")
                 with pq.ParquetWriter(Path(out) / f"part-{unit['unit']:05d}.parquet", schema) as writer:
                     for part in source.iter_batches(batch_size=BATCH_ROWS):
                         ids = tids.take(part.column("midx"))
-                        writer.write_batch(pa.RecordBatch.from_arrays(
-                            [part.column(n) if n != "template_id" else ids for n in schema.names], schema=schema))
+                        part = pa.RecordBatch.from_arrays(
+                            [part.column(n) if n != "template_id" else ids for n in schema.names], schema=schema)
+                        if ids.null_count:
+                            flooded += part.filter(pc.is_null(ids)).column("line_no").to_pylist()
+                            part = part.filter(pc.is_valid(ids))
+                        writer.write_batch(part)
                         rows += part.num_rows
+                if flooded:
+                    _write_flooded(unit, flooded, max_bytes, flood_message,
+                                   Path(staging) / f"quarantine-{unit['unit']:05d}-flood.parquet")
                 yield pa.RecordBatch.from_pydict({"unit": [unit["unit"]], "rows": [rows]},
                                                  schema=pa.schema([("unit", pa.int32()), ("rows", pa.int64())]))
 
     return run
 
 
+def _write_flooded(unit: dict[str, Any], line_nos: list[int], max_bytes: int, message: str, path: Path) -> None:
+    """Quarantine records of a unit's ``template_flood`` lines, with their raw bytes read again from the file
+    (they were read whole in pass 1, so the read stops at the last of them, before any damage)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wanted, last, raw = set(line_nos), max(line_nos), {}
+    for line_no, line in _stripe(unit, max_bytes):
+        if line_no in wanted:
+            raw[line_no] = line
+        if line_no >= last:
+            break
+    records = [(n, TEMPLATE_FLOOD, message, raw[n], False) for n in sorted(wanted)]
+    schema = quarantine_schema()
+    pq.write_table(pa.Table.from_batches([_record_batch(schema, unit["file"], QUARANTINE_FIELDS, records)]), path)
+
+
 # ------------------------------------------------------------------------------------------ mining
-def mine_texts(store: TemplateStore, texts: Iterable[str]) -> dict[str, str | None]:
+def mine_texts(store: TemplateStore, texts: Iterable[str],
+               max_new: int | None = None) -> tuple[dict[str, str | None], list[str]]:
     """Mine every masked text once, in the order given, then match each against the final state.
 
-    Returns masked text -> template id, ``None`` where the final state matches nothing (not expected).
+    Once ``max_new`` templates have been opened, a text is mined only into a template it fits
+    (:meth:`~TemplateStore.mine_known`): a day of unique text the masks miss (free text, a flood of
+    garbage) would otherwise open a template per line, and Drain's search for a similar template grows
+    with the templates under one prefix, so mining turned quadratic (20,000 such texts: 40 s; 50,000:
+    ~10 min). A refused text that the final state matches (a later text generalised a template) gets its
+    id; one it does not is *flooded*.
+
+    Returns (masked text -> template id, ``None`` where the final state matches nothing (not expected);
+    the flooded texts, which are not in the mapping).
     """
     texts = list(texts)
+    refused: set[str] = set()
+    budget = store.opened + max_new if max_new is not None else None
     for text in texts:
-        store.mine(text)
-    return {text: (found.template_id if (found := store.match(text)) else None) for text in texts}
+        if budget is None or store.opened < budget:
+            store.mine(text)
+        elif store.mine_known(text) is None:
+            refused.add(text)
+    ids: dict[str, str | None] = {}
+    flooded: list[str] = []
+    for text in texts:
+        found = store.match(text, full_search=text not in refused)
+        if found is None and text in refused:
+            flooded.append(text)
+        else:
+            ids[text] = found.template_id if found else None
+    return ids, flooded
 
 
 def _with_line_counts(store: TemplateStore, seed: str | None, day_counts: Counter[str]) -> str:
@@ -438,12 +504,15 @@ def run_parse(
     partitions: int | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_quarantine_ratio: float = 0.05,
+    max_new_templates: int | None = None,
     gate: bool = True,
 ) -> ParseMetrics:
     """Parse one day of one source; overwrite its ``parsed/`` and ``quarantine/`` partitions and day state.
 
     ``partitions``: stripes per file (default: Spark's default parallelism); ``max_quarantine_ratio`` is
-    the quality gate's bound on quarantined / raw lines; ``gate=False`` skips the gate (for tests of other
+    the quality gate's bound on quarantined / raw lines; ``max_new_templates`` how many templates the day
+    may open (default ``KRONE_MAX_NEW_TEMPLATES``; lines that would open more are quarantined as
+    ``template_flood``, see :func:`mine_texts`); ``gate=False`` skips the gate (for tests of other
     behaviour; the reconciliation check always runs). Raises :class:`ReconciliationError` if raw lines
     != parsed + quarantined, and the gate's ``QualityGateError`` if the ``parsed`` suite fails (outputs
     stay for inspection; the day's miner state is not saved, so later stages do not run on it).
@@ -455,6 +524,9 @@ def run_parse(
     t0 = time.perf_counter()
     check_source(source)
     check_date(date)
+    max_new = max_new_templates if max_new_templates is not None else settings().max_new_templates
+    if max_new < 1:
+        raise ValueError(f"max_new_templates must be at least 1, not {max_new}")
     fmt = get_format(fmt_name)
     fmt_name = fmt.name
     root = Path(data_root) if data_root is not None else settings().data_root
@@ -501,13 +573,19 @@ def run_parse(
                 by_unit[r["unit"]][r["midx"]] = r["masked"]
             else:
                 totals[r["kind"]] += r["n"]
-        ids = mine_texts(store, sorted(first, key=first.__getitem__))
+        ids, flooded = mine_texts(store, sorted(first, key=first.__getitem__), max_new)
         mapping = {text: tid or template_id(" ".join(text.split())) for text, tid in ids.items()}
+        if flooded:
+            log.warning("%s %s: %d distinct texts (%d lines) would open templates beyond the day's %d: quarantined "
+                        "as %s", source, date, len(flooded), sum(counts[t] for t in flooded), max_new, TEMPLATE_FLOOD)
 
         steps["mine"] = time.perf_counter() - t0 - sum(steps.values())
-        second = [(u, [mapping[m] for _, m in sorted(by_unit[u].items())]) for u in sorted(by_unit)]
-        written = spark.sparkContext.parallelize(second, max(len(second), 1)).toDF("unit int, template_ids array<string>") \
-            .mapInArrow(_pass2(str(staging), str(parsed_out)), "unit int, rows bigint").collect()
+        second = [(*u, [mapping.get(m) for _, m in sorted(by_unit[u[0]].items())]) for u in units]
+        flood_message = (f"opens a new template after this day opened {max_new} (KRONE_MAX_NEW_TEMPLATES): "
+                         "unique text the masks miss")
+        written = spark.sparkContext.parallelize(second, max(len(second), 1)).toDF(PASS2_DDL) \
+            .mapInArrow(_pass2(str(staging), str(parsed_out), max_line_bytes, flood_message),
+                        "unit int, rows bigint").collect()
         if not units:
             pq.write_table(parsed_schema().empty_table(), parsed_out / "part-00000.parquet")
         reasons = _finish_quarantine(staging, quarantine_out)
@@ -521,7 +599,7 @@ def run_parse(
     n_parsed = sum(r["rows"] for r in written)
     n_quarantined = sum(reasons.values())
     raw_lines = totals["raw"]
-    if raw_lines != n_parsed + n_quarantined or n_parsed != sum(counts.values()):
+    if raw_lines != n_parsed + n_quarantined or n_parsed != sum(counts[t] for t in mapping):
         raise ReconciliationError(f"{source} {date}: raw lines {raw_lines} != parsed {n_parsed} + "
                                   f"quarantined {n_quarantined}")
     seconds = time.perf_counter() - t0
@@ -531,8 +609,8 @@ def run_parse(
                      counts={"raw": raw_lines, "parsed": n_parsed, "quarantined": n_quarantined,
                              "continuation": reasons.get(str(QuarantineReason.CONTINUATION), 0)})
     day_counts: Counter[str] = Counter()
-    for text, n in counts.items():
-        day_counts[mapping[text]] += n
+    for text, tid in mapping.items():
+        day_counts[tid] += counts[text]
     atomic_write_text(templates_path(root, source, date), _with_line_counts(store, seed, day_counts))
     record_source_format(root, source, fmt_name, asdict(fmt.session))
     seed_ids = {t.template_id for t in TemplateStore.from_json(seed).templates()} if seed else set()
@@ -541,8 +619,9 @@ def run_parse(
         source=source, dt=date, format=fmt_name, files=len(files), partitions=parts, ignored_files=len(ignored),
         raw_lines=raw_lines, parsed=n_parsed, quarantined=n_quarantined,
         quarantine_reasons=dict(sorted(reasons.items())),
-        masked_texts=len(ids), templates=len(live), new_templates=sum(t.template_id not in seed_ids for t in live),
-        unmatched=sum(tid is None for tid in ids.values()), long_session_keys=totals["long_session_keys"],
+        masked_texts=len(first), templates=len(live), new_templates=sum(t.template_id not in seed_ids for t in live),
+        unmatched=sum(tid is None for tid in ids.values()), flooded_texts=len(flooded),
+        long_session_keys=totals["long_session_keys"],
         seconds=round(seconds, 3),
         gate_seconds=round(time.perf_counter() - t0 - seconds, 3), steps={k: round(v, 3) for k, v in steps.items()},
     )

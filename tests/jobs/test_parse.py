@@ -16,6 +16,7 @@ from drain3.masking import LogMasker
 from krone_jobs.jobs.kseqs import run_kseqs
 from krone_jobs.jobs.parse import (
     ORPHAN_MESSAGE,
+    TEMPLATE_FLOOD,
     NoLogFilesError,
     latest_templates,
     orphan_continuations,
@@ -36,6 +37,7 @@ from krone_jobs.logformats import (
     parse_line,
 )
 from krone_jobs.partitions import partition_dir, state_dir
+from krone_jobs.quality import QualityGateError
 from krone_jobs.synthetic import generate_sessions, json_line
 from krone_jobs.templates import MinerSettings, masker
 
@@ -148,6 +150,49 @@ def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path)
     assert max(map(len, keys)) == MAX_SESSION_KEY_CHARS
     one, two = (bounded_session_key("blk_" + "7" * 2999 + last) for last in "12")
     assert Counter(k for k in keys if k.startswith("blk_777")) == {one: 2, two: 1}
+
+
+def _garbage_line(i: int) -> bytes:
+    """A line of unique words the masks miss (no digits), as a flood of free text would bring."""
+    digest = hashlib.sha256(str(i).encode()).hexdigest()
+    words = " ".join("".join(chr(97 + int(c, 16)) for c in digest[k:k + 6]) for k in range(0, 48, 6))
+    return f"081109 203615 148 INFO dfs.DataNode: {words} blk_{5000 + i}\n".encode()
+
+
+def test_a_flood_of_unique_text_is_quarantined_beyond_the_days_template_budget(spark: Any, tmp_path: Path) -> None:
+    """A day may open ``max_new_templates`` templates; the lines of texts that would open more (and fit no
+    template) are quarantined as ``template_flood`` with their raw bytes, whatever the partitioning, and the
+    next day has a budget of its own. Beyond the quarantine bound the day fails its gate, clearly."""
+    days = ("2008-11-09", "2008-11-10")
+    for d, day in enumerate(days):
+        good = [_hdfs_line(i) for i in range(300)]
+        garbage = [_garbage_line(1000 * d + i) for i in range(120)]
+        lines = good[:20] + [line for pair in zip(garbage, good[20:140]) for line in pair] + good[140:]
+        for root in (tmp_path / "p1", tmp_path / "p3"):
+            folder = root / "raw" / "hdfs" / f"dt={day}"
+            folder.mkdir(parents=True)
+            (folder / "day.log").write_bytes(b"".join(lines))
+    runs = {parts: [run_parse("hdfs", day, "hdfs", data_root=tmp_path / f"p{parts}", spark=spark, partitions=parts,
+                              max_new_templates=10, gate=False) for day in days] for parts in (1, 3)}
+    first, second = runs[3]
+    assert first.new_templates == 10 and second.new_templates <= 10
+    for m in (first, second):
+        assert m.quarantine_reasons == {TEMPLATE_FLOOD: m.flooded_texts} and m.flooded_texts >= 120 - 10
+        assert m.raw_lines == 420 == m.parsed + m.quarantined
+    for day in days:
+        frames = [(_frame(tmp_path / f"p{parts}", "parsed", "hdfs", day), _frame(tmp_path / f"p{parts}", "quarantine",
+                                                                              "hdfs", day)) for parts in (1, 3)]
+        for columns, i in ((["line_no", "template_id"], 0), (["line_no", "raw"], 1)):
+            one, three = (f[i][columns].sort_values("line_no").reset_index(drop=True) for f in frames)
+            pd.testing.assert_frame_equal(one, three)
+        parsed, flood = frames[1]
+        lines = (tmp_path / "p3" / "raw" / "hdfs" / f"dt={day}" / "day.log").read_bytes().splitlines(keepends=True)
+        assert all(lines[n - 1] == raw for n, raw in zip(flood["line_no"], flood["raw"]))
+        assert all(b"dfs.DataNode: " in raw and b"PacketResponder" not in raw for raw in flood["raw"])
+        assert flood["message"].str.contains("KRONE_MAX_NEW_TEMPLATES").all()
+        assert len(parsed) == 300 + 120 - len(flood)  # every real line kept
+    with pytest.raises(QualityGateError):
+        run_parse("hdfs", days[1], "hdfs", data_root=tmp_path / "p1", spark=spark, max_new_templates=10)
 
 
 def test_first_day_mines_with_the_formats_settings_and_later_days_keep_them(spark: Any, tmp_path: Path) -> None:
