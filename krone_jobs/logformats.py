@@ -715,13 +715,21 @@ def default_session_rule(format_name: str) -> SessionKeyRule:
 
 
 class LogReadError(Exception):
-    """A log file could not be read to its end (``kind``: ``truncated`` or ``corrupt`` compressed data)."""
+    """A log file could not be read to its end (``kind``: ``truncated`` or ``corrupt`` compressed data, or
+    ``unreadable``: the system refused it, e.g. permission denied, a link to a file that is gone, an I/O error)."""
 
-    def __init__(self, path: str, kind: Literal["truncated", "corrupt"], lines_read: int, detail: str) -> None:
-        super().__init__(f"{path}: {kind} compressed input after {lines_read} complete lines ({detail})")
+    def __init__(self, path: str, kind: Literal["truncated", "corrupt", "unreadable"], lines_read: int,
+                 detail: str) -> None:
+        what = "unreadable" if kind == "unreadable" else f"{kind} compressed input"
+        super().__init__(f"{path}: {what} after {lines_read} complete lines ({detail})")
         self.path = path
         self.kind = kind
         self.lines_read = lines_read
+
+    @property
+    def reason(self) -> str:
+        """The quarantine reason of the file's unread rest: ``gz_truncated``, ``gz_corrupt`` or ``unreadable``."""
+        return self.kind if self.kind == "unreadable" else f"gz_{self.kind}"
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -747,22 +755,26 @@ def iter_lines(
     :class:`OversizedLine` and the rest of it is skipped in 1 MiB reads. A truncated or corrupt .gz
     yields every complete line before the damage, then raises :class:`LogReadError`; the partial last
     line is dropped. A UTF-8 byte-order mark opening the file (Windows tools write one) is not part of the
-    first line.
+    first line. A file the system will not open or read raises :class:`LogReadError` (``unreadable``) too.
     """
     limit = max_bytes + 2
     line_no = 0
-    with open(path, "rb") as plain, contextlib.ExitStack() as stack:
-        stream: io.BufferedIOBase = plain
-        if plain.peek(2)[:2] == _GZIP_MAGIC:
-            stream = stack.enter_context(gzip.GzipFile(fileobj=plain))
-        try:
-            while chunk := stream.readline(limit):
-                raw = chunk if len(chunk) < limit or chunk.endswith(b"\n") else _skip_rest(stream, chunk)
-                line_no += 1
-                if line_no == 1 and isinstance(raw, bytes) and raw.startswith(_UTF8_BOM):
-                    raw = raw[len(_UTF8_BOM):]
-                yield line_no, raw
-        except EOFError as exc:
-            raise LogReadError(os.fspath(path), "truncated", line_no, str(exc)) from exc
-        except (zlib.error, gzip.BadGzipFile) as exc:
-            raise LogReadError(os.fspath(path), "corrupt", line_no, str(exc)) from exc
+    try:
+        with open(path, "rb") as plain, contextlib.ExitStack() as stack:
+            stream: io.BufferedIOBase = plain
+            if plain.peek(2)[:2] == _GZIP_MAGIC:
+                stream = stack.enter_context(gzip.GzipFile(fileobj=plain))
+            try:
+                while chunk := stream.readline(limit):
+                    raw = chunk if len(chunk) < limit or chunk.endswith(b"\n") else _skip_rest(stream, chunk)
+                    line_no += 1
+                    if line_no == 1 and isinstance(raw, bytes) and raw.startswith(_UTF8_BOM):
+                        raw = raw[len(_UTF8_BOM):]
+                    yield line_no, raw
+            except EOFError as exc:
+                raise LogReadError(os.fspath(path), "truncated", line_no, str(exc)) from exc
+            except (zlib.error, gzip.BadGzipFile) as exc:  # BadGzipFile is an OSError: caught first
+                raise LogReadError(os.fspath(path), "corrupt", line_no, str(exc)) from exc
+    except OSError as exc:  # cannot open or read: permission denied, a dangling link, an I/O error
+        raise LogReadError(os.fspath(path), "unreadable", line_no,
+                           f"{type(exc).__name__}: {exc.strerror or exc}") from exc

@@ -58,12 +58,14 @@ def raw_dir(root: Path, source: str, dt: str) -> Path:
 
 def _partition_files(root: Path, source: str, dt: str) -> list[Path]:
     """Every file under the raw partition, sub-folders included (``hour=13/`` as log shippers write them),
-    sorted by path; hidden and ``_``-prefixed names (``.staging/``, ``_SUCCESS``) are not data."""
+    sorted by path; hidden and ``_``-prefixed names (``.staging/``, ``_SUCCESS``) are not data. A link to a
+    file that is gone counts as a file: reading it fails, and the parse stage says so (``unreadable``)."""
     folder = raw_dir(root, source, dt)
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
+                  if (p.is_file() or (p.is_symlink() and not p.exists()))
+                  and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
 
 
 def raw_files(root: Path, source: str, dt: str) -> list[Path]:

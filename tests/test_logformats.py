@@ -607,7 +607,18 @@ def test_iter_lines_corrupt_gzip(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(LogReadError) as err:
         list(iter_lines(path))
-    assert err.value.kind == "corrupt"
+    assert err.value.kind == "corrupt" and err.value.reason == "gz_corrupt"
+
+
+def test_iter_lines_a_file_the_system_will_not_read_is_a_read_error(tmp_path: Path) -> None:
+    """A link to a file that is gone, a folder named like a log: one ``unreadable`` error, not a crash."""
+    (tmp_path / "gone.log").symlink_to(tmp_path / "rotated-away.log")
+    (tmp_path / "folder.log").mkdir()
+    for name, error in (("gone.log", "FileNotFoundError"), ("folder.log", "IsADirectoryError")):
+        with pytest.raises(LogReadError) as err:
+            list(iter_lines(tmp_path / name))
+        assert err.value.kind == "unreadable" and err.value.reason == "unreadable" and err.value.lines_read == 0
+        assert error in str(err.value)
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -98,8 +98,6 @@ STRIPE_LINES = 256
 BATCH_ROWS = 32_768
 NO_SESSION_KEY = "no_session_key"
 """Quarantine reason for a well-formed line that names no session (beyond logformats' reasons)."""
-READ_ERROR_PREFIX = "gz_"
-"""Quarantine reasons ``gz_truncated`` / ``gz_corrupt``: one record for the unreadable rest of a file."""
 TEMPLATE_FLOOD = "template_flood"
 """Quarantine reason for a line whose text fits no template after the day already opened
 ``max_new_templates`` new ones (see :func:`mine_texts`)."""
@@ -203,7 +201,8 @@ def session_keys(rule: SessionKeyRule) -> Callable[[ParsedLine], tuple[str, ...]
 
 
 def _stripe(unit: dict[str, Any], max_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line) of a unit's stripe of its file; raises ``LogReadError`` where the file is damaged."""
+    """(line number, raw line) of a unit's stripe of its file; raises ``LogReadError`` where the file is damaged
+    or unreadable."""
     part, parts = unit["part"], unit["parts"]
     for line_no, raw in iter_lines(unit["path"], max_bytes=max_bytes):
         if ((line_no - 1) // STRIPE_LINES) % parts == part:
@@ -227,13 +226,14 @@ class _UnitParser:
         self.counts: list[int] = []
 
     def _lines(self) -> Iterator[tuple[int, Any]]:
-        """This unit's stripe of the file; a damaged .gz ends it with one quarantine record (stripe 0 only)."""
+        """This unit's stripe of the file; a damaged .gz or a file the system will not read ends it with one
+        quarantine record (stripe 0 only)."""
         try:
             yield from _stripe(self.unit, self.max_bytes)
         except LogReadError as exc:
             if self.unit["part"] == 0:
                 self.raw_lines += 1
-                self.quarantined.append((exc.lines_read + 1, READ_ERROR_PREFIX + exc.kind, str(exc), b"", True))
+                self.quarantined.append((exc.lines_read + 1, exc.reason, str(exc), b"", True))
 
     def _rows(self) -> Iterator[list[tuple[Any, ...]]]:
         """Batches of parsed rows (``LINE_FIELDS`` + masked-text index)."""
@@ -357,12 +357,15 @@ def _write_flooded(unit: dict[str, Any], line_nos: list[int], max_bytes: int, me
     import pyarrow.parquet as pq
 
     wanted, last, raw = set(line_nos), max(line_nos), {}
-    for line_no, line in _stripe(unit, max_bytes):
-        if line_no in wanted:
-            raw[line_no] = line
-        if line_no >= last:
-            break
-    records = [(n, TEMPLATE_FLOOD, message, raw[n], False) for n in sorted(wanted)]
+    try:
+        for line_no, line in _stripe(unit, max_bytes):
+            if line_no in wanted:
+                raw[line_no] = line
+            if line_no >= last:
+                break
+    except LogReadError:  # the file went away since pass 1: the records keep file and line number
+        pass
+    records = [(n, TEMPLATE_FLOOD, message, raw.get(n, b""), n not in raw) for n in sorted(wanted)]
     schema = quarantine_schema()
     pq.write_table(pa.Table.from_batches([_record_batch(schema, unit["file"], QUARANTINE_FIELDS, records)]), path)
 

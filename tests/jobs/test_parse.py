@@ -129,19 +129,22 @@ def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path)
     (folder / "a.log").write_bytes(b"".join(good[:200] + list(HOSTILE.values()) + [latin1, *huge] + good[200:]))
     packed = gzip.compress(b"".join(_hdfs_line(i) for i in range(500, 700)), mtime=0)
     (folder / "b.log.gz").write_bytes(packed[: len(packed) - 200])  # truncated .gz
+    (folder / "c.log").symlink_to(tmp_path / "rotated-away.log")  # a link to a file that is gone
 
     m = run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, partitions=2)
 
-    expected = {reason: 1 for reason in HOSTILE} | {"gz_truncated": 1}
+    expected = {reason: 1 for reason in HOSTILE} | {"gz_truncated": 1, "unreadable": 1}
     assert m.quarantine_reasons == expected
     assert m.raw_lines == m.parsed + m.quarantined
-    gz_lines = m.raw_lines - 1 - len(good) - len(HOSTILE) - 1 - len(huge)
+    gz_lines = m.raw_lines - 2 - len(good) - len(HOSTILE) - 1 - len(huge)
     assert 0 < gz_lines < 200 and m.parsed == len(good) + 1 + len(huge) + gz_lines
     assert m.long_session_keys == len(huge)
     q = _frame(tmp_path, "quarantine", "hdfs", day).set_index("reason")
     assert q.loc["binary", "raw"].rstrip(b"\n") == HOSTILE["binary"].rstrip(b"\n")
     assert q.loc["oversized", "truncated"] and len(q.loc["oversized", "raw"]) <= 1024
     assert q.loc["gz_truncated", "file"] == f"raw/hdfs/dt={day}/b.log.gz"
+    assert q.loc["unreadable", "file"] == f"raw/hdfs/dt={day}/c.log" and q.loc["unreadable", "line_no"] == 1
+    assert "FileNotFoundError" in q.loc["unreadable", "message"]
     assert q.loc["no_session_key", "line_no"] == 206
     parsed = _frame(tmp_path, "parsed", "hdfs", day)
     assert set(parsed.loc[parsed["encoding"] == "latin-1", "content"]) == {"Receiving block blk_77 for café"}
