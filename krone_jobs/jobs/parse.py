@@ -4,15 +4,17 @@ Design: Spark schedules Python tasks; rows never pass through the JVM (its per-r
 than the parsing itself on two cores); each task reads and writes Parquet with pyarrow.
 
 1. **Work units.** Every raw file is cut into ``partitions`` interleaved stripes of :data:`STRIPE_LINES`
-   lines; a unit is (file, stripe) and runs as one Spark task, so one big ``.gz`` still keeps every core
-   busy (each task decompresses the file and skips the other stripes' lines, ~1 us/line). Files are read
-   with :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes.
-2. **Pass 1** (one task per unit): parse (:func:`~krone_jobs.logformats.parse_line`), session keys
+   lines; a unit is (file, stripe), so one big ``.gz`` still keeps every core busy (each stripe's reader
+   decompresses the file and skips the other stripes' lines, ~1 us/line). Units are cut, in file order, into
+   ``partitions`` groups of about equal bytes (:func:`group_units`); a group is one Spark task and one output
+   file, so thousands of small files make a few tasks, not thousands. Files are read with
+   :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes.
+2. **Pass 1** (one task per group): parse (:func:`~krone_jobs.logformats.parse_line`), session keys
    (a key longer than ``MAX_SESSION_KEY_CHARS`` is kept shortened, counted in ``long_session_keys``),
-   quarantine; mask the content with the miner's masks and give each distinct masked text a per-unit index.
-   Rows (with the index) and quarantine records go to the unit's own staging files; the task returns only
-   its dictionary (masked text, index, first line, count) and its line counts.
-3. **One miner** (driver): the distinct masked texts of all units, in order of first occurrence (file,
+   quarantine; mask the content with the miner's masks and give each distinct masked text a per-group index.
+   Rows (with the index) and quarantine records go to the group's own staging files; the task returns only
+   its dictionary (masked text, index, first file and line, count) and its line counts.
+3. **One miner** (driver): the distinct masked texts of all groups, in order of first occurrence (file,
    line), are mined once each into a :class:`TemplateStore` seeded with the source's state after the
    previous parsed day (a source's first day starts from its format's Drain settings,
    :attr:`~krone_jobs.logformats.LineFormat.miner`, which the state then carries). A repeat of an
@@ -21,8 +23,8 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    masked text is matched (match-only) against the final state; the state is saved as
    ``state/<source>/templates/dt=D.json``. A day may open ``max_new_templates`` templates; texts that would
    open more are refused (:func:`mine_texts`): a flood of unique text must not turn every line into a template.
-4. **Pass 2** (one task per unit): each unit's rows get their template id by index (``pyarrow.take``) and
-   are written as the unit's part file of the staged ``parsed/`` partition, which then replaces the old one;
+4. **Pass 2** (one task per group): each group's rows get their template id by index (``pyarrow.take``) and
+   are written as the group's part file of the staged ``parsed/`` partition, which then replaces the old one;
    the rows of refused texts become ``template_flood`` quarantine records, their raw lines read again.
 
 So a line's template id is a function of the day's miner state and the line's text only, never of the
@@ -105,9 +107,9 @@ TEMPLATE_FLOOD = "template_flood"
 LINE_FIELDS = ("line_no", "timestamp", "level", "component", "node", "content", "label", "encoding",
                "session_keys")
 QUARANTINE_FIELDS = ("line_no", "reason", "message", "raw", "truncated")
-REPORT_DDL = "unit int, kind string, masked string, midx int, first_line bigint, n bigint"
-"""Pass-1 results: ``dict`` rows (one per masked text of a unit), ``raw``, ``quarantined`` and
-``long_session_keys`` counts."""
+REPORT_DDL = "group int, kind string, masked string, midx int, first_file int, first_line bigint, n bigint"
+"""Pass-1 results: ``dict`` rows (one per masked text of a group, with its first file and line), ``raw``,
+``quarantined`` and ``long_session_keys`` counts."""
 
 
 class ReconciliationError(RuntimeError):
@@ -173,7 +175,7 @@ def quarantine_schema() -> pa.Schema:
 
 
 def _staging_schema() -> pa.Schema:
-    """Parsed rows before their template id is known: the per-unit masked-text index instead."""
+    """Parsed rows before their template id is known: the group's masked-text index instead."""
     import pyarrow as pa
 
     return parsed_schema().remove(parsed_schema().get_field_index("template_id")).append(pa.field("midx", pa.int32()))
@@ -209,11 +211,12 @@ def _stripe(unit: dict[str, Any], max_bytes: int) -> Iterator[tuple[int, bytes]]
             yield line_no, raw
 
 
-class _UnitParser:
-    """Pass 1 for one unit: parse, key, quarantine and mask its stripe of one file (see the module docstring)."""
+class _GroupParser:
+    """Pass 1 for one group of units (stripes of files, in file order): parse, key, quarantine and mask them,
+    with one dictionary of masked texts for the group (see the module docstring)."""
 
-    def __init__(self, unit: dict[str, Any], fmt: LineFormat, miner: MinerSettings, max_bytes: int) -> None:
-        self.unit = unit
+    def __init__(self, group: dict[str, Any], fmt: LineFormat, miner: MinerSettings, max_bytes: int) -> None:
+        self.group = group
         self.fmt = fmt
         self.keys = session_keys(fmt.session.make())
         self.mask = masker(miner)
@@ -222,33 +225,37 @@ class _UnitParser:
         self.long_keys = 0
         self.quarantined: list[tuple[Any, ...]] = []
         self.index: dict[str, int] = {}
-        self.first: list[int] = []
+        self.first: list[tuple[int, int]] = []
         self.counts: list[int] = []
 
-    def _lines(self) -> Iterator[tuple[int, Any]]:
-        """This unit's stripe of the file; a damaged .gz or a file the system will not read ends it with one
-        quarantine record (stripe 0 only)."""
-        try:
-            yield from _stripe(self.unit, self.max_bytes)
-        except LogReadError as exc:
-            if self.unit["part"] == 0:
-                self.raw_lines += 1
-                self.quarantined.append((exc.lines_read + 1, exc.reason, str(exc), b"", True))
+    def _lines(self) -> Iterator[tuple[dict[str, Any], int, Any]]:
+        """(unit, line number, raw line) of the group's stripes; a damaged .gz or a file the system will not read
+        ends its stripe with one quarantine record (stripe 0 only)."""
+        for unit in self.group["units"]:
+            try:
+                for line_no, raw in _stripe(unit, self.max_bytes):
+                    yield unit, line_no, raw
+            except LogReadError as exc:
+                if unit["part"] == 0:
+                    self.raw_lines += 1
+                    self.quarantined.append((unit["file"], exc.lines_read + 1, exc.reason, str(exc), b"", True))
 
     def _rows(self) -> Iterator[list[tuple[Any, ...]]]:
         """Batches of parsed rows (``LINE_FIELDS`` + masked-text index)."""
         rows: list[tuple[Any, ...]] = []
         fmt, keys, mask, max_bytes = self.fmt, self.keys, self.mask, self.max_bytes
         index, first, counts, quarantined = self.index, self.first, self.counts, self.quarantined
-        for line_no, raw in self._lines():
+        for unit, line_no, raw in self._lines():
+            file = unit["file"]
             self.raw_lines += 1
             parsed = parse_line(raw, fmt, max_bytes=max_bytes)
             if not isinstance(parsed, ParsedLine):
-                quarantined.append((line_no, str(parsed.reason), parsed.message, parsed.raw, parsed.truncated))
+                quarantined.append((file, line_no, str(parsed.reason), parsed.message, parsed.raw, parsed.truncated))
                 continue
             found = keys(parsed)
             if not found:
-                quarantined.append((line_no, NO_SESSION_KEY, f"no session key for format {fmt.name!r}", raw, False))
+                quarantined.append((file, line_no, NO_SESSION_KEY, f"no session key for format {fmt.name!r}", raw,
+                                    False))
                 continue
             if max(map(len, found)) > MAX_SESSION_KEY_CHARS:
                 found = tuple(dict.fromkeys(map(bounded_session_key, found)))
@@ -257,11 +264,11 @@ class _UnitParser:
             midx = index.get(masked)
             if midx is None:
                 midx = index[masked] = len(counts)
-                first.append(line_no)
+                first.append((unit["file_index"], line_no))
                 counts.append(0)
             counts[midx] += 1
-            rows.append((line_no, parsed.timestamp, parsed.level, parsed.component, parsed.node, parsed.content,
-                         parsed.label, parsed.encoding, list(found), midx))
+            rows.append((file, line_no, parsed.timestamp, parsed.level, parsed.component, parsed.node,
+                         parsed.content, parsed.label, parsed.encoding, list(found), midx))
             if len(rows) >= BATCH_ROWS:
                 yield rows
                 rows = []
@@ -269,37 +276,72 @@ class _UnitParser:
             yield rows
 
     def run(self, staging: Path) -> pa.RecordBatch:
-        """Write the unit's staging files; return its dictionary and counts (``REPORT_DDL``)."""
+        """Write the group's staging files; return its dictionary and counts (``REPORT_DDL``)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        unit = self.unit["unit"]
+        group = self.group["group"]
         schema = _staging_schema()
-        with pq.ParquetWriter(staging / f"lines-{unit:05d}.parquet", schema) as writer:
+        with pq.ParquetWriter(staging / f"lines-{group:05d}.parquet", schema) as writer:
             for rows in self._rows():
-                writer.write_batch(_record_batch(schema, self.unit["file"], (*LINE_FIELDS, "midx"), rows))
+                writer.write_batch(_record_batch(schema, ("file", *LINE_FIELDS, "midx"), rows))
         if self.quarantined:
-            qs = quarantine_schema()
-            pq.write_table(pa.Table.from_batches([_record_batch(qs, self.unit["file"], QUARANTINE_FIELDS,
-                                                                self.quarantined)]),
-                           staging / f"quarantine-{unit:05d}.parquet")
+            _write_quarantine(self.quarantined, staging / f"quarantine-{group:05d}.parquet")
         nd = len(self.counts)
         return pa.RecordBatch.from_pydict(
-            {"unit": [unit] * (nd + 3), "kind": ["dict"] * nd + ["raw", "quarantined", "long_session_keys"],
+            {"group": [group] * (nd + 3), "kind": ["dict"] * nd + ["raw", "quarantined", "long_session_keys"],
              "masked": [*self.index, None, None, None], "midx": [*range(nd), None, None, None],
-             "first_line": [*self.first, None, None, None],
+             "first_file": [f for f, _ in self.first] + [None] * 3,
+             "first_line": [n for _, n in self.first] + [None] * 3,
              "n": [*self.counts, self.raw_lines, len(self.quarantined), self.long_keys]},
-            schema=pa.schema([("unit", pa.int32()), ("kind", pa.string()), ("masked", pa.string()),
-                              ("midx", pa.int32()), ("first_line", pa.int64()), ("n", pa.int64())]),
+            schema=pa.schema([("group", pa.int32()), ("kind", pa.string()), ("masked", pa.string()),
+                              ("midx", pa.int32()), ("first_file", pa.int32()), ("first_line", pa.int64()),
+                              ("n", pa.int64())]),
         )
 
 
-def _record_batch(schema: pa.Schema, file: str, names: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> pa.RecordBatch:
+def _record_batch(schema: pa.Schema, names: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> pa.RecordBatch:
     import pyarrow as pa
 
     columns = dict(zip(names, zip(*rows)))
-    columns["file"] = (file,) * len(rows)
     return pa.RecordBatch.from_arrays([pa.array(columns[f.name], f.type) for f in schema], schema=schema)
+
+
+def _write_quarantine(records: Sequence[tuple[Any, ...]], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = quarantine_schema()
+    pq.write_table(pa.Table.from_batches([_record_batch(schema, ("file", *QUARANTINE_FIELDS), records)]), path)
+
+
+def group_units(units: Sequence[dict[str, Any]], sizes: Sequence[int], groups: int) -> list[list[dict[str, Any]]]:
+    """Cut ``units`` (in order) into at most ``groups`` runs of about equal estimated bytes (``sizes``).
+
+    One Spark task per group, not per unit: a day of thousands of small files (a log shipper's file per host
+    and hour) made a task and an output file per file stripe (2,000 files of 10 lines: 4,000 tasks a pass,
+    45x slower than the same lines in one file, and 4,000 tiny Parquet files for every later stage)."""
+    total = sum(sizes) + len(sizes)  # + 1 a unit: empty files still spread
+    out: list[list[dict[str, Any]]] = []
+    done = 0
+    for unit, size in zip(units, sizes):
+        if not out or (done >= total * len(out) / groups and len(out) < groups):
+            out.append([])
+        out[-1].append(unit)
+        done += size + 1
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # unreadable: pass 1 says so
+        return 0
+
+
+def _one_per_task(spark: SparkSession, rows: list[dict[str, Any]], schema: str) -> DataFrame:
+    """A frame of ``rows`` with exactly one row per partition (each row is one task's work)."""
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, max(len(rows), 1)), schema)
 
 
 def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str) -> Callable[..., Iterator[pa.RecordBatch]]:
@@ -308,15 +350,16 @@ def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str)
     def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         settings_ = MinerSettings.from_dict(miner)
         for batch in batches:
-            for unit in batch.to_pylist():
-                yield _UnitParser(unit, fmt, settings_, max_bytes).run(Path(staging))
+            for group in batch.to_pylist():
+                yield _GroupParser(group, fmt, settings_, max_bytes).run(Path(staging))
 
     return run
 
 
 # ------------------------------------------------------------------------------------------ pass 2
-PASS2_DDL = "unit int, path string, file string, part int, parts int, template_ids array<string>"
-"""Pass-2 work: a unit and its template id per masked-text index (null: the text's lines are quarantined)."""
+UNITS_DDL = "units array<struct<file_index:int,path:string,file:string,part:int,parts:int>>"
+PASS2_DDL = f"group int, {UNITS_DDL}, template_ids array<string>"
+"""Pass-2 work: a group and its template id per masked-text index (null: the text's lines are quarantined)."""
 
 
 def _pass2(staging: str, out: str, max_bytes: int, flood_message: str) -> Callable[..., Iterator[pa.RecordBatch]]:
@@ -327,47 +370,53 @@ def _pass2(staging: str, out: str, max_bytes: int, flood_message: str) -> Callab
 
         schema = parsed_schema()
         for batch in batches:
-            for unit in batch.to_pylist():
-                tids = pa.array(unit["template_ids"], pa.string())
+            for group in batch.to_pylist():
+                tids = pa.array(group["template_ids"], pa.string())
                 rows, flooded = 0, []
-                source = pq.ParquetFile(Path(staging) / f"lines-{unit['unit']:05d}.parquet")
-                with pq.ParquetWriter(Path(out) / f"part-{unit['unit']:05d}.parquet", schema) as writer:
+                source = pq.ParquetFile(Path(staging) / f"lines-{group['group']:05d}.parquet")
+                with pq.ParquetWriter(Path(out) / f"part-{group['group']:05d}.parquet", schema) as writer:
                     for part in source.iter_batches(batch_size=BATCH_ROWS):
                         ids = tids.take(part.column("midx"))
                         part = pa.RecordBatch.from_arrays(
                             [part.column(n) if n != "template_id" else ids for n in schema.names], schema=schema)
                         if ids.null_count:
-                            flooded += part.filter(pc.is_null(ids)).column("line_no").to_pylist()
+                            hit = part.filter(pc.is_null(ids))
+                            flooded += zip(hit.column("file").to_pylist(), hit.column("line_no").to_pylist())
                             part = part.filter(pc.is_valid(ids))
                         writer.write_batch(part)
                         rows += part.num_rows
                 if flooded:
-                    _write_flooded(unit, flooded, max_bytes, flood_message,
-                                   Path(staging) / f"quarantine-{unit['unit']:05d}-flood.parquet")
-                yield pa.RecordBatch.from_pydict({"unit": [unit["unit"]], "rows": [rows]},
-                                                 schema=pa.schema([("unit", pa.int32()), ("rows", pa.int64())]))
+                    records = _flooded_records(group["units"], flooded, max_bytes, flood_message)
+                    _write_quarantine(records, Path(staging) / f"quarantine-{group['group']:05d}-flood.parquet")
+                yield pa.RecordBatch.from_pydict({"group": [group["group"]], "rows": [rows]},
+                                                 schema=pa.schema([("group", pa.int32()), ("rows", pa.int64())]))
 
     return run
 
 
-def _write_flooded(unit: dict[str, Any], line_nos: list[int], max_bytes: int, message: str, path: Path) -> None:
-    """Quarantine records of a unit's ``template_flood`` lines, with their raw bytes read again from the file
-    (they were read whole in pass 1, so the read stops at the last of them, before any damage)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    wanted, last, raw = set(line_nos), max(line_nos), {}
-    try:
-        for line_no, line in _stripe(unit, max_bytes):
-            if line_no in wanted:
-                raw[line_no] = line
-            if line_no >= last:
-                break
-    except LogReadError:  # the file went away since pass 1: the records keep file and line number
-        pass
-    records = [(n, TEMPLATE_FLOOD, message, raw.get(n, b""), n not in raw) for n in sorted(wanted)]
-    schema = quarantine_schema()
-    pq.write_table(pa.Table.from_batches([_record_batch(schema, unit["file"], QUARANTINE_FIELDS, records)]), path)
+def _flooded_records(units: Sequence[dict[str, Any]], lines: Sequence[tuple[str, int]], max_bytes: int,
+                     message: str) -> list[tuple[Any, ...]]:
+    """Quarantine records of ``template_flood`` lines (file, line number), with their raw bytes read again from
+    their files (they were read whole in pass 1, so each read stops at the last of them, before any damage)."""
+    wanted: dict[str, set[int]] = {}
+    for file, line_no in lines:
+        wanted.setdefault(file, set()).add(line_no)
+    raw: dict[tuple[str, int], bytes] = {}
+    for unit in units:
+        mine = {n for n in wanted.get(unit["file"], ()) if ((n - 1) // STRIPE_LINES) % unit["parts"] == unit["part"]}
+        if not mine:
+            continue
+        last = max(mine)
+        try:
+            for line_no, line in _stripe(unit, max_bytes):
+                if line_no in mine:
+                    raw[unit["file"], line_no] = line
+                if line_no >= last:
+                    break
+        except LogReadError:  # the file went away since pass 1: the records keep file and line number
+            pass
+    return [(file, n, TEMPLATE_FLOOD, message, raw.get((file, n), b""), (file, n) not in raw)
+            for file, n in sorted(lines)]
 
 
 # ------------------------------------------------------------------------------------------ mining
@@ -549,31 +598,32 @@ def run_parse(
     store = TemplateStore.from_json(seed) if seed else TemplateStore(fmt.miner)
     parsed_dir = partition_dir(root, "parsed", source, date)
     quarantine_dir = partition_dir(root, "quarantine", source, date)
-    units = [(i * parts + part, str(path.resolve()), path.relative_to(root).as_posix(), part, parts)
-             for i, path in enumerate(files) for part in range(parts)]
+    units = [{"file_index": i, "path": str(path.resolve()), "file": path.relative_to(root).as_posix(),
+              "part": part, "parts": parts} for i, path in enumerate(files) for part in range(parts)]
+    sizes = [_size(path) // parts for path in files for _ in range(parts)]
+    groups = [{"group": g, "units": us} for g, us in enumerate(group_units(units, sizes, parts))]
 
     staging, parsed_out, quarantine_out = temp_dir_for(parsed_dir), temp_dir_for(parsed_dir), temp_dir_for(quarantine_dir)
     try:
         staging.mkdir(parents=True)
         parsed_out.mkdir()
-        unit_df = spark.sparkContext.parallelize(units, max(len(units), 1)).toDF(
-            "unit int, path string, file string, part int, parts int")
+        group_df = _one_per_task(spark, groups, f"group int, {UNITS_DDL}")
         steps = {"setup": time.perf_counter() - t0}
-        reports = unit_df.mapInArrow(
+        reports = group_df.mapInArrow(
             _pass1(fmt, asdict(store.settings), max_line_bytes, str(staging)), REPORT_DDL).collect()
         steps["pass1"] = time.perf_counter() - t0 - sum(steps.values())
 
         # one miner: distinct masked texts in order of first occurrence (file, line)
         first: dict[str, tuple[int, int]] = {}
         counts: Counter[str] = Counter()
-        by_unit: dict[int, dict[int, str]] = {u[0]: {} for u in units}
+        by_group: dict[int, dict[int, str]] = {g["group"]: {} for g in groups}
         totals: Counter[str] = Counter()
         for r in reports:
             if r["kind"] == "dict":
-                at = (r["unit"] // parts, r["first_line"])
+                at = (r["first_file"], r["first_line"])
                 first[r["masked"]] = min(first.get(r["masked"], at), at)
                 counts[r["masked"]] += r["n"]
-                by_unit[r["unit"]][r["midx"]] = r["masked"]
+                by_group[r["group"]][r["midx"]] = r["masked"]
             else:
                 totals[r["kind"]] += r["n"]
         ids, flooded = mine_texts(store, sorted(first, key=first.__getitem__), max_new)
@@ -583,12 +633,12 @@ def run_parse(
                         "as %s", source, date, len(flooded), sum(counts[t] for t in flooded), max_new, TEMPLATE_FLOOD)
 
         steps["mine"] = time.perf_counter() - t0 - sum(steps.values())
-        second = [(*u, [mapping.get(m) for _, m in sorted(by_unit[u[0]].items())]) for u in units]
+        second = [{**g, "template_ids": [mapping.get(m) for _, m in sorted(by_group[g["group"]].items())]}
+                  for g in groups]
         flood_message = (f"opens a new template after this day opened {max_new} (KRONE_MAX_NEW_TEMPLATES): "
                          "unique text the masks miss")
-        written = spark.sparkContext.parallelize(second, max(len(second), 1)).toDF(PASS2_DDL) \
-            .mapInArrow(_pass2(str(staging), str(parsed_out), max_line_bytes, flood_message),
-                        "unit int, rows bigint").collect()
+        written = _one_per_task(spark, second, PASS2_DDL).mapInArrow(
+            _pass2(str(staging), str(parsed_out), max_line_bytes, flood_message), "group int, rows bigint").collect()
         if not units:
             pq.write_table(parsed_schema().empty_table(), parsed_out / "part-00000.parquet")
         reasons = _finish_quarantine(staging, quarantine_out)

@@ -18,6 +18,7 @@ from krone_jobs.jobs.parse import (
     ORPHAN_MESSAGE,
     TEMPLATE_FLOOD,
     NoLogFilesError,
+    group_units,
     latest_templates,
     orphan_continuations,
     run_parse,
@@ -153,6 +154,37 @@ def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path)
     assert max(map(len, keys)) == MAX_SESSION_KEY_CHARS
     one, two = (bounded_session_key("blk_" + "7" * 2999 + last) for last in "12")
     assert Counter(k for k in keys if k.startswith("blk_777")) == {one: 2, two: 1}
+
+
+def test_units_are_cut_into_runs_of_about_equal_bytes() -> None:
+    units = [{"u": i} for i in range(10)]
+    runs = group_units(units, [100, 0, 0, 0, 0, 100, 100, 0, 0, 100], 2)
+    assert [u for run in runs for u in run] == units and len(runs) == 2
+    assert [sum(u["u"] in (0, 5, 6, 9) for u in run) for run in runs] == [2, 2]
+    assert group_units(units, [0] * 10, 4) == [units[0:3], units[3:5], units[5:8], units[8:10]]
+    assert group_units(units[:1], [5], 8) == [units[:1]] and group_units([], [], 2) == []
+
+
+def test_many_small_files_make_few_tasks_and_files_and_the_same_ids(spark: Any, tmp_path: Path) -> None:
+    """300 files of a few lines (a shipper's file per host and hour) are parsed in ``partitions`` tasks into
+    as many part files, with the ids the same lines get in one file."""
+    day = "2008-11-09"
+    lines = [_hdfs_line(i) for i in range(900)]
+    many, one = tmp_path / "many" / "raw" / "hdfs" / f"dt={day}", tmp_path / "one" / "raw" / "hdfs" / f"dt={day}"
+    for i in range(300):
+        folder = many / f"host={i % 30:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"h{i // 30:02d}.log").write_bytes(b"".join(lines[3 * i:3 * i + 3]))
+    one.mkdir(parents=True)
+    (one / "all.log").write_bytes(b"".join(path.read_bytes() for path in sorted(many.rglob("*.log"))))
+    runs = {name: run_parse("hdfs", day, "hdfs", data_root=tmp_path / name, spark=spark, partitions=2, gate=False)
+            for name in ("many", "one")}
+    assert runs["many"].files == 300 and runs["many"].parsed == runs["one"].parsed == 900
+    folder = partition_dir(tmp_path / "many", "parsed", "hdfs", day)
+    assert len(list(folder.glob("*.parquet"))) == 2
+    ids = {name: _frame(tmp_path / name, "parsed", "hdfs", day).set_index("content")["template_id"].to_dict()
+           for name in runs}
+    assert ids["many"] == ids["one"]
 
 
 def _garbage_line(i: int) -> bytes:
