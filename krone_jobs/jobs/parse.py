@@ -9,7 +9,8 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    ``partitions`` groups of about equal bytes (:func:`group_units`); a group is one Spark task and one output
    file, so thousands of small files make a few tasks, not thousands. Files are read with
    :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes.
-2. **Pass 1** (one task per group): parse (:func:`~krone_jobs.logformats.parse_line`), session keys
+2. **Pass 1** (one task per group): parse (:func:`~krone_jobs.logformats.parse_line`; a line stamped more
+   than :data:`CLOCK_SLACK` past its partition's day is quarantined as ``future_timestamp``), session keys
    (a key longer than ``MAX_SESSION_KEY_CHARS`` is kept shortened, counted in ``long_session_keys``),
    quarantine; mask the content with the miner's masks and give each distinct masked text a per-group index.
    Rows (with the index) and quarantine records go to the group's own staging files; the task returns only
@@ -53,6 +54,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +102,13 @@ STRIPE_LINES = 256
 BATCH_ROWS = 32_768
 NO_SESSION_KEY = "no_session_key"
 """Quarantine reason for a well-formed line that names no session (beyond logformats' reasons)."""
+FUTURE_TIMESTAMP = "future_timestamp"
+"""Quarantine reason for a line stamped after the day that follows its partition's day: a wrong clock (a time
+zone explains hours, not days). One line stamped 2049 became sessionize's "end of the day", which then
+closed every session crossing midnight as two halves, that day and, carried over as open, every day after."""
+CLOCK_SLACK = timedelta(days=1)
+"""How far past the end of its partition's day a line may be stamped (Thunderbird's UTC clock runs 8 h
+ahead of its partition days)."""
 TEMPLATE_FLOOD = "template_flood"
 """Quarantine reason for a line whose text fits no template after the day already opened
 ``max_new_templates`` new ones (see :func:`mine_texts`)."""
@@ -215,8 +224,10 @@ class _GroupParser:
     """Pass 1 for one group of units (stripes of files, in file order): parse, key, quarantine and mask them,
     with one dictionary of masked texts for the group (see the module docstring)."""
 
-    def __init__(self, group: dict[str, Any], fmt: LineFormat, miner: MinerSettings, max_bytes: int) -> None:
+    def __init__(self, group: dict[str, Any], fmt: LineFormat, miner: MinerSettings, max_bytes: int,
+                 latest: datetime) -> None:
         self.group = group
+        self.latest = latest
         self.fmt = fmt
         self.keys = session_keys(fmt.session.make())
         self.mask = masker(miner)
@@ -243,7 +254,7 @@ class _GroupParser:
     def _rows(self) -> Iterator[list[tuple[Any, ...]]]:
         """Batches of parsed rows (``LINE_FIELDS`` + masked-text index)."""
         rows: list[tuple[Any, ...]] = []
-        fmt, keys, mask, max_bytes = self.fmt, self.keys, self.mask, self.max_bytes
+        fmt, keys, mask, max_bytes, latest = self.fmt, self.keys, self.mask, self.max_bytes, self.latest
         index, first, counts, quarantined = self.index, self.first, self.counts, self.quarantined
         for unit, line_no, raw in self._lines():
             file = unit["file"]
@@ -251,6 +262,10 @@ class _GroupParser:
             parsed = parse_line(raw, fmt, max_bytes=max_bytes)
             if not isinstance(parsed, ParsedLine):
                 quarantined.append((file, line_no, str(parsed.reason), parsed.message, parsed.raw, parsed.truncated))
+                continue
+            if parsed.timestamp is not None and parsed.timestamp >= latest:
+                quarantined.append((file, line_no, FUTURE_TIMESTAMP, f"stamped {parsed.timestamp.isoformat()}, after "
+                                    f"{latest.isoformat()}: a wrong clock", raw, False))
                 continue
             found = keys(parsed)
             if not found:
@@ -344,14 +359,16 @@ def _one_per_task(spark: SparkSession, rows: list[dict[str, Any]], schema: str) 
     return spark.createDataFrame(spark.sparkContext.parallelize(rows, max(len(rows), 1)), schema)
 
 
-def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str) -> Callable[..., Iterator[pa.RecordBatch]]:
+def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str,
+           date: str) -> Callable[..., Iterator[pa.RecordBatch]]:
     """The format itself travels to the executors (a user format's file need not be readable there)."""
+    latest = datetime.fromisoformat(date) + timedelta(days=1) + CLOCK_SLACK
 
     def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         settings_ = MinerSettings.from_dict(miner)
         for batch in batches:
             for group in batch.to_pylist():
-                yield _GroupParser(group, fmt, settings_, max_bytes).run(Path(staging))
+                yield _GroupParser(group, fmt, settings_, max_bytes, latest).run(Path(staging))
 
     return run
 
@@ -610,7 +627,7 @@ def run_parse(
         group_df = _one_per_task(spark, groups, f"group int, {UNITS_DDL}")
         steps = {"setup": time.perf_counter() - t0}
         reports = group_df.mapInArrow(
-            _pass1(fmt, asdict(store.settings), max_line_bytes, str(staging)), REPORT_DDL).collect()
+            _pass1(fmt, asdict(store.settings), max_line_bytes, str(staging), date), REPORT_DDL).collect()
         steps["pass1"] = time.perf_counter() - t0 - sum(steps.values())
 
         # one miner: distinct masked texts in order of first occurrence (file, line)

@@ -115,6 +115,7 @@ HOSTILE = {
     "bad_timestamp": b"081399 256199 148 INFO dfs.DataNode: Receiving block blk_9\n",
     "no_session_key": b"081109 203615 148 INFO dfs.DataNode: Starting thread pool\n",
     "empty": b"\r\n",
+    "future_timestamp": b"491231 235959 148 INFO dfs.DataNode: Receiving block blk_10\n",  # a clock 41 years ahead
 }
 
 

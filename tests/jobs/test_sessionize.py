@@ -177,3 +177,25 @@ def test_a_huge_session_is_emitted_in_pieces_not_gathered_into_one_row(
     assert (m.sessions, m.split_sessions) == (3, 1)
     got = _sessions(tmp_path, "tb", (day1,))
     assert list(got.sort_values("session_id")["session_id"]) == [f"n1#{epoch(t)}~{k}" for k in range(3)]
+
+
+def test_a_line_stamped_years_ahead_does_not_close_the_sessions_crossing_midnight(spark: Any, tmp_path: Path) -> None:
+    """A block crossing midnight is emitted whole on day 2 although day 1 holds a line stamped 2049 (a wrong
+    clock). That line used to be day 1's "end of the day", so the block closed as two halves, and, carried
+    as open, it did the same to every later day; now parse quarantines it (``future_timestamp``)."""
+    day1, day2 = "2008-11-09", "2008-11-10"
+    rows = [(datetime(2008, 11, 9, 23, 50) + timedelta(minutes=5 * i), "blk_7") for i in range(4)]  # to 00:05
+    rows += [(datetime(2008, 11, 9, 12, 0), "blk_8"), (datetime(2008, 11, 10, 12, 0), "blk_9")]
+    for day in (day1, day2):
+        folder = tmp_path / "raw" / "hdfs" / f"dt={day}"
+        folder.mkdir(parents=True)
+        lines = [_hdfs_line(at, blk) for at, blk in sorted(rows) if at.date().isoformat() == day]
+        if day == day1:
+            lines.append(_hdfs_line(datetime(2049, 12, 31, 23, 59), "blk_10"))
+        (folder / "a.log").write_text("".join(f"{line}\n" for line in lines))
+        assert run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, gate=False).quarantine_reasons == (
+            {"future_timestamp": 1} if day == day1 else {})
+    runs = [run_sessionize("hdfs", day, data_root=tmp_path, spark=spark, gate=False) for day in (day1, day2)]
+    assert [(m.sessions, m.open_sessions) for m in runs] == [(1, 1), (2, 0)]
+    got = _sessions(tmp_path, "hdfs", (day1, day2))
+    assert dict(zip(got["session_id"], got["n_events"])) == {"blk_8": 1, "blk_7": 4, "blk_9": 1}
