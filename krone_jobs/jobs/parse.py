@@ -100,6 +100,9 @@ log = logging.getLogger(__name__)
 STRIPE_LINES = 256
 """Lines per stripe: small enough that even a test file of a few hundred lines spreads over the units."""
 BATCH_ROWS = 32_768
+QUARANTINE_BATCH = 1_024
+"""Quarantine records a task holds before writing them (each keeps up to a 64 KiB raw line): a day of
+millions of bad lines (a 300 MB core dump named ``.log``: 1.2M lines) used to be held whole in memory."""
 NO_SESSION_KEY = "no_session_key"
 """Quarantine reason for a well-formed line that names no session (beyond logformats' reasons)."""
 FUTURE_TIMESTAMP = "future_timestamp"
@@ -234,7 +237,10 @@ class _GroupParser:
         self.max_bytes = max_bytes
         self.raw_lines = 0
         self.long_keys = 0
-        self.quarantined: list[tuple[Any, ...]] = []
+        self.quarantined: list[tuple[Any, ...]] = []  # not yet written
+        self.n_quarantined = 0
+        self.quarantine_path: Path | None = None
+        self.quarantine_writer: Any = None
         self.index: dict[str, int] = {}
         self.first: list[tuple[int, int]] = []
         self.counts: list[int] = []
@@ -249,28 +255,44 @@ class _GroupParser:
             except LogReadError as exc:
                 if unit["part"] == 0:
                     self.raw_lines += 1
-                    self.quarantined.append((unit["file"], exc.lines_read + 1, exc.reason, str(exc), b"", True))
+                    self._quarantine((unit["file"], exc.lines_read + 1, exc.reason, str(exc), b"", True))
+
+    def _quarantine(self, record: tuple[Any, ...]) -> None:
+        self.quarantined.append(record)
+        if len(self.quarantined) >= QUARANTINE_BATCH:
+            self._flush_quarantine()
+
+    def _flush_quarantine(self) -> None:
+        import pyarrow.parquet as pq
+
+        if not self.quarantined:
+            return
+        schema = quarantine_schema()
+        if self.quarantine_writer is None:
+            self.quarantine_writer = pq.ParquetWriter(self.quarantine_path, schema)
+        self.quarantine_writer.write_batch(_record_batch(schema, ("file", *QUARANTINE_FIELDS), self.quarantined))
+        self.n_quarantined += len(self.quarantined)
+        self.quarantined = []
 
     def _rows(self) -> Iterator[list[tuple[Any, ...]]]:
         """Batches of parsed rows (``LINE_FIELDS`` + masked-text index)."""
         rows: list[tuple[Any, ...]] = []
         fmt, keys, mask, max_bytes, latest = self.fmt, self.keys, self.mask, self.max_bytes, self.latest
-        index, first, counts, quarantined = self.index, self.first, self.counts, self.quarantined
+        index, first, counts, quarantine = self.index, self.first, self.counts, self._quarantine
         for unit, line_no, raw in self._lines():
             file = unit["file"]
             self.raw_lines += 1
             parsed = parse_line(raw, fmt, max_bytes=max_bytes)
             if not isinstance(parsed, ParsedLine):
-                quarantined.append((file, line_no, str(parsed.reason), parsed.message, parsed.raw, parsed.truncated))
+                quarantine((file, line_no, str(parsed.reason), parsed.message, parsed.raw, parsed.truncated))
                 continue
             if parsed.timestamp is not None and parsed.timestamp >= latest:
-                quarantined.append((file, line_no, FUTURE_TIMESTAMP, f"stamped {parsed.timestamp.isoformat()}, after "
-                                    f"{latest.isoformat()}: a wrong clock", raw, False))
+                quarantine((file, line_no, FUTURE_TIMESTAMP, f"stamped {parsed.timestamp.isoformat()}, after "
+                            f"{latest.isoformat()}: a wrong clock", raw, False))
                 continue
             found = keys(parsed)
             if not found:
-                quarantined.append((file, line_no, NO_SESSION_KEY, f"no session key for format {fmt.name!r}", raw,
-                                    False))
+                quarantine((file, line_no, NO_SESSION_KEY, f"no session key for format {fmt.name!r}", raw, False))
                 continue
             if max(map(len, found)) > MAX_SESSION_KEY_CHARS:
                 found = tuple(dict.fromkeys(map(bounded_session_key, found)))
@@ -297,18 +319,22 @@ class _GroupParser:
 
         group = self.group["group"]
         schema = _staging_schema()
-        with pq.ParquetWriter(staging / f"lines-{group:05d}.parquet", schema) as writer:
-            for rows in self._rows():
-                writer.write_batch(_record_batch(schema, ("file", *LINE_FIELDS, "midx"), rows))
-        if self.quarantined:
-            _write_quarantine(self.quarantined, staging / f"quarantine-{group:05d}.parquet")
+        self.quarantine_path = staging / f"quarantine-{group:05d}.parquet"
+        try:
+            with pq.ParquetWriter(staging / f"lines-{group:05d}.parquet", schema) as writer:
+                for rows in self._rows():
+                    writer.write_batch(_record_batch(schema, ("file", *LINE_FIELDS, "midx"), rows))
+            self._flush_quarantine()
+        finally:
+            if self.quarantine_writer is not None:
+                self.quarantine_writer.close()
         nd = len(self.counts)
         return pa.RecordBatch.from_pydict(
             {"group": [group] * (nd + 3), "kind": ["dict"] * nd + ["raw", "quarantined", "long_session_keys"],
              "masked": [*self.index, None, None, None], "midx": [*range(nd), None, None, None],
              "first_file": [f for f, _ in self.first] + [None] * 3,
              "first_line": [n for _, n in self.first] + [None] * 3,
-             "n": [*self.counts, self.raw_lines, len(self.quarantined), self.long_keys]},
+             "n": [*self.counts, self.raw_lines, self.n_quarantined, self.long_keys]},
             schema=pa.schema([("group", pa.int32()), ("kind", pa.string()), ("masked", pa.string()),
                               ("midx", pa.int32()), ("first_file", pa.int32()), ("first_line", pa.int64()),
                               ("n", pa.int64())]),
@@ -524,6 +550,11 @@ def orphan_continuations(rows: Iterable[tuple[str, int, str]]) -> set[tuple[str,
     return orphans
 
 
+def _counts(column: Any) -> dict[str, int]:
+    """Occurrences of each value of an Arrow string column."""
+    return {v["values"].as_py(): v["counts"].as_py() for v in column.value_counts()}
+
+
 def _finish_quarantine(staging: Path, out: Path) -> Counter[str]:
     """Move the units' quarantine files into ``out`` (an empty file if none); return counts per reason.
 
@@ -554,9 +585,9 @@ def _finish_quarantine(staging: Path, out: Path) -> Counter[str]:
                 table = table.set_column(i, table.schema.field(i), pc.if_else(mask, value, table[name]))
             pq.write_table(table, target)
             path.unlink()
-            reasons.update(table["reason"].to_pylist())
+            reasons.update(_counts(table["reason"]))
         else:
-            reasons.update(key["reason"].to_pylist())
+            reasons.update(_counts(key["reason"]))
             os.rename(path, target)
     if not found:
         pq.write_table(quarantine_schema().empty_table(), out / "part-00000.parquet")

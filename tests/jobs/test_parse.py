@@ -16,6 +16,7 @@ from drain3.masking import LogMasker
 from krone_jobs.jobs.kseqs import run_kseqs
 from krone_jobs.jobs.parse import (
     ORPHAN_MESSAGE,
+    QUARANTINE_BATCH,
     TEMPLATE_FLOOD,
     NoLogFilesError,
     group_units,
@@ -155,6 +156,20 @@ def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path)
     assert max(map(len, keys)) == MAX_SESSION_KEY_CHARS
     one, two = (bounded_session_key("blk_" + "7" * 2999 + last) for last in "12")
     assert Counter(k for k in keys if k.startswith("blk_777")) == {one: 2, two: 1}
+
+
+def test_a_file_of_binary_lines_is_quarantined_line_by_line_in_batches(spark: Any, tmp_path: Path) -> None:
+    """2,500 binary lines (a core dump named .log) between good ones: written out in batches of
+    ``QUARANTINE_BATCH`` records (a 1 GB dump, 4.1M lines, used to be held whole in memory), none lost."""
+    day = "2008-11-09"
+    folder = tmp_path / "raw" / "hdfs" / f"dt={day}"
+    folder.mkdir(parents=True)
+    junk = [b"\x00\x7f core %d \x01\n" % i for i in range(2500)]
+    (folder / "a.log").write_bytes(b"".join([_hdfs_line(0), *junk, _hdfs_line(1)]))
+    m = run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, partitions=1, gate=False)
+    assert (m.parsed, m.quarantine_reasons) == (2, {"binary": 2500}) and 2500 > QUARANTINE_BATCH
+    q = _frame(tmp_path, "quarantine", "hdfs", day).sort_values("line_no")
+    assert list(q["line_no"]) == list(range(2, 2502)) and list(q["raw"]) == junk
 
 
 def test_units_are_cut_into_runs_of_about_equal_bytes() -> None:
