@@ -29,24 +29,28 @@ MIN_INDEXED_LEAF = 64
 
 
 class _Leaf:
-    """The index of one leaf: its id list as indexed, postings, and the ``<*>`` count of templates with any."""
+    """The index of one leaf: the ids indexed (in leaf order), postings, and the ``<*>`` count of templates
+    with any."""
 
     def __init__(self, drain: Drain, ids: list[int]) -> None:
         self.drain = drain
-        self.ids: list[int] = []
-        self.order: dict[int, int] = {}
+        self.order: dict[int, int] = {}  # id -> position in the leaf
         self.postings: dict[tuple[int, str], set[int]] = {}
         self.tokens: dict[int, tuple[str, ...]] = {}
         self.params: dict[int, int] = {}
         self.extend(ids)
 
+    def extends(self, ids: list[int]) -> bool:
+        """Whether ``ids`` is this leaf's list, as indexed or grown at the end (Drain only ever appends)."""
+        n = len(self.order)
+        return len(ids) >= n and self.order.get(ids[n - 1]) == n - 1 and self.order.get(ids[0]) == 0
+
     def extend(self, ids: list[int]) -> None:
-        for cid in ids[len(self.ids):]:
+        for cid in ids[len(self.order):]:
             self.order[cid] = len(self.order)
             cluster = self.drain.id_to_cluster.get(cid)
             if cluster is not None:
                 self.add(cid, tuple(cluster.log_template_tokens))
-        self.ids = ids
 
     def add(self, cid: int, tokens: tuple[str, ...]) -> None:
         param = self.drain.param_str
@@ -121,9 +125,9 @@ class IndexedLeafSearch:
         if leaf is None:
             leaf = self.leaves[cluster_ids[0]] = _Leaf(self.drain, cluster_ids)
             self.leaf_of.update(dict.fromkeys(cluster_ids, leaf))
-        elif leaf.ids is not cluster_ids:
-            if len(cluster_ids) < len(leaf.ids) or cluster_ids[:len(leaf.ids)] != leaf.ids:
+        elif len(cluster_ids) != len(leaf.order):
+            if not leaf.extends(cluster_ids):
                 return None
-            self.leaf_of.update(dict.fromkeys(cluster_ids[len(leaf.ids):], leaf))
+            self.leaf_of.update(dict.fromkeys(cluster_ids[len(leaf.order):], leaf))
             leaf.extend(cluster_ids)
         return leaf
