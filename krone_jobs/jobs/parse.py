@@ -705,10 +705,18 @@ def run_parse(
                                   f"quarantined {n_quarantined}")
     seconds = time.perf_counter() - t0
     if gate:
-        quality_gate(read_partition(spark, root, "parsed", source, date), "parsed", root, source, date,
-                     max_quarantine_ratio=max_quarantine_ratio,
-                     counts={"raw": raw_lines, "parsed": n_parsed, "quarantined": n_quarantined,
-                             "continuation": reasons.get(str(QuarantineReason.CONTINUATION), 0)})
+        from krone_jobs.quality import QualityGateError
+
+        try:
+            quality_gate(read_partition(spark, root, "parsed", source, date), "parsed", root, source, date,
+                         max_quarantine_ratio=max_quarantine_ratio,
+                         counts={"raw": raw_lines, "parsed": n_parsed, "quarantined": n_quarantined,
+                                 "continuation": reasons.get(str(QuarantineReason.CONTINUATION), 0)})
+        except QualityGateError as exc:  # say why lines were quarantined: the one line an operator reads
+            if reasons:
+                why = ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
+                exc.args = (f"{exc.args[0]} Quarantined by reason: {why}.", *exc.args[1:])
+            raise
     day_counts: Counter[str] = Counter()
     for text, tid in mapping.items():
         day_counts[tid] += counts[text]

@@ -242,7 +242,7 @@ def test_a_flood_of_unique_text_is_quarantined_beyond_the_days_template_budget(s
         assert all(b"dfs.DataNode: " in raw and b"PacketResponder" not in raw for raw in flood["raw"])
         assert flood["message"].str.contains("KRONE_MAX_NEW_TEMPLATES").all()
         assert len(parsed) == 300 + 120 - len(flood)  # every real line kept
-    with pytest.raises(QualityGateError):
+    with pytest.raises(QualityGateError, match=f"Quarantined by reason: {TEMPLATE_FLOOD} 1"):
         run_parse("hdfs", days[1], "hdfs", data_root=tmp_path / "p1", spark=spark, max_new_templates=10)
 
 
