@@ -568,9 +568,14 @@ def _finish_quarantine(staging: Path, out: Path) -> Counter[str]:
     reasons: Counter[str] = Counter()
     found = sorted(staging.glob("quarantine-*.parquet"))
     keys = {path: pq.read_table(path, columns=["file", "line_no", "reason"]) for path in found}
-    continued = any(str(QuarantineReason.CONTINUATION) in t["reason"].unique().to_pylist() for t in keys.values())
+    continuation = str(QuarantineReason.CONTINUATION)
+    # only files with continuation lines can have orphans: a million binary lines elsewhere stay in Arrow
+    continued = {f for t in keys.values() for f in pc.filter(t["file"], pc.equal(t["reason"], continuation)).unique()
+                 .to_pylist()}
+    scope = pa.array(sorted(continued), pa.string())
     orphans = orphan_continuations(
-        row for t in keys.values() for row in zip(*(t[c].to_pylist() for c in ("file", "line_no", "reason")))
+        row for t in keys.values() for row in zip(*(t.filter(pc.is_in(t["file"], scope))[c].to_pylist()
+                                                    for c in ("file", "line_no", "reason")))
     ) if continued else set()
     for path, key in keys.items():
         target = out / re.sub(r"^quarantine-", "part-", path.name)
