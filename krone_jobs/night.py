@@ -60,7 +60,7 @@ def run_night(
         cut, split = s["cut_sessions"], s["split_sessions"]
         still = f"{s['open_sessions']:,} open" + (f", {cut:,} cut at the maximum session span" if cut else "")
         still += f", {split:,} split into pieces of the maximum session size" if split else ""
-        say(f"{source} {dt}: {p['raw_lines']:,} lines ({aside}), {p['new_templates']} new "
+        say(f"{source} {dt}: {p['raw_lines']:,} lines ({aside}), {p['new_templates']:,} new "
             f"templates, {s['sessions']:,} sessions closed ({still}), {k['chunks']:,} KRONE Seqs")
         if scoring:
             out["score"] = pipeline.score_day(source, dt, data_root=data_root)
