@@ -736,7 +736,24 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _SKIP_CHUNK = 1024 * 1024
 
 
-def _skip_rest(stream: io.BufferedIOBase, first: bytes) -> OversizedLine:
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+class _Utf16AsUtf8:
+    """A UTF-16 file (a byte-order mark opens it: what Windows PowerShell 5 writes by default) read as UTF-8
+    lines, so parsing sees what it would in a UTF-8 copy. Without this every line held NUL bytes and was
+    quarantined as ``binary``. Text that is not valid UTF-16 is decoded with U+FFFD in its place."""
+
+    def __init__(self, stream: io.BufferedIOBase) -> None:
+        self.text = io.TextIOWrapper(stream, encoding="utf-16", errors="replace", newline="\n")
+
+    def readline(self, limit: int) -> bytes:
+        """At most ``limit`` characters of the next line, as UTF-8 (which may be longer in bytes: the caller's
+        line-length bound then applies to the bytes)."""
+        return self.text.readline(limit).encode("utf-8")
+
+
+def _skip_rest(stream: io.BufferedIOBase | _Utf16AsUtf8, first: bytes) -> OversizedLine:
     """Consume the rest of an over-long line in bounded reads; count its bytes without the CR/LF."""
     size, tail, chunk = len(first), first[-2:], first
     while not chunk.endswith(b"\n") and (chunk := stream.readline(_SKIP_CHUNK)):
@@ -755,16 +772,19 @@ def iter_lines(
     :class:`OversizedLine` and the rest of it is skipped in 1 MiB reads. A truncated or corrupt .gz
     yields every complete line before the damage, then raises :class:`LogReadError`; the partial last
     line is dropped. A UTF-8 byte-order mark opening the file (Windows tools write one) is not part of the
-    first line. A file the system will not open or read raises :class:`LogReadError` (``unreadable``) too.
+    first line; a UTF-16 one makes the file read as UTF-16 and yielded as UTF-8 lines. A file the system will
+    not open or read raises :class:`LogReadError` (``unreadable``) too.
     """
     limit = max_bytes + 2
     line_no = 0
     try:
         with open(path, "rb") as plain, contextlib.ExitStack() as stack:
-            stream: io.BufferedIOBase = plain
+            stream: io.BufferedIOBase | _Utf16AsUtf8 = plain
             if plain.peek(2)[:2] == _GZIP_MAGIC:
                 stream = stack.enter_context(gzip.GzipFile(fileobj=plain))
             try:
+                if stream.peek(2)[:2] in _UTF16_BOMS:  # inside: peeking a .gz decompresses
+                    stream = _Utf16AsUtf8(stream)
                 while chunk := stream.readline(limit):
                     raw = chunk if len(chunk) < limit or chunk.endswith(b"\n") else _skip_rest(stream, chunk)
                     line_no += 1

@@ -610,6 +610,22 @@ def test_iter_lines_corrupt_gzip(tmp_path: Path) -> None:
     assert err.value.kind == "corrupt" and err.value.reason == "gz_corrupt"
 
 
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("bom", [b"\xff\xfe", b"\xfe\xff"])
+def test_iter_lines_reads_a_utf16_file_as_utf8_lines(tmp_path: Path, bom: bytes, compress: bool) -> None:
+    """A byte-order mark says UTF-16 (PowerShell 5's default): lines come out as the UTF-8 file's would,
+    CRLF and all, and a line over the limit is still cut short."""
+    last = "081109 203615 148 INFO dfs.DataNode: café ☃ blk_1\n"
+    text = HDFS_LINE.decode() + "\r\n" + "x" * 70_000 + "\n" + last
+    data = bom + text.encode("utf-16-le" if bom == b"\xff\xfe" else "utf-16-be")
+    path = tmp_path / "win.log"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    lines = [raw for _, raw in iter_lines(path)]
+    assert lines[0] == HDFS_LINE + b"\r\n" and lines[2] == last.encode()
+    assert isinstance(lines[1], OversizedLine) and lines[1].size == 70_000 and len(lines) == 3
+    assert parse_line(lines[0], HDFS) == parsed(HDFS_LINE)
+
+
 def test_iter_lines_a_file_the_system_will_not_read_is_a_read_error(tmp_path: Path) -> None:
     """A link to a file that is gone, a folder named like a log: one ``unreadable`` error, not a crash."""
     (tmp_path / "gone.log").symlink_to(tmp_path / "rotated-away.log")

@@ -172,6 +172,22 @@ def test_a_file_of_binary_lines_is_quarantined_line_by_line_in_batches(spark: An
     assert list(q["line_no"]) == list(range(2, 2502)) and list(q["raw"]) == junk
 
 
+def test_a_utf16_file_parses_like_its_utf8_copy(spark: Any, tmp_path: Path) -> None:
+    """What Windows PowerShell 5 writes by default: every line used to be quarantined as ``binary``."""
+    day = "2008-11-09"
+    text = b"".join(_hdfs_line(i, b"\r\n") for i in range(600)).decode()
+    frames = []
+    for name, data in (("utf8", text.encode()), ("utf16", text.encode("utf-16"))):
+        folder = tmp_path / name / "raw" / "hdfs" / f"dt={day}"
+        folder.mkdir(parents=True)
+        (folder / "a.log").write_bytes(data)
+        m = run_parse("hdfs", day, "hdfs", data_root=tmp_path / name, spark=spark, partitions=2, gate=False)
+        assert (m.parsed, m.quarantined) == (600, 0), name
+        frames.append(_frame(tmp_path / name, "parsed", "hdfs", day).drop(columns="file").sort_values("line_no")
+                      .reset_index(drop=True))
+    pd.testing.assert_frame_equal(*frames)
+
+
 def test_units_are_cut_into_runs_of_about_equal_bytes() -> None:
     units = [{"u": i} for i in range(10)]
     runs = group_units(units, [100, 0, 0, 0, 0, 100, 100, 0, 0, 100], 2)
