@@ -129,8 +129,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--partitions", type=int, default=None, help="stripes per file (default: Spark parallelism)")
     p.add_argument("--max-quarantine-ratio", type=float, default=0.05)
     p.add_argument("--max-new-templates", type=int, default=None,
-                   help="templates the day may open; lines that would open more are quarantined as template_flood "
-                        "(default: KRONE_MAX_NEW_TEMPLATES, else 2000)")
+                   help="templates the day may open; on a day that would open more, lines of unique text are "
+                        "quarantined as template_flood (default: KRONE_MAX_NEW_TEMPLATES, else 2000)")
     p.set_defaults(func=_cmd_parse)
     p = sub.add_parser("sessionize", parents=[common], help="parsed/ -> sessions/ (open sessions carry over)")
     p.add_argument("--date", required=True, help="YYYY-MM-DD")

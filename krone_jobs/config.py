@@ -27,9 +27,10 @@ MAX_SESSION_EVENTS = 100_000
 """Default of ``KRONE_MAX_SESSION_EVENTS``: a session of more events is emitted as pieces of this many
 (``krone_jobs.jobs.sessionize``); one row of millions of events would exhaust Spark's heap."""
 MAX_NEW_TEMPLATES = 2_000
-"""Default of ``KRONE_MAX_NEW_TEMPLATES``: how many templates one day of one source may open; lines whose text
-would open more are quarantined as ``template_flood`` (``krone_jobs.jobs.parse.mine_texts``). Real sources open
-far fewer: Thunderbird 376 on its first day, then 17-47 a day; HDFS 15, then 0-3."""
+"""Default of ``KRONE_MAX_NEW_TEMPLATES``: how many templates one day of one source may open; on a day that would
+open more, a text of one line opens none, and lines that fit no template are quarantined as ``template_flood``
+(``krone_jobs.jobs.parse.mine_texts``). Real sources open far fewer: Thunderbird 376 on its first day, then
+17-47 a day; HDFS 15, then 0-3."""
 
 
 def _env(name: str, default: str) -> str:

@@ -53,7 +53,7 @@ def run_night(
         traces = p.get("quarantine_reasons", {}).get("continuation", 0)
         aside = f"{p['quarantined']:,} quarantined" + (f", {traces:,} of them continuation lines" if traces else "")
         if flood := p.get("quarantine_reasons", {}).get("template_flood", 0):
-            aside += (f"; {flood:,} of them would have opened more than the day's KRONE_MAX_NEW_TEMPLATES new "
+            aside += (f"; {flood:,} of them unique text on a day that would open more than KRONE_MAX_NEW_TEMPLATES "
                       "templates (template_flood)")
         if p["long_session_keys"]:
             aside += f"; {p['long_session_keys']:,} with a session key shortened"

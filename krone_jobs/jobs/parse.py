@@ -22,8 +22,9 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    identical masked line cannot change the template it falls into, so this yields the templates one Drain
    process would find reading the day in file order (it also skips Drain's per-line work). Then every
    masked text is matched (match-only) against the final state; the state is saved as
-   ``state/<source>/templates/dt=D.json``. A day may open ``max_new_templates`` templates; texts that would
-   open more are refused (:func:`mine_texts`): a flood of unique text must not turn every line into a template.
+   ``state/<source>/templates/dt=D.json``. A day may open ``max_new_templates`` templates; on a day that
+   would open more, a text of a single line may open none (:func:`mine_texts`): a flood of unique text must
+   not turn every line into a template.
 4. **Pass 2** (one task per group): each group's rows get their template id by index (``pyarrow.take``) and
    are written as the group's part file of the staged ``parsed/`` partition, which then replaces the old one;
    the rows of refused texts become ``template_flood`` quarantine records, their raw lines read again.
@@ -52,7 +53,7 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -153,8 +154,8 @@ class ParseMetrics:
     unmatched: int = 0
     """Masked texts the final state did not match (given their own text as template); expected 0."""
     flooded_texts: int = 0
-    """Distinct masked texts refused once the day had opened ``max_new_templates`` templates; their lines
-    are quarantined as ``template_flood``."""
+    """Distinct masked texts that fit no template on a day that would open more than ``max_new_templates``
+    (:func:`mine_texts`); their lines are quarantined as ``template_flood``."""
     long_session_keys: int = 0
     """Parsed lines with a session key longer than ``MAX_SESSION_KEY_CHARS``, kept under a shortened key
     (:func:`~krone_jobs.logformats.bounded_session_key`)."""
@@ -463,28 +464,30 @@ def _flooded_records(units: Sequence[dict[str, Any]], lines: Sequence[tuple[str,
 
 
 # ------------------------------------------------------------------------------------------ mining
-def mine_texts(store: TemplateStore, texts: Iterable[str],
-               max_new: int | None = None) -> tuple[dict[str, str | None], list[str]]:
+def mine_texts(store: TemplateStore, texts: Iterable[str], max_new: int | None = None,
+               lines: Mapping[str, int] | None = None) -> tuple[TemplateStore, dict[str, str | None], list[str]]:
     """Mine every masked text once, in the order given, then match each against the final state.
 
-    Once ``max_new`` templates have been opened, a text is mined only into a template it fits
-    (:meth:`~TemplateStore.mine_known`): a day of unique text the masks miss (free text, a flood of
-    garbage) would otherwise open a template per line, and Drain's search for a similar template grows
-    with the templates under one prefix, so mining turned quadratic (20,000 such texts: 40 s; 50,000:
-    ~10 min). A refused text that the final state matches (a later text generalised a template) gets its
-    id; one it does not is *flooded*.
+    A day may open ``max_new`` templates. A day of unique text the masks miss (free text, a flood of garbage)
+    would otherwise open a template per line, and Drain's search for a similar template grows with the
+    templates under one prefix, so mining turned quadratic (20,000 such texts: 40 s; 50,000: ~10 min). Once
+    the budget is spent, a text is mined only into a template it fits (:meth:`~TemplateStore.mine_known`).
+    Where that happens and ``lines`` (lines per text) is given, the day is mined again from the same start
+    with one more rule: a text of a single line may not open a template at all. So the flood's own lines,
+    unique by nature, open nothing (a flood every day does not grow the state), and the budget goes to texts
+    that recur, which real events do. A refused text that the final state matches (a later text generalised
+    a template) gets its id; one it does not is *flooded*.
 
-    Returns (masked text -> template id, ``None`` where the final state matches nothing (not expected);
-    the flooded texts, which are not in the mapping).
+    Returns (the final store: ``store`` itself unless the day was mined again; masked text -> template id,
+    ``None`` where the final state matches nothing (not expected); the flooded texts, not in the mapping).
     """
     texts = list(texts)
-    refused: set[str] = set()
     budget = store.opened + max_new if max_new is not None else None
-    for text in texts:
-        if budget is None or store.opened < budget:
-            store.mine(text)
-        elif store.mine_known(text) is None:
-            refused.add(text)
+    initial = store.to_json() if budget is not None and lines is not None else None
+    refused = _mine(store, texts, budget)
+    if refused and initial is not None:
+        store = TemplateStore.from_json(initial)
+        refused = _mine(store, texts, budget, lambda text: lines[text] > 1)  # type: ignore[index]
     ids: dict[str, str | None] = {}
     flooded: list[str] = []
     for text in texts:
@@ -493,7 +496,20 @@ def mine_texts(store: TemplateStore, texts: Iterable[str],
             flooded.append(text)
         else:
             ids[text] = found.template_id if found else None
-    return ids, flooded
+    return store, ids, flooded
+
+
+def _mine(store: TemplateStore, texts: Sequence[str], budget: int | None,
+          may_open: Callable[[str], bool] = lambda text: True) -> set[str]:
+    """Mine ``texts`` in order: a text may open a template while fewer than ``budget`` were ever opened and
+    ``may_open`` allows it, else it only joins one it fits. Returns the texts that fit none (not mined)."""
+    refused: set[str] = set()
+    for text in texts:
+        if budget is None or (store.opened < budget and may_open(text)):
+            store.mine(text)
+        elif store.mine_known(text) is None:
+            refused.add(text)
+    return refused
 
 
 def _with_line_counts(store: TemplateStore, seed: str | None, day_counts: Counter[str]) -> str:
@@ -679,17 +695,18 @@ def run_parse(
                 by_group[r["group"]][r["midx"]] = r["masked"]
             else:
                 totals[r["kind"]] += r["n"]
-        ids, flooded = mine_texts(store, sorted(first, key=first.__getitem__), max_new)
+        store, ids, flooded = mine_texts(store, sorted(first, key=first.__getitem__), max_new, counts)
         mapping = {text: tid or template_id(" ".join(text.split())) for text, tid in ids.items()}
         if flooded:
-            log.warning("%s %s: %d distinct texts (%d lines) would open templates beyond the day's %d: quarantined "
-                        "as %s", source, date, len(flooded), sum(counts[t] for t in flooded), max_new, TEMPLATE_FLOOD)
+            log.warning("%s %s: %d distinct texts (%d lines) fit no template on a day that would open more than %d: "
+                        "quarantined as %s", source, date, len(flooded), sum(counts[t] for t in flooded), max_new,
+                        TEMPLATE_FLOOD)
 
         steps["mine"] = time.perf_counter() - t0 - sum(steps.values())
         second = [{**g, "template_ids": [mapping.get(m) for _, m in sorted(by_group[g["group"]].items())]}
                   for g in groups]
-        flood_message = (f"opens a new template after this day opened {max_new} (KRONE_MAX_NEW_TEMPLATES): "
-                         "unique text the masks miss")
+        flood_message = (f"fits no template on a day that would open more than {max_new} (KRONE_MAX_NEW_TEMPLATES):"
+                         " unique text the masks miss")
         written = _one_per_task(spark, second, PASS2_DDL).mapInArrow(
             _pass2(str(staging), str(parsed_out), max_line_bytes, flood_message), "group int, rows bigint").collect()
         if not units:

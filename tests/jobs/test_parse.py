@@ -21,6 +21,7 @@ from krone_jobs.jobs.parse import (
     NoLogFilesError,
     group_units,
     latest_templates,
+    mine_texts,
     orphan_continuations,
     run_parse,
     session_keys,
@@ -41,7 +42,7 @@ from krone_jobs.logformats import (
 from krone_jobs.partitions import partition_dir, state_dir
 from krone_jobs.quality import QualityGateError
 from krone_jobs.synthetic import generate_sessions, json_line
-from krone_jobs.templates import MinerSettings, masker
+from krone_jobs.templates import MinerSettings, TemplateStore, masker
 
 SOURCE = "syn"
 DAYS = ("2026-11-01", "2026-11-02")
@@ -219,6 +220,20 @@ def test_many_small_files_make_few_tasks_and_files_and_the_same_ids(spark: Any, 
     assert ids["many"] == ids["one"]
 
 
+def test_on_a_flood_day_only_recurring_text_opens_templates() -> None:
+    """Budget 3: the flood's five unique texts come first and used to spend it, so the real event seen
+    later (three lines) fit nothing. Mined again with one-line texts barred from opening templates, the
+    event keeps its template and the flood opens none; a normal day (budget not reached) is mined once."""
+    garbage = [f"zq{'x' * i} vb{'y' * i} kk{'w' * i}" for i in range(5)]
+    texts = [*garbage, "worker <NUM> started job <ID>", "worker <NUM> stopped job <ID>"]
+    lines = dict.fromkeys(garbage, 1) | {texts[5]: 3, texts[6]: 2}
+    store, ids, flooded = mine_texts(TemplateStore(MinerSettings()), texts, 3, lines)
+    assert sorted(flooded) == sorted(garbage) and set(ids) == set(texts[5:])
+    assert sorted(t.template for t in store.templates()) == ["worker <NUM> <*> job <ID>"]
+    calm, calm_ids, none = mine_texts(TemplateStore(MinerSettings()), texts, 10, lines)
+    assert none == [] and len(calm_ids) == 7 and len(calm.templates()) == 6
+
+
 def _garbage_line(i: int) -> bytes:
     """A line of unique words the masks miss (no digits), as a flood of free text would bring."""
     digest = hashlib.sha256(str(i).encode()).hexdigest()
@@ -227,9 +242,11 @@ def _garbage_line(i: int) -> bytes:
 
 
 def test_a_flood_of_unique_text_is_quarantined_beyond_the_days_template_budget(spark: Any, tmp_path: Path) -> None:
-    """A day may open ``max_new_templates`` templates; the lines of texts that would open more (and fit no
-    template) are quarantined as ``template_flood`` with their raw bytes, whatever the partitioning, and the
-    next day has a budget of its own. Beyond the quarantine bound the day fails its gate, clearly."""
+    """A day may open ``max_new_templates`` templates. On a day that would open more, a text of one line may
+    open none: the flood's unique lines fit no template and are quarantined as ``template_flood`` with their
+    raw bytes, whatever the partitioning; the real events (which recur) keep their templates, the state gains
+    no garbage, and the next day has a budget of its own. Beyond the quarantine bound the day fails its gate,
+    with the reason."""
     days = ("2008-11-09", "2008-11-10")
     for d, day in enumerate(days):
         good = [_hdfs_line(i) for i in range(300)]
@@ -242,9 +259,9 @@ def test_a_flood_of_unique_text_is_quarantined_beyond_the_days_template_budget(s
     runs = {parts: [run_parse("hdfs", day, "hdfs", data_root=tmp_path / f"p{parts}", spark=spark, partitions=parts,
                               max_new_templates=10, gate=False) for day in days] for parts in (1, 3)}
     first, second = runs[3]
-    assert first.new_templates == 10 and second.new_templates <= 10
+    assert (first.new_templates, second.new_templates, first.templates, second.templates) == (2, 0, 2, 2)
     for m in (first, second):
-        assert m.quarantine_reasons == {TEMPLATE_FLOOD: m.flooded_texts} and m.flooded_texts >= 120 - 10
+        assert m.quarantine_reasons == {TEMPLATE_FLOOD: 120} and m.flooded_texts == 120
         assert m.raw_lines == 420 == m.parsed + m.quarantined
     for day in days:
         frames = [(_frame(tmp_path / f"p{parts}", "parsed", "hdfs", day), _frame(tmp_path / f"p{parts}", "quarantine",
@@ -257,7 +274,7 @@ def test_a_flood_of_unique_text_is_quarantined_beyond_the_days_template_budget(s
         assert all(lines[n - 1] == raw for n, raw in zip(flood["line_no"], flood["raw"]))
         assert all(b"dfs.DataNode: " in raw and b"PacketResponder" not in raw for raw in flood["raw"])
         assert flood["message"].str.contains("KRONE_MAX_NEW_TEMPLATES").all()
-        assert len(parsed) == 300 + 120 - len(flood)  # every real line kept
+        assert len(parsed) == 300 and len(flood) == 120  # every real line kept, every garbage line quarantined
     with pytest.raises(QualityGateError, match=f"Quarantined by reason: {TEMPLATE_FLOOD} 1"):
         run_parse("hdfs", days[1], "hdfs", data_root=tmp_path / "p1", spark=spark, max_new_templates=10)
 
