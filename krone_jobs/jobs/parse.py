@@ -114,7 +114,7 @@ CLOCK_SLACK = timedelta(days=1)
 """How far past the end of its partition's day a line may be stamped (Thunderbird's UTC clock runs 8 h
 ahead of its partition days)."""
 TEMPLATE_FLOOD = "template_flood"
-"""Quarantine reason for a line whose text fits no template after the day already opened
+"""Quarantine reason for a line whose text fits no template on a day that would open more than
 ``max_new_templates`` new ones (see :func:`mine_texts`)."""
 
 LINE_FIELDS = ("line_no", "timestamp", "level", "component", "node", "content", "label", "encoding",
@@ -632,8 +632,8 @@ def run_parse(
 
     ``partitions``: stripes per file (default: Spark's default parallelism); ``max_quarantine_ratio`` is
     the quality gate's bound on quarantined / raw lines; ``max_new_templates`` how many templates the day
-    may open (default ``KRONE_MAX_NEW_TEMPLATES``; lines that would open more are quarantined as
-    ``template_flood``, see :func:`mine_texts`); ``gate=False`` skips the gate (for tests of other
+    may open (default ``KRONE_MAX_NEW_TEMPLATES``; on a day that would open more, lines of unique text are
+    quarantined as ``template_flood``, see :func:`mine_texts`); ``gate=False`` skips the gate (for tests of other
     behaviour; the reconciliation check always runs). Raises :class:`ReconciliationError` if raw lines
     != parsed + quarantined, and the gate's ``QualityGateError`` if the ``parsed`` suite fails (outputs
     stay for inspection; the day's miner state is not saved, so later stages do not run on it).
