@@ -40,8 +40,9 @@ the old id stays in the state's ``superseded`` map, through which later stages r
 Limits: the distinct masked texts are mined in one process. Drain's search within a leaf of its prefix tree
 goes through an index once the leaf is large (:mod:`krone_jobs.drain_search`), so a flood of unique text costs
 about linear time (200,000 such lines: mine step 6 s; before: quadratic, 50,000 took ~10 min), but a log
-whose lines mask to millions of distinct texts (ids the masks miss) still wants a mask for them. Raw files and the data root must be on a file
-system every executor can open (local disk in local mode, a shared mount on a cluster).
+whose lines mask to millions of distinct texts (ids the masks miss) still wants a mask for them. Raw files and
+the data root must be on a file system every executor can open (local disk in local mode, a shared mount on a
+cluster).
 """
 
 from __future__ import annotations
@@ -447,7 +448,8 @@ def _flooded_records(units: Sequence[dict[str, Any]], lines: Sequence[tuple[str,
         wanted.setdefault(file, set()).add(line_no)
     raw: dict[tuple[str, int], bytes] = {}
     for unit in units:
-        mine = {n for n in wanted.get(unit["file"], ()) if ((n - 1) // STRIPE_LINES) % unit["parts"] == unit["part"]}
+        part, parts = unit["part"], unit["parts"]
+        mine = {n for n in wanted.get(unit["file"], ()) if ((n - 1) // STRIPE_LINES) % parts == part}  # as _stripe
         if not mine:
             continue
         last = max(mine)
