@@ -52,7 +52,7 @@ You are the Log Abstraction Model of KRONE. For one log template, name
 - entity: the component or object the event is about (a noun: "block", "datanode", "job"),
 - action: what is done by or to it (a verb in base form: "receive", "delete", "start"),
 - status: the outcome ("success", "completed", "failed", "error", "exception", "timeout", "refused", \
-"denied", "invalid", "warning", "unknown"), or "none" when the template states no outcome.
+"denied", "invalid", "warning", "unknown", "unexpected"), or "none" when the template states no outcome.
 Use lower case, one or two words each, and "none" when the template does not say. <*> stands for a variable.
 Examples:
 "Receiving block <*> src: <*> dest: <*>" -> {{"entity": "block", "action": "receive", "status": "none"}}

@@ -24,6 +24,9 @@ HDFS = {
     "9": "<*>:50010:Got exception while serving blk_<*> to /<*>:",
     "10": "Verification succeeded for blk_<*>",
     "15": "Unexpected error trying to delete block blk_<*>. BlockInfo not found in volumeMap.",
+    "17": "Receiving empty packet for block blk_<*>",
+    "19": "BLOCK* NameSystem.addStoredBlock: Redundant addStoredBlock request received for blk_<*> on <*>:50010",
+    "36": "Adding an already existing block blk_<*>",
     "16": "writeBlock blk_<*> received exception java.io.IOException: Could not read from stream",
     "27": "PendingReplicationMonitor timed out block blk_<*>",
 }
@@ -56,6 +59,9 @@ def _triple(text: str) -> tuple[str, str, str]:
         ("15", ("error", "delete", "error")),  # "trying to" defers to the next verb
         ("16", ("block", "write", "exception")),  # camelCase verb+noun
         ("27", ("pendingreplicationmonitor", "none", "timeout")),
+        ("17", ("packet", "receive", "unexpected")),  # the step ran on a state its code did not expect
+        ("19", ("block", "add", "unexpected")),
+        ("36", ("block", "add", "unexpected")),
     ],
 )
 def test_hand_checked_hdfs_templates(tid: str, expected: tuple[str, str, str]) -> None:
