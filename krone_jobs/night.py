@@ -57,6 +57,8 @@ def run_night(
                       "templates (template_flood)")
         if p["long_session_keys"]:
             aside += f"; {p['long_session_keys']:,} with a session key shortened"
+        if dup := p.get("duplicate_files", 0):
+            aside += f"; {dup:,} duplicate file(s) skipped ({p['duplicate_lines']:,} lines)"
         cut, split = s["cut_sessions"], s["split_sessions"]
         still = f"{s['open_sessions']:,} open" + (f", {cut:,} cut at the maximum session span" if cut else "")
         still += f", {split:,} split into pieces of the maximum session size" if split else ""

@@ -8,7 +8,8 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    decompresses the file and skips the other stripes' lines, ~1 us/line). Units are cut, in file order, into
    ``partitions`` groups of about equal bytes (:func:`group_units`); a group is one Spark task and one output
    file, so thousands of small files make a few tasks, not thousands. Files are read with
-   :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes.
+   :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes. A file whose
+   content equals an earlier one's (a duplicate delivery, :mod:`krone_jobs.raw_duplicates`) is skipped.
 2. **Pass 1** (one task per group): parse (:func:`~krone_jobs.logformats.parse_line`; a line stamped more
    than :data:`CLOCK_SLACK` past its partition's day is quarantined as ``future_timestamp``), session keys
    (a key longer than ``MAX_SESSION_KEY_CHARS`` is kept shortened, counted in ``long_session_keys``),
@@ -91,6 +92,7 @@ from krone_jobs.partitions import (
     swap_in,
     temp_dir_for,
 )
+from krone_jobs.raw_duplicates import find_duplicates
 from krone_jobs.templates import MinerSettings, TemplateStore, masker, template_id
 
 if TYPE_CHECKING:
@@ -160,6 +162,11 @@ class ParseMetrics:
     long_session_keys: int = 0
     """Parsed lines with a session key longer than ``MAX_SESSION_KEY_CHARS``, kept under a shortened key
     (:func:`~krone_jobs.logformats.bounded_session_key`)."""
+    duplicate_files: int = 0
+    """Log files whose content equals an earlier file's of the day (a duplicate delivery): skipped, logged by
+    name (:mod:`krone_jobs.raw_duplicates`); ``files`` and ``raw_lines`` count only the files read."""
+    duplicate_lines: int = 0
+    """Lines of the skipped duplicate files."""
     seconds: float = 0.0
     """Parsing and writing; the quality gate's time is ``gate_seconds``."""
     gate_seconds: float = 0.0
@@ -656,6 +663,14 @@ def run_parse(
     spark = spark or get_spark()
     parts = partitions or spark.sparkContext.defaultParallelism
     files = raw_files(root, source, date)
+    duplicates = find_duplicates(files)
+    if duplicates:
+        log.warning("%s %s: skipped %d file(s) whose content another file of the day holds (a duplicate "
+                    "delivery): %s", source, date, len(duplicates),
+                    ", ".join(f"{d.path.relative_to(root).as_posix()} = {d.original.relative_to(root).as_posix()}"
+                              for d in duplicates[:10]))
+        skipped = {d.path for d in duplicates}
+        files = [p for p in files if p not in skipped]
     ignored = ignored_raw_files(root, source, date)
     if ignored:
         names = ", ".join(p.relative_to(root).as_posix() for p in ignored[:10])
@@ -750,6 +765,7 @@ def run_parse(
     live = store.templates()
     return ParseMetrics(
         source=source, dt=date, format=fmt_name, files=len(files), partitions=parts, ignored_files=len(ignored),
+        duplicate_files=len(duplicates), duplicate_lines=sum(d.lines for d in duplicates),
         raw_lines=raw_lines, parsed=n_parsed, quarantined=n_quarantined,
         quarantine_reasons=dict(sorted(reasons.items())),
         masked_texts=len(first), templates=len(live), new_templates=sum(t.template_id not in seed_ids for t in live),

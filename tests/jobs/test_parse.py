@@ -189,6 +189,25 @@ def test_a_utf16_file_parses_like_its_utf8_copy(spark: Any, tmp_path: Path) -> N
     pd.testing.assert_frame_equal(*frames)
 
 
+def test_a_duplicate_delivery_is_read_once(spark: Any, tmp_path: Path) -> None:
+    """A re-delivered file (here also as .gz) would double every event of its sessions: each is skipped,
+    named and counted, and the day parses as it does without the copies."""
+    day = "2008-11-09"
+    data = b"".join(_hdfs_line(i) for i in range(300))
+    frames = []
+    for name, copies in (("once", {}), ("twice", {"b.log": data, "a.log.gz": gzip.compress(data)})):
+        folder = tmp_path / name / "raw" / "hdfs" / f"dt={day}"
+        folder.mkdir(parents=True)
+        for file, content in {"a.log": data, "c.log": data[:-1] + b"X", **copies}.items():
+            (folder / file).write_bytes(content)
+        m = run_parse("hdfs", day, "hdfs", data_root=tmp_path / name, spark=spark, partitions=2, gate=False)
+        assert (m.files, m.raw_lines, m.parsed) == (2, 600, 600), name
+        assert (m.duplicate_files, m.duplicate_lines) == ((2, 600) if copies else (0, 0))
+        frames.append(_frame(tmp_path / name, "parsed", "hdfs", day).sort_values(["file", "line_no"])
+                      .reset_index(drop=True))
+    pd.testing.assert_frame_equal(*frames)
+
+
 def test_units_are_cut_into_runs_of_about_equal_bytes() -> None:
     units = [{"u": i} for i in range(10)]
     runs = group_units(units, [100, 0, 0, 0, 0, 100, 100, 0, 0, 100], 2)
