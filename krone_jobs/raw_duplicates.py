@@ -77,18 +77,22 @@ def _content_size(path: Path) -> int | None:
 
 
 def _digest(path: Path) -> tuple[bytes, int] | None:
-    """BLAKE2b of the decompressed content and its line count; ``None`` if it cannot be read to its end."""
+    """BLAKE2b of the decompressed content and its line count (lines end in LF, or in CR where the content
+    has no LF, as :func:`~krone_jobs.logformats.iter_lines` reads them); ``None`` if it cannot be read to its
+    end."""
     h = hashlib.blake2b(digest_size=32)
-    lines = 0
-    last = b"\n"
+    lf = cr = 0
+    last = b""
     try:
         with open(path, "rb") as plain:
             stream = gzip.GzipFile(fileobj=plain) if plain.read(2) == _GZIP_MAGIC else plain
             plain.seek(0)
             while chunk := stream.read(_READ):
                 h.update(chunk)
-                lines += chunk.count(b"\n")
+                lf += chunk.count(b"\n")
+                cr += chunk.count(b"\r")
                 last = chunk[-1:]
     except (OSError, EOFError, zlib.error):
         return None
-    return h.digest(), lines + (last != b"\n")
+    end = b"\n" if lf or not cr else b"\r"
+    return h.digest(), (lf or cr) + (last not in (b"", end))

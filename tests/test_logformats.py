@@ -626,6 +626,21 @@ def test_iter_lines_reads_a_utf16_file_as_utf8_lines(tmp_path: Path, bom: bytes,
     assert parse_line(lines[0], HDFS) == parsed(HDFS_LINE)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_iter_lines_reads_bare_cr_line_ends_as_lines(tmp_path: Path, compress: bool) -> None:
+    """CR-only line ends used to make the whole file one oversized line (1 KiB of it kept): now each CR ends
+    a line, an over-long one is still cut short, and a stray CR in an LF file stays inside its line."""
+    body = HDFS_LINE + b"\r" + b"x" * 70_000 + b"\r\r" + HDFS_LINE
+    path = tmp_path / "mac.log"
+    path.write_bytes(gzip.compress(body) if compress else body)
+    lines = [raw for _, raw in iter_lines(path)]
+    assert lines[0] == HDFS_LINE + b"\n" and lines[2:] == [b"\n", HDFS_LINE]
+    assert isinstance(lines[1], OversizedLine) and lines[1].size == 70_000
+    assert parse_line(lines[0], HDFS) == parse_line(lines[3], HDFS) == parsed(HDFS_LINE)
+    path.write_bytes(b"a\rb\nc\n")
+    assert list(iter_lines(path)) == [(1, b"a\rb\n"), (2, b"c\n")]
+
+
 def test_iter_lines_a_file_the_system_will_not_read_is_a_read_error(tmp_path: Path) -> None:
     """A link to a file that is gone, a folder named like a log: one ``unreadable`` error, not a crash."""
     (tmp_path / "gone.log").symlink_to(tmp_path / "rotated-away.log")

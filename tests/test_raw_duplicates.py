@@ -31,6 +31,8 @@ def test_empty_unreadable_and_damaged_files_are_never_duplicates(tmp_path: Path)
     assert find_duplicates([*files, gone]) == []
 
 
-def test_a_last_line_without_newline_counts(tmp_path: Path) -> None:
-    a, b = _write(tmp_path, {"a.log": TEXT + b"tail", "b.log": TEXT + b"tail"})
-    assert find_duplicates([a, b]) == [DuplicateFile(b, a, 501)]
+def test_lines_are_counted_as_they_are_read(tmp_path: Path) -> None:
+    """A last line without its newline counts; so do lines that end in a bare CR."""
+    mac = TEXT.replace(b"\n", b"\r")
+    a, b, c, d = _write(tmp_path, {"a.log": TEXT + b"tail", "b.log": TEXT + b"tail", "c.log": mac, "d.log": mac})
+    assert find_duplicates([a, b, c, d]) == [DuplicateFile(b, a, 501), DuplicateFile(d, c, 500)]
