@@ -52,6 +52,8 @@ def run_night(
         p, s, k = (out[step]["metrics"] for step in ("parse", "sessionize", "kseqs"))
         traces = p.get("quarantine_reasons", {}).get("continuation", 0)
         aside = f"{p['quarantined']:,} quarantined" + (f", {traces:,} of them continuation lines" if traces else "")
+        if p.get("raw_bytes") and p.get("quarantined_bytes", 0) >= 0.01 * p["raw_bytes"]:
+            aside += f" ({p['quarantined_bytes'] / p['raw_bytes']:.0%} of the day's bytes)"
         if flood := p.get("quarantine_reasons", {}).get("template_flood", 0):
             aside += (f"; {flood:,} of them unique text on a day that would open more than KRONE_MAX_NEW_TEMPLATES "
                       "templates (template_flood)")

@@ -69,6 +69,7 @@ from krone_jobs.logformats import (
     LineFormat,
     LogReadError,
     NodeWindowSessionKey,
+    OversizedLine,
     ParsedLine,
     QuarantineReason,
     SessionKeyRule,
@@ -125,7 +126,7 @@ LINE_FIELDS = ("line_no", "timestamp", "level", "component", "node", "content", 
 QUARANTINE_FIELDS = ("line_no", "reason", "message", "raw", "truncated")
 REPORT_DDL = "group int, kind string, masked string, midx int, first_file int, first_line bigint, n bigint"
 """Pass-1 results: ``dict`` rows (one per masked text of a group, with its first file and line), ``raw``,
-``quarantined`` and ``long_session_keys`` counts."""
+``quarantined``, ``long_session_keys``, ``raw_bytes`` and ``bad_bytes`` counts."""
 
 
 class ReconciliationError(RuntimeError):
@@ -162,6 +163,14 @@ class ParseMetrics:
     long_session_keys: int = 0
     """Parsed lines with a session key longer than ``MAX_SESSION_KEY_CHARS``, kept under a shortened key
     (:func:`~krone_jobs.logformats.bounded_session_key`)."""
+    raw_bytes: int = 0
+    """Bytes of the lines read, line ends included (an oversized line counts its whole size, less its line end)."""
+    quarantined_bytes: int = 0
+    """Bytes of the lines quarantined in parsing, continuation lines left out (``template_flood`` lines, found
+    later, are counted in lines only). The gate bounds the share of quarantined *lines*, and an oversized line
+    of any size is one line: this says how much of the day they were. Not gated: one 10 MB garbage line among
+    good ones is no reason to stop a night, but a file with no line end at all (a JSON array written on one
+    line) shows here, and ``krone night`` prints the share."""
     duplicate_files: int = 0
     """Log files whose content equals an earlier file's of the day (a duplicate delivery): skipped, logged by
     name (:mod:`krone_jobs.raw_duplicates`); ``files`` and ``raw_lines`` count only the files read."""
@@ -245,6 +254,8 @@ class _GroupParser:
         self.mask = masker(miner)
         self.max_bytes = max_bytes
         self.raw_lines = 0
+        self.raw_bytes = 0
+        self.bad_bytes = 0  # of quarantined lines, continuation lines left out
         self.long_keys = 0
         self.quarantined: list[tuple[Any, ...]] = []  # not yet written
         self.n_quarantined = 0
@@ -290,18 +301,23 @@ class _GroupParser:
         index, first, counts, quarantine = self.index, self.first, self.counts, self._quarantine
         for unit, line_no, raw in self._lines():
             file = unit["file"]
+            size = raw.size if isinstance(raw, OversizedLine) else len(raw)
             self.raw_lines += 1
+            self.raw_bytes += size
             parsed = parse_line(raw, fmt, max_bytes=max_bytes)
             if not isinstance(parsed, ParsedLine):
                 quarantine((file, line_no, str(parsed.reason), parsed.message, parsed.raw, parsed.truncated))
+                self.bad_bytes += size if parsed.reason != QuarantineReason.CONTINUATION else 0
                 continue
             if parsed.timestamp is not None and parsed.timestamp >= latest:
                 quarantine((file, line_no, FUTURE_TIMESTAMP, f"stamped {parsed.timestamp.isoformat()}, after "
                             f"{latest.isoformat()}: a wrong clock", raw, False))
+                self.bad_bytes += size
                 continue
             found = keys(parsed)
             if not found:
                 quarantine((file, line_no, NO_SESSION_KEY, f"no session key for format {fmt.name!r}", raw, False))
+                self.bad_bytes += size
                 continue
             if max(map(len, found)) > MAX_SESSION_KEY_CHARS:
                 found = tuple(dict.fromkeys(map(bounded_session_key, found)))
@@ -338,12 +354,14 @@ class _GroupParser:
             if self.quarantine_writer is not None:
                 self.quarantine_writer.close()
         nd = len(self.counts)
+        totals = {"raw": self.raw_lines, "quarantined": self.n_quarantined, "long_session_keys": self.long_keys,
+                  "raw_bytes": self.raw_bytes, "bad_bytes": self.bad_bytes}
         return pa.RecordBatch.from_pydict(
-            {"group": [group] * (nd + 3), "kind": ["dict"] * nd + ["raw", "quarantined", "long_session_keys"],
-             "masked": [*self.index, None, None, None], "midx": [*range(nd), None, None, None],
-             "first_file": [f for f, _ in self.first] + [None] * 3,
-             "first_line": [n for _, n in self.first] + [None] * 3,
-             "n": [*self.counts, self.raw_lines, self.n_quarantined, self.long_keys]},
+            {"group": [group] * (nd + len(totals)), "kind": ["dict"] * nd + list(totals),
+             "masked": [*self.index] + [None] * len(totals), "midx": [*range(nd)] + [None] * len(totals),
+             "first_file": [f for f, _ in self.first] + [None] * len(totals),
+             "first_line": [n for _, n in self.first] + [None] * len(totals),
+             "n": [*self.counts, *totals.values()]},
             schema=pa.schema([("group", pa.int32()), ("kind", pa.string()), ("masked", pa.string()),
                               ("midx", pa.int32()), ("first_file", pa.int32()), ("first_line", pa.int64()),
                               ("n", pa.int64())]),
@@ -771,6 +789,7 @@ def run_parse(
         masked_texts=len(first), templates=len(live), new_templates=sum(t.template_id not in seed_ids for t in live),
         unmatched=sum(tid is None for tid in ids.values()), flooded_texts=len(flooded),
         long_session_keys=totals["long_session_keys"],
+        raw_bytes=totals["raw_bytes"], quarantined_bytes=totals["bad_bytes"],
         seconds=round(seconds, 3),
         gate_seconds=round(time.perf_counter() - t0 - seconds, 3), steps={k: round(v, 3) for k, v in steps.items()},
     )

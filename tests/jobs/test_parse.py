@@ -143,6 +143,9 @@ def test_hostile_input_is_quarantined_and_reconciled(spark: Any, tmp_path: Path)
     gz_lines = m.raw_lines - 2 - len(good) - len(HOSTILE) - 1 - len(huge)
     assert 0 < gz_lines < 200 and m.parsed == len(good) + 1 + len(huge) + gz_lines
     assert m.long_session_keys == len(huge)
+    a_log = (folder / "a.log").stat().st_size
+    assert a_log < m.raw_bytes < a_log + len(packed) * 20  # the .gz's lines read before the damage
+    assert m.quarantined_bytes == sum(map(len, HOSTILE.values())) - 1  # the oversized line whole, but its LF
     q = _frame(tmp_path, "quarantine", "hdfs", day).set_index("reason")
     assert q.loc["binary", "raw"].rstrip(b"\n") == HOSTILE["binary"].rstrip(b"\n")
     assert q.loc["oversized", "truncated"] and len(q.loc["oversized", "raw"]) <= 1024
