@@ -20,7 +20,10 @@ character as ``binary``, a lone UTF-16 surrogate (unwritable as UTF-8) as ``bad_
 
 Timestamps are naive ``datetime`` values on the log's own clock; a stamp with a UTC offset (``%z``, ISO
 8601) becomes naive UTC. The Thunderbird text stamp has no year, so that format uses its epoch column
-instead (naive UTC).
+instead (naive UTC). A ``strptime`` pattern without a year (classic syslog's ``%b %d %H:%M:%S``) is parsed
+in :data:`YEARLESS_YEAR`, a leap year, so ``Feb 29`` parses; the parse stage then moves each stamp to the year
+that puts it nearest its partition's day (:func:`nearest_year`), so a session crossing midnight or New Year's
+Eve keeps its order and closes when it ends.
 
 A format also names the Drain settings a new source of it starts mining with (``LineFormat.miner``): how
 templates should be grouped depends on what the content looks like (see ``THUNDERBIRD``), and how its lines
@@ -32,6 +35,7 @@ Formats of one's own logs come from a TOML file named by ``KRONE_FORMATS_FILE`` 
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import gzip
 import hashlib
@@ -43,7 +47,7 @@ import tomllib
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
 from functools import lru_cache, partial
 from operator import itemgetter
@@ -233,6 +237,12 @@ class LineFormat:
             object.__setattr__(self, "_paths", tuple(
                 (keys[name], tuple(keys[name].split("."))) if name in keys else None for name in _FIELD_ORDER))
 
+    @property
+    def yearless(self) -> bool:
+        """Whether the stamps carry no year (:class:`YearlessStrptime`): the parse stage then gives each the
+        year that puts it nearest its partition's day (:func:`nearest_year`)."""
+        return isinstance(self.parse_timestamp, YearlessStrptime)
+
     @classmethod
     def from_regex(
         cls, pattern: str, *, timestamp_format: str | TimestampParser | None = None, name: str = "custom",
@@ -267,6 +277,38 @@ def _compiled(pattern: str | None) -> re.Pattern[str] | None:
 
 def _strptime(fmt: str, text: str) -> datetime:
     return datetime.strptime(text, fmt)
+
+
+YEARLESS_YEAR = 2000
+"""The year a stamp without one is parsed in: a leap year, so ``Feb 29`` parses (in strptime's default,
+1900, every Feb 29 line was quarantined as ``bad_timestamp``, failing a leap day's gate)."""
+_YEAR_DIRECTIVE = re.compile(r"%[YyGcxD]")
+
+
+@dataclass(frozen=True, slots=True)
+class YearlessStrptime:
+    """A ``strptime`` pattern without a year directive, parsed in :data:`YEARLESS_YEAR`. In strptime's own
+    default, 1900, every stamp sat 126 years before its partition's day, so sessionize closed every session at
+    the end of the day, one crossing midnight as two halves; the parse stage puts the year right
+    (:func:`nearest_year`)."""
+
+    pattern: str
+
+    def __call__(self, text: str) -> datetime:
+        return datetime.strptime(f"{YEARLESS_YEAR} {text}", f"%Y {self.pattern}")
+
+
+def nearest_year(ts: datetime, day: date) -> datetime:
+    """``ts`` moved to the year (``day``'s, the one before or after) that puts it nearest noon of ``day``:
+    a ``Dec 31`` line in the ``Jan 1`` partition belongs to the year before. A ``Feb 29`` stamp fits only a
+    leap year; with none of the three at hand it goes to the next one (the future-timestamp check then says
+    that the clock is wrong)."""
+    noon = datetime(day.year, day.month, day.day, 12)
+    fits = [ts.replace(year=y) for y in (day.year - 1, day.year, day.year + 1) if ts.month != 2 or ts.day != 29
+            or calendar.isleap(y)]
+    if not fits:
+        return ts.replace(year=next(y for y in range(day.year + 2, day.year + 9) if calendar.isleap(y)))
+    return min(fits, key=lambda t: abs(t - noon))
 
 
 def _hdfs_ts(text: str) -> datetime:
@@ -307,7 +349,11 @@ def timestamp_parser(spec: str | TimestampParser | None) -> TimestampParser | No
     if not isinstance(spec, str):
         raise TypeError(f"timestamp format {spec!r}: give a strptime pattern, one of {sorted(TIMESTAMP_KEYWORDS)} "
                         "or a callable")
-    return TIMESTAMP_KEYWORDS.get(spec) or partial(_strptime, spec)
+    if spec in TIMESTAMP_KEYWORDS:
+        return TIMESTAMP_KEYWORDS[spec]
+    if not _YEAR_DIRECTIVE.search(spec.replace("%%", "")):
+        return YearlessStrptime(spec)
+    return partial(_strptime, spec)
 
 
 HDFS = LineFormat(

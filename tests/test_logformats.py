@@ -9,7 +9,7 @@ import random
 import re
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,12 +34,15 @@ from krone_jobs.logformats import (
     Quarantined,
     QuarantineReason,
     SessionSpec,
+    YearlessStrptime,
     bounded_session_key,
     default_session_rule,
     get_format,
     iter_lines,
     load_formats_file,
+    nearest_year,
     parse_line,
+    timestamp_parser,
 )
 from krone_jobs.synthetic import generate_sessions, json_line
 from krone_jobs.templates import MinerSettings
@@ -180,6 +183,21 @@ def test_timestamp_keywords_and_utc_offsets() -> None:
     # a stamp with a UTC offset becomes naive UTC, whatever parsed it: rows of one source share one clock
     assert stamp("2026-11-20T13:04:05+02:00", "iso8601") == datetime(2026, 11, 20, 11, 4, 5)
     assert stamp("20261120T130405-0130", "%Y%m%dT%H%M%S%z") == datetime(2026, 11, 20, 14, 34, 5)
+
+
+def test_a_pattern_without_a_year_parses_in_a_leap_year_and_moves_to_its_day() -> None:
+    fmt = LineFormat.from_regex(r"^(?P<timestamp>\S+ +\S+ \S+) (?P<content>.*)$", timestamp_format="%b %d %H:%M:%S")
+    assert fmt.yearless and not HDFS.yearless and not THUNDERBIRD.yearless
+    assert parsed(b"Feb 29 10:00:00 x", fmt).timestamp == datetime(2000, 2, 29, 10)  # 1900 has no Feb 29
+    for pattern, yearless in (("%d/%m/%y %H:%M", False), ("%Y%j", False), ("%c", False), ("%%Y %d %H", True)):
+        assert isinstance(timestamp_parser(pattern), YearlessStrptime) is yearless, pattern
+    moved = {  # (stamp, partition day) -> year: the nearest to the day
+        ("12-31 23:59", date(2028, 1, 1)): 2027, ("01-01 00:01", date(2027, 12, 31)): 2028,
+        ("06-15 12:00", date(2026, 6, 15)): 2026, ("02-29 08:00", date(2028, 2, 29)): 2028,
+        ("02-29 08:00", date(2026, 6, 1)): 2028, ("02-29 08:00", date(2098, 6, 1)): 2104,  # 2100 is no leap year
+    }
+    for (text, day), year in moved.items():
+        assert nearest_year(datetime.strptime(f"2000-{text}", "%Y-%m-%d %H:%M"), day).year == year, (text, day)
 
 
 def test_an_absent_optional_timestamp_is_quarantined_not_raised() -> None:

@@ -57,6 +57,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date as date_cls
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,7 @@ from krone_jobs.logformats import (
     bounded_session_key,
     get_format,
     iter_lines,
+    nearest_year,
     parse_line,
 )
 from krone_jobs.partitions import (
@@ -246,9 +248,10 @@ class _GroupParser:
     with one dictionary of masked texts for the group (see the module docstring)."""
 
     def __init__(self, group: dict[str, Any], fmt: LineFormat, miner: MinerSettings, max_bytes: int,
-                 latest: datetime) -> None:
+                 day: date_cls) -> None:
         self.group = group
-        self.latest = latest
+        self.day = day
+        self.latest = datetime(day.year, day.month, day.day) + timedelta(days=1) + CLOCK_SLACK
         self.fmt = fmt
         self.keys = session_keys(fmt.session.make())
         self.mask = masker(miner)
@@ -298,6 +301,8 @@ class _GroupParser:
         """Batches of parsed rows (``LINE_FIELDS`` + masked-text index)."""
         rows: list[tuple[Any, ...]] = []
         fmt, keys, mask, max_bytes, latest = self.fmt, self.keys, self.mask, self.max_bytes, self.latest
+        day = self.day
+        yearless = fmt.yearless
         index, first, counts, quarantine = self.index, self.first, self.counts, self._quarantine
         for unit, line_no, raw in self._lines():
             file = unit["file"]
@@ -309,6 +314,8 @@ class _GroupParser:
                 quarantine((file, line_no, str(parsed.reason), parsed.message, parsed.raw, parsed.truncated))
                 self.bad_bytes += size if parsed.reason != QuarantineReason.CONTINUATION else 0
                 continue
+            if yearless and parsed.timestamp is not None:
+                parsed = parsed._replace(timestamp=nearest_year(parsed.timestamp, day))
             if parsed.timestamp is not None and parsed.timestamp >= latest:
                 quarantine((file, line_no, FUTURE_TIMESTAMP, f"stamped {parsed.timestamp.isoformat()}, after "
                             f"{latest.isoformat()}: a wrong clock", raw, False))
@@ -415,13 +422,13 @@ def _one_per_task(spark: SparkSession, rows: list[dict[str, Any]], schema: str) 
 def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str,
            date: str) -> Callable[..., Iterator[pa.RecordBatch]]:
     """The format itself travels to the executors (a user format's file need not be readable there)."""
-    latest = datetime.fromisoformat(date) + timedelta(days=1) + CLOCK_SLACK
+    day = date_cls.fromisoformat(date)
 
     def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         settings_ = MinerSettings.from_dict(miner)
         for batch in batches:
             for group in batch.to_pylist():
-                yield _GroupParser(group, fmt, settings_, max_bytes, latest).run(Path(staging))
+                yield _GroupParser(group, fmt, settings_, max_bytes, day).run(Path(staging))
 
     return run
 

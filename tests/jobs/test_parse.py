@@ -346,6 +346,31 @@ def test_a_format_from_the_formats_file_runs_through_parse_and_sessionize(
     assert s.sessions + s.open_sessions == 3
 
 
+def test_yearless_stamps_take_the_year_of_their_day_across_new_year_and_leap_days(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Classic syslog stamps have no year. Parsed in strptime's 1900, every session closed at the end of its
+    day (one crossing midnight as two halves) and every Feb 29 line was a bad timestamp."""
+    _use_formats(tmp_path, monkeypatch,
+        "[syslog]\n"
+        "regex = '^(?P<timestamp>[A-Z][a-z]{2} [ \\d]\\d \\S+) (?P<node>\\S+) (?P<component>\\w+): (?P<content>.*)$'\n"
+        "timestamp_format = '%b %d %H:%M:%S'\n"
+        "session_gap_seconds = 120\n")
+    days = {"2027-12-31": ["Dec 31 23:59:00", "Dec 31 23:59:40"], "2028-01-01": ["Jan  1 00:00:20", "Jan  1 06:00:00"],
+            "2028-02-29": ["Feb 29 10:00:00"]}
+    for day, stamps in days.items():
+        folder = tmp_path / "raw" / "sys" / f"dt={day}"
+        folder.mkdir(parents=True)
+        (folder / "syslog.log").write_text("".join(f"{t} web1 sshd: Accepted key for user{i}\n"
+                                                   for i, t in enumerate(stamps)))
+        m = run_parse("sys", day, "syslog", data_root=tmp_path, spark=spark, partitions=1)
+        assert m.parsed == len(stamps), day
+        run_sessionize("sys", day, data_root=tmp_path, spark=spark, gap_seconds=120)
+    sessions = pd.concat([_frame(tmp_path, "sessions", "sys", day) for day in days])
+    assert sorted(zip(sessions["first_ts"].astype(str), sessions["n_events"])) == [
+        ("2027-12-31 23:59:00", 3), ("2028-01-01 06:00:00", 1), ("2028-02-29 10:00:00", 1)]
+
+
 def test_stack_traces_under_their_log_lines_pass_the_quarantine_gate_and_orphans_do_not(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
