@@ -238,7 +238,7 @@ def _stripe(unit: dict[str, Any], max_bytes: int) -> Iterator[tuple[int, bytes]]
     """(line number, raw line) of a unit's stripe of its file; raises ``LogReadError`` where the file is damaged
     or unreadable."""
     part, parts = unit["part"], unit["parts"]
-    for line_no, raw in iter_lines(unit["path"], max_bytes=max_bytes):
+    for line_no, raw in iter_lines(os.fsdecode(unit["path"]), max_bytes=max_bytes):
         if ((line_no - 1) // STRIPE_LINES) % parts == part:
             yield line_no, raw
 
@@ -278,7 +278,7 @@ class _GroupParser:
             except LogReadError as exc:
                 if unit["part"] == 0:
                     self.raw_lines += 1
-                    self._quarantine((unit["file"], exc.lines_read + 1, exc.reason, str(exc), b"", True))
+                    self._quarantine((unit["file"], exc.lines_read + 1, exc.reason, _text(str(exc)), b"", True))
 
     def _quarantine(self, record: tuple[Any, ...]) -> None:
         self.quarantined.append(record)
@@ -407,6 +407,11 @@ def group_units(units: Sequence[dict[str, Any]], sizes: Sequence[int], groups: i
     return out
 
 
+def _text(name: str) -> str:
+    """``name`` as valid UTF-8 text: bytes of a file name that are not UTF-8 (held as surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -434,7 +439,10 @@ def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str,
 
 
 # ------------------------------------------------------------------------------------------ pass 2
-UNITS_DDL = "units array<struct<file_index:int,path:string,file:string,part:int,parts:int>>"
+UNITS_DDL = "units array<struct<file_index:int,path:binary,file:string,part:int,parts:int>>"
+"""A unit's ``path`` travels as the file system's bytes: a name that is not UTF-8 (``bad\\xff.log``) came back
+from Spark as a string with U+FFFD in it, a file that did not exist, and its lines were lost as one
+``unreadable`` record. ``file``, the name written in every row, is that name made valid UTF-8 (U+FFFD)."""
 PASS2_DDL = f"group int, {UNITS_DDL}, template_ids array<string>"
 """Pass-2 work: a group and its template id per masked-text index (null: the text's lines are quarantined)."""
 
@@ -709,7 +717,7 @@ def run_parse(
     store = TemplateStore.from_json(seed) if seed else TemplateStore(fmt.miner)
     parsed_dir = partition_dir(root, "parsed", source, date)
     quarantine_dir = partition_dir(root, "quarantine", source, date)
-    units = [{"file_index": i, "path": str(path.resolve()), "file": path.relative_to(root).as_posix(),
+    units = [{"file_index": i, "path": os.fsencode(path.resolve()), "file": _text(path.relative_to(root).as_posix()),
               "part": part, "parts": parts} for i, path in enumerate(files) for part in range(parts)]
     sizes = [_size(path) // parts for path in files for _ in range(parts)]
     groups = [{"group": g, "units": us} for g, us in enumerate(group_units(units, sizes, parts))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -209,6 +210,20 @@ def test_a_duplicate_delivery_is_read_once(spark: Any, tmp_path: Path) -> None:
         frames.append(_frame(tmp_path / name, "parsed", "hdfs", day).sort_values(["file", "line_no"])
                       .reset_index(drop=True))
     pd.testing.assert_frame_equal(*frames)
+
+
+def test_a_file_name_that_is_not_utf8_is_read(spark: Any, tmp_path: Path) -> None:
+    """Such a name came back from Spark with U+FFFD in it, a file that did not exist: its lines were lost as one
+    ``unreadable`` record. Now they parse, and the name written in the rows is valid text."""
+    day = "2008-11-09"
+    folder = tmp_path / "raw" / "hdfs" / f"dt={day}"
+    folder.mkdir(parents=True)
+    (folder / os.fsdecode(b"caf\xe9 log\n.log")).write_bytes(b"".join(_hdfs_line(i) for i in range(300)))
+    (folder / os.fsdecode(b"gone\xff.log")).symlink_to(tmp_path / "rotated-away.log")
+    m = run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, partitions=2, gate=False)
+    assert (m.parsed, m.quarantine_reasons) == (300, {"unreadable": 1})
+    assert set(_frame(tmp_path, "parsed", "hdfs", day)["file"]) == {f"raw/hdfs/dt={day}/caf\ufffd log\n.log"}
+    assert _frame(tmp_path, "quarantine", "hdfs", day)["file"].item() == f"raw/hdfs/dt={day}/gone\ufffd.log"
 
 
 def test_units_are_cut_into_runs_of_about_equal_bytes() -> None:
