@@ -40,6 +40,7 @@ def run_night(
     """Parse (and score, if asked and a champion exists) every day of the range; one line per step.
     ``parse_options`` go to the parse job (``max_quarantine_ratio``, ``partitions``)."""
     from krone_jobs import pipeline
+    from krone_jobs.report import BYTE_SHARE_NOTE
 
     days = day_range(start, end)
     scoring = score and has_champion(source)
@@ -52,7 +53,7 @@ def run_night(
         p, s, k = (out[step]["metrics"] for step in ("parse", "sessionize", "kseqs"))
         traces = p.get("quarantine_reasons", {}).get("continuation", 0)
         aside = f"{p['quarantined']:,} quarantined" + (f", {traces:,} of them continuation lines" if traces else "")
-        if p.get("raw_bytes") and p.get("quarantined_bytes", 0) >= 0.01 * p["raw_bytes"]:
+        if p.get("raw_bytes") and p.get("quarantined_bytes", 0) >= BYTE_SHARE_NOTE * p["raw_bytes"]:
             aside += f" ({p['quarantined_bytes'] / p['raw_bytes']:.0%} of the day's bytes)"
         if flood := p.get("quarantine_reasons", {}).get("template_flood", 0):
             aside += (f"; {flood:,} of them unique text on a day that would open more than KRONE_MAX_NEW_TEMPLATES "

@@ -348,6 +348,10 @@ def _figures(source: str, day: date, days: int, data: _DayData) -> dict[str, Any
         "parsed_lines": _metric(data.metrics, ("parsed_lines", "parsed"), prefer="parse"),
         "quarantined": _metric(data.metrics, ("quarantined", "quarantined_lines"), prefer="parse"),
         "continuation_lines": _metric(data.metrics, ("quarantine_reasons.continuation",), prefer="parse"),
+        "quarantined_byte_share": _share(_metric(data.metrics, ("quarantined_bytes",), prefer="parse"),
+                                         _metric(data.metrics, ("raw_bytes",), prefer="parse")),
+        "duplicate_files": _metric(data.metrics, ("duplicate_files",), prefer="parse"),
+        "duplicate_lines": _metric(data.metrics, ("duplicate_lines",), prefer="parse"),
         "seconds": _metric(data.metrics, ("seconds",)),
         "new_templates": data.new_template_count,
         "repeat_offenders": len(data.offenders),
@@ -396,10 +400,27 @@ def _fmt(value: int | float | None) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
 
 
-def _continuation_note(figures: Mapping[str, Any]) -> str:
-    """Stack-trace lines are kept in quarantine/ but are no bad input: say how many of the count they are."""
-    n = figures.get("continuation_lines")
-    return f" ({_fmt(n)} of them continuation lines)" if n else ""
+def _share(part: int | float | None, whole: int | float | None) -> float | None:
+    return round(part / whole, 4) if part is not None and whole else None
+
+
+BYTE_SHARE_NOTE = 0.01
+"""The quarantined share of the day's bytes is told when it reaches this: the quarantined *line* count hides an
+oversized line of any size (a JSON array written on one line is one line)."""
+
+
+def _quarantine_notes(figures: Mapping[str, Any]) -> str:
+    """What the quarantined line count does not say: how many are stack-trace lines (kept, but no bad input),
+    how much of the day's bytes the quarantined lines were, and duplicate files the parse stage skipped."""
+    notes = []
+    if n := figures.get("continuation_lines"):
+        notes.append(f"{_fmt(n)} of them continuation lines")
+    if (share := figures.get("quarantined_byte_share")) is not None and share >= BYTE_SHARE_NOTE:
+        notes.append(f"{share:.0%} of the day's bytes")
+    note = f" ({'; '.join(notes)})" if notes else ""
+    if n := figures.get("duplicate_files"):
+        note += f", duplicate files skipped {_fmt(n)} ({_fmt(figures.get('duplicate_lines'))} lines)"
+    return note
 
 
 def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:
@@ -410,7 +431,7 @@ def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:
         f"{figures['anomalies']:,} anomalous ({levels}); cache hits {_fmt(figures['cache_hits'])}, "
         f"LLM calls {_fmt(figures['llm_calls'])}; report: {path}",
         f"  new templates {figures['new_templates']:,}, quarantined lines {_fmt(figures['quarantined'])}"
-        f"{_continuation_note(figures)}, "
+        f"{_quarantine_notes(figures)}, "
         f"repeat offenders {figures['repeat_offenders']:,}, model {', '.join(figures['model_versions']) or 'n/a'}",
     ]
     if data.top:
@@ -536,7 +557,13 @@ def _figures_html(figures: Mapping[str, Any]) -> str:
               (("raw lines", "raw_lines"), ("parsed lines", "parsed_lines"), ("quarantined lines", "quarantined"),
                ("of them continuation lines", "continuation_lines"), ("score seconds", "seconds"))
               if figures[key] is not None]
-    items = "".join(f"<div class=\"fig\"><b>{_e(_fmt(v))}</b><span>{_e(label)}</span></div>" for label, v in cards)
+    cards += [(label, figures[key]) for label, key in
+              (("duplicate files skipped", "duplicate_files"), ("lines in them", "duplicate_lines")) if figures[key]]
+    share = figures["quarantined_byte_share"]
+    shown = [(label, _fmt(v)) for label, v in cards]
+    if share is not None and share >= BYTE_SHARE_NOTE:
+        shown.append(("of the day's bytes quarantined", f"{share:.0%}"))
+    items = "".join(f"<div class=\"fig\"><b>{_e(v)}</b><span>{_e(label)}</span></div>" for label, v in shown)
     detectors = ", ".join(f"{d} {n:,}" for d, n in figures["per_detector"].items())
     by_detector = f"<p class=\"meta\">decided by: {_e(detectors)}</p>" if detectors else ""
     return f"<h2>Key figures</h2><div class=\"figs\">{items}</div>{by_detector}"

@@ -49,7 +49,9 @@ def root(tmp_path: Path) -> Iterator[Path]:
     ])
     wh.write_run_metrics(SRC, DT, "score", "run-1", {"sessions": 1482, "cache_hits": 5120, "llm_calls": 0})
     wh.write_run_metrics(SRC, DT, "parse", "run-p", {"raw_lines": 9000, "quarantined": 12,
-                                                     "quarantine_reasons.continuation": 10})
+                                                     "quarantine_reasons.continuation": 10, "raw_bytes": 10**6,
+                                                     "quarantined_bytes": 3 * 10**5, "duplicate_files": 2,
+                                                     "duplicate_lines": 4000})
     wh.upsert_templates(SRC, [
         {"template_id": "T9", "template": "disk <*> on fire <img src=x>", "first_seen_dt": date(2026, 11, 3),
          "last_seen_dt": date(2026, 11, 3), "count": 4},
@@ -68,7 +70,9 @@ def test_page_has_figures_plots_chunks_and_excerpts(root: Path) -> None:
     assert (f["sessions"], f["anomalies"], f["per_level"]) == (1482, 3, {"status": 1, "action": 1, "entity": 1})
     assert (f["cache_hits"], f["llm_calls"], f["quarantined"], f["new_templates"]) == (5120, 0, 12, 1)
     assert f["continuation_lines"] == 10 and "of them continuation lines" in page
-    assert "quarantined lines 12 (10 of them continuation lines)," in rep.summary.splitlines()[1]
+    assert ("quarantined lines 12 (10 of them continuation lines; 30% of the day's bytes), duplicate files skipped 2 "
+            "(4,000 lines),") in rep.summary.splitlines()[1]
+    assert "duplicate files skipped" in page and "of the day&#x27;s bytes quarantined" in page
     assert f["model_versions"] == ["7"] and f["run_ids"] == ["run-1"]
     assert f["anomalies_per_day"]["2026-11-02"]["status"] == 1 and len(f["anomalies_per_day"]) == 7
     assert f["repeat_offenders"] == 2  # session s1 and its status key, flagged on 11-02 and 11-03
