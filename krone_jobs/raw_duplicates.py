@@ -1,37 +1,41 @@
-"""Duplicate deliveries: raw files of one partition whose content is byte-identical to an earlier file's.
+"""Duplicate deliveries: raw files of one partition whose content another file of it holds whole.
 
-Log shippers deliver twice (a retry after a lost acknowledgement, a rotated file sent both plain and as
-``.gz``, a copy left by hand). Parsing both doubles every line of their sessions, and a session whose every
-step ran twice is an anomaly to every detector: on the demo day (1,597 sessions, 55 anomalous) a ``.gz``
-copy of its one file made 1,546 sessions anomalous. So the parse stage reads the first of identical files
-(in path order) and skips the others, naming each and counting its files and lines in the run's metrics.
+Log shippers deliver twice: a retry after a lost acknowledgement, a rotated file sent both plain and as
+``.gz``, a copy left by hand, an upload cut short and then sent again, a growing file shipped at noon and
+again at midnight. Parsing both doubles the events of their sessions, and a session whose every step ran
+twice is an anomaly to every detector: on the demo day (1,597 sessions, 55 anomalous) a ``.gz`` copy of its
+one file made 1,546 sessions anomalous. So the parse stage skips a file whose (decompressed) content is
+equal to another file's or a prefix of it (for a damaged ``.gz``: what can be read of it), reads the file
+that holds it whole, and names and counts what it skipped in the run's metrics. Of equal files the first
+in path order is read.
 
-Only whole-file identity counts: two files that share some lines (overlapping rotations) are both read,
-since equal lines in two files may be two real events.
+Only whole-content containment counts: two files that share some lines but each has lines of its own
+(overlapping rotations) are both read, since equal lines in two files may be two real events.
 
-Cost: a ``stat`` per file and the 4-byte trailer of each ``.gz`` (its uncompressed size); only files whose
-content sizes collide are read in full and hashed, so a day without duplicates reads nothing more. The
-``.gz`` trailer holds the size of its last member modulo 2**32, a hint only: a candidate is a duplicate only
-when the hash of its whole decompressed content matches.
+Cost: every file's first line (at most :data:`HEAD_BYTES`) is read; files that share a first line, which
+different hosts, processes or rotations practically never do, are read in full, twice at most (lengths,
+then BLAKE2b digests at each other member's length). A day without duplicates reads a few KiB per file.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_READ = 1 << 20
+_READ = 1 << 16
+HEAD_BYTES = 4096
+"""How much of a file's first line keys it: files of one delivery share their first line."""
 
 
 @dataclass(frozen=True, slots=True)
 class DuplicateFile:
-    """A raw file skipped because ``original`` (earlier in path order) holds the same content."""
+    """A raw file skipped because ``original`` holds its whole content (equal, or longer with it as prefix)."""
 
     path: Path
     original: Path
@@ -39,60 +43,99 @@ class DuplicateFile:
 
 
 def find_duplicates(files: Sequence[Path]) -> list[DuplicateFile]:
-    """The files of ``files`` (in order) whose decompressed content equals an earlier file's. Empty and
+    """The files of ``files`` (in their order) whose content another file of ``files`` holds whole. Empty and
     unreadable files are never duplicates: the first holds no line, the parse stage reports the second."""
-    by_size: dict[int, list[Path]] = {}
+    groups: dict[bytes, list[Path]] = {}
     for path in files:
-        size = _content_size(path)
-        if size:
-            by_size.setdefault(size, []).append(path)
-    out: list[DuplicateFile] = []
-    for group in by_size.values():
-        if len(group) < 2:
-            continue
-        first: dict[bytes, Path] = {}
-        for path in group:
-            digest = _digest(path)
-            if digest is None:
-                continue
-            key, lines = digest
-            if key in first:
-                out.append(DuplicateFile(path, first[key], lines))
-            else:
-                first[key] = path
+        head = _first_line(path)
+        if head:
+            groups.setdefault(head, []).append(path)
     order = {p: i for i, p in enumerate(files)}
+    out = [d for group in groups.values() if len(group) > 1 for d in _contained(group, order)]
     return sorted(out, key=lambda d: order[d.path])
 
 
-def _content_size(path: Path) -> int | None:
-    """Uncompressed size modulo 2**32 (a ``.gz`` by its magic bytes: its trailer), ``None`` if unreadable."""
+def _contained(group: list[Path], order: dict[Path, int]) -> list[DuplicateFile]:
+    """Members of one first-line group that another member holds whole."""
+    lengths = {p: n for p in group if (n := _length(p)) is not None}
+    cuts = set(lengths.values())
+    digests = {p: d for p in lengths if (d := _digests(p, cuts)) is not None and lengths[p] in d}
+    out = []
+    for path, own in digests.items():
+        n = lengths[path]
+        holders = [q for q, d in digests.items() if q != path and n in d and d[n][0] == own[n][0]
+                   and (lengths[q] > n or order[q] < order[path])]
+        if holders:  # the longest holder, the first of equals: the file that is read
+            original = min(holders, key=lambda q: (-lengths[q], order[q]))
+            out.append(DuplicateFile(path, original, own[n][1]))
+    return out
+
+
+def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
+    """(file, content stream): a ``.gz`` (by its magic bytes) is decompressed."""
+    plain = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    if plain.read(2) == _GZIP_MAGIC:
+        plain.seek(0)
+        return plain, gzip.GzipFile(fileobj=plain)  # type: ignore[return-value]
+    plain.seek(0)
+    return plain, plain
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The decompressed content in chunks; a damaged ``.gz`` ends at its last whole chunk before the damage
+    (the parse stage reads a few KiB further, to the last whole line: what lies between is not compared)."""
+    plain, stream = _open(path)
+    with plain:
+        try:
+            while chunk := stream.read(_READ):
+                yield chunk
+        except (EOFError, zlib.error, gzip.BadGzipFile):
+            return
+
+
+def _first_line(path: Path) -> bytes | None:
+    """The first line (to LF or CR, at most :data:`HEAD_BYTES`); ``None`` if empty or unreadable."""
+    chunks = _chunks(path)
     try:
-        with open(path, "rb") as f:
-            if f.read(2) != _GZIP_MAGIC:
-                return os.fstat(f.fileno()).st_size % 2**32
-            f.seek(-4, os.SEEK_END)
-            return int.from_bytes(f.read(4), "little")
+        head = next(chunks, b"")[:HEAD_BYTES]
+    except OSError:
+        return None
+    finally:
+        chunks.close()
+    ends = [i for i in (head.find(b"\n"), head.find(b"\r")) if i >= 0]
+    return head[: min(ends) + 1] if ends else head or None
+
+
+def _length(path: Path) -> int | None:
+    try:
+        return sum(map(len, _chunks(path)))
     except OSError:
         return None
 
 
-def _digest(path: Path) -> tuple[bytes, int] | None:
-    """BLAKE2b of the decompressed content and its line count (lines end in LF, or in CR where the content
-    has no LF, as :func:`~krone_jobs.logformats.iter_lines` reads them); ``None`` if it cannot be read to its
-    end."""
+def _digests(path: Path, cuts: set[int]) -> dict[int, tuple[bytes, int]] | None:
+    """BLAKE2b digest and line count of the content's first ``n`` bytes for each ``n`` in ``cuts`` it reaches
+    (its own length among them). Lines end in LF, or in CR where the content has no LF, as
+    :func:`~krone_jobs.logformats.iter_lines` reads them; a last line without its end counts."""
     h = hashlib.blake2b(digest_size=32)
-    lf = cr = 0
+    done = lf = cr = 0
     last = b""
+    out: dict[int, tuple[bytes, int]] = {}
     try:
-        with open(path, "rb") as plain:
-            stream = gzip.GzipFile(fileobj=plain) if plain.read(2) == _GZIP_MAGIC else plain
-            plain.seek(0)
-            while chunk := stream.read(_READ):
-                h.update(chunk)
-                lf += chunk.count(b"\n")
-                cr += chunk.count(b"\r")
-                last = chunk[-1:]
-    except (OSError, EOFError, zlib.error):
+        for chunk in _chunks(path):
+            end = done + len(chunk)
+            for cut in sorted(c for c in cuts if done < c <= end):
+                part = chunk[: cut - done]
+                snap = h.copy()
+                snap.update(part)
+                out[cut] = (snap.digest(), _lines(lf + part.count(b"\n"), cr + part.count(b"\r"), part[-1:]))
+            h.update(chunk)
+            lf, cr, last, done = lf + chunk.count(b"\n"), cr + chunk.count(b"\r"), chunk[-1:], end
+    except OSError:
         return None
+    return out
+
+
+def _lines(lf: int, cr: int, last: bytes) -> int:
     end = b"\n" if lf or not cr else b"\r"
-    return h.digest(), (lf or cr) + (last not in (b"", end))
+    return (lf or cr) + (last not in (b"", end))

@@ -1,4 +1,4 @@
-"""Duplicate deliveries are found by content, plain or .gz, and nothing else is taken for one."""
+"""Duplicate deliveries are found by content, plain or .gz, whole or cut short, and nothing else is taken for one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 from krone_jobs.raw_duplicates import DuplicateFile, find_duplicates
 
-TEXT = b"".join(b"081109 203615 148 INFO dfs.DataNode: line %d\n" % i for i in range(500))
+LINES = [b"081109 203615 148 INFO dfs.DataNode: line %06d of the day\n" % i for i in range(20_000)]
+TEXT = b"".join(LINES[:500])
 
 
 def _write(folder: Path, files: dict[str, bytes]) -> list[Path]:
@@ -18,14 +19,31 @@ def _write(folder: Path, files: dict[str, bytes]) -> list[Path]:
 
 def test_copies_plain_or_gz_are_duplicates_of_the_first_in_path_order(tmp_path: Path) -> None:
     a, a_gz, b, c = _write(tmp_path, {"a.log": TEXT, "a.log.gz": gzip.compress(TEXT), "b.log": TEXT,
-                                      "c.log": TEXT.replace(b"line 7\n", b"line 8\n")})
+                                      "c.log": TEXT.replace(b"000007", b"000008")})
     assert find_duplicates([a, a_gz, b, c]) == [DuplicateFile(a_gz, a, 500), DuplicateFile(b, a, 500)]
     assert find_duplicates([a_gz, b]) == [DuplicateFile(b, a_gz, 500)]
 
 
-def test_empty_unreadable_and_damaged_files_are_never_duplicates(tmp_path: Path) -> None:
-    files = _write(tmp_path, {"e1.log": b"", "e2.log": b"", "t.log": TEXT[:-1],
-                              "t.log.gz": gzip.compress(TEXT[:-1])[:-9] + gzip.compress(TEXT[:-1])[-4:]})
+def test_a_partial_delivery_is_held_by_the_whole_one(tmp_path: Path) -> None:
+    """A growing file shipped at noon and again at midnight; an upload cut short (a .gz that ends early)."""
+    whole = b"".join(LINES)
+    packed = gzip.compress(whole)
+    cut, day, noon = _write(tmp_path, {"noon.log": whole[: len(whole) // 3], "cut.log.gz": packed[: len(packed) // 2],
+                                       "day.log": whole})
+    found = find_duplicates([cut, day, noon])
+    assert [(d.path, d.original) for d in found] == [(cut, day), (noon, day)]
+    assert found[1].lines == len(LINES) // 3 + 1  # a cut-off last line counts
+
+
+def test_files_that_only_share_lines_are_all_read(tmp_path: Path) -> None:
+    """Overlapping rotations, and a file that has lines of its own after a common start."""
+    files = _write(tmp_path, {"r1.log": b"".join(LINES[:300]), "r2.log": b"".join(LINES[200:500]),
+                              "own.log": b"".join(LINES[:100]) + b"a line of its own\n"})
+    assert find_duplicates(files) == []
+
+
+def test_empty_unreadable_and_unrelated_files_are_never_duplicates(tmp_path: Path) -> None:
+    files = _write(tmp_path, {"e1.log": b"", "e2.log": b"", "bad.log.gz": b"\x1f\x8b" + b"\xff" * 64, "t.log": TEXT})
     gone = tmp_path / "gone.log"
     gone.symlink_to(tmp_path / "nowhere.log")
     assert find_duplicates([*files, gone]) == []

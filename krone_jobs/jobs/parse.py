@@ -9,7 +9,8 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    ``partitions`` groups of about equal bytes (:func:`group_units`); a group is one Spark task and one output
    file, so thousands of small files make a few tasks, not thousands. Files are read with
    :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes. A file whose
-   content equals an earlier one's (a duplicate delivery, :mod:`krone_jobs.raw_duplicates`) is skipped.
+   content another file holds whole (a duplicate or partial delivery, :mod:`krone_jobs.raw_duplicates`) is
+   skipped.
 2. **Pass 1** (one task per group): parse (:func:`~krone_jobs.logformats.parse_line`; a line stamped more
    than :data:`CLOCK_SLACK` past its partition's day is quarantined as ``future_timestamp``), session keys
    (a key longer than ``MAX_SESSION_KEY_CHARS`` is kept shortened, counted in ``long_session_keys``),
@@ -174,8 +175,9 @@ class ParseMetrics:
     good ones is no reason to stop a night, but a file with no line end at all (a JSON array written on one
     line) shows here, and ``krone night`` prints the share."""
     duplicate_files: int = 0
-    """Log files whose content equals an earlier file's of the day (a duplicate delivery): skipped, logged by
-    name (:mod:`krone_jobs.raw_duplicates`); ``files`` and ``raw_lines`` count only the files read."""
+    """Log files whose content another file of the day holds whole (equal, or a prefix of it: a duplicate or
+    partial delivery): skipped, logged by name (:mod:`krone_jobs.raw_duplicates`); ``files`` and ``raw_lines``
+    count only the files read."""
     duplicate_lines: int = 0
     """Lines of the skipped duplicate files."""
     seconds: float = 0.0
@@ -698,9 +700,9 @@ def run_parse(
     files = raw_files(root, source, date)
     duplicates = find_duplicates(files)
     if duplicates:
-        log.warning("%s %s: skipped %d file(s) whose content another file of the day holds (a duplicate "
-                    "delivery): %s", source, date, len(duplicates),
-                    ", ".join(f"{d.path.relative_to(root).as_posix()} = {d.original.relative_to(root).as_posix()}"
+        log.warning("%s %s: skipped %d file(s) whose content another file of the day holds (a duplicate or "
+                    "partial delivery): %s", source, date, len(duplicates),
+                    ", ".join(f"{d.path.relative_to(root).as_posix()} (in {d.original.relative_to(root).as_posix()})"
                               for d in duplicates[:10]))
         skipped = {d.path for d in duplicates}
         files = [p for p in files if p not in skipped]
