@@ -73,7 +73,7 @@ def _contained(group: list[Path], order: dict[Path, int]) -> list[DuplicateFile]
 
 def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
     """(file, content stream): a ``.gz`` (by its magic bytes) is decompressed."""
-    plain = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    plain = open(path, "rb")  # closed by _chunks
     if plain.read(2) == _GZIP_MAGIC:
         plain.seek(0)
         return plain, gzip.GzipFile(fileobj=plain)  # type: ignore[return-value]
@@ -82,8 +82,7 @@ def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
-    """The decompressed content in chunks; a damaged ``.gz`` ends at its last whole chunk before the damage
-    (the parse stage reads a few KiB further, to the last whole line: what lies between is not compared)."""
+    """The decompressed content in chunks; a damaged ``.gz`` ends where it can no longer be read."""
     plain, stream = _open(path)
     with plain:
         try:
@@ -119,7 +118,6 @@ def _digests(path: Path, cuts: set[int]) -> dict[int, tuple[bytes, int]] | None:
     :func:`~krone_jobs.logformats.iter_lines` reads them; a last line without its end counts."""
     h = hashlib.blake2b(digest_size=32)
     done = lf = cr = 0
-    last = b""
     out: dict[int, tuple[bytes, int]] = {}
     try:
         for chunk in _chunks(path):
@@ -130,7 +128,7 @@ def _digests(path: Path, cuts: set[int]) -> dict[int, tuple[bytes, int]] | None:
                 snap.update(part)
                 out[cut] = (snap.digest(), _lines(lf + part.count(b"\n"), cr + part.count(b"\r"), part[-1:]))
             h.update(chunk)
-            lf, cr, last, done = lf + chunk.count(b"\n"), cr + chunk.count(b"\r"), chunk[-1:], end
+            lf, cr, done = lf + chunk.count(b"\n"), cr + chunk.count(b"\r"), end
     except OSError:
         return None
     return out
