@@ -69,6 +69,21 @@ One default configuration for every dataset and training size; per level, a chun
    max-column distance (the RMS form keeps long Thunderbird windows, with many columns in play, from
    looking far just because they are long).
 
+3b. **its session's content is implausible, asked about an unseen lower-level chunk of known nodes**
+   (``content_scope="auto"``, the default). The content check is one component with one budget, however
+   many chunks it is asked about. In the same cross-fitting, its false alarms as routed by default (held-out
+   normal sessions with an unseen entity-level chunk or a new ordinary node, and a score above the
+   threshold; unseen by the Local-Context knowledge-base keys, exactly as the router flags) are counted. A
+   lower level (action first, then status) joins while the false alarms of the widened routing, that
+   level's sessions with an unseen chunk added, keep an upper bound below ``fp_budget``
+   (``content_levels_``). Measured (offline hierarchy): on the HDFS demo at 80 % both levels join (3, then
+   9 and 11 held-out false alarms of 16,000): 7 of the 8 anomalies that differed from training only in an
+   action-level chunk under ``block`` are caught (their content scores are 11-29 times the threshold),
+   missed anomalies 12 -> 5, one false alarm more (F1 0.9895 -> 0.9948); Thunderbird at 80 % lets the
+   status level join (22 of 16,000) and no figure moves; at 10 % and 1 % no level joins (the bound of even
+   0 of 200 sessions is 0.015). Judging every level so whatever it costs (``content_scope="all"``) gave
+   the same at HDFS 80 % and cost 1-5 false alarms on each of the other five rows.
+
 4. optionally (``sequence_levels``, off by default) **its order is implausible**: a per-level GRU
    language model over the chunk's own nodes, conditioned on the parent and on child-chunk summaries,
    scores the most surprising step. On the HDFS and Thunderbird demo splits it added false alarms at
@@ -80,9 +95,9 @@ Thresholds (``fp_budget``, default 0.002 = one normal session in 500 per compone
 threshold is the smallest value that flags at most that share of the cross-fitted held-out normal
 sessions (all of them, not only those the knowledge base would miss: the pool is then large enough at
 every training size, and the share bounds the false-alarm rate on the sessions the router does ask
-about); rules 2 and 2b are enabled only when their own false-alarm share is confidently within the same
-budget (``new_node_rate_``, ``unseen_chunk_rate_`` and ``closed_parent_rate_``, measured in the same
-K-fold cross-fitting).
+about); rules 2, 2b and 3b are enabled only when their own false-alarm share is confidently within the
+same budget (``new_node_rate_``, ``unseen_chunk_rate_``, ``closed_parent_rate_`` and
+``content_level_rate_``, measured in the same K-fold cross-fitting).
 
 Cost: fitting is counting plus nearest-neighbour searches (``torch.cdist``), no training loop unless the
 order model is switched on; scoring is one batched distance computation per call on the flagged chunks.
@@ -91,9 +106,8 @@ Known limits. Content is a property of the session, so the score of an entity-le
 with a new node) depends on ``ChunkExample.bag``, not only on the knowledge-base key; a chunk cache keyed
 by that key alone (the router's) reuses one session's verdict for another with the same key and other
 content. Unseen status / action chunks made of known nodes are passed (new run lengths and interleavings)
-unless rule 2b finds their level or parent closed; judging them by their session's content too
-(``content_scope="all"``) catches a skipped or repeated step inside a known entity sequence, but gave no
-recall on the demo sets, a few more false alarms and more such cache collisions. Rule 2b's known-chunk
+unless rule 2b finds their level or parent closed or rule 3b lets their level join the content check,
+which needs many training sessions (its bound must fall below the budget). Rule 2b's known-chunk
 keys cap status runs, so a longer run of a step that already ran ``MAX_REPEAT`` times is not caught by it,
 and it assumes training and test sessions come from the same system state (as every cross-fitted rule).
 Rare-but-normal components (Thunderbird daemons seen once in training) and rare-but-anomalous ones (HDFS
@@ -405,9 +419,9 @@ class NestedAwareDetector(BaseEstimator):
         condition for treating a new ordinary node, or an unseen chunk of a level, as anomalous).
     folds: K of the cross-fitting that calibrates the content threshold and the new-node rates.
     prior: pseudo-observation (variance units of ``log1p`` counts) added to every column's spread.
-    content_scope: which unseen chunks the content check judges: ``"new"`` (default) entity-level chunks
-        and chunks that bring a new node; ``"all"`` every unseen chunk (also catches a skipped or repeated
-        step inside a known entity sequence, at the price of a few more false alarms; see Known limits).
+    content_scope: which unseen chunks the content check judges: always entity-level chunks and chunks
+        that bring a new node; with ``"auto"`` (default) also the unseen chunks of the lower levels that
+        rule 3b lets join, with ``"all"`` those of every level, with ``"new"`` no more.
     sequence_levels: levels that also get the GRU order model (default none); ``dim``, ``hidden``,
         ``epochs``, ``batch_size``, ``lr``, ``dropout_unseen`` configure it and ``holdout`` is the share of
         sessions held out to calibrate it (same ``fp_budget`` rule).
@@ -419,7 +433,9 @@ class NestedAwareDetector(BaseEstimator):
     ``unseen_chunk_count_`` / ``unseen_chunk_rate_`` (rule 2b: held-out sessions bringing an unseen chunk
     per level, and that share's upper bound), ``closed_parent_count_`` / ``closed_parent_rate_`` (the same
     for the per-parent procedure), ``closed_levels_``, ``closed_parents_`` (level -> closed parent codes)
-    and ``known_chunks_`` (the chunk keys of closed levels and parents, see :func:`chunk_key`), ``bag_``,
+    and ``known_chunks_`` (the chunk keys of closed levels and parents, see :func:`chunk_key`),
+    ``content_level_count_`` / ``content_level_rate_`` (rule 3b: the content check's held-out false alarms as
+    routed by default and with each level joined in turn, and their upper bounds), ``content_levels_``, ``bag_``,
     ``models_`` (order models), ``seen_``, ``codebook_``, ``losses_``, ``n_train_sessions_``.
     """
 
@@ -430,7 +446,7 @@ class NestedAwareDetector(BaseEstimator):
         fp_budget: float = 0.002,
         folds: int = 5,
         prior: float = 1.0,
-        content_scope: str = "new",
+        content_scope: str = "auto",
         sequence_levels: tuple[str, ...] = (),
         dim: int = 16,
         hidden: int = 32,
@@ -463,8 +479,8 @@ class NestedAwareDetector(BaseEstimator):
         unknown = set(self.sequence_levels) - {"status", "action", "entity"}
         if unknown:
             raise ValueError(f"unknown sequence level(s) {sorted(unknown)}")
-        if self.content_scope not in ("new", "all"):
-            raise ValueError(f"content_scope must be 'new' or 'all', not {self.content_scope!r}")
+        if self.content_scope not in ("new", "auto", "all"):
+            raise ValueError(f"content_scope must be 'new', 'auto' or 'all', not {self.content_scope!r}")
         torch.manual_seed(self.seed)
         rng = np.random.RandomState(self.seed)
         self.codebook_ = Codebook.from_hierarchy(self.hierarchy)  # type: ignore[arg-type]
@@ -484,7 +500,8 @@ class NestedAwareDetector(BaseEstimator):
         # other folds only.
         k = max(2, min(self.folds, n))
         new_ok = {lvl: 0 for lvl in LEVELS}
-        pool: list[float] = []
+        scored: dict[int, float] = {}  # held-out session -> its cross-fitted content score
+        new_node: set[int] = set()  # held-out sessions with a new ordinary node (judged by content too)
         for f in range(k):
             out_idx = order[f::k]
             in_idx = np.setdiff1d(order, out_idx)
@@ -492,19 +509,24 @@ class NestedAwareDetector(BaseEstimator):
                 continue
             seen_f = _seen([examples[i] for i in in_idx])
             bag_f = BagModel(self.codebook_, seen_f, self.prior).fit([examples[i]["entity"][0].bag for i in in_idx])
-            judged: list[Bag] = []
+            judged: list[int] = []
             for i in out_idx:
                 ex = examples[i]
                 kinds = [{self._unseen(lvl, e, seen_f)[0] for e in ex[lvl]} for lvl in LEVELS]
                 for lvl, found in zip(LEVELS, kinds):
                     new_ok[lvl] += UNSEEN_OK in found
+                if any(UNSEEN_OK in found for found in kinds):
+                    new_node.add(int(i))
                 if not any(UNSEEN_ERROR in found for found in kinds):  # else decided by the unseen-error rule
-                    judged.append(ex["entity"][0].bag)
-            pool.extend(bag_f.score(judged)[0].tolist())
+                    judged.append(int(i))
+            scores = bag_f.score([examples[i]["entity"][0].bag for i in judged])[0].tolist()
+            scored.update(zip(judged, scores))
         self.new_node_rate_ = {lvl: _upper_bound(new_ok[lvl], n) for lvl in LEVELS}
         self._fit_closed_levels(examples, order, k)
         self.bag_ = BagModel(self.codebook_, self.seen_, self.prior).fit([e["entity"][0].bag for e in examples])
-        self.thresholds_.update(status=math.inf, action=math.inf, entity=budget_threshold(pool, n, self.fp_budget))
+        threshold = budget_threshold(list(scored.values()), n, self.fp_budget)
+        self.thresholds_.update(status=math.inf, action=math.inf, entity=threshold)
+        self._fit_content_levels(_unseen_by_fold(cuts, order, k), new_node, scored, threshold, n)
         self.losses_.update(status=float("nan"), action=float("nan"), entity=float("nan"))
 
         # Optional order models: trained on all but a held-out share, calibrated on it.
@@ -587,6 +609,31 @@ class NestedAwareDetector(BaseEstimator):
                 self.closed_parents_[lvl] = parents
                 self.known_chunks_[lvl] = {key for key in masks if key[0] in parents}
         self.closed_levels_ = tuple(closed_levels)
+
+    def _fit_content_levels(self, unseen_in: dict[str, set[int]], new_node: set[int], scored: dict[int, float],
+                            threshold: float, n: int) -> None:
+        """Rule 3b: at which lower levels an unseen chunk of known nodes is judged by its session's content too.
+
+        The content check is one component with one budget, however many chunks it is asked about. Measured
+        in the same cross-fitting: the held-out normal sessions it flags as routed by default (an unseen
+        entity-level chunk or a new ordinary node, and a score above the threshold) are its false alarms; a
+        lower level (action first, its repeats collapsed, then status) joins while the false alarms of the
+        widened routing, that level's sessions with an unseen chunk added, keep an upper bound below
+        ``fp_budget`` (``content_level_count_``: the flagged sessions with the level joined, in order).
+        ``content_scope="all"`` judges both levels, ``"new"`` neither."""
+        flagged = {i for i, score in scored.items() if score > threshold}
+        spent = flagged & (unseen_in.get("entity", set()) | new_node)
+        self.content_level_count_ = {"default": len(spent)}
+        joined = []
+        for lvl in ("action", "status"):
+            widened = spent | (flagged & unseen_in.get(lvl, set()))
+            self.content_level_count_[lvl] = len(widened)
+            if self.content_scope == "all" or (self.content_scope == "auto" and _upper_bound(len(widened), n)
+                                               < self.fp_budget):
+                joined.append(lvl)
+                spent = widened
+        self.content_levels_ = tuple(joined)
+        self.content_level_rate_ = {k: _upper_bound(c, n) for k, c in self.content_level_count_.items()}
 
     def chunks_closed(self, level: str, parent: int | None = None) -> bool:
         """Whether an unseen chunk at ``level`` under ``parent`` is anomalous even when made of known nodes
@@ -742,7 +789,7 @@ class NestedAwareDetector(BaseEstimator):
         own_t = TABLES[level][0]
         for i, ex in enumerate(examples):
             kind, pos = self._unseen(level, ex, self.seen_)
-            if ex.bag and (level == "entity" or kind == UNSEEN_OK or self.content_scope == "all"):
+            if ex.bag and (level == "entity" or kind == UNSEEN_OK or level in self.content_levels_):
                 by_content.append(i)
             if kind == UNSEEN_ERROR or (kind == UNSEEN_OK and new_is_anomalous):
                 node = self.codebook_.names[own_t][ex.nodes[pos]]
@@ -850,6 +897,9 @@ class NestedAwareDetector(BaseEstimator):
             "closed_parent_count": dict(self.closed_parent_count_),
             "closed_parent_rate": dict(self.closed_parent_rate_),
             "closed_levels": list(self.closed_levels_),
+            "content_level_count": dict(self.content_level_count_),
+            "content_level_rate": dict(self.content_level_rate_),
+            "content_levels": list(self.content_levels_),
             "closed_parents": {lvl: sorted(parents) for lvl, parents in self.closed_parents_.items()},
             "known_chunks": {lvl: sorted(list(key) for key in keys) for lvl, keys in self.known_chunks_.items()},
             "bag": self.bag_.to_state(),
@@ -875,6 +925,10 @@ class NestedAwareDetector(BaseEstimator):
         det.closed_parent_count_ = {k: int(v) for k, v in state.get("closed_parent_count", {}).items()}
         det.closed_parent_rate_ = {k: float(v) for k, v in state.get("closed_parent_rate", {}).items()}
         det.closed_levels_ = tuple(state.get("closed_levels", ()))
+        # states saved before rule 3b judge no lower level by content, as they did
+        det.content_level_count_ = {k: int(v) for k, v in state.get("content_level_count", {}).items()}
+        det.content_level_rate_ = {k: float(v) for k, v in state.get("content_level_rate", {}).items()}
+        det.content_levels_ = tuple(state.get("content_levels", ()))
         det.closed_parents_ = {lvl: {int(p) for p in parents}
                                for lvl, parents in state.get("closed_parents", {}).items()}
         det.known_chunks_ = {lvl: {tuple(int(x) for x in key) for key in keys}
@@ -889,6 +943,25 @@ class NestedAwareDetector(BaseEstimator):
         det.n_train_sessions_ = int(state["n_train_sessions"])
         det.n_skipped_sessions_ = 0
         return det
+
+
+def _unseen_by_fold(cuts: Sequence[Cut], order: np.ndarray, k: int) -> dict[str, set[int]]:
+    """Per level, the sessions (indices into ``cuts``) with a KRONE Seq that no session of another fold has:
+    the Local-Context knowledge-base keys, status runs uncapped, so a held-out session is flagged exactly as
+    the router would flag it."""
+    fold_of = np.empty(len(cuts), dtype=np.int64)
+    for f in range(k):
+        fold_of[order[f::k]] = f
+    out: dict[str, set[int]] = {}
+    for lvl in LEVELS:
+        keys = [set(c.status_keys) if lvl == "status" else set(c.action_keys) if lvl == "action" else {c.entity_key}
+                for c in cuts]
+        masks: dict[Any, int] = {}
+        for per, f in zip(keys, fold_of.tolist()):
+            for key in per:
+                masks[key] = masks.get(key, 0) | (1 << f)
+        out[lvl] = {i for i, (per, f) in enumerate(zip(keys, fold_of.tolist())) if any(masks[q] == 1 << f for q in per)}
+    return out
 
 
 def _upper_bound(k: int, n: int, confidence: float = 0.95) -> float:

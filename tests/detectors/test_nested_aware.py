@@ -191,11 +191,27 @@ def test_content_scope_all_also_judges_known_node_chunks(toy: Hierarchy) -> None
     (blob,) = [ex for ex in chunk_examples(cut)["action"] if len(ex.nodes) == 2]
     default = NestedAwareDetector(toy).fit(TRAIN)
     everything = NestedAwareDetector(toy, content_scope="all").fit(TRAIN)
+    assert default.content_levels_ == () and everything.content_levels_ == ("action", "status")
     assert default.score_examples("action", [blob])[0].ratio <= 1.0  # a known-node chunk: passed
     (s,) = everything.score_examples("action", [blob])
     assert s.ratio > 1.0 and "nearest normal session" in s.detail
     with pytest.raises(ValueError, match="content_scope"):
         NestedAwareDetector(toy, content_scope="some").fit(TRAIN)
+
+
+def test_lower_levels_join_the_content_check_while_its_cross_fitted_false_alarms_stay_in_budget(
+    toy: Hierarchy,
+) -> None:
+    """180 training sessions: 0 held-out false alarms have an upper bound of 3/180, over the default budget
+    (no level joins) and under a budget of 0.05 (both join); the choice and its figures travel with the state."""
+    default = NestedAwareDetector(toy).fit(TRAIN)
+    assert default.content_level_count_ == {"default": 0, "action": 0, "status": 0}
+    assert default.content_levels_ == () and default.content_level_rate_["action"] > default.fp_budget
+    loose = NestedAwareDetector(toy, fp_budget=0.05).fit(TRAIN)
+    assert loose.content_levels_ == ("action", "status")
+    assert NestedAwareDetector(toy, fp_budget=0.05, content_scope="new").fit(TRAIN).content_levels_ == ()
+    again = NestedAwareDetector.from_state(toy, loose.to_state())
+    assert (again.content_levels_, again.content_level_count_) == (loose.content_levels_, loose.content_level_count_)
 
 
 def toy_cut(toy: Hierarchy, seq: list[str]):  # type: ignore[no-untyped-def]
