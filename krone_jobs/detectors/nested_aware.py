@@ -925,10 +925,11 @@ class NestedAwareDetector(BaseEstimator):
         det.closed_parent_count_ = {k: int(v) for k, v in state.get("closed_parent_count", {}).items()}
         det.closed_parent_rate_ = {k: float(v) for k, v in state.get("closed_parent_rate", {}).items()}
         det.closed_levels_ = tuple(state.get("closed_levels", ()))
-        # states saved before rule 3b judge no lower level by content, as they did
+        # states saved before rule 3b judge the lower levels by content as they did: all of them or none
         det.content_level_count_ = {k: int(v) for k, v in state.get("content_level_count", {}).items()}
         det.content_level_rate_ = {k: float(v) for k, v in state.get("content_level_rate", {}).items()}
-        det.content_levels_ = tuple(state.get("content_levels", ()))
+        before = ("action", "status") if det.content_scope == "all" else ()
+        det.content_levels_ = tuple(state.get("content_levels", before))
         det.closed_parents_ = {lvl: {int(p) for p in parents}
                                for lvl, parents in state.get("closed_parents", {}).items()}
         det.known_chunks_ = {lvl: {tuple(int(x) for x in key) for key in keys}
