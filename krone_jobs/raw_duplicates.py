@@ -7,10 +7,13 @@ twice is an anomaly to every detector: on the demo day (1,597 sessions, 55 anoma
 one file made 1,546 sessions anomalous. So the parse stage skips a file whose (decompressed) content is
 equal to another file's or a prefix of it (for a damaged ``.gz``: what can be read of it), reads the file
 that holds it whole, and names and counts what it skipped in the run's metrics. Of equal files the first
-in path order is read.
+in path order is read. A file that the previous day's partition holds whole (a re-delivery that crossed
+midnight) is skipped too: its lines were parsed, sessionized and scored with that day.
 
 Only whole-content containment counts: two files that share some lines but each has lines of its own
-(overlapping rotations) are both read, since equal lines in two files may be two real events.
+(overlapping rotations) are both read, since equal lines in two files may be two real events. A file that
+holds the previous day's whole (a log never rotated, shipped whole every day) is read whole, its old lines
+again: skipping what was read needs an offset per stream, kept from day to day, as a tailer keeps one.
 
 Cost: every file's first line (at most :data:`HEAD_BYTES`) is read; files that share a first line, which
 different hosts, processes or rotations practically never do, are read in full, twice at most (lengths,
@@ -42,16 +45,19 @@ class DuplicateFile:
     lines: int
 
 
-def find_duplicates(files: Sequence[Path]) -> list[DuplicateFile]:
-    """The files of ``files`` (in their order) whose content another file of ``files`` holds whole. Empty and
-    unreadable files are never duplicates: the first holds no line, the parse stage reports the second."""
+def find_duplicates(files: Sequence[Path], read_before: Sequence[Path] = ()) -> list[DuplicateFile]:
+    """The files of ``files`` (in their order) whose content another file of ``files``, or a file of
+    ``read_before`` (the previous day's, already parsed), holds whole. Empty and unreadable files are never
+    duplicates: the first holds no line, the parse stage reports the second."""
     groups: dict[bytes, list[Path]] = {}
-    for path in files:
+    for path in [*read_before, *files]:
         head = _first_line(path)
         if head:
             groups.setdefault(head, []).append(path)
-    order = {p: i for i, p in enumerate(files)}
-    out = [d for group in groups.values() if len(group) > 1 for d in _contained(group, order)]
+    order = {p: i for i, p in enumerate([*read_before, *files])}  # an earlier day's file comes first
+    skippable = set(files)
+    out = [d for group in groups.values() if len(group) > 1 and skippable.intersection(group)
+           for d in _contained(group, order) if d.path in skippable]
     return sorted(out, key=lambda d: order[d.path])
 
 

@@ -35,6 +35,17 @@ def test_a_partial_delivery_is_held_by_the_whole_one(tmp_path: Path) -> None:
     assert found[1].lines == len(LINES) // 3 + 1  # a cut-off last line counts
 
 
+def test_a_file_the_day_before_holds_is_skipped_but_never_a_file_of_that_day(tmp_path: Path) -> None:
+    """A re-delivery that crossed midnight: yesterday's copy was parsed with yesterday."""
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()
+    (old,) = _write(tmp_path / "d1", {"app.log": TEXT})
+    again, grown, other = _write(tmp_path / "d2", {"again.log.gz": gzip.compress(TEXT), "grown.log": TEXT + LINES[600],
+                                                   "other.log": b"".join(LINES[500:600])})
+    assert find_duplicates([again, other], read_before=[old]) == [DuplicateFile(again, old, 500)]
+    assert find_duplicates([grown], read_before=[old]) == []  # it holds yesterday's file: read whole
+
+
 def test_files_that_only_share_lines_are_all_read(tmp_path: Path) -> None:
     """Overlapping rotations, and a file that has lines of its own after a common start."""
     files = _write(tmp_path, {"r1.log": b"".join(LINES[:300]), "r2.log": b"".join(LINES[200:500]),

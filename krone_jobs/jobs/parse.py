@@ -9,8 +9,8 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    ``partitions`` groups of about equal bytes (:func:`group_units`); a group is one Spark task and one output
    file, so thousands of small files make a few tasks, not thousands. Files are read with
    :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes. A file whose
-   content another file holds whole (a duplicate or partial delivery, :mod:`krone_jobs.raw_duplicates`) is
-   skipped.
+   content another file of the day, or of the day before, holds whole (a duplicate or partial delivery,
+   :mod:`krone_jobs.raw_duplicates`) is skipped.
 2. **Pass 1** (one task per group): parse (:func:`~krone_jobs.logformats.parse_line`; a line stamped more
    than :data:`CLOCK_SLACK` past its partition's day is quarantined as ``future_timestamp``), session keys
    (a key longer than ``MAX_SESSION_KEY_CHARS`` is kept shortened, counted in ``long_session_keys``),
@@ -175,8 +175,8 @@ class ParseMetrics:
     good ones is no reason to stop a night, but a file with no line end at all (a JSON array written on one
     line) shows here, and ``krone night`` prints the share."""
     duplicate_files: int = 0
-    """Log files whose content another file of the day holds whole (equal, or a prefix of it: a duplicate or
-    partial delivery): skipped, logged by name (:mod:`krone_jobs.raw_duplicates`); ``files`` and ``raw_lines``
+    """Log files whose content another file of the day, or of the day before, holds whole (equal, or a prefix
+    of it: a duplicate or partial delivery): skipped, logged by name (:mod:`krone_jobs.raw_duplicates`); ``files`` and ``raw_lines``
     count only the files read."""
     duplicate_lines: int = 0
     """Lines of the skipped duplicate files."""
@@ -698,9 +698,10 @@ def run_parse(
     spark = spark or get_spark()
     parts = partitions or spark.sparkContext.defaultParallelism
     files = raw_files(root, source, date)
-    duplicates = find_duplicates(files)
+    yesterday = (date_cls.fromisoformat(date) - timedelta(days=1)).isoformat()
+    duplicates = find_duplicates(files, read_before=raw_files(root, source, yesterday))
     if duplicates:
-        log.warning("%s %s: skipped %d file(s) whose content another file of the day holds (a duplicate or "
+        log.warning("%s %s: skipped %d file(s) whose content another file holds (a duplicate or "
                     "partial delivery): %s", source, date, len(duplicates),
                     ", ".join(f"{d.path.relative_to(root).as_posix()} (in {d.original.relative_to(root).as_posix()})"
                               for d in duplicates[:10]))

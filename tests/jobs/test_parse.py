@@ -226,6 +226,18 @@ def test_a_file_name_that_is_not_utf8_is_read(spark: Any, tmp_path: Path) -> Non
     assert _frame(tmp_path, "quarantine", "hdfs", day)["file"].item() == f"raw/hdfs/dt={day}/gone\ufffd.log"
 
 
+def test_a_redelivery_of_the_day_before_is_skipped(spark: Any, tmp_path: Path) -> None:
+    days = ("2008-11-09", "2008-11-10")
+    data = b"".join(_hdfs_line(i) for i in range(300))
+    for day, files in zip(days, ({"a.log": data}, {"a-retry.log": data, "b.log": data.replace(b"blk_", b"blk_9")})):
+        folder = tmp_path / "raw" / "hdfs" / f"dt={day}"
+        folder.mkdir(parents=True)
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
+    m = run_parse("hdfs", days[1], "hdfs", data_root=tmp_path, spark=spark, partitions=2, gate=False)
+    assert (m.files, m.parsed, m.duplicate_files, m.duplicate_lines) == (1, 300, 1, 300)
+
+
 def test_units_are_cut_into_runs_of_about_equal_bytes() -> None:
     units = [{"u": i} for i in range(10)]
     runs = group_units(units, [100, 0, 0, 0, 0, 100, 100, 0, 0, 100], 2)
