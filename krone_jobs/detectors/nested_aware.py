@@ -562,10 +562,7 @@ class NestedAwareDetector(BaseEstimator):
         from the other folds as if ``f`` did not exist) and ``closed_parent_count_`` counts the held-out
         sessions that bring an unseen chunk under a parent so chosen: the false-alarm share of the whole
         procedure, selection included (a parent that merely happened to look closed is paid for there)."""
-        fold_of = np.empty(len(examples), dtype=np.int64)
-        for f in range(k):
-            fold_of[order[f::k]] = f
-        folds = fold_of.tolist()
+        folds = _fold_of(order, k, len(examples))
         full = (1 << k) - 1
         n = len(examples)
         self.unseen_chunk_count_: dict[str, int] = {}
@@ -577,10 +574,7 @@ class NestedAwareDetector(BaseEstimator):
         closed_levels = []
         for lvl in LEVELS:
             keys = [{chunk_key(e) for e in ex[lvl]} for ex in examples]
-            masks: dict[tuple[int, ...], int] = {}
-            for per, f in zip(keys, folds):
-                for key in per:
-                    masks[key] = masks.get(key, 0) | (1 << f)
+            masks = _fold_masks(keys, folds)
             appears: dict[int, int] = {}  # parent -> folds it occurs in
             spoiled: dict[int, int] = {}  # parent -> outer folds f for which it is not closed
             for key, m in masks.items():
@@ -950,19 +944,31 @@ def _unseen_by_fold(cuts: Sequence[Cut], order: np.ndarray, k: int) -> dict[str,
     """Per level, the sessions (indices into ``cuts``) with a KRONE Seq that no session of another fold has:
     the Local-Context knowledge-base keys, status runs uncapped, so a held-out session is flagged exactly as
     the router would flag it."""
-    fold_of = np.empty(len(cuts), dtype=np.int64)
-    for f in range(k):
-        fold_of[order[f::k]] = f
+    folds = _fold_of(order, k, len(cuts))
     out: dict[str, set[int]] = {}
     for lvl in LEVELS:
         keys = [set(c.status_keys) if lvl == "status" else set(c.action_keys) if lvl == "action" else {c.entity_key}
                 for c in cuts]
-        masks: dict[Any, int] = {}
-        for per, f in zip(keys, fold_of.tolist()):
-            for key in per:
-                masks[key] = masks.get(key, 0) | (1 << f)
-        out[lvl] = {i for i, (per, f) in enumerate(zip(keys, fold_of.tolist())) if any(masks[q] == 1 << f for q in per)}
+        masks = _fold_masks(keys, folds)
+        out[lvl] = {i for i, (per, f) in enumerate(zip(keys, folds)) if any(masks[q] == 1 << f for q in per)}
     return out
+
+
+def _fold_of(order: np.ndarray, k: int, n: int) -> list[int]:
+    """The cross-fitting fold of each of ``n`` sessions (fold ``f`` holds ``order[f::k]``)."""
+    fold_of = np.empty(n, dtype=np.int64)
+    for f in range(k):
+        fold_of[order[f::k]] = f
+    return fold_of.tolist()
+
+
+def _fold_masks(keys: Sequence[set[Any]], folds: Sequence[int]) -> dict[Any, int]:
+    """Per key, a bit mask of the folds whose sessions have it (``keys``: each session's key set)."""
+    masks: dict[Any, int] = {}
+    for per, f in zip(keys, folds):
+        for key in per:
+            masks[key] = masks.get(key, 0) | (1 << f)
+    return masks
 
 
 def _upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
