@@ -786,7 +786,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _SKIP_CHUNK = 1024 * 1024
 
 
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class _Utf16AsUtf8:
@@ -860,7 +860,7 @@ def iter_lines(
             if plain.peek(2)[:2] == _GZIP_MAGIC:
                 stream = stack.enter_context(gzip.GzipFile(fileobj=plain))
             try:
-                if stream.peek(2)[:2] in _UTF16_BOMS:  # inside: peeking a .gz decompresses
+                if stream.peek(2)[:2] in UTF16_BOMS:  # inside: peeking a .gz decompresses
                     stream = _Utf16AsUtf8(stream)
                 elif _cr_terminated(stream):
                     stream = io.BufferedReader(_CrAsLf(stream))

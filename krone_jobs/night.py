@@ -40,7 +40,7 @@ def run_night(
     """Parse (and score, if asked and a champion exists) every day of the range; one line per step.
     ``parse_options`` go to the parse job (``max_quarantine_ratio``, ``partitions``)."""
     from krone_jobs import pipeline
-    from krone_jobs.report import BYTE_SHARE_NOTE
+    from krone_jobs.report import delivery_note, parse_figures, quarantine_note
 
     days = day_range(start, end)
     scoring = score and has_champion(source)
@@ -51,17 +51,14 @@ def run_night(
     for dt in days:
         out: dict[str, Any] = pipeline.parse_day(source, dt, fmt, data_root=data_root, **parse_options)
         p, s, k = (out[step]["metrics"] for step in ("parse", "sessionize", "kseqs"))
-        traces = p.get("quarantine_reasons", {}).get("continuation", 0)
-        aside = f"{p['quarantined']:,} quarantined" + (f", {traces:,} of them continuation lines" if traces else "")
-        if p.get("raw_bytes") and p.get("quarantined_bytes", 0) >= BYTE_SHARE_NOTE * p["raw_bytes"]:
-            aside += f" ({p['quarantined_bytes'] / p['raw_bytes']:.0%} of the day's bytes)"
+        figures = parse_figures(p)
+        aside = f"{p['quarantined']:,} quarantined{quarantine_note(figures)}"
         if flood := p.get("quarantine_reasons", {}).get("template_flood", 0):
             aside += (f"; {flood:,} of them unique text on a day that would open more than KRONE_MAX_NEW_TEMPLATES "
                       "templates (template_flood)")
         if p["long_session_keys"]:
             aside += f"; {p['long_session_keys']:,} with a session key shortened"
-        if dup := p.get("duplicate_files", 0):
-            aside += f"; {dup:,} duplicate file(s) skipped ({p['duplicate_lines']:,} lines)"
+        aside += delivery_note(figures)
         cut, split = s["cut_sessions"], s["split_sessions"]
         still = f"{s['open_sessions']:,} open" + (f", {cut:,} cut at the maximum session span" if cut else "")
         still += f", {split:,} split into pieces of the maximum session size" if split else ""

@@ -350,8 +350,7 @@ def _figures(source: str, day: date, days: int, data: _DayData) -> dict[str, Any
         "continuation_lines": _metric(data.metrics, ("quarantine_reasons.continuation",), prefer="parse"),
         "quarantined_byte_share": _share(_metric(data.metrics, ("quarantined_bytes",), prefer="parse"),
                                          _metric(data.metrics, ("raw_bytes",), prefer="parse")),
-        "duplicate_files": _metric(data.metrics, ("duplicate_files",), prefer="parse"),
-        "duplicate_lines": _metric(data.metrics, ("duplicate_lines",), prefer="parse"),
+        **{key: _metric(data.metrics, (key,), prefer="parse") for key in DELIVERY_KEYS},
         "seconds": _metric(data.metrics, ("seconds",)),
         "new_templates": data.new_template_count,
         "repeat_offenders": len(data.offenders),
@@ -409,18 +408,36 @@ BYTE_SHARE_NOTE = 0.01
 oversized line of any size (a JSON array written on one line is one line)."""
 
 
-def _quarantine_notes(figures: Mapping[str, Any]) -> str:
-    """What the quarantined line count does not say: how many are stack-trace lines (kept, but no bad input),
-    how much of the day's bytes the quarantined lines were, and duplicate files the parse stage skipped."""
+def quarantine_note(figures: Mapping[str, Any]) -> str:
+    """What the quarantined line count does not say: how many are stack-trace lines (kept, but no bad input)
+    and how much of the day's bytes the quarantined lines were (``" (...)"``, or empty)."""
     notes = []
     if n := figures.get("continuation_lines"):
         notes.append(f"{_fmt(n)} of them continuation lines")
     if (share := figures.get("quarantined_byte_share")) is not None and share >= BYTE_SHARE_NOTE:
         notes.append(f"{share:.0%} of the day's bytes")
-    note = f" ({'; '.join(notes)})" if notes else ""
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def delivery_note(figures: Mapping[str, Any]) -> str:
+    """Raw files the parse stage did not read whole: duplicate deliveries skipped, and logs never rotated read
+    after the lines their copy of the day before held (``", ..."``, or empty)."""
+    note = ""
     if n := figures.get("duplicate_files"):
         note += f", duplicate files skipped {_fmt(n)} ({_fmt(figures.get('duplicate_lines'))} lines)"
+    if n := figures.get("continued_files"):
+        note += f", files continued from the day before {_fmt(n)} ({_fmt(figures.get('continued_lines'))} lines read then)"
     return note
+
+
+def parse_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of the notes above from one parse run's metrics (``ParseMetrics.to_dict()``)."""
+    return {"continuation_lines": metrics.get("quarantine_reasons", {}).get("continuation", 0),
+            "quarantined_byte_share": _share(metrics.get("quarantined_bytes"), metrics.get("raw_bytes")),
+            **{key: metrics.get(key, 0) for key in DELIVERY_KEYS}}
+
+
+DELIVERY_KEYS = ("duplicate_files", "duplicate_lines", "continued_files", "continued_lines")
 
 
 def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:
@@ -431,7 +448,7 @@ def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:
         f"{figures['anomalies']:,} anomalous ({levels}); cache hits {_fmt(figures['cache_hits'])}, "
         f"LLM calls {_fmt(figures['llm_calls'])}; report: {path}",
         f"  new templates {figures['new_templates']:,}, quarantined lines {_fmt(figures['quarantined'])}"
-        f"{_quarantine_notes(figures)}, "
+        f"{quarantine_note(figures)}{delivery_note(figures)}, "
         f"repeat offenders {figures['repeat_offenders']:,}, model {', '.join(figures['model_versions']) or 'n/a'}",
     ]
     if data.top:
@@ -558,7 +575,9 @@ def _figures_html(figures: Mapping[str, Any]) -> str:
                ("of them continuation lines", "continuation_lines"), ("score seconds", "seconds"))
               if figures[key] is not None]
     cards += [(label, figures[key]) for label, key in
-              (("duplicate files skipped", "duplicate_files"), ("lines in them", "duplicate_lines")) if figures[key]]
+              (("duplicate files skipped", "duplicate_files"), ("lines in them", "duplicate_lines"),
+               ("files continued from the day before", "continued_files"), ("lines read then", "continued_lines"))
+              if figures[key]]
     share = figures["quarantined_byte_share"]
     shown = [(label, _fmt(v)) for label, v in cards]
     if share is not None and share >= BYTE_SHARE_NOTE:

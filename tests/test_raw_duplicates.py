@@ -1,14 +1,19 @@
-"""Duplicate deliveries are found by content, plain or .gz, whole or cut short, and nothing else is taken for one."""
+"""Duplicate and continued deliveries are found by content, plain or .gz, whole or cut short, and nothing else is
+taken for one."""
 
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
 
-from krone_jobs.raw_duplicates import DuplicateFile, find_duplicates
+from krone_jobs.raw_duplicates import ContinuedFile, DuplicateFile, check_deliveries
 
 LINES = [b"081109 203615 148 INFO dfs.DataNode: line %06d of the day\n" % i for i in range(20_000)]
 TEXT = b"".join(LINES[:500])
+
+
+def find_duplicates(files: list[Path], read_before: list[Path] | None = None) -> list[DuplicateFile]:
+    return check_deliveries(files, read_before or []).duplicates
 
 
 def _write(folder: Path, files: dict[str, bytes]) -> list[Path]:
@@ -43,7 +48,41 @@ def test_a_file_the_day_before_holds_is_skipped_but_never_a_file_of_that_day(tmp
     again, grown, other = _write(tmp_path / "d2", {"again.log.gz": gzip.compress(TEXT), "grown.log": TEXT + LINES[600],
                                                    "other.log": b"".join(LINES[500:600])})
     assert find_duplicates([again, other], read_before=[old]) == [DuplicateFile(again, old, 500)]
-    assert find_duplicates([grown], read_before=[old]) == []  # it holds yesterday's file: read whole
+    assert check_deliveries([again, other]).duplicates == []
+    found = check_deliveries([grown], read_before=[old])  # it begins with yesterday's file: continued
+    assert (found.duplicates, found.continued) == ([], [ContinuedFile(grown, old, 500)])
+
+
+def test_a_log_never_rotated_is_read_after_what_the_day_before_held(tmp_path: Path) -> None:
+    """Shipped whole every day, plain or packed: of several earlier files it begins with, the longest counts;
+    a copy of it the same day is still a duplicate; a file of the day never continues another of the day."""
+    for day in ("d1", "d2"):
+        (tmp_path / day).mkdir()
+    whole = b"".join(LINES)
+    monday, also_monday = _write(tmp_path / "d1", {"app.log": whole[: len(LINES[0]) * 900],
+                                                   "app.log.1": whole[: len(LINES[0]) * 300]})
+    tuesday, packed, other = _write(tmp_path / "d2", {"app.log": whole, "app.log.gz": gzip.compress(whole),
+                                                      "early.log": whole[: len(LINES[0]) * 100]})
+    found = check_deliveries([tuesday, packed, other], read_before=[monday, also_monday])
+    assert found.continued == [ContinuedFile(tuesday, monday, 900)]
+    assert found.duplicates == [DuplicateFile(packed, tuesday, len(LINES)), DuplicateFile(other, tuesday, 100)]
+    assert check_deliveries([packed], read_before=[monday]).continued == [ContinuedFile(packed, monday, 900)]
+
+
+def test_a_line_the_day_before_held_in_part_is_read_again(tmp_path: Path) -> None:
+    """Yesterday's copy was taken while a line was being written: only its complete lines are skipped, in LF
+    and in bare-CR files; a UTF-16 file, whose line ends are not bytes, is read whole."""
+    for day in ("d1", "d2"):
+        (tmp_path / day).mkdir()
+    text = b"".join(LINES[:1000])
+    half = len(LINES[0]) * 400 + 17
+    mac = text.replace(b"\n", b"\r")
+    wide = text.decode().encode("utf-16")
+    before = _write(tmp_path / "d1", {"a.log": text[:half], "b.log": mac[:half], "c.log": wide[: len(wide) // 2]})
+    after = _write(tmp_path / "d2", {"a.log": text, "b.log": mac, "c.log": wide})
+    found = check_deliveries(after, read_before=before)
+    assert found.continued == [ContinuedFile(after[0], before[0], 400), ContinuedFile(after[1], before[1], 400)]
+    assert found.duplicates == []
 
 
 def test_files_that_only_share_lines_are_all_read(tmp_path: Path) -> None:

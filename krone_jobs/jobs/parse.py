@@ -10,7 +10,8 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    file, so thousands of small files make a few tasks, not thousands. Files are read with
    :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes. A file whose
    content another file of the day, or of the day before, holds whole (a duplicate or partial delivery,
-   :mod:`krone_jobs.raw_duplicates`) is skipped.
+   :mod:`krone_jobs.raw_duplicates`) is skipped; a file that begins with a file of the day before whole (a log
+   never rotated, shipped whole every day) is read after the lines that file holds whole.
 2. **Pass 1** (one task per group): parse (:func:`~krone_jobs.logformats.parse_line`; a line stamped more
    than :data:`CLOCK_SLACK` past its partition's day is quarantined as ``future_timestamp``), session keys
    (a key longer than ``MAX_SESSION_KEY_CHARS`` is kept shortened, counted in ``long_session_keys``),
@@ -96,7 +97,7 @@ from krone_jobs.partitions import (
     swap_in,
     temp_dir_for,
 )
-from krone_jobs.raw_duplicates import find_duplicates
+from krone_jobs.raw_duplicates import check_deliveries
 from krone_jobs.templates import MinerSettings, TemplateStore, masker, template_id
 
 if TYPE_CHECKING:
@@ -180,6 +181,11 @@ class ParseMetrics:
     count only the files read."""
     duplicate_lines: int = 0
     """Lines of the skipped duplicate files."""
+    continued_files: int = 0
+    """Log files that begin with a file of the day before, whole (a log never rotated, shipped whole every day):
+    read after the complete lines that file holds, which were parsed with that day."""
+    continued_lines: int = 0
+    """Lines of the continued files not read again; ``raw_lines`` counts only the lines after them."""
     seconds: float = 0.0
     """Parsing and writing; the quality gate's time is ``gate_seconds``."""
     gate_seconds: float = 0.0
@@ -241,7 +247,7 @@ def _stripe(unit: dict[str, Any], max_bytes: int) -> Iterator[tuple[int, bytes]]
     or unreadable."""
     part, parts = unit["part"], unit["parts"]
     for line_no, raw in iter_lines(os.fsdecode(unit["path"]), max_bytes=max_bytes):
-        if ((line_no - 1) // STRIPE_LINES) % parts == part:
+        if line_no > unit["skip"] and ((line_no - 1) // STRIPE_LINES) % parts == part:
             yield line_no, raw
 
 
@@ -441,10 +447,11 @@ def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str,
 
 
 # ------------------------------------------------------------------------------------------ pass 2
-UNITS_DDL = "units array<struct<file_index:int,path:binary,file:string,part:int,parts:int>>"
+UNITS_DDL = "units array<struct<file_index:int,path:binary,file:string,part:int,parts:int,skip:bigint>>"
 """A unit's ``path`` travels as the file system's bytes: a name that is not UTF-8 (``bad\\xff.log``) came back
 from Spark as a string with U+FFFD in it, a file that did not exist, and its lines were lost as one
-``unreadable`` record. ``file``, the name written in every row, is that name made valid UTF-8 (U+FFFD)."""
+``unreadable`` record. ``file``, the name written in every row, is that name made valid UTF-8 (U+FFFD).
+``skip``: the lines read with the day before (a continued file's), not read again."""
 PASS2_DDL = f"group int, {UNITS_DDL}, template_ids array<string>"
 """Pass-2 work: a group and its template id per masked-text index (null: the text's lines are quarantined)."""
 
@@ -699,7 +706,8 @@ def run_parse(
     parts = partitions or spark.sparkContext.defaultParallelism
     files = raw_files(root, source, date)
     yesterday = (date_cls.fromisoformat(date) - timedelta(days=1)).isoformat()
-    duplicates = find_duplicates(files, read_before=raw_files(root, source, yesterday))
+    deliveries = check_deliveries(files, read_before=raw_files(root, source, yesterday))
+    duplicates = deliveries.duplicates
     if duplicates:
         log.warning("%s %s: skipped %d file(s) whose content another file holds (a duplicate or "
                     "partial delivery): %s", source, date, len(duplicates),
@@ -707,6 +715,12 @@ def run_parse(
                               for d in duplicates[:10]))
         skipped = {d.path for d in duplicates}
         files = [p for p in files if p not in skipped]
+    skip = {c.path: c.lines for c in deliveries.continued}
+    if skip:
+        log.info("%s %s: %d file(s) begin with a file of %s whole (a log never rotated, shipped whole every "
+                    "day): read after its lines: %s", source, date, len(skip), yesterday,
+                    ", ".join(f"{c.path.relative_to(root).as_posix()} after line {c.lines:,} "
+                              f"({c.previous.relative_to(root).as_posix()})" for c in deliveries.continued[:10]))
     ignored = ignored_raw_files(root, source, date)
     if ignored:
         names = ", ".join(p.relative_to(root).as_posix() for p in ignored[:10])
@@ -721,7 +735,8 @@ def run_parse(
     parsed_dir = partition_dir(root, "parsed", source, date)
     quarantine_dir = partition_dir(root, "quarantine", source, date)
     units = [{"file_index": i, "path": os.fsencode(path.resolve()), "file": _text(path.relative_to(root).as_posix()),
-              "part": part, "parts": parts} for i, path in enumerate(files) for part in range(parts)]
+              "part": part, "parts": parts, "skip": skip.get(path, 0)} for i, path in enumerate(files)
+             for part in range(parts)]
     sizes = [_size(path) // parts for path in files for _ in range(parts)]
     groups = [{"group": g, "units": us} for g, us in enumerate(group_units(units, sizes, parts))]
 
@@ -802,6 +817,7 @@ def run_parse(
     return ParseMetrics(
         source=source, dt=date, format=fmt_name, files=len(files), partitions=parts, ignored_files=len(ignored),
         duplicate_files=len(duplicates), duplicate_lines=sum(d.lines for d in duplicates),
+        continued_files=len(skip), continued_lines=sum(skip.values()),
         raw_lines=raw_lines, parsed=n_parsed, quarantined=n_quarantined,
         quarantine_reasons=dict(sorted(reasons.items())),
         masked_texts=len(first), templates=len(live), new_templates=sum(t.template_id not in seed_ids for t in live),

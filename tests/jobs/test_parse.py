@@ -238,6 +238,23 @@ def test_a_redelivery_of_the_day_before_is_skipped(spark: Any, tmp_path: Path) -
     assert (m.files, m.parsed, m.duplicate_files, m.duplicate_lines) == (1, 300, 1, 300)
 
 
+def test_a_log_never_rotated_is_read_from_where_the_day_before_ended(spark: Any, tmp_path: Path) -> None:
+    """Shipped whole every day (the third day packed): each day parses only its own lines, under their line
+    numbers in the file, as it would from a rotated log; read whole, every earlier line came again (the demo
+    HDFS day after 2008-11-09: 7,915 sessions instead of 4,019)."""
+    days = ("2008-11-09", "2008-11-10", "2008-11-11")
+    lines = [_hdfs_line(i) for i in range(900)]
+    for n, day in enumerate(days, start=1):
+        folder = tmp_path / "raw" / "hdfs" / f"dt={day}"
+        folder.mkdir(parents=True)
+        whole = b"".join(lines[: 300 * n])
+        (folder / ("app.log.gz" if n == 3 else "app.log")).write_bytes(gzip.compress(whole) if n == 3 else whole)
+    for n, day in enumerate(days):
+        m = run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, partitions=2, gate=False)
+        assert (m.raw_lines, m.parsed, m.continued_files, m.continued_lines) == (300, 300, int(n > 0), 300 * n)
+        assert sorted(_frame(tmp_path, "parsed", "hdfs", day)["line_no"]) == list(range(300 * n + 1, 300 * n + 301))
+
+
 def test_units_are_cut_into_runs_of_about_equal_bytes() -> None:
     units = [{"u": i} for i in range(10)]
     runs = group_units(units, [100, 0, 0, 0, 0, 100, 100, 0, 0, 100], 2)
