@@ -31,35 +31,44 @@ def render_steps(nodes: Sequence[str], sep: str = " -> ", limit: int = MAX_SHOWN
 
 
 def nearest(chunk: Sequence[str], normals: Iterable[Sequence[str]]) -> tuple[tuple[str, ...], float] | None:
-    """The most similar normal chunk (difflib ratio of the first :data:`MAX_COMPARED` steps) and the
-    similarity, or ``None`` if there is none."""
-    best: tuple[tuple[str, ...], float] | None = None
-    matcher = SequenceMatcher(autojunk=False)
-    matcher.set_seq2(list(chunk[:MAX_COMPARED]))
-    for i, cand in enumerate(normals):
-        if i >= MAX_CANDIDATES:
-            break
-        matcher.set_seq1(list(cand[:MAX_COMPARED]))
-        if best is not None and matcher.real_quick_ratio() <= best[1]:
-            continue
-        ratio = matcher.ratio()
-        if best is None or ratio > best[1]:
-            best = (tuple(cand), ratio)
-    return best
+    """The most similar normal chunk (difflib ratio of the first :data:`MAX_COMPARED` steps; of equals, the
+    first) and the similarity, or ``None`` if there is none."""
+    top = _most_similar(chunk, normals, 1)
+    return (top[0][2], top[0][0]) if top else None
 
 
 def k_nearest(chunk: Sequence[str], normals: Iterable[Sequence[str]], k: int) -> list[tuple[str, ...]]:
     """The ``k`` most similar normal chunks, most similar first (ties keep the candidates' order): the
     examples an LLM judge is shown, as in the paper."""
+    return [cand for _, _, cand in _most_similar(chunk, normals, k)]
+
+
+def _most_similar(chunk: Sequence[str], normals: Iterable[Sequence[str]],
+                  k: int) -> list[tuple[float, int, tuple[str, ...]]]:
+    """``(ratio, index, candidate)`` of the ``k`` candidates of highest difflib ratio (ties: lower index first).
+
+    The ratio is quadratic in the chunk length; difflib's ``quick_ratio`` (a multiset overlap, linear) bounds it
+    from above. So candidates are visited best bound first and the search stops once no bound can beat the
+    ``k``-th ratio found: the same answer as rating every candidate, at a few full ratios per search (on the
+    Thunderbird demo at 80 %, 30,549 ratios of chunks up to 256 steps took 9.6 of the cold pass's 10.8 s)."""
     matcher = SequenceMatcher(autojunk=False)
     matcher.set_seq2(list(chunk[:MAX_COMPARED]))
-    scored = []
+    bounds = []
     for i, cand in enumerate(normals):
         if i >= MAX_CANDIDATES:
             break
         matcher.set_seq1(list(cand[:MAX_COMPARED]))
-        scored.append((-matcher.ratio(), i, tuple(cand)))
-    return [c for _, _, c in sorted(scored)[:k]]
+        bounds.append((-matcher.quick_ratio(), i, tuple(cand)))
+    bounds.sort(key=lambda b: (b[0], b[1]))
+    top: list[tuple[float, int, tuple[str, ...]]] = []
+    for neg_bound, i, cand in bounds:
+        if len(top) == k and -neg_bound < top[-1][0]:
+            break
+        matcher.set_seq1(list(cand[:MAX_COMPARED]))
+        top.append((matcher.ratio(), i, cand))
+        top.sort(key=lambda t: (-t[0], t[1]))
+        del top[k:]
+    return top
 
 
 def describe_difference(normal: Sequence[str], observed: Sequence[str], limit: int = 3) -> str:

@@ -125,7 +125,7 @@ class RoutedDetector(BaseEstimator):
         self._chunks: dict[tuple[int, ChunkExample], ChunkDecision] = {}
         self._uncertain: dict[tuple[int, ChunkExample], Any] = {}  # in the LLM band, not yet asked
         self._normals_by_parent: dict[tuple[int, Any], list[tuple[str, ...]]] | None = None
-        self._nearest_memo: dict[tuple[int, int, tuple[int, ...]], tuple[tuple[str, ...], float] | None] = {}
+        self._nearest_memo: dict[tuple[int, int, tuple[int, ...]], tuple[tuple[str, ...], str] | None] = {}
         self.stats_ = {"sessions": 0, "session_cache_hits": 0, "flagged_by_local": 0, "rescued_by_nested": 0,
                        "chunks_scored": 0, "llm_requests": 0}
 
@@ -227,17 +227,18 @@ class RoutedDetector(BaseEstimator):
         reason = f"{LEVELS[li]}-level KRONE Seq{where} never seen in training: {render_steps(nodes)}"
         near = self._nearest(li, ex)
         if near is not None:
-            reason += f"; nearest normal: {render_steps(near[0])} ({describe_difference(near[0], nodes)})"
+            reason += f"; nearest normal: {render_steps(near[0])} ({near[1]})"
         return reason
 
-    def _nearest(self, li: int, ex: ChunkExample) -> tuple[tuple[str, ...], float] | None:
-        """Nearest normal chunk of the same parent (memoised: the search is the costly part of a reason)."""
+    def _nearest(self, li: int, ex: ChunkExample) -> tuple[tuple[str, ...], str] | None:
+        """Nearest normal chunk of the same parent and what differs (memoised: the search and the difference
+        are the costly part of a reason, and many sessions share an unseen chunk)."""
         memo_key = (li, ex.parent, ex.nodes)
-        if memo_key in self._nearest_memo:
-            return self._nearest_memo[memo_key]
-        found = self._search_nearest(li, ex)
-        self._nearest_memo[memo_key] = found
-        return found
+        if memo_key not in self._nearest_memo:
+            found = self._search_nearest(li, ex)
+            self._nearest_memo[memo_key] = (
+                None if found is None else (found[0], describe_difference(found[0], self._names(li, ex)[1])))
+        return self._nearest_memo[memo_key]
 
     def _search_nearest(self, li: int, ex: ChunkExample) -> tuple[tuple[str, ...], float] | None:
         if self._normals_by_parent is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import time
+from difflib import SequenceMatcher
 
-from krone_jobs.detectors.explain import MAX_COMPARED, describe_difference, nearest, render_steps
+from krone_jobs.detectors.explain import MAX_COMPARED, describe_difference, k_nearest, nearest, render_steps
 from krone_jobs.detectors.router import RoutedDetector
 from tests.toy import toy_hierarchy
 
@@ -34,3 +36,15 @@ def test_a_million_event_session_is_judged_in_linear_time_with_a_short_reason() 
     assert time.perf_counter() - t0 < 20
     assert v.anomalous and v.level == "entity"
     assert len(v.reason) < 2_000 and "more …" in v.reason and "steps compared" in v.reason
+
+
+def test_the_bounded_search_finds_what_rating_every_candidate_finds() -> None:
+    """Candidates are visited best upper bound first and the search stops early; the answer, ties included
+    (the first candidate of equal similarity), is that of rating them all."""
+    rng = random.Random(7)
+    for _ in range(200):
+        chunk = rng.choices("abcd", k=rng.randint(0, 12))
+        normals = [rng.choices("abcd", k=rng.randint(0, 12)) for _ in range(rng.randint(1, 30))]
+        rated = sorted((-SequenceMatcher(a=n, b=chunk, autojunk=False).ratio(), i) for i, n in enumerate(normals))
+        assert nearest(chunk, normals) == (tuple(normals[rated[0][1]]), -rated[0][0])
+        assert k_nearest(chunk, normals, 3) == [tuple(normals[i]) for _, i in rated[:3]]
