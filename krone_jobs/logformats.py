@@ -23,7 +23,9 @@ Timestamps are naive ``datetime`` values on the log's own clock; a stamp with a 
 instead (naive UTC). A ``strptime`` pattern without a year (classic syslog's ``%b %d %H:%M:%S``) is parsed
 in :data:`YEARLESS_YEAR`, a leap year, so ``Feb 29`` parses; the parse stage then moves each stamp to the year
 that puts it nearest its partition's day (:func:`nearest_year`), so a session crossing midnight or New Year's
-Eve keeps its order and closes when it ends.
+Eve keeps its order and closes when it ends. A format with a ``timezone`` (an IANA name) says that its stamps
+without an offset are wall-clock time there: the parse stage turns them into naive UTC (:func:`local_to_utc`),
+so a daylight-saving change neither opens an hour's gap nor runs an hour twice.
 
 A format also names the Drain settings a new source of it starts mining with (``LineFormat.miner``): how
 templates should be grouped depends on what the content looks like (see ``THUNDERBIRD``), and how its lines
@@ -52,6 +54,7 @@ from enum import StrEnum
 from functools import lru_cache, partial
 from operator import itemgetter
 from typing import Literal, NamedTuple, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from krone_jobs.templates import MinerSettings
 
@@ -103,6 +106,8 @@ class ParsedLine(NamedTuple):
     label: str | None = None
     encoding: Literal["utf-8", "latin-1"] = "utf-8"
     session: str | None = None
+    offset: bool = False
+    """Whether the stamp carried its UTC offset (it is then UTC already, whatever the format's ``timezone``)."""
 
     @property
     def is_alert(self) -> bool | None:
@@ -182,7 +187,8 @@ class LineFormat:
     ``parse_timestamp`` turns the ``timestamp`` text into a datetime; it must raise ``ValueError`` (or
     ``OverflowError``) on bad input so the line is quarantined as ``bad_timestamp``. ``miner`` is what the
     parse job mines a source's first day with; from then on the settings travel in the source's miner state.
-    ``session`` says which lines belong together.
+    ``session`` says which lines belong together. ``timezone`` (an IANA name such as ``Europe/Berlin``): the
+    zone whose wall-clock time the stamps without an offset are (``None``: take them as they are).
     """
 
     name: str
@@ -193,6 +199,7 @@ class LineFormat:
     json_fields: tuple[tuple[str, str], ...] = ()
     tag_content: bool = False
     continuation: re.Pattern[str] | None = None
+    timezone: str | None = None
     groups: frozenset[str] = field(init=False)
     _pick: itemgetter[tuple[str | None, ...]] | None = field(init=False, repr=False, compare=False)
     _paths: tuple[tuple[str, tuple[str, ...]] | None, ...] = field(init=False, repr=False, compare=False)
@@ -224,6 +231,10 @@ class LineFormat:
         if self.tag_content and (self.regex is not None or "component" not in groups):
             raise ValueError(f"format {self.name!r}: tag_content needs JSON fields with a 'component' "
                              "(a regex keeps the tag by capturing it in the content)")
+        if self.timezone is not None:
+            if "timestamp" not in groups:
+                raise ValueError(f"format {self.name!r}: a timezone needs a timestamp {what}")
+            zone_of(self.timezone)
         object.__setattr__(self, "groups", groups)
         if self.regex is not None:
             # m.groups() + (None,): an absent field reads the trailing None; one C call picks all of them
@@ -247,28 +258,30 @@ class LineFormat:
     def from_regex(
         cls, pattern: str, *, timestamp_format: str | TimestampParser | None = None, name: str = "custom",
         miner: MinerSettings | None = None, session: SessionSpec | None = None, continuation: str | None = None,
+        timezone: str | None = None,
     ) -> LineFormat:
         """User-defined format; ``timestamp_format`` is a ``strptime`` pattern, one of
         :data:`TIMESTAMP_KEYWORDS` or a callable, ``miner`` the Drain settings a new source of this format
         starts with (default :class:`MinerSettings`), ``session`` its session rule (default: node windows),
-        ``continuation`` the pattern of a multi-line record's further lines (see the class docstring).
+        ``continuation`` the pattern of a multi-line record's further lines, ``timezone`` the zone of stamps
+        without an offset (both: see the class docstring).
 
         The regex runs on at most ``max_bytes`` of text per line; keep it free of nested quantifiers.
         """
         return cls(name, re.compile(pattern), timestamp_parser(timestamp_format), miner or MinerSettings(),
-                   session or SessionSpec(), continuation=_compiled(continuation))
+                   session or SessionSpec(), continuation=_compiled(continuation), timezone=timezone)
 
     @classmethod
     def from_json(
         cls, fields: Mapping[str, str], *, timestamp_format: str | TimestampParser | None = None,
         name: str = "custom", miner: MinerSettings | None = None, session: SessionSpec | None = None,
-        tag_content: bool = False, continuation: str | None = None,
+        tag_content: bool = False, continuation: str | None = None, timezone: str | None = None,
     ) -> LineFormat:
         """JSON lines (one object per line); ``fields`` maps our field names (``content`` required) to the
         keys that hold them, e.g. ``{"timestamp": "@timestamp", "content": "message", "session": "trace.id"}``.
         ``tag_content``: see the class docstring. Other arguments as :meth:`from_regex`."""
         return cls(name, None, timestamp_parser(timestamp_format), miner or MinerSettings(),
-                   session or SessionSpec(), tuple(fields.items()), tag_content, _compiled(continuation))
+                   session or SessionSpec(), tuple(fields.items()), tag_content, _compiled(continuation), timezone)
 
 
 def _compiled(pattern: str | None) -> re.Pattern[str] | None:
@@ -313,6 +326,35 @@ def _nearest_year(month: int, dom: int, day: date) -> int:
     if not years:
         return next(y for y in range(day.year + 2, day.year + 9) if calendar.isleap(y))
     return min(years, key=lambda y: abs(date(y, month, dom) - day))
+
+
+@lru_cache(maxsize=64)
+def zone_of(name: str) -> ZoneInfo:
+    """The IANA zone ``name``; ``ValueError`` if there is none of that name."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {name!r} (an IANA name such as 'Europe/Berlin' or 'UTC')") from exc
+
+
+def local_to_utc(ts: datetime, zone: ZoneInfo) -> tuple[datetime, timedelta]:
+    """Naive wall-clock ``ts`` in ``zone`` as naive UTC, and how much later the instant is if ``ts`` is the
+    *second* run of an hour the clocks went back over (``timedelta(0)``: the time occurs once). Such a stamp
+    is taken as the first run here; only the order of a file's lines tells the runs apart (the parse stage
+    does that). A time the clocks skipped (spring forward) is taken with the offset before the change, as
+    a clock left unchanged would have written it."""
+    offset, later = _offsets(ts.replace(second=0, microsecond=0), zone)
+    return ts - offset, later
+
+
+@lru_cache(maxsize=4096)
+def _offsets(minute: datetime, zone: ZoneInfo) -> tuple[timedelta, timedelta]:
+    """UTC offset of the first reading of a wall-clock minute, and how much later its second reading is (cached:
+    a day's lines share a few thousand minutes, and clocks change on whole minutes; 3.4 us a line before)."""
+    first = minute.replace(tzinfo=zone, fold=0).utcoffset()
+    second = minute.replace(tzinfo=zone, fold=1).utcoffset()
+    assert first is not None and second is not None
+    return first, max(first - second, timedelta(0))
 
 
 def _hdfs_ts(text: str) -> datetime:
@@ -425,8 +467,8 @@ KRONE_JSON = LineFormat.from_json(
 FORMATS: dict[str, LineFormat] = {f.name: f for f in (HDFS, BGL, THUNDERBIRD, KRONE, KRONE_JSON)}
 
 
-_FORMAT_KEYS = {"regex", "fields", "tag_content", "continuation", "timestamp_format", "session", "session_pattern",
-                "session_gap_seconds", "sim_th", "depth", "max_children"}
+_FORMAT_KEYS = {"regex", "fields", "tag_content", "continuation", "timestamp_format", "timezone", "session",
+                "session_pattern", "session_gap_seconds", "sim_th", "depth", "max_children"}
 _FORMAT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
@@ -436,6 +478,7 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
         [myapp]
         regex = '^(?P<timestamp>\S+ \S+) (?P<level>[A-Z]+) (?P<component>\S+): (?P<content>.*)$'
         timestamp_format = "%Y-%m-%d %H:%M:%S,%f"   # strptime, "epoch", "epoch_ms", "iso8601"; none: no timestamp
+        timezone = "Europe/Berlin"                    # optional: stamps without an offset are local time there
         session = "id_pattern"                        # or node_window (default), block_id, field
         session_pattern = '\b(job_\d+)\b'
         continuation = '^\s'                           # optional: further lines of a record (stack traces)
@@ -468,7 +511,7 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
             session = SessionSpec(spec.get("session", "node_window"), spec.get("session_pattern"),
                                   float(spec.get("session_gap_seconds", 60.0)))
             common = {"timestamp_format": spec.get("timestamp_format"), "name": name, "miner": miner,
-                      "session": session, "continuation": spec.get("continuation")}
+                      "session": session, "continuation": spec.get("continuation"), "timezone": spec.get("timezone")}
             if "regex" in spec:
                 if "tag_content" in spec:
                     raise ValueError("tag_content is for JSON 'fields'; a regex keeps the tag in its content group")
@@ -588,6 +631,7 @@ def parse_line(
             ts = fmt.parse_timestamp(ts_text)
             if ts.tzinfo is not None:
                 ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+                return ParsedLine(ts, level, component, node, content or "", label, encoding, session, True)
         except (ValueError, OverflowError) as exc:
             return Quarantined(QuarantineReason.BAD_TIMESTAMP, f"timestamp {ts_text[:100]!r}: {exc}", raw)
     return ParsedLine(ts, level, component, node, content or "", label, encoding, session)

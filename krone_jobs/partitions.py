@@ -122,8 +122,16 @@ def source_session(root: Path, source: str) -> dict[str, Any] | None:
     return dict(session) if session is not None else None
 
 
-def record_source_format(root: Path, source: str, fmt_name: str, session: dict[str, Any]) -> None:
-    record = {"format": fmt_name, "session": session}
+def source_timezone(root: Path, source: str) -> str | None:
+    """The zone of the stamps the source was last parsed with (``None``: taken as they are; so is a record
+    written before zones were recorded). Sessionize ends the day at midnight there."""
+    zone = _source_record(root, source).get("timezone")
+    return str(zone) if zone is not None else None
+
+
+def record_source_format(root: Path, source: str, fmt_name: str, session: dict[str, Any],
+                         timezone: str | None = None) -> None:
+    record = {"format": fmt_name, "session": session, "timezone": timezone}
     atomic_write_text(state_dir(root, source) / "source.json", json.dumps(record, sort_keys=True) + "\n")
 
 

@@ -40,9 +40,11 @@ from krone_jobs.logformats import (
     get_format,
     iter_lines,
     load_formats_file,
+    local_to_utc,
     nearest_year,
     parse_line,
     timestamp_parser,
+    zone_of,
 )
 from krone_jobs.synthetic import generate_sessions, json_line
 from krone_jobs.templates import MinerSettings
@@ -244,7 +246,7 @@ def test_json_lines_take_flattened_keys_then_dotted_paths() -> None:
            b' "labels": {"anomaly": false}, "extra": [1, {"deep": null}]}')
     line = parsed(raw, ECS)
     assert line == ParsedLine(datetime(2026, 11, 20, 12, 4, 5, 500000), "WARN", "api.Orders", "node-7",
-                              "order 42 retried", "false", "utf-8", "t-1")
+                              "order 42 retried", "false", "utf-8", "t-1", offset=True)
     assert ECS.session.make().keys(line) == ("t-1",)
     sparse = parsed(b'{"@timestamp": "2026-11-20T13:04:05Z", "message": 17, "host": null}', ECS)
     assert (sparse.content, sparse.node, sparse.level, sparse.session) == ("17", None, None, None)
@@ -791,6 +793,9 @@ def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch:
         ("[app]\nregex = '^(?P<content>.*)$'\nsession = 'per_line'", "session kind"),
         ("[app]\nregex = '^(?P<content>.*)$'\ndepth = 2", "depth"),
         ("[app]\nregex = '^(?P<timestamp>\\d+) (?P<content>.*)$'\ntimestamp_format = 5", "give a strptime pattern"),
+        ("[app]\nregex = '^(?P<timestamp>\\S+) (?P<content>.*)$'\ntimestamp_format = 'iso8601'\ntimezone = 'Mars/Olympus'",
+         "unknown timezone 'Mars/Olympus'"),
+        ("[app]\nregex = '^(?P<content>.*)$'\ntimezone = 'UTC'", "a timezone needs a timestamp group"),
     ],
 )
 def test_formats_file_errors_name_file_and_format(tmp_path: Path, table: str, error: str) -> None:
@@ -799,3 +804,19 @@ def test_formats_file_errors_name_file_and_format(tmp_path: Path, table: str, er
     with pytest.raises(ValueError, match=error) as caught:
         load_formats_file(path)
     assert str(path) in str(caught.value) and "format [" in str(caught.value)
+
+
+def test_local_stamps_are_read_as_utc_and_a_repeated_hour_says_how_much_later_its_second_run_is() -> None:
+    """Berlin: summer time ends on 2026-10-25 at 03:00 (02:00-03:00 runs twice) and starts on 2026-03-29 at 02:00
+    (02:00-03:00 is skipped: read with the offset before, as an unchanged clock writes it). A stamp that
+    carried its offset is UTC already and keeps it."""
+    berlin = zone_of("Europe/Berlin")
+    cases = {"2026-10-25 01:59:59": ("2026-10-24 23:59:59", 0), "2026-10-25 02:30:00": ("2026-10-25 00:30:00", 3600),
+             "2026-10-25 03:00:00": ("2026-10-25 02:00:00", 0), "2026-03-29 02:30:00": ("2026-03-29 01:30:00", 0),
+             "2026-03-29 03:00:00": ("2026-03-29 01:00:00", 0), "2026-07-01 12:00:00": ("2026-07-01 10:00:00", 0)}
+    for local, (utc, later) in cases.items():
+        assert local_to_utc(datetime.fromisoformat(local), berlin) == (datetime.fromisoformat(utc),
+                                                                        timedelta(seconds=later)), local
+    fmt = LineFormat.from_regex(r"^(?P<timestamp>\S+) (?P<content>.*)$", timestamp_format="iso8601", timezone="Europe/Berlin")
+    assert parse_line(b"2026-10-25T02:30:00+01:00 x", fmt).offset is True
+    assert parse_line(b"2026-10-25T02:30:00 x", fmt).offset is False

@@ -12,8 +12,9 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    content another file of the day, or of the day before, holds whole (a duplicate or partial delivery,
    :mod:`krone_jobs.raw_duplicates`) is skipped; a file that begins with a file of the day before whole (a log
    never rotated, shipped whole every day) is read after the lines that file holds whole.
-2. **Pass 1** (one task per group): parse (:func:`~krone_jobs.logformats.parse_line`; a line stamped more
-   than :data:`CLOCK_SLACK` past its partition's day is quarantined as ``future_timestamp``), session keys
+2. **Pass 1** (one task per group): parse (:func:`~krone_jobs.logformats.parse_line`; a format's local stamps
+   become UTC, see :func:`repeated_hours`; a line stamped more than :data:`CLOCK_SLACK` past its partition's
+   day is quarantined as ``future_timestamp``), session keys
    (a key longer than ``MAX_SESSION_KEY_CHARS`` is kept shortened, counted in ``long_session_keys``),
    quarantine; mask the content with the miner's masks and give each distinct masked text a per-group index.
    Rows (with the index) and quarantine records go to the group's own staging files; the task returns only
@@ -79,8 +80,10 @@ from krone_jobs.logformats import (
     bounded_session_key,
     get_format,
     iter_lines,
+    local_to_utc,
     nearest_year,
     parse_line,
+    zone_of,
 )
 from krone_jobs.partitions import (
     RAW_SUFFIXES,
@@ -128,9 +131,11 @@ TEMPLATE_FLOOD = "template_flood"
 LINE_FIELDS = ("line_no", "timestamp", "level", "component", "node", "content", "label", "encoding",
                "session_keys")
 QUARANTINE_FIELDS = ("line_no", "reason", "message", "raw", "truncated")
-REPORT_DDL = "group int, kind string, masked string, midx int, first_file int, first_line bigint, n bigint"
+REPORT_DDL = ("group int, kind string, masked string, midx int, first_file int, first_line bigint, n bigint, "
+              "detail string")
 """Pass-1 results: ``dict`` rows (one per masked text of a group, with its first file and line), ``raw``,
-``quarantined``, ``long_session_keys``, ``raw_bytes`` and ``bad_bytes`` counts."""
+``quarantined``, ``long_session_keys``, ``raw_bytes`` and ``bad_bytes`` counts, and ``fold`` rows (``detail``:
+one stripe run's stamps in an hour the clocks went back over, see :func:`repeated_hours`)."""
 
 
 class ReconciliationError(RuntimeError):
@@ -186,6 +191,9 @@ class ParseMetrics:
     read after the complete lines that file holds, which were parsed with that day."""
     continued_lines: int = 0
     """Lines of the continued files not read again; ``raw_lines`` counts only the lines after them."""
+    repeated_hour_lines: int = 0
+    """Lines stamped in the second run of an hour the clocks went back over (a format with a ``timezone``),
+    placed there by their file's order (:func:`repeated_hours`)."""
     seconds: float = 0.0
     """Parsing and writing; the quality gate's time is ``gate_seconds``."""
     gate_seconds: float = 0.0
@@ -259,7 +267,11 @@ class _GroupParser:
                  day: date_cls) -> None:
         self.group = group
         self.day = day
+        self.zone = zone_of(fmt.timezone) if fmt.timezone is not None else None
         self.latest = datetime(day.year, day.month, day.day) + timedelta(days=1) + CLOCK_SLACK
+        if self.zone is not None:
+            self.latest = local_to_utc(self.latest, self.zone)[0]
+        self.folds: dict[tuple[int, str, int], dict[str, Any]] = {}  # (file, local date, stripe run) -> stamps
         self.fmt = fmt
         self.keys = session_keys(fmt.session.make())
         self.mask = masker(miner)
@@ -308,7 +320,7 @@ class _GroupParser:
     def _rows(self) -> Iterator[list[tuple[Any, ...]]]:
         """Batches of parsed rows (``LINE_FIELDS`` + masked-text index)."""
         rows: list[tuple[Any, ...]] = []
-        fmt, keys, mask, max_bytes, latest = self.fmt, self.keys, self.mask, self.max_bytes, self.latest
+        fmt, keys, mask, max_bytes, latest, zone = self.fmt, self.keys, self.mask, self.max_bytes, self.latest, self.zone
         day = self.day
         yearless = fmt.yearless
         index, first, counts, quarantine = self.index, self.first, self.counts, self._quarantine
@@ -324,6 +336,11 @@ class _GroupParser:
                 continue
             if yearless and parsed.timestamp is not None:
                 parsed = parsed._replace(timestamp=nearest_year(parsed.timestamp, day))
+            if zone is not None and parsed.timestamp is not None and not parsed.offset:
+                utc, later = local_to_utc(parsed.timestamp, zone)
+                if later:
+                    self._note_fold(unit["file_index"], line_no, parsed.timestamp, utc, later)
+                parsed = parsed._replace(timestamp=utc)
             if parsed.timestamp is not None and parsed.timestamp >= latest:
                 quarantine((file, line_no, FUTURE_TIMESTAMP, f"stamped {parsed.timestamp.isoformat()}, after "
                             f"{latest.isoformat()}: a wrong clock", raw, False))
@@ -352,8 +369,22 @@ class _GroupParser:
         if rows:
             yield rows
 
+    def _note_fold(self, file_index: int, line_no: int, local: datetime, utc: datetime, later: timedelta) -> None:
+        """Keep what :func:`repeated_hours` needs of a stamp in an hour the clocks went back over, per stripe run
+        of :data:`STRIPE_LINES` lines: its first line and stamp, the latest stamp, the first line stamped more
+        than half the change before an earlier one of the run, and the UTC range (read as the first run)."""
+        key = (file_index, local.date().isoformat(), (line_no - 1) // STRIPE_LINES)
+        run = self.folds.get(key)
+        if run is None:
+            self.folds[key] = {"first_line": line_no, "first": local, "max": local, "jump": None, "lo": utc, "hi": utc,
+                               "later": later}
+            return
+        if run["jump"] is None and local < run["max"] - later / 2:
+            run["jump"] = line_no
+        run.update(max=max(run["max"], local), lo=min(run["lo"], utc), hi=max(run["hi"], utc))
+
     def run(self, staging: Path) -> pa.RecordBatch:
-        """Write the group's staging files; return its dictionary and counts (``REPORT_DDL``)."""
+        """Write the group's staging files; return its dictionary, counts and fold runs (``REPORT_DDL``)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -371,15 +402,21 @@ class _GroupParser:
         nd = len(self.counts)
         totals = {"raw": self.raw_lines, "quarantined": self.n_quarantined, "long_session_keys": self.long_keys,
                   "raw_bytes": self.raw_bytes, "bad_bytes": self.bad_bytes}
+        folds = [json.dumps({"file_index": f, "date": d, **{k: v.isoformat() if isinstance(v, datetime) else v
+                                                             for k, v in run.items() if k != "later"},
+                             "later_s": run["later"].total_seconds()})
+                 for (f, d, _), run in sorted(self.folds.items())]
+        extra = len(totals) + len(folds)
         return pa.RecordBatch.from_pydict(
-            {"group": [group] * (nd + len(totals)), "kind": ["dict"] * nd + list(totals),
-             "masked": [*self.index] + [None] * len(totals), "midx": [*range(nd)] + [None] * len(totals),
-             "first_file": [f for f, _ in self.first] + [None] * len(totals),
-             "first_line": [n for _, n in self.first] + [None] * len(totals),
-             "n": [*self.counts, *totals.values()]},
+            {"group": [group] * (nd + extra), "kind": ["dict"] * nd + list(totals) + ["fold"] * len(folds),
+             "masked": [*self.index] + [None] * extra, "midx": [*range(nd)] + [None] * extra,
+             "first_file": [f for f, _ in self.first] + [None] * extra,
+             "first_line": [n for _, n in self.first] + [None] * extra,
+             "n": [*self.counts, *totals.values()] + [None] * len(folds),
+             "detail": [None] * (nd + len(totals)) + folds},
             schema=pa.schema([("group", pa.int32()), ("kind", pa.string()), ("masked", pa.string()),
                               ("midx", pa.int32()), ("first_file", pa.int32()), ("first_line", pa.int64()),
-                              ("n", pa.int64())]),
+                              ("n", pa.int64()), ("detail", pa.string())]),
         )
 
 
@@ -452,8 +489,71 @@ UNITS_DDL = "units array<struct<file_index:int,path:binary,file:string,part:int,
 from Spark as a string with U+FFFD in it, a file that did not exist, and its lines were lost as one
 ``unreadable`` record. ``file``, the name written in every row, is that name made valid UTF-8 (U+FFFD).
 ``skip``: the lines read with the day before (a continued file's), not read again."""
-PASS2_DDL = f"group int, {UNITS_DDL}, template_ids array<string>"
-"""Pass-2 work: a group and its template id per masked-text index (null: the text's lines are quarantined)."""
+PASS2_DDL = f"group int, {UNITS_DDL}, template_ids array<string>, folds string"
+"""Pass-2 work: a group, its template id per masked-text index (null: the text's lines are quarantined) and the
+repeated hours of the day's files (JSON, :func:`repeated_hours`)."""
+
+
+def repeated_hours(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Where each file's stamps enter the second run of an hour the clocks went back over.
+
+    A stamp of such an hour (02:30 on the night summer time ends in Europe) names two instants an hour apart,
+    and pass 1 took the first (:func:`~krone_jobs.logformats.local_to_utc`): read so, the second run's lines
+    fell among the first run's, and every session alive across the change had its steps interleaved. A log
+    is written in time order, so the second run starts where the file's stamps go back, within that hour, by
+    more than half the change (seconds of disorder between threads are not a change of clock). ``runs`` are
+    pass 1's per stripe run (``fold`` rows); per file and local date with such a step back: the first line of
+    the second run (``line``), the UTC range the hour's stamps were read into (``lo``, ``hi``) and the change
+    (``later_s``). Pass 2 moves the file's lines from ``line`` on whose stamps lie in that range by the
+    change. A file that starts inside the second run shows no step back: its lines keep the first reading."""
+    by_file: dict[tuple[int, str], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by_file.setdefault((run["file_index"], run["date"]), []).append(run)
+    out = []
+    for (file_index, date), found in sorted(by_file.items()):
+        found = sorted(found, key=lambda r: r["first_line"])
+        half = timedelta(seconds=found[0]["later_s"] / 2)
+        top: datetime | None = None
+        line = None
+        for run in found:
+            first = datetime.fromisoformat(run["first"])
+            if top is not None and first < top - half:
+                line = run["first_line"]
+                break
+            if run["jump"] is not None:
+                line = run["jump"]
+                break
+            top = max(top or first, datetime.fromisoformat(run["max"]))
+        if line is not None:
+            out.append({"file_index": file_index, "date": date, "line": line, "lo": min(r["lo"] for r in found),
+                        "hi": max(r["hi"] for r in found), "later_s": found[0]["later_s"]})
+    return out
+
+
+def _second_runs(part: pa.RecordBatch, folds: Sequence[Mapping[str, Any]]) -> tuple[pa.RecordBatch, int]:
+    """``part`` with the stamps of second-run lines (:func:`repeated_hours`) moved by the change, and their count."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ts = part.column("timestamp")
+    moved = 0
+    for fold in folds:
+        kind = ts.type
+        hit = pc.and_(pc.and_(pc.equal(part.column("file"), fold["file"]),
+                              pc.greater_equal(part.column("line_no"), fold["line"])),
+                      pc.and_(pc.greater_equal(ts, pa.scalar(datetime.fromisoformat(fold["lo"]), kind)),
+                              pc.less_equal(ts, pa.scalar(datetime.fromisoformat(fold["hi"]), kind))))
+        hit = pc.fill_null(hit, False)
+        n = pc.sum(hit).as_py() or 0
+        if n:
+            later = pa.scalar(timedelta(seconds=fold["later_s"]), pa.duration("us"))
+            ts = pc.if_else(hit, pc.add(ts, later).cast(kind), ts)
+            moved += n
+    if not moved:
+        return part, 0
+    i = part.schema.get_field_index("timestamp")
+    return pa.RecordBatch.from_arrays([ts if j == i else part.column(j) for j in range(part.num_columns)],
+                                      schema=part.schema), moved
 
 
 def _pass2(staging: str, out: str, max_bytes: int, flood_message: str) -> Callable[..., Iterator[pa.RecordBatch]]:
@@ -466,10 +566,14 @@ def _pass2(staging: str, out: str, max_bytes: int, flood_message: str) -> Callab
         for batch in batches:
             for group in batch.to_pylist():
                 tids = pa.array(group["template_ids"], pa.string())
-                rows, flooded = 0, []
+                folds = json.loads(group["folds"])
+                rows, moved, flooded = 0, 0, []
                 source = pq.ParquetFile(Path(staging) / f"lines-{group['group']:05d}.parquet")
                 with pq.ParquetWriter(Path(out) / f"part-{group['group']:05d}.parquet", schema) as writer:
                     for part in source.iter_batches(batch_size=BATCH_ROWS):
+                        if folds:
+                            part, n_moved = _second_runs(part, folds)
+                            moved += n_moved
                         ids = tids.take(part.column("midx"))
                         part = pa.RecordBatch.from_arrays(
                             [part.column(n) if n != "template_id" else ids for n in schema.names], schema=schema)
@@ -482,8 +586,9 @@ def _pass2(staging: str, out: str, max_bytes: int, flood_message: str) -> Callab
                 if flooded:
                     records = _flooded_records(group["units"], flooded, max_bytes, flood_message)
                     _write_quarantine(records, Path(staging) / f"quarantine-{group['group']:05d}-flood.parquet")
-                yield pa.RecordBatch.from_pydict({"group": [group["group"]], "rows": [rows]},
-                                                 schema=pa.schema([("group", pa.int32()), ("rows", pa.int64())]))
+                yield pa.RecordBatch.from_pydict(
+                    {"group": [group["group"]], "rows": [rows], "moved": [moved]},
+                    schema=pa.schema([("group", pa.int32()), ("rows", pa.int64()), ("moved", pa.int64())]))
 
     return run
 
@@ -755,14 +860,21 @@ def run_parse(
         counts: Counter[str] = Counter()
         by_group: dict[int, dict[int, str]] = {g["group"]: {} for g in groups}
         totals: Counter[str] = Counter()
+        fold_runs = []
         for r in reports:
             if r["kind"] == "dict":
                 at = (r["first_file"], r["first_line"])
                 first[r["masked"]] = min(first.get(r["masked"], at), at)
                 counts[r["masked"]] += r["n"]
                 by_group[r["group"]][r["midx"]] = r["masked"]
+            elif r["kind"] == "fold":
+                fold_runs.append(json.loads(r["detail"]))
             else:
                 totals[r["kind"]] += r["n"]
+        folds = [{**f, "file": units[f["file_index"] * parts]["file"]} for f in repeated_hours(fold_runs)]
+        for f in folds:
+            log.info("%s %s: %s enters the second run of the repeated hour of %s at line %d", source, date,
+                     f["file"], f["date"], f["line"])
         store, ids, flooded = mine_texts(store, sorted(first, key=first.__getitem__), max_new, counts)
         mapping = {text: tid or template_id(" ".join(text.split())) for text, tid in ids.items()}
         if flooded:
@@ -771,12 +883,12 @@ def run_parse(
                         TEMPLATE_FLOOD)
 
         steps["mine"] = time.perf_counter() - t0 - sum(steps.values())
-        second = [{**g, "template_ids": [mapping.get(m) for _, m in sorted(by_group[g["group"]].items())]}
-                  for g in groups]
+        second = [{**g, "template_ids": [mapping.get(m) for _, m in sorted(by_group[g["group"]].items())],
+                   "folds": json.dumps(folds)} for g in groups]
         flood_message = (f"fits no template on a day that would open more than {max_new} (KRONE_MAX_NEW_TEMPLATES):"
                          " unique text the masks miss")
         written = _one_per_task(spark, second, PASS2_DDL).mapInArrow(
-            _pass2(str(staging), str(parsed_out), max_line_bytes, flood_message), "group int, rows bigint").collect()
+            _pass2(str(staging), str(parsed_out), max_line_bytes, flood_message), "group int, rows bigint, moved bigint").collect()
         if not units:
             pq.write_table(parsed_schema().empty_table(), parsed_out / "part-00000.parquet")
         reasons = _finish_quarantine(staging, quarantine_out)
@@ -811,13 +923,14 @@ def run_parse(
     for text, tid in mapping.items():
         day_counts[tid] += counts[text]
     atomic_write_text(templates_path(root, source, date), _with_line_counts(store, seed, day_counts))
-    record_source_format(root, source, fmt_name, asdict(fmt.session))
+    record_source_format(root, source, fmt_name, asdict(fmt.session), fmt.timezone)
     seed_ids = {t.template_id for t in TemplateStore.from_json(seed).templates()} if seed else set()
     live = store.templates()
     return ParseMetrics(
         source=source, dt=date, format=fmt_name, files=len(files), partitions=parts, ignored_files=len(ignored),
         duplicate_files=len(duplicates), duplicate_lines=sum(d.lines for d in duplicates),
         continued_files=len(skip), continued_lines=sum(skip.values()),
+        repeated_hour_lines=sum(r["moved"] for r in written),
         raw_lines=raw_lines, parsed=n_parsed, quarantined=n_quarantined,
         quarantine_reasons=dict(sorted(reasons.items())),
         masked_texts=len(first), templates=len(live), new_templates=sum(t.template_id not in seed_ids for t in live),

@@ -10,7 +10,8 @@ timestamp, then file and line number (lines within one second keep their file or
 before the end of the day. Otherwise its events are kept in ``state/<source>/open/dt=D`` and prepended to
 the next day's run, so a session crossing midnight is emitted whole on the day it ends, never as two
 halves. The end of the day is the later of midnight on the log's clock and the day's last event, which
-covers logs whose clock (e.g. Thunderbird's UTC epoch) is offset from the partition's day. Ids of carried
+covers logs whose clock (e.g. Thunderbird's UTC epoch) is offset from the partition's day; for a format with a
+``timezone`` (stamps parsed into UTC) it is midnight in that zone. Ids of carried
 events are resolved through the day's miner state (a template may have been generalised since).
 
 **Endless sessions.** A key that never falls silent for ``gap_seconds`` (a node that logs every few seconds,
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
-from krone_jobs.logformats import NodeWindowSessionKey, SessionSpec, get_format
+from krone_jobs.logformats import NodeWindowSessionKey, SessionSpec, get_format, local_to_utc, zone_of
 from krone_jobs.partitions import (
     check_date,
     check_source,
@@ -50,6 +51,7 @@ from krone_jobs.partitions import (
     read_partition,
     source_format,
     source_session,
+    source_timezone,
     state_dir,
     write_partition,
 )
@@ -129,6 +131,13 @@ def _resolved(carried: DataFrame, root: Path, source: str, dt: str) -> DataFrame
                                                         F.col("template_id")))
 
 
+def _day_end(root: Path, source: str, fmt_name: str | None, date: str) -> datetime:
+    """Midnight after ``date`` on the log's clock: in the format's zone, as naive UTC, when it has one."""
+    midnight = datetime.fromisoformat(date) + timedelta(days=1)
+    zone = get_format(fmt_name).timezone if fmt_name is not None else source_timezone(root, source)
+    return local_to_utc(midnight, zone_of(zone))[0] if zone is not None else midnight
+
+
 def _session_spec(root: Path, source: str, fmt_name: str | None) -> SessionSpec:
     """The session rule to cut by: the named format's, else the one recorded when the source was parsed."""
     if fmt_name is not None:
@@ -199,7 +208,7 @@ def run_sessionize(
         (F.max("piece").over(whole) > 0).alias("split")).cache()
     try:
         last_event, n_events = sessions.agg(F.max("last_epoch"), F.sum(F.size("ev"))).first()
-        midnight = datetime.fromisoformat(date) + timedelta(days=1)
+        midnight = _day_end(root, source, fmt_name, date)
         # carried events are older than today's, so the latest event overall is today's latest
         day_end = max(int((midnight - datetime(1970, 1, 1)).total_seconds()) * _MICROS, last_event or 0)
         active = F.coalesce(F.col("last_epoch") >= F.lit(day_end - int(gap * _MICROS)), F.lit(False))

@@ -7,8 +7,10 @@ import hashlib
 import os
 import shutil
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
@@ -24,6 +26,7 @@ from krone_jobs.jobs.parse import (
     latest_templates,
     mine_texts,
     orphan_continuations,
+    repeated_hours,
     run_parse,
     session_keys,
 )
@@ -413,6 +416,62 @@ def test_yearless_stamps_take_the_year_of_their_day_across_new_year_and_leap_day
     sessions = pd.concat([_frame(tmp_path, "sessions", "sys", day) for day in days])
     assert sorted(zip(sessions["first_ts"].astype(str), sessions["n_events"])) == [
         ("2027-12-31 23:59:00", 3), ("2028-01-01 06:00:00", 1), ("2028-02-29 10:00:00", 1)]
+
+
+def _wall_clock(start: str, steps: int, zone: str, every: int = 10) -> list[str]:
+    """What a clock in ``zone`` shows every ``every`` seconds from ``start`` (local): it repeats or skips an hour
+    where daylight saving time ends or begins."""
+    first = datetime.fromisoformat(start).replace(tzinfo=ZoneInfo(zone))
+    return [(first.astimezone(timezone.utc) + timedelta(seconds=every * i)).astimezone(ZoneInfo(zone))
+            .strftime("%Y-%m-%d %H:%M:%S") for i in range(steps)]
+
+
+def test_local_stamps_become_utc_and_the_repeated_hour_is_read_in_file_order(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node logging every 10 s across the end and the start of summer time in Berlin. Read as they are, the
+    stamps of the hour the clocks went back over ran twice and interleaved (the session's steps out of order),
+    and the hour the clocks skipped cut the node's activity in two sessions. With ``timezone`` the stamps
+    are UTC, in file order across stripes and tasks (the second run starts at line 513, the first line of a
+    stripe run of another task), and each night is one session in file order."""
+    syslog = ("regex = '^(?P<timestamp>\\S+ \\S+) (?P<node>\\S+) (?P<component>\\w+): (?P<content>.*)$'\n"
+              "timestamp_format = '%Y-%m-%d %H:%M:%S'\nsession_gap_seconds = 120\n")
+    _use_formats(tmp_path, monkeypatch, f"[local]\n{syslog}\n[berlin]\n{syslog}timezone = 'Europe/Berlin'\n")
+    nights = {"2026-10-25": _wall_clock("2026-10-25 01:34:40", 933, "Europe/Berlin"),
+              "2026-03-29": _wall_clock("2026-03-29 01:50:00", 121, "Europe/Berlin")}
+    assert nights["2026-10-25"][511:513] == ["2026-10-25 02:59:50", "2026-10-25 02:00:00"]
+    assert nights["2026-03-29"][59:61] == ["2026-03-29 01:59:50", "2026-03-29 03:00:00"]
+    for fmt in ("local", "berlin"):
+        for day, stamps in nights.items():
+            folder = tmp_path / fmt / "raw" / "web" / f"dt={day}"
+            folder.mkdir(parents=True)
+            (folder / "syslog.log").write_text("".join(f"{t} web1 cron: job {i % 7} ran\n" for i, t in enumerate(stamps)))
+            m = run_parse("web", day, fmt, data_root=tmp_path / fmt, spark=spark, partitions=2)
+            s = run_sessionize("web", day, data_root=tmp_path / fmt, spark=spark)
+            sessions = _frame(tmp_path / fmt, "sessions", "web", day)
+            in_order = [f"raw/web/dt={day}/syslog.log:{i + 1}" for i in range(len(stamps))]
+            if fmt == "local":
+                assert m.repeated_hour_lines == 0
+                assert s.sessions == 2 if day == "2026-03-29" else list(sessions["lines"][0]) != in_order
+                continue
+            parsed = _frame(tmp_path / fmt, "parsed", "web", day).sort_values("line_no")
+            assert (parsed["timestamp"].diff().dropna() == pd.Timedelta(seconds=10)).all(), day
+            assert str(parsed["timestamp"].iloc[0]) == ("2026-10-24 23:34:40" if day == "2026-10-25"
+                                                        else "2026-03-29 00:50:00")
+            assert m.repeated_hour_lines == (360 if day == "2026-10-25" else 0)
+            assert (s.sessions, list(sessions["lines"][0])) == (1, in_order)
+
+
+def test_the_second_run_of_a_repeated_hour_starts_where_the_clock_goes_back_not_at_seconds_of_disorder() -> None:
+    def run(first_line: int, first: str, top: str, jump: int | None = None) -> dict[str, Any]:
+        return {"file_index": 0, "date": "2026-10-25", "first_line": first_line, "first": f"2026-10-25T{first}",
+                "max": f"2026-10-25T{top}", "jump": jump, "lo": "2026-10-25T00:00:00", "hi": "2026-10-25T00:59:59",
+                "later_s": 3600.0}
+
+    assert repeated_hours([run(1, "02:10:00", "02:40:00"), run(257, "02:39:58", "02:59:59")]) == []  # 2 s back
+    found = repeated_hours([run(513, "02:00:01", "02:20:00"), run(1, "02:10:00", "02:40:00"), run(257, "02:40:01", "02:59:59")])
+    assert [(f["line"], f["later_s"]) for f in found] == [(513, 3600.0)]
+    assert repeated_hours([run(1, "02:58:00", "02:59:59", jump=200)])[0]["line"] == 200
 
 
 def test_stack_traces_under_their_log_lines_pass_the_quarantine_gate_and_orphans_do_not(
