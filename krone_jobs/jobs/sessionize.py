@@ -29,7 +29,9 @@ of events exhausts the JVM heap (3,000,000 lines of one node did, with the defau
 whole night. The metrics count such sessions as ``split_sessions``; each piece is a session of its own.
 
 Only the previous calendar day's open sessions are read: days are sessionized in date order, and a rerun
-of day D reads the same input, so it rewrites the same rows.
+of day D reads the same input, so it rewrites the same rows. A day whose previous day was never sessionized,
+while an earlier day left sessions open, is refused (:class:`SkippedDayError`): those sessions are carried only
+into the next day, and sessionizing past the gap dropped them without a word.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from krone_jobs.partitions import (
     check_date,
     check_source,
     count_rows,
+    dated_files,
     partition_dir,
     read_partition,
     source_format,
@@ -82,6 +85,22 @@ class SessionizeMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class SkippedDayError(FileNotFoundError):
+    """The day before was never sessionized, but an earlier day left sessions open: they would be lost."""
+
+
+def _check_carry(root: Path, source: str, previous: str) -> None:
+    """Raise :class:`SkippedDayError` if the newest open-session state before ``previous`` holds sessions."""
+    earlier = [d for d in dated_files(state_dir(root, source) / "open") if d < previous]
+    if earlier and count_rows(open_dir(root, source, earlier[-1])):
+        after = (date_cls.fromisoformat(earlier[-1]) + timedelta(days=1)).isoformat()
+        todo = previous if after == previous else f"{after} to {previous}"
+        raise SkippedDayError(
+            f"{source}: {previous} was never sessionized, and the sessions still open after {earlier[-1]} are "
+            f"carried only into the next day: sessionize {todo} first (a day without logs is fine), or remove "
+            f"{open_dir(root, source, earlier[-1])} to drop them")
 
 
 def open_dir(root: Path, source: str, dt: str) -> Path:
@@ -190,6 +209,8 @@ def run_sessionize(
         F.explode("session_keys").alias("key"), "timestamp", "file", "line_no", "template_id")
     previous = (date_cls.fromisoformat(date) - timedelta(days=1)).isoformat()
     carried_path = open_dir(root, source, previous)
+    if not carried_path.is_dir():
+        _check_carry(root, source, previous)
     carried_events = count_rows(carried_path) if carried_path.is_dir() else 0
     events = today
     if carried_events:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from krone_jobs.jobs.parse import run_parse
-from krone_jobs.jobs.sessionize import run_sessionize
+from krone_jobs.jobs.sessionize import SkippedDayError, run_sessionize
 from krone_jobs.logformats import THUNDERBIRD, NodeWindowSessionKey, ParsedLine, parse_line
 from krone_jobs.partitions import partition_dir
 
@@ -199,3 +199,22 @@ def test_a_line_stamped_years_ahead_does_not_close_the_sessions_crossing_midnigh
     assert [(m.sessions, m.open_sessions) for m in runs] == [(1, 1), (2, 0)]
     got = _sessions(tmp_path, "hdfs", (day1, day2))
     assert dict(zip(got["session_id"], got["n_events"])) == {"blk_8": 1, "blk_7": 4, "blk_9": 1}
+
+
+def test_a_day_after_one_never_sessionized_is_refused_while_sessions_are_open(spark: Any, tmp_path: Path) -> None:
+    """Sessions open at the end of a day are carried only into the next one: sessionizing day 3 when day 2 was
+    skipped dropped the block crossing the first midnight without a word. Now it is refused with what to do;
+    once day 2 (a day without logs) has run, the block is emitted whole there, and day 3 runs."""
+    days = ("2008-11-09", "2008-11-10", "2008-11-11")
+    folder = tmp_path / "raw" / "hdfs" / f"dt={days[0]}"
+    folder.mkdir(parents=True)
+    (folder / "a.log").write_text("".join(f"{_hdfs_line(datetime(2008, 11, 9, 23, 50, 0) + timedelta(minutes=i), 'blk_7')}\n"
+                                          for i in range(5)))
+    for day in days:
+        run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, gate=False)
+    assert run_sessionize("hdfs", days[0], data_root=tmp_path, spark=spark, gate=False).open_sessions == 1
+    with pytest.raises(SkippedDayError, match=f"{days[1]} was never sessionized.*sessionize {days[1]} first"):
+        run_sessionize("hdfs", days[2], data_root=tmp_path, spark=spark, gate=False)
+    runs = [run_sessionize("hdfs", day, data_root=tmp_path, spark=spark, gate=False) for day in days[1:]]
+    assert [(m.sessions, m.open_sessions) for m in runs] == [(1, 0), (0, 0)]
+    assert _sessions(tmp_path, "hdfs", days[1:2])["n_events"].tolist() == [5]
