@@ -14,8 +14,9 @@ A file that holds a file of the previous day whole, as its beginning, is a log n
 whole every day: it is *continued*, read after the lines that file holds whole, which were parsed with that
 day (the previous day's raw partition is the offset a tailer would keep per stream). Read whole, the
 rendered HDFS log of 2008-11-09 and 11-10 in one file gave 11-10 7,915 sessions instead of its 4,019: every
-session of the day before a second time. A last line the earlier file holds only in part is read again, whole (a line is skipped only
-if it was read whole). UTF-16 files, whose line ends are not bytes, are read whole.
+session of the day before a second time. A last line the earlier file holds only in part is read again,
+whole (a line is skipped only if it was read whole). UTF-16 files, whose line ends are not bytes, are read
+whole.
 
 Only whole-content containment counts: two files that share some lines but each has lines of its own
 (overlapping rotations) are both read, since equal lines in two files may be two real events.
@@ -114,11 +115,12 @@ def _contained(group: list[Path], order: dict[Path, int], before: set[Path],
         if holders:  # the longest holder, the first of equals: the file that is read
             original = min(holders, key=lambda q: (-lengths[q], order[q]))
             out.append(DuplicateFile(path, original, own[n][1]))
-    skipped = {d.path for d in out}
+    if utf16:  # a continued file's lines are counted in bytes
+        return out, []
     grown = []
-    for path in digests.keys() - skipped - before:
+    for path in digests.keys() - {d.path for d in out} - before:
         starts = [p for p in before & digests.keys() if lengths[p] < lengths[path] and holds(path, p)]
-        if starts and not utf16:
+        if starts:
             previous = max(starts, key=lambda p: (lengths[p], -order[p]))
             grown.append(ContinuedFile(path, previous, digests[path][lengths[previous]][2]))
     return out, grown
