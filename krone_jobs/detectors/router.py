@@ -90,11 +90,13 @@ class RoutedDetector(BaseEstimator):
         self.cache_size = cache_size
 
     # -------------------------------------------------------------------------------- training
-    def fit(self, X: Iterable[Sequence[str]], y: object = None) -> RoutedDetector:
+    def fit(self, X: Iterable[Sequence[str]], y: object = None, groups: Sequence[Any] | None = None) -> RoutedDetector:
+        """``groups``: each session's day, for the Nested-Aware model's cross-fitting (see its ``fit``)."""
         sessions = [tuple(s) for s in X]
         self.local_ = LocalContextDetector(self.hierarchy, automaton=False).fit(sessions)
         self.nested_ = (
-            NestedAwareDetector(self.hierarchy, **(self.nested_params or {})).fit(sessions) if self.nested else None
+            NestedAwareDetector(self.hierarchy, **(self.nested_params or {})).fit(sessions, groups=groups)
+            if self.nested else None
         )
         self.hierarchy_ = self.hierarchy
         self._reset_runtime()

@@ -92,10 +92,15 @@ def split_heldout(
     sessions: Sequence[tuple[str, ...]], share: float, seed: int
 ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     """(fit, held-out) by a seeded permutation; both keep input order. At least one session is fitted."""
-    n = len(sessions)
+    held = heldout_mask(len(sessions), share, seed)
+    return [s for s, h in zip(sessions, held) if not h], [s for s, h in zip(sessions, held) if h]
+
+
+def heldout_mask(n: int, share: float, seed: int) -> list[bool]:
+    """Which of ``n`` sessions :func:`split_heldout` holds out."""
     k = min(int(round(n * share)), max(n - 1, 0))
     held = set(np.random.RandomState(seed).permutation(n)[:k].tolist())
-    return [s for i, s in enumerate(sessions) if i not in held], [s for i, s in enumerate(sessions) if i in held]
+    return [i in held for i in range(n)]
 
 
 def resolve_hierarchy(
@@ -145,6 +150,7 @@ def _run_record(
                               "llm_band": detector.llm_band, "automaton": detector.local_.automaton_}
     if nested is not None:
         params.update({f"nested_{k}": v for k, v in nested.get_params().items() if k != "hierarchy"})
+        params["nested_fold_kind"] = nested.fold_kind_
     params.update({f"hierarchy_origin_{k}": v for k, v in sorted(Counter(n.origin for n in hierarchy.nodes()).items())})
     metrics: dict[str, float] = {
         "n_train_sessions": n_fit,
@@ -170,6 +176,7 @@ def train(
     extractor: HierarchyExtractor | None = None,
     overrides_path: str | Path | None = None,
     validation: tuple[Sequence[Sequence[str]], Sequence[int]] | None = None,
+    days: Sequence[str] | None = None,
     seed: int = 0,
     nested_params: Mapping[str, Any] | None = None,
     holdout: float = HOLDOUT,
@@ -188,7 +195,8 @@ def train(
 
     ``normal_keys`` (level keys operators marked normal) join the knowledge base right after fitting, so
     the logged model and the gate already treat them as known; ``extra_params``/``extra_metrics`` are
-    logged with the run (e.g. the training window)."""
+    logged with the run (e.g. the training window). ``days`` (each session's day) makes the Nested-Aware
+    model's cross-fitting folds days (:meth:`NestedAwareDetector.fit`)."""
     import mlflow
 
     from krone_jobs import model_registry as registry
@@ -204,13 +212,15 @@ def train(
     hierarchy = resolve_hierarchy(templates, hierarchy=hierarchy, base=base, extractor=extractor,
                                   overrides_path=overrides_path)
     fit_set, heldout = split_heldout([tuple(s) for s in sessions], holdout, seed)
+    fit_days = ([d for d, h in zip(days, heldout_mask(len(sessions), holdout, seed)) if not h]
+                if days is not None else None)
     detector = RoutedDetector(hierarchy, nested_params={"seed": seed, **(nested_params or {})})
     checked = registry.Validation(*validation) if validation is not None else None
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{source}") as run:
         run_id = run.info.run_id
         t0 = time.perf_counter()
-        detector.fit(fit_set)
+        detector.fit(fit_set, groups=fit_days)
         seconds = time.perf_counter() - t0
         applied = apply_normal_keys(detector, normal_keys)  # before anything is logged or gated
         params, metrics = _run_record(detector, n_sessions=len(sessions), n_fit=len(fit_set),
@@ -290,6 +300,8 @@ class WindowSessions:
     dates: tuple[str, ...]
     partitions: tuple[str, ...]
     sessions: list[tuple[str, ...]]
+    days: list[str]
+    """Each session's day (the ``sessions/`` partition it was read from)."""
     n_read: int
     n_excluded_labelled: int
     n_excluded_reported: int
@@ -313,7 +325,7 @@ def window_dates(end: str, days: int) -> list[str]:
 
 
 def read_window(root: Path, source: str, dates: Sequence[str]) -> tuple[tuple[str, ...], pd.DataFrame]:
-    """(partitions found, their sessions: session_id, template_ids), sorted by session id so the seeded
+    """(partitions found, their sessions: session_id, template_ids, dt), sorted by session id so the seeded
     held-out split does not depend on how the sessionize job laid out its files."""
     import pandas as pd
 
@@ -323,7 +335,7 @@ def read_window(root: Path, source: str, dates: Sequence[str]) -> tuple[tuple[st
         raise NoTrainingData(f"no sessions partition for source={source} in {dates[0]}..{dates[-1]} ({where}): "
                              f"run `krone sessionize` for those days or pick another --end/--days")
     frames = [pd.read_parquet(partition_dir(root, "sessions", source, dt), columns=["session_id", "template_ids"])
-              for dt in found]
+              .assign(dt=dt) for dt in found]
     frame = pd.concat(frames, ignore_index=True).sort_values("session_id", kind="stable", ignore_index=True)
     return found, frame
 
@@ -412,14 +424,14 @@ def select_normal(
     bad = anomalous_labels(labels) if labels is not None else set()
     labelled = ids.isin(bad)
     flagged = ids.isin(reported or set()) & ~labelled
-    keep = frame.loc[~(labelled | flagged), "template_ids"]
+    keep = frame.loc[~(labelled | flagged)]
     if keep.empty:
         raise NoTrainingData(f"no normal session left in {dates[0]}..{dates[-1]} for source={source}: "
                              f"{len(frame)} read, {int(labelled.sum())} labelled anomalous, "
                              f"{int(flagged.sum())} reported by the champion")
-    sessions = [resolve_ids(template_ids(v), store) for v in keep]
-    return WindowSessions(tuple(dates), found, sessions, len(frame), int(labelled.sum()), int(flagged.sum()),
-                          reported is not None)
+    sessions = [resolve_ids(template_ids(v), store) for v in keep["template_ids"]]
+    return WindowSessions(tuple(dates), found, sessions, keep["dt"].tolist(), len(frame), int(labelled.sum()),
+                          int(flagged.sum()), reported is not None)
 
 
 def _miner_state(root: Path, source: str, end: str) -> tuple[str, str]:
@@ -475,7 +487,7 @@ def train_partitions(
               "exclude_reported": exclude_reported}
     return train(
         source, window.sessions, {t.template_id: t.template for t in store.templates()}, hierarchy=hierarchy,
-        validation=validation, seed=seed, nested_params=nested_params, holdout=holdout, fp_bound=fp_bound,
+        validation=validation, days=window.days, seed=seed, nested_params=nested_params, holdout=holdout, fp_bound=fp_bound,
         tolerance=tolerance, min_heldout=min_heldout, miner_state=state, tracking_uri=tracking_uri,
         artifact_root=artifact_root, normal_keys=feedback_normal_keys(url, source), extra_params=params, extra_metrics=window.metrics(),
     )

@@ -156,6 +156,25 @@ def test_new_ordinary_node_depends_on_how_often_normal_sessions_bring_one() -> N
     assert _status_score(wide, TRAIN[0][:-1] + ["f1", "t7"], "f1").ratio == math.inf  # a fatal one is not
 
 
+def test_with_days_the_cross_fitting_holds_out_days_and_sees_a_new_day_s_novelty() -> None:
+    """Each of three days brings a note of its own (10 of its 180 sessions). Random folds spread a day's note
+    over every fold, so held-out sessions practically never bring a new node and a new one is judged
+    anomalous; held out by day, a tenth of the sessions of every day bring one, as a new night would."""
+    days = [(f"2026-11-0{d}", [s[:-1] + [f"n{d}", "t7"] if i < 10 else s for i, s in enumerate(TRAIN)]) for d in (1, 2, 3)]
+    sessions = [s for _, day in days for s in day]
+    groups = [dt for dt, day in days for _ in day]
+    mixed = NestedAwareDetector(_wide_hierarchy(4), fp_budget=0.05).fit(sessions)
+    by_day = NestedAwareDetector(_wide_hierarchy(4), fp_budget=0.05).fit(sessions, groups=groups)
+    assert (mixed.fold_kind_, by_day.fold_kind_) == ("random", "groups")
+    assert mixed.new_nodes_anomalous("status") and not by_day.new_nodes_anomalous("status")
+    assert by_day.new_node_rate_["status"] > 0.05 > mixed.new_node_rate_["status"]
+    assert NestedAwareDetector.from_state(_wide_hierarchy(4), by_day.to_state()).fold_kind_ == "groups"
+    one_day = NestedAwareDetector(_wide_hierarchy(4), fp_budget=0.05).fit(sessions, groups=["d"] * len(sessions))
+    assert one_day.fold_kind_ == "random" and one_day.new_node_rate_ == mixed.new_node_rate_
+    with pytest.raises(ValueError, match="labels for"):
+        NestedAwareDetector(_wide_hierarchy(4)).fit(sessions, groups=groups[:-1])
+
+
 def _status_score(det: NestedAwareDetector, seq: list[str], template: str) -> ChunkScore:
     cut = det.codebook_.cut(seq)
     assert cut is not None

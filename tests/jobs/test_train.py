@@ -279,6 +279,7 @@ def test_train_partitions_registers_a_champion_without_the_labelled_anomalies(wi
     assert metrics["n_train_sessions"] + int(params["n_heldout_sessions"]) == len(frame) - n_anomalous
     assert (params["window_start"], params["window_end"], params["window_days"]) == (*DAYS, "2")
     assert params["window_partitions"] == ",".join(DAYS) and params["miner_state_dt"] == DAYS[1]
+    assert params["nested_fold_kind"] == "groups"  # the two days are the cross-fitting folds
     assert result.detector.hierarchy == load_hierarchy(pipeline.root, SOURCE)  # the pipeline's node ids
 
     model = load_champion(SOURCE, window.tracking_uri).unwrap_python_model()
