@@ -3,7 +3,7 @@
 Log shippers deliver twice: a retry after a lost acknowledgement, a rotated file sent both plain and as
 ``.gz``, a copy left by hand, an upload cut short and then sent again, a growing file shipped at noon and
 again at midnight. Parsing both doubles the events of their sessions, and a session whose every step ran
-twice is an anomaly to every detector: on the demo day (1,597 sessions, 55 anomalous) a ``.gz`` copy of its
+twice is an anomaly to every detector: on the demo day (1,597 sessions, 55 then anomalous) a ``.gz`` copy of its
 one file made 1,546 sessions anomalous. So the parse stage skips a file whose (decompressed) content is
 equal to another file's or a prefix of it (for a damaged ``.gz``: what can be read of it), reads the file
 that holds it whole, and names and counts what it skipped in the run's metrics. Of equal files the first
