@@ -33,6 +33,12 @@ open more, a text of one line opens none, and lines that fit no template are qua
 17-47 a day; HDFS 15, then 0-3."""
 
 
+FP_BUDGET = 0.002
+"""Default of ``KRONE_FP_BUDGET``: the share of normal sessions each rule of the Nested-Aware model may flag,
+measured on held-out training days (its ``fp_budget``). Lower it for fewer false alarms, at the cost of the
+anomalies only the rules it turns off would catch."""
+
+
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -103,6 +109,13 @@ class Settings:
     @property
     def max_new_templates(self) -> int:
         return int(_env("KRONE_MAX_NEW_TEMPLATES", str(MAX_NEW_TEMPLATES)))
+
+    @property
+    def fp_budget(self) -> float:
+        value = float(_env("KRONE_FP_BUDGET", str(FP_BUDGET)))
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"KRONE_FP_BUDGET must lie between 0 and 1, not {value}")
+        return value
 
     @property
     def llm_band(self) -> float | None:

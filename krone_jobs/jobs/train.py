@@ -214,7 +214,8 @@ def train(
     fit_set, heldout = split_heldout([tuple(s) for s in sessions], holdout, seed)
     fit_days = ([d for d, h in zip(days, heldout_mask(len(sessions), holdout, seed)) if not h]
                 if days is not None else None)
-    detector = RoutedDetector(hierarchy, nested_params={"seed": seed, **(nested_params or {})})
+    detector = RoutedDetector(hierarchy, nested_params={"seed": seed, "fp_budget": settings().fp_budget,
+                                                        **(nested_params or {})})
     checked = registry.Validation(*validation) if validation is not None else None
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{source}") as run:

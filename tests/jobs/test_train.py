@@ -151,6 +151,21 @@ def test_same_seed_same_model(store: MlflowClient) -> None:
     assert split_heldout([tuple(s) for s in sessions], 0.1, 5) != split_heldout([tuple(s) for s in sessions], 0.1, 6)
 
 
+def test_the_rules_budget_comes_from_the_environment_and_is_logged(store: MlflowClient,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KRONE_FP_BUDGET`` reaches training as the Airflow task runs it; ``--nested-params`` still wins."""
+    monkeypatch.setenv("KRONE_FP_BUDGET", "0.01")
+    result = train("budget", normal(150, 4), TEXTS, hierarchy=truth(), nested_params=TINY, fp_bound=1.0, min_heldout=0)
+    assert result.detector.nested_.fp_budget == 0.01
+    assert store.get_run(result.run_id).data.params["nested_fp_budget"] == "0.01"
+    given = train("budget", normal(150, 4), TEXTS, hierarchy=truth(), nested_params={**TINY, "fp_budget": 0.003},
+                  fp_bound=1.0, min_heldout=0)
+    assert given.detector.nested_.fp_budget == 0.003
+    monkeypatch.setenv("KRONE_FP_BUDGET", "2")
+    with pytest.raises(ValueError, match="KRONE_FP_BUDGET"):
+        train("budget", normal(150, 4), TEXTS, hierarchy=truth(), nested_params=TINY)
+
+
 def test_hierarchy_grows_from_the_champion_and_overrides_win(store: MlflowClient, tmp_path: Path) -> None:
     sessions = normal(120, 4)
     used = {t for s in sessions for t in s}
