@@ -884,7 +884,7 @@ def _skip_rest(stream: io.BufferedIOBase | _Utf16AsUtf8, first: bytes) -> Oversi
 
 
 def iter_lines(
-    path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_LINE_BYTES
+    path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_LINE_BYTES, start: tuple[int, int] = (0, 0)
 ) -> Iterator[tuple[int, bytes | OversizedLine]]:
     """Yield ``(line_no, raw)`` from a plain or gzip file (detected by magic bytes), 1-based.
 
@@ -895,6 +895,10 @@ def iter_lines(
     first line; a UTF-16 one makes the file read as UTF-16 and yielded as UTF-8 lines. A file whose head has
     CRs and no LF has lines that end in a bare CR: each CR is read as LF. A file the system will not open or
     read raises :class:`LogReadError` (``unreadable``) too.
+
+    ``start`` = (byte offset, lines before it): a plain UTF-8 file is read from that offset, its first line
+    numbered one more (the offset must be a line start, as a continued file's is); a ``.gz`` or UTF-16 file
+    cannot be entered there and is read from its start.
     """
     limit = max_bytes + 2
     line_no = 0
@@ -906,8 +910,13 @@ def iter_lines(
             try:
                 if stream.peek(2)[:2] in UTF16_BOMS:  # inside: peeking a .gz decompresses
                     stream = _Utf16AsUtf8(stream)
-                elif _cr_terminated(stream):
-                    stream = io.BufferedReader(_CrAsLf(stream))
+                else:
+                    crs = _cr_terminated(stream)
+                    if start[0] and stream is plain:
+                        plain.seek(start[0])
+                        line_no = start[1]
+                    if crs:
+                        stream = io.BufferedReader(_CrAsLf(stream))
                 while chunk := stream.readline(limit):
                     raw = chunk if len(chunk) < limit or chunk.endswith(b"\n") else _skip_rest(stream, chunk)
                     line_no += 1

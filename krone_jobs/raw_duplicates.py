@@ -24,9 +24,8 @@ Only whole-content containment counts: two files that share some lines but each 
 Cost: every file's first line (at most :data:`HEAD_BYTES`) is read; files that share a first line, which
 different hosts, processes or rotations practically never do, are read in full, twice at most (lengths,
 then BLAKE2b digests at each other member's length). A day without duplicates reads a few KiB per file. A log
-never rotated is read in full with its copy of the day before (32 MB: 0.07 s), and the parse stage still
-reads past its old lines (about 1 us a line per stripe): a cost that grows with the log, as it would to read
-it whole.
+never rotated is read in full with its copy of the day before (32 MB: 0.07 s); the parse stage then enters a
+plain one where the lines read end, and reads a ``.gz`` past them (they cannot be skipped undecompressed).
 """
 
 from __future__ import annotations
@@ -59,11 +58,13 @@ class DuplicateFile:
 @dataclass(frozen=True, slots=True)
 class ContinuedFile:
     """A raw file whose beginning is ``previous``, a file of the previous day, whole: only the lines after the
-    ``lines`` complete ones ``previous`` holds are read."""
+    ``lines`` complete ones ``previous`` holds are read; they end at byte ``offset`` of the content, where the
+    parse stage enters a plain file (a ``.gz`` is read past them)."""
 
     path: Path
     previous: Path
     lines: int
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +123,8 @@ def _contained(group: list[Path], order: dict[Path, int], before: set[Path],
         starts = [p for p in before & digests.keys() if lengths[p] < lengths[path] and holds(path, p)]
         if starts:
             previous = max(starts, key=lambda p: (lengths[p], -order[p]))
-            grown.append(ContinuedFile(path, previous, digests[path][lengths[previous]][2]))
+            _, _, lines, offset = digests[path][lengths[previous]]
+            grown.append(ContinuedFile(path, previous, lines, offset))
     return out, grown
 
 
@@ -167,13 +169,14 @@ def _length(path: Path) -> int | None:
         return None
 
 
-def _digests(path: Path, cuts: set[int]) -> dict[int, tuple[bytes, int, int]] | None:
-    """BLAKE2b digest, line count and complete-line count of the content's first ``n`` bytes for each ``n`` in
-    ``cuts`` it reaches (its own length among them). Lines end in LF, or in CR where the content has no LF, as
-    :func:`~krone_jobs.logformats.iter_lines` reads them; a last line without its end counts, but not as complete."""
+def _digests(path: Path, cuts: set[int]) -> dict[int, tuple[bytes, int, int, int]] | None:
+    """BLAKE2b digest, line count, complete-line count and the byte where the complete lines end, of the
+    content's first ``n`` bytes for each ``n`` in ``cuts`` it reaches (its own length among them). Lines end in
+    LF, or in CR where the content has no LF, as :func:`~krone_jobs.logformats.iter_lines` reads them; a last
+    line without its end counts, but not as complete."""
     h = hashlib.blake2b(digest_size=32)
-    done = lf = cr = 0
-    out: dict[int, tuple[bytes, int, int]] = {}
+    done = lf = cr = after_lf = after_cr = 0
+    out: dict[int, tuple[bytes, int, int, int]] = {}
     try:
         for chunk in _chunks(path):
             end = done + len(chunk)
@@ -182,9 +185,16 @@ def _digests(path: Path, cuts: set[int]) -> dict[int, tuple[bytes, int, int]] | 
                 snap = h.copy()
                 snap.update(part)
                 n_lf, n_cr = lf + part.count(b"\n"), cr + part.count(b"\r")
+                mark, after = (b"\n", after_lf) if n_lf or not n_cr else (b"\r", after_cr)
+                if (i := part.rfind(mark)) >= 0:
+                    after = done + i + 1
                 ends = n_lf or n_cr
-                out[cut] = (snap.digest(), ends + (part[-1:] != (b"\n" if n_lf or not n_cr else b"\r")), ends)
+                out[cut] = (snap.digest(), ends + (part[-1:] != mark), ends, after)
             h.update(chunk)
+            if (i := chunk.rfind(b"\n")) >= 0:
+                after_lf = done + i + 1
+            if (i := chunk.rfind(b"\r")) >= 0:
+                after_cr = done + i + 1
             lf, cr, done = lf + chunk.count(b"\n"), cr + chunk.count(b"\r"), end
     except OSError:
         return None

@@ -820,3 +820,17 @@ def test_local_stamps_are_read_as_utc_and_a_repeated_hour_says_how_much_later_it
     fmt = LineFormat.from_regex(r"^(?P<timestamp>\S+) (?P<content>.*)$", timestamp_format="iso8601", timezone="Europe/Berlin")
     assert parse_line(b"2026-10-25T02:30:00+01:00 x", fmt).offset is True
     assert parse_line(b"2026-10-25T02:30:00 x", fmt).offset is False
+
+
+def test_a_plain_file_is_entered_at_a_line_start_and_a_packed_one_read_from_its_start(tmp_path: Path) -> None:
+    """A continued file (a log never rotated) is entered where the day before's copy ended; lines keep their
+    numbers. A .gz cannot be entered mid-stream: it is read from its start (the caller skips by number)."""
+    data = b"".join(b"line %d\n" % i for i in range(1, 101))
+    plain, mac, packed = tmp_path / "a.log", tmp_path / "m.log", tmp_path / "a.log.gz"
+    plain.write_bytes(data)
+    mac.write_bytes(data.replace(b"\n", b"\r"))
+    packed.write_bytes(gzip.compress(data))
+    at = data.index(b"line 41\n")
+    assert list(iter_lines(plain, start=(at, 40))) == list(iter_lines(plain))[40:]
+    assert list(iter_lines(mac, start=(at, 40))) == list(iter_lines(mac))[40:]
+    assert list(iter_lines(packed, start=(at, 40))) == list(iter_lines(packed))

@@ -50,7 +50,7 @@ def test_a_file_the_day_before_holds_is_skipped_but_never_a_file_of_that_day(tmp
     assert find_duplicates([again, other], read_before=[old]) == [DuplicateFile(again, old, 500)]
     assert check_deliveries([again, other]).duplicates == []
     found = check_deliveries([grown], read_before=[old])  # it begins with yesterday's file: continued
-    assert (found.duplicates, found.continued) == ([], [ContinuedFile(grown, old, 500)])
+    assert (found.duplicates, found.continued) == ([], [ContinuedFile(grown, old, 500, len(TEXT))])
 
 
 def test_a_log_never_rotated_is_read_after_what_the_day_before_held(tmp_path: Path) -> None:
@@ -64,9 +64,10 @@ def test_a_log_never_rotated_is_read_after_what_the_day_before_held(tmp_path: Pa
     tuesday, packed, other = _write(tmp_path / "d2", {"app.log": whole, "app.log.gz": gzip.compress(whole),
                                                       "early.log": whole[: len(LINES[0]) * 100]})
     found = check_deliveries([tuesday, packed, other], read_before=[monday, also_monday])
-    assert found.continued == [ContinuedFile(tuesday, monday, 900)]
+    assert found.continued == [ContinuedFile(tuesday, monday, 900, len(LINES[0]) * 900)]
     assert found.duplicates == [DuplicateFile(packed, tuesday, len(LINES)), DuplicateFile(other, tuesday, 100)]
-    assert check_deliveries([packed], read_before=[monday]).continued == [ContinuedFile(packed, monday, 900)]
+    assert check_deliveries([packed], read_before=[monday]).continued == [ContinuedFile(packed, monday, 900,
+                                                                                        len(LINES[0]) * 900)]
 
 
 def test_a_line_the_day_before_held_in_part_is_read_again(tmp_path: Path) -> None:
@@ -81,7 +82,8 @@ def test_a_line_the_day_before_held_in_part_is_read_again(tmp_path: Path) -> Non
     before = _write(tmp_path / "d1", {"a.log": text[:half], "b.log": mac[:half], "c.log": wide[: len(wide) // 2]})
     after = _write(tmp_path / "d2", {"a.log": text, "b.log": mac, "c.log": wide})
     found = check_deliveries(after, read_before=before)
-    assert found.continued == [ContinuedFile(after[0], before[0], 400), ContinuedFile(after[1], before[1], 400)]
+    at = len(LINES[0]) * 400  # where the 400 complete lines end, the partial one not included
+    assert found.continued == [ContinuedFile(after[0], before[0], 400, at), ContinuedFile(after[1], before[1], 400, at)]
     assert found.duplicates == []
 
 
@@ -104,3 +106,13 @@ def test_lines_are_counted_as_they_are_read(tmp_path: Path) -> None:
     mac = TEXT.replace(b"\n", b"\r")
     a, b, c, d = _write(tmp_path, {"a.log": TEXT + b"tail", "b.log": TEXT + b"tail", "c.log": mac, "d.log": mac})
     assert find_duplicates([a, b, c, d]) == [DuplicateFile(b, a, 501), DuplicateFile(d, c, 500)]
+
+
+def test_where_the_lines_read_end_is_found_past_the_first_read_chunk(tmp_path: Path) -> None:
+    for day in ("d1", "d2"):
+        (tmp_path / day).mkdir()
+    whole = b"".join(LINES[:5000])
+    cut = len(LINES[0]) * 3000 + 9  # 165 KB: the third 64 KiB read, and a partial line
+    (before,) = _write(tmp_path / "d1", {"a.log": whole[:cut]})
+    (after,) = _write(tmp_path / "d2", {"a.log": whole})
+    assert check_deliveries([after], [before]).continued == [ContinuedFile(after, before, 3000, len(LINES[0]) * 3000)]

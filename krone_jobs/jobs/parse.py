@@ -253,9 +253,9 @@ def session_keys(rule: SessionKeyRule) -> Callable[[ParsedLine], tuple[str, ...]
 def _stripe(unit: dict[str, Any], max_bytes: int) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) of a unit's stripe of its file; raises ``LogReadError`` where the file is damaged
     or unreadable."""
-    part, parts = unit["part"], unit["parts"]
-    for line_no, raw in iter_lines(os.fsdecode(unit["path"]), max_bytes=max_bytes):
-        if line_no > unit["skip"] and ((line_no - 1) // STRIPE_LINES) % parts == part:
+    part, parts, skip = unit["part"], unit["parts"], unit["skip"]
+    for line_no, raw in iter_lines(os.fsdecode(unit["path"]), max_bytes=max_bytes, start=(unit["start"], skip)):
+        if line_no > skip and ((line_no - 1) // STRIPE_LINES) % parts == part:
             yield line_no, raw
 
 
@@ -484,11 +484,12 @@ def _pass1(fmt: LineFormat, miner: dict[str, Any], max_bytes: int, staging: str,
 
 
 # ------------------------------------------------------------------------------------------ pass 2
-UNITS_DDL = "units array<struct<file_index:int,path:binary,file:string,part:int,parts:int,skip:bigint>>"
+UNITS_DDL = "units array<struct<file_index:int,path:binary,file:string,part:int,parts:int,skip:bigint,start:bigint>>"
 """A unit's ``path`` travels as the file system's bytes: a name that is not UTF-8 (``bad\\xff.log``) came back
 from Spark as a string with U+FFFD in it, a file that did not exist, and its lines were lost as one
 ``unreadable`` record. ``file``, the name written in every row, is that name made valid UTF-8 (U+FFFD).
-``skip``: the lines read with the day before (a continued file's), not read again."""
+``skip``: the lines read with the day before (a continued file's), not read again; ``start``: the byte where they
+end, where a plain file is entered (a ``.gz`` is read past them)."""
 PASS2_DDL = f"group int, {UNITS_DDL}, template_ids array<string>, folds string"
 """Pass-2 work: a group, its template id per masked-text index (null: the text's lines are quarantined) and the
 repeated hours of the day's files (JSON, :func:`repeated_hours`)."""
@@ -821,6 +822,7 @@ def run_parse(
         skipped = {d.path for d in duplicates}
         files = [p for p in files if p not in skipped]
     skip = {c.path: c.lines for c in deliveries.continued}
+    start = {c.path: c.offset for c in deliveries.continued}
     if skip:
         log.info("%s %s: %d file(s) begin with a file of %s whole (a log never rotated, shipped whole every "
                     "day): read after its lines: %s", source, date, len(skip), yesterday,
@@ -840,7 +842,8 @@ def run_parse(
     parsed_dir = partition_dir(root, "parsed", source, date)
     quarantine_dir = partition_dir(root, "quarantine", source, date)
     units = [{"file_index": i, "path": os.fsencode(path.resolve()), "file": _text(path.relative_to(root).as_posix()),
-              "part": part, "parts": parts, "skip": skip.get(path, 0)} for i, path in enumerate(files)
+              "part": part, "parts": parts, "skip": skip.get(path, 0),
+              "start": start.get(path, 0)} for i, path in enumerate(files)
              for part in range(parts)]
     sizes = [_size(path) // parts for path in files for _ in range(parts)]
     groups = [{"group": g, "units": us} for g, us in enumerate(group_units(units, sizes, parts))]
