@@ -537,9 +537,9 @@ def _second_runs(part: pa.RecordBatch, folds: Sequence[Mapping[str, Any]]) -> tu
     import pyarrow.compute as pc
 
     ts = part.column("timestamp")
+    kind = ts.type
     moved = 0
     for fold in folds:
-        kind = ts.type
         hit = pc.and_(pc.and_(pc.equal(part.column("file"), fold["file"]),
                               pc.greater_equal(part.column("line_no"), fold["line"])),
                       pc.and_(pc.greater_equal(ts, pa.scalar(datetime.fromisoformat(fold["lo"]), kind)),
@@ -821,13 +821,12 @@ def run_parse(
                               for d in duplicates[:10]))
         skipped = {d.path for d in duplicates}
         files = [p for p in files if p not in skipped]
-    skip = {c.path: c.lines for c in deliveries.continued}
-    start = {c.path: c.offset for c in deliveries.continued}
-    if skip:
+    continued = {c.path: c for c in deliveries.continued}
+    if continued:
         log.info("%s %s: %d file(s) begin with a file of %s whole (a log never rotated, shipped whole every "
-                    "day): read after its lines: %s", source, date, len(skip), yesterday,
-                    ", ".join(f"{c.path.relative_to(root).as_posix()} after line {c.lines:,} "
-                              f"({c.previous.relative_to(root).as_posix()})" for c in deliveries.continued[:10]))
+                 "day): read after its lines: %s", source, date, len(continued), yesterday,
+                 ", ".join(f"{c.path.relative_to(root).as_posix()} after line {c.lines:,} "
+                           f"({c.previous.relative_to(root).as_posix()})" for c in deliveries.continued[:10]))
     ignored = ignored_raw_files(root, source, date)
     if ignored:
         names = ", ".join(p.relative_to(root).as_posix() for p in ignored[:10])
@@ -842,9 +841,8 @@ def run_parse(
     parsed_dir = partition_dir(root, "parsed", source, date)
     quarantine_dir = partition_dir(root, "quarantine", source, date)
     units = [{"file_index": i, "path": os.fsencode(path.resolve()), "file": _text(path.relative_to(root).as_posix()),
-              "part": part, "parts": parts, "skip": skip.get(path, 0),
-              "start": start.get(path, 0)} for i, path in enumerate(files)
-             for part in range(parts)]
+              "part": part, "parts": parts, "skip": c.lines if (c := continued.get(path)) else 0,
+              "start": c.offset if c else 0} for i, path in enumerate(files) for part in range(parts)]
     sizes = [_size(path) // parts for path in files for _ in range(parts)]
     groups = [{"group": g, "units": us} for g, us in enumerate(group_units(units, sizes, parts))]
 
@@ -932,7 +930,7 @@ def run_parse(
     return ParseMetrics(
         source=source, dt=date, format=fmt_name, files=len(files), partitions=parts, ignored_files=len(ignored),
         duplicate_files=len(duplicates), duplicate_lines=sum(d.lines for d in duplicates),
-        continued_files=len(skip), continued_lines=sum(skip.values()),
+        continued_files=len(continued), continued_lines=sum(c.lines for c in continued.values()),
         repeated_hour_lines=sum(r["moved"] for r in written),
         raw_lines=raw_lines, parsed=n_parsed, quarantined=n_quarantined,
         quarantine_reasons=dict(sorted(reasons.items())),

@@ -211,9 +211,10 @@ def train(
     base, base_version = (None, None) if hierarchy is not None else registry.champion_hierarchy(client, source)
     hierarchy = resolve_hierarchy(templates, hierarchy=hierarchy, base=base, extractor=extractor,
                                   overrides_path=overrides_path)
-    fit_set, heldout = split_heldout([tuple(s) for s in sessions], holdout, seed)
-    fit_days = ([d for d, h in zip(days, heldout_mask(len(sessions), holdout, seed)) if not h]
-                if days is not None else None)
+    held = heldout_mask(len(sessions), holdout, seed)
+    fit_set = [tuple(s) for s, h in zip(sessions, held) if not h]
+    heldout = [tuple(s) for s, h in zip(sessions, held) if h]
+    fit_days = [d for d, h in zip(days, held) if not h] if days is not None else None
     detector = RoutedDetector(hierarchy, nested_params={"seed": seed, "fp_budget": settings().fp_budget,
                                                         **(nested_params or {})})
     checked = registry.Validation(*validation) if validation is not None else None
