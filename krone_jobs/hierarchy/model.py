@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from krone_jobs.templates import template_id as text_id
 
 ORIGINS = ("offline", "llm", "override", "file")
 FIELDS = (
@@ -165,22 +168,41 @@ def _node_from_row(row: Mapping[str, object]) -> TemplateNode:
 NONE = "none"
 
 
-def node_ids(entity: str, action: str, status: str, template_id: str) -> tuple[str, str, str]:
+def node_ids(entity: str, action: str, status: str, template_id: str, statement: str = "") -> tuple[str, str, str]:
     """Deterministic node ids from names, shared by every extractor and by overrides.
 
     As in the paper, a ``none`` entity or action is not a real grouping: such a template gets an entity
-    or action node of its own. Status nodes are one per template (the authors' tree does the same), so
-    the status level sees template sequences inside one action.
+    or action node of its own, one per *statement* (``statement``, see :func:`statement_id`; the template
+    id when empty). Status nodes are one per template (the authors' tree does the same), so the status
+    level sees template sequences inside one action.
     """
-    e_node = f"E:{entity}" if entity != NONE else f"E:none#{template_id}"
-    a_node = f"A:{e_node[2:]}/{action}" if action != NONE else f"A:{e_node[2:]}/none#{template_id}"
+    own = statement or template_id
+    e_node = f"E:{entity}" if entity != NONE else f"E:none#{own}"
+    a_node = f"A:{e_node[2:]}/{action}" if action != NONE else f"A:{e_node[2:]}/none#{own}"
     s_node = f"S:{a_node[2:]}/{status}#{template_id}"
     return e_node, a_node, s_node
 
 
+_PARAMETER_RUN = re.compile(r"(?<!\S)(<(?:\*|[A-Z]{2,8})>)(?:[ \t]+\1)+(?!\S)")
+
+
+def statement_id(template: str) -> str:
+    """The id of the statement a template comes from: its text with each run of one parameter cut to one.
+
+    Drain groups lines by token count, so one statement with a variable-length argument list (a command
+    line, a list of hosts) becomes one template per length: ``USER=root ; <*>`` and ``USER=root ; <*> <*>``.
+    Those are one event. Where a template has no entity or action name, its node is otherwise its own, and
+    every new length would be a never-seen action (Thunderbird demo at 80 % training: one false alarm of
+    ten, a ``sudo`` line with one argument more). For a template without such a run this is
+    ``template_id(template)``, the template's own id in the pipeline.
+    """
+    return text_id(_PARAMETER_RUN.sub(r"\1", template))
+
+
 def make_node(template_id: str, template: str, entity: str, action: str, status: str, origin: str) -> TemplateNode:
     """A :class:`TemplateNode` whose node ids follow :func:`node_ids`."""
-    e_node, a_node, s_node = node_ids(entity, action, status, template_id)
+    statement = statement_id(template) if template else ""
+    e_node, a_node, s_node = node_ids(entity, action, status, template_id, statement)
     return TemplateNode(template_id, template, entity, action, status, e_node, a_node, s_node, origin)
 
 

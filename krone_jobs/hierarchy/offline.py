@@ -139,7 +139,7 @@ class OfflineExtractor:
     4. **Status.** The most specific outcome word anywhere in the template (``exception`` before ``error``
        before ``success`` ...), else ``none``.
 
-    Entities and actions are lower-cased; ``none`` gets a node per template (see :func:`node_ids`).
+    Entities and actions are lower-cased; ``none`` gets a node per statement (see :func:`node_ids`).
     """
 
     origin = "offline"

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
-from krone_jobs.hierarchy.model import Hierarchy, node_ids
+from krone_jobs.hierarchy.model import Hierarchy, node_ids, statement_id
 from krone_jobs.hierarchy.offline import MAX_NAME_CHARS, OfflineExtractor, find_status, lemma, place
+from krone_jobs.templates import template_id
 
 HDFS = {
     "1": "Receiving block blk_<*> src: <*> dest: /<*>:50010",
@@ -106,7 +107,7 @@ def test_extractor_protocol_and_node_ids() -> None:
     assert set(nodes) == set(HDFS)
     for tid, node in nodes.items():
         assert (node.entity_node, node.action_node, node.status_node) == node_ids(
-            node.entity, node.action, node.status, tid
+            node.entity, node.action, node.status, tid, statement_id(HDFS[tid])
         )
         assert node.origin == "offline" and node.template == HDFS[tid]
     # receive/block templates share entity and action nodes; status nodes stay per template
@@ -138,7 +139,18 @@ def test_hierarchy_nests_and_handles_odd_input() -> None:
     odd = {"x": "", "y": "<*>", "z": "<*> <*> <*>", "w": "kernel:", "v": "summary............<*>"}
     hierarchy = build_hierarchy({**odd, **HDFS, **SYSLOG}, OfflineExtractor())  # raises if it does not nest
     assert len(hierarchy) == len(odd) + len(HDFS) + len(SYSLOG)
-    assert hierarchy["y"].entity_node == "E:none#y"
+    assert hierarchy["y"].entity_node == f"E:none#{statement_id('<*>')}"
+    assert hierarchy["z"].entity_node == hierarchy["y"].entity_node  # one statement, two lengths
+
+
+def test_the_lengths_of_one_verbless_statement_share_its_action() -> None:
+    """Drain makes a template per argument count; the offline tree keeps them one action, statuses apart."""
+    lengths = {"a": "sudo: <*> : <*> ; USER=root ; <*>", "b": "sudo: <*> : <*> ; USER=root ; <*> <*>",
+               "c": "sudo: <*> : <*> ; USER=root ; <*> <*> <*>", "d": "sudo: <*> : TTY=<*> ; USER=root ; <*>"}
+    nodes = build_hierarchy(lengths, OfflineExtractor())
+    assert nodes["a"].action_node == nodes["b"].action_node == nodes["c"].action_node != nodes["d"].action_node
+    assert len({nodes[t].status_node for t in lengths}) == 4
+    assert nodes["a"].action_node == f"A:sudo/none#{template_id(lengths['a'])}"  # the pipeline's own id
 
 
 def test_names_stay_short_whatever_the_template() -> None:
