@@ -420,13 +420,16 @@ def quarantine_note(figures: Mapping[str, Any]) -> str:
 
 
 def delivery_note(figures: Mapping[str, Any]) -> str:
-    """Raw files the parse stage did not read whole: duplicate deliveries skipped, and logs never rotated read
-    after the lines their copy of the day before held (``", ..."``, or empty)."""
+    """How the parse stage read the raw files, where it did not simply read them whole: duplicate deliveries
+    skipped, logs never rotated read after the lines their copy of the day before held, and local-time lines
+    of an hour the clocks turned back over read as its second run (``", ..."``, or empty)."""
     note = ""
     if n := figures.get("duplicate_files"):
         note += f", duplicate files skipped {_fmt(n)} ({_fmt(figures.get('duplicate_lines'))} lines)"
     if n := figures.get("continued_files"):
         note += f", files continued from the day before {_fmt(n)} ({_fmt(figures.get('continued_lines'))} lines read then)"
+    if n := figures.get("repeated_hour_lines"):
+        note += f", lines in the second run of a repeated hour {_fmt(n)}"
     return note
 
 
@@ -437,7 +440,7 @@ def parse_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
             **{key: metrics.get(key, 0) for key in DELIVERY_KEYS}}
 
 
-DELIVERY_KEYS = ("duplicate_files", "duplicate_lines", "continued_files", "continued_lines")
+DELIVERY_KEYS = ("duplicate_files", "duplicate_lines", "continued_files", "continued_lines", "repeated_hour_lines")
 
 
 def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:

@@ -52,7 +52,7 @@ def root(tmp_path: Path) -> Iterator[Path]:
                                                      "quarantine_reasons.continuation": 10, "raw_bytes": 10**6,
                                                      "quarantined_bytes": 3 * 10**5, "duplicate_files": 2,
                                                      "duplicate_lines": 4000, "continued_files": 1,
-                                                     "continued_lines": 77668})
+                                                     "continued_lines": 77668, "repeated_hour_lines": 360})
     wh.upsert_templates(SRC, [
         {"template_id": "T9", "template": "disk <*> on fire <img src=x>", "first_seen_dt": date(2026, 11, 3),
          "last_seen_dt": date(2026, 11, 3), "count": 4},
@@ -72,7 +72,8 @@ def test_page_has_figures_plots_chunks_and_excerpts(root: Path) -> None:
     assert (f["cache_hits"], f["llm_calls"], f["quarantined"], f["new_templates"]) == (5120, 0, 12, 1)
     assert f["continuation_lines"] == 10 and "of them continuation lines" in page
     assert ("quarantined lines 12 (10 of them continuation lines; 30% of the day's bytes), duplicate files skipped 2 "
-            "(4,000 lines), files continued from the day before 1 (77,668 lines read then),") in rep.summary.splitlines()[1]
+            "(4,000 lines), files continued from the day before 1 (77,668 lines read then), lines in the second run of "
+            "a repeated hour 360,") in rep.summary.splitlines()[1]
     assert "duplicate files skipped" in page and "of the day&#x27;s bytes quarantined" in page
     assert "files continued from the day before" in page
     assert f["model_versions"] == ["7"] and f["run_ids"] == ["run-1"]
