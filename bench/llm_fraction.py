@@ -28,8 +28,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' scripted server
 
 from krone_jobs.datasets import DEMOS, load_demo, load_demo_templates, split  # noqa: E402

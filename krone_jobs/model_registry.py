@@ -39,7 +39,7 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from krone_jobs import serving
 from krone_jobs.config import GATE_FP_BOUND, GATE_MIN_HELDOUT, GATE_TOLERANCE, settings
-from krone_jobs.detectors.nested_aware import TABLES
+from krone_jobs.detectors.chunks import TABLES
 from krone_jobs.detectors.router import RoutedDetector
 from krone_jobs.detectors.verdict import SessionVerdict
 from krone_jobs.evaluate import confusion

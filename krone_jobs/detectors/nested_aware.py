@@ -133,247 +133,21 @@ from scipy.stats import beta
 from sklearn.base import BaseEstimator
 from torch import nn
 
+from krone_jobs.detectors.chunks import TABLES, ChunkExample, chunk_examples, chunk_key
 from krone_jobs.detectors.codebook import Codebook
+from krone_jobs.detectors.content import BagModel
+from krone_jobs.detectors.order_model import (
+    END, OFFSET, PAD, SPECIAL_NAMES, UNSEEN_ERROR, UNSEEN_OK, Encoder, LevelLM, drop_tokens, inputs_targets,
+)
 from krone_jobs.hierarchy.kseqs import LEVELS, Cut
 
-PAD, START, END, ROOT, UNSEEN_OK, UNSEEN_ERROR = range(6)
-OFFSET = 6
-SPECIAL_NAMES = {END: "end", UNSEEN_OK: "an unseen step", UNSEEN_ERROR: "an unseen error step", START: "start"}
 ERROR_WORDS = re.compile(
     r"error|fail|fatal|exception|timeout|timed out|refus|denied|invalid|corrupt|crash|panic|abort|unable"
     r"|cannot|can't|not found|lost|offline|reject|critical|broken|unexpected|interrupt|kill",
     re.IGNORECASE,
 )
-# codebook table per KRONE level: (own, parent, child); codebook levels are 0 entity, 1 action, 2 status
-TABLES = {"status": (2, 1, None), "action": (1, 0, 2), "entity": (0, None, 1)}
-MAX_CHILDREN = 64
-MAX_REPEAT = 6
 EPS = 1e-6
 _BATCH = 256
-
-Bag = tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkExample:
-    """One KRONE Seq in model terms: raw codebook codes (``parent`` is -1 at the entity level).
-
-    ``bag`` (entity level): the chunk's leaves as sorted ``(status code, count)`` pairs, repeats not capped.
-    """
-
-    parent: int
-    nodes: tuple[int, ...]
-    children: tuple[tuple[int, ...], ...]
-    bag: Bag = ()
-
-
-def chunk_key(ex: ChunkExample) -> tuple[int, ...]:
-    """A chunk's vocabulary key for rule 2b: ``(parent, *nodes)``, the knowledge-base key of the
-    Local-Context detector except that status-level runs are capped (:func:`cap_repeats`)."""
-    return (ex.parent, *ex.nodes)
-
-
-def cap_repeats(nodes: Sequence[int], limit: int = MAX_REPEAT) -> tuple[int, ...]:
-    """Keep at most ``limit`` consecutive copies of a node: a heartbeat repeated 200 times says no more
-    than one repeated ``limit`` times, and sequence cost stays bounded."""
-    out: list[int] = []
-    run = 0
-    for i, x in enumerate(nodes):
-        run = run + 1 if i and x == nodes[i - 1] else 1
-        if run <= limit:
-            out.append(x)
-    return tuple(out)
-
-
-def chunk_examples(c: Cut) -> dict[str, list[ChunkExample]]:
-    """Every KRONE Seq of a cut session with its parent and child chunks, per level (repeats capped in
-    sequences, not in the entity-level bag)."""
-    bag: Bag = tuple(sorted(Counter(x for k in c.status_keys for x in k[1:]).items()))  # type: ignore[arg-type]
-    status = [ChunkExample(k[0], cap_repeats(k[1:]), (), bag) for k in c.status_keys]  # type: ignore[arg-type]
-    action = []
-    si = 0
-    for (s, e), key in zip(c.action_spans, c.action_keys):
-        kids = []
-        while si < len(c.status_spans) and c.status_spans[si][1] <= e:
-            kids.append(status[si].nodes)
-            si += 1
-        action.append(ChunkExample(key[0], tuple(key[1:]), tuple(kids), bag))  # type: ignore[arg-type]
-    entity = ChunkExample(-1, tuple(c.entity_key), tuple(a.nodes for a in action), bag)  # type: ignore[arg-type]
-    return {"status": status, "action": action, "entity": [entity]}
-
-
-# ------------------------------------------------------------------------------- content (bag) model
-class BagModel:
-    """Nearest-normal-bag model of whole sessions (see the module docstring, point 3)."""
-
-    def __init__(self, codebook: Codebook, seen: tuple[set[int], set[int], set[int]], prior: float = 1.0) -> None:
-        self.prior = prior
-        # column 0 is the session root (every leaf counts for it); then seen entity, action, status nodes
-        self.columns: list[tuple[int, int]] = [(-1, 0)] + [(t, c) for t in (0, 1, 2) for c in sorted(seen[t])]
-        self._route(codebook)
-
-    def _route(self, codebook: Codebook) -> None:
-        index = {tc: j for j, tc in enumerate(self.columns)}
-        route: dict[int, tuple[int, ...]] = {}
-        for e, a, s in codebook.codes.values():
-            path = [0]
-            for table, code in ((0, e), (1, a), (2, s)):
-                j = index.get((table, code))
-                if j is None:
-                    break  # an unseen node and everything below it count for the nearest seen ancestor
-                path.append(j)
-            route[s] = tuple(path)
-        self.route = route
-
-    def counts(self, bags: Sequence[Bag]) -> np.ndarray:
-        """``log1p`` counts per column, one row per bag."""
-        x = np.zeros((len(bags), len(self.columns)), dtype=np.float32)
-        for i, bag in enumerate(bags):
-            for s, n in bag:
-                for j in self.route.get(s, ()):
-                    x[i, j] += n
-        return np.log1p(x)
-
-    def fit(self, bags: Sequence[Bag]) -> BagModel:
-        x = self.counts(bags)
-        n = len(x)
-        mean = x.mean(axis=0) if n else np.zeros(x.shape[1], dtype=np.float32)
-        var = (((x - mean) ** 2).sum(axis=0) + self.prior) / (n + 1)
-        scale = np.sqrt(var).astype(np.float32)
-        normals = np.unique((x - mean) / scale, axis=0) if n else np.zeros((0, x.shape[1]))
-        self._set(mean.astype(np.float32), scale, normals.astype(np.float32))
-        return self
-
-    def _set(self, mean: np.ndarray, scale: np.ndarray, normals: np.ndarray) -> None:
-        self.mean = mean
-        self.scale = scale
-        self.normals = torch.from_numpy(np.ascontiguousarray(normals))
-        self.zero = torch.from_numpy(-mean / scale)  # a zero count, standardised
-
-    def score(self, bags: Sequence[Bag]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per bag: RMS deviation per column in play from its nearest normal bag, that bag's row, and the
-        most deviating column."""
-        n = len(bags)
-        dist, near, col = np.full(n, np.inf), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        if n == 0 or len(self.normals) == 0:
-            return dist, near, col
-        z = torch.from_numpy((self.counts(bags) - self.mean) / self.scale)
-        for i in range(0, n, _BATCH):
-            q = z[i : i + _BATCH]
-            best, idx = torch.cdist(q, self.normals).min(dim=1)
-            nb = self.normals[idx]
-            in_play = ((q != self.zero) | (nb != self.zero)).sum(dim=1).clamp(min=1)
-            dist[i : i + _BATCH] = (best / in_play.sqrt()).numpy()
-            near[i : i + _BATCH] = idx.numpy()
-            col[i : i + _BATCH] = (q - nb).abs().argmax(dim=1).numpy()
-        return dist, near, col
-
-    def raw_count(self, row: int, column: int) -> int:
-        """The count of ``column`` in normal bag ``row`` (undoing the scaling)."""
-        z = float(self.normals[row, column])
-        return int(round(math.expm1(z * float(self.scale[column]) + float(self.mean[column]))))
-
-    def to_state(self) -> dict[str, Any]:
-        return {"prior": self.prior, "columns": [list(c) for c in self.columns], "mean": torch.from_numpy(self.mean),
-                "scale": torch.from_numpy(self.scale), "normals": self.normals}
-
-    @classmethod
-    def from_state(cls, codebook: Codebook, state: dict[str, Any]) -> BagModel:
-        model = cls.__new__(cls)
-        model.prior = float(state["prior"])
-        model.columns = [(int(t), int(c)) for t, c in state["columns"]]
-        model._route(codebook)
-        model._set(state["mean"].numpy(), state["scale"].numpy(), state["normals"].numpy())
-        return model
-
-
-# ------------------------------------------------------------------------- optional order model (GRU)
-class LevelLM(nn.Module):
-    """GRU next-node model for one level, conditioned on the parent and on child-chunk summaries."""
-
-    def __init__(self, n_own: int, n_parent: int, n_child: int, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.own = nn.Embedding(n_own, dim, padding_idx=PAD)
-        self.parent = nn.Embedding(n_parent, dim)
-        self.child = nn.Embedding(n_child, dim, padding_idx=PAD) if n_child else None
-        in_dim = dim + (dim + 1 if n_child else 0)
-        self.init = nn.Linear(dim, hidden)
-        self.gru = nn.GRU(in_dim, hidden, batch_first=True)
-        self.out = nn.Linear(hidden, n_own)
-
-    def forward(
-        self, parent: torch.Tensor, inputs: torch.Tensor, children: torch.Tensor | None, child_len: torch.Tensor | None
-    ) -> torch.Tensor:
-        x = self.own(inputs)
-        if self.child is not None and children is not None and child_len is not None:
-            mask = (children != PAD).unsqueeze(-1).float()
-            summary = (self.child(children) * mask).sum(2) / mask.sum(2).clamp(min=1.0)
-            x = torch.cat([x, summary, torch.log1p(child_len).unsqueeze(-1)], dim=-1)
-        h0 = torch.tanh(self.init(self.parent(parent))).unsqueeze(0)
-        out, _ = self.gru(x, h0)
-        return self.out(out)
-
-
-class _Encoder:
-    """Turns :class:`ChunkExample` lists into padded tensors for one level's model."""
-
-    def __init__(self, level: str, seen: tuple[set[int], ...], classes: tuple[np.ndarray, ...]):
-        self.own_t, self.parent_t, self.child_t = TABLES[level]
-        self.seen = seen
-        self.classes = classes  # per codebook table: class token for each code
-
-    def token(self, table: int, code: int) -> int:
-        if code in self.seen[table]:
-            return code + OFFSET
-        return int(self.classes[table][code])
-
-    def class_lookup(self, table: int | None) -> torch.Tensor:
-        """token -> its unseen-class token (specials map to themselves), for dropout on tensors."""
-        if table is None:
-            return torch.arange(OFFSET)
-        return torch.cat([torch.arange(OFFSET), torch.from_numpy(self.classes[table])])
-
-    def encode(self, examples: Sequence[ChunkExample]) -> dict[str, torch.Tensor]:
-        """Padded tensors: ``nodes`` (own tokens), ``length``, ``parent``, ``children``/``child_len``."""
-        n = len(examples)
-        t_max = max(len(ex.nodes) for ex in examples)
-        nodes = np.zeros((n, t_max), dtype=np.int64)
-        parents = np.full(n, ROOT, dtype=np.int64)
-        has_child = self.child_t is not None
-        children = np.zeros((n, t_max + 1, MAX_CHILDREN), dtype=np.int64) if has_child else None
-        child_len = np.zeros((n, t_max + 1), dtype=np.float32) if has_child else None
-        for i, ex in enumerate(examples):
-            if self.parent_t is not None:
-                parents[i] = self.token(self.parent_t, ex.parent)
-            nodes[i, : len(ex.nodes)] = [self.token(self.own_t, x) for x in ex.nodes]
-            if has_child:
-                assert children is not None and child_len is not None and self.child_t is not None
-                for t, kid in enumerate(ex.children, start=1):
-                    kids = [self.token(self.child_t, x) for x in kid[:MAX_CHILDREN]]
-                    children[i, t, : len(kids)] = kids
-                    child_len[i, t] = len(kid)
-        out = {"parent": torch.from_numpy(parents), "nodes": torch.from_numpy(nodes),
-               "length": torch.tensor([len(ex.nodes) for ex in examples])}
-        if has_child:
-            out["children"] = torch.from_numpy(children)
-            out["child_len"] = torch.from_numpy(child_len)
-        return out
-
-
-def _inputs_targets(nodes: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model inputs ``START n_1..n_k`` and targets ``n_1..n_k END`` from padded own tokens."""
-    n = nodes.shape[0]
-    inputs = torch.cat([torch.full((n, 1), START, dtype=torch.long), nodes], dim=1)
-    targets = torch.cat([nodes, torch.zeros((n, 1), dtype=torch.long)], dim=1)
-    targets[torch.arange(n), length] = END
-    return inputs, targets
-
-
-def _drop(tokens: torch.Tensor, lookup: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
-    """Replace real non-error tokens by ``UNSEEN_OK`` with probability ``p`` (error nodes never: an
-    unseen error step must stay improbable)."""
-    mask = (torch.rand(tokens.shape, generator=gen) < p) & (tokens >= OFFSET) & (lookup[tokens] == UNSEEN_OK)
-    return torch.where(mask, torch.full_like(tokens, UNSEEN_OK), tokens)
 
 
 # ---------------------------------------------------------------------------------------- scores
@@ -723,7 +497,7 @@ class NestedAwareDetector(BaseEstimator):
         if not examples:
             model.eval()
             return model, float("nan")
-        encoder = _Encoder(level, self.lm_seen_, self.classes_)
+        encoder = Encoder(level, self.lm_seen_, self.classes_)
         own_lookup = encoder.class_lookup(own_t)
         parent_lookup = encoder.class_lookup(parent_t)
         child_lookup = encoder.class_lookup(child_t)
@@ -743,9 +517,9 @@ class NestedAwareDetector(BaseEstimator):
             total = 0.0
             for b in rng.permutation(len(batches)):
                 batch = batches[b]
-                inputs, targets = _inputs_targets(_drop(batch["nodes"], own_lookup, p, gen), batch["length"])
-                parent = _drop(batch["parent"], parent_lookup, p, gen)
-                children = _drop(batch["children"], child_lookup, p, gen) if "children" in batch else None
+                inputs, targets = inputs_targets(drop_tokens(batch["nodes"], own_lookup, p, gen), batch["length"])
+                parent = drop_tokens(batch["parent"], parent_lookup, p, gen)
+                children = drop_tokens(batch["children"], child_lookup, p, gen) if "children" in batch else None
                 logits = model(parent, inputs, children, batch.get("child_len"))
                 tok_loss = loss_fn(logits.transpose(1, 2), targets)
                 w = batch["weight"].unsqueeze(1)
@@ -768,12 +542,12 @@ class NestedAwareDetector(BaseEstimator):
         if not examples:
             return out
         model = self.models_[level]
-        encoder = _Encoder(level, seen, self.classes_)
+        encoder = Encoder(level, seen, self.classes_)
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].nodes))
         for start in range(0, len(order), _BATCH):
             idx = order[start : start + _BATCH]
             batch = encoder.encode([examples[i] for i in idx])
-            inputs, targets = _inputs_targets(batch["nodes"], batch["length"])
+            inputs, targets = inputs_targets(batch["nodes"], batch["length"])
             logits = model(batch["parent"], inputs, batch.get("children"), batch.get("child_len"))
             logp = torch.log_softmax(logits, dim=-1)
             nll = -logp.gather(2, targets.unsqueeze(-1)).squeeze(-1)

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
+from krone_jobs.detectors.chunks import TABLES, ChunkExample, chunk_examples
 from krone_jobs.detectors.explain import describe_difference, k_nearest, nearest, render_steps
 from krone_jobs.detectors.local_context import LocalContextDetector
-from krone_jobs.detectors.nested_aware import TABLES, ChunkExample, NestedAwareDetector, chunk_examples
+from krone_jobs.detectors.nested_aware import NestedAwareDetector
 from krone_jobs.detectors.verdict import EMPTY, NORMAL, SessionVerdict, unknown_template_verdict
 from krone_jobs.hierarchy.kseqs import LEVELS, Cut
 from krone_jobs.hierarchy.model import Hierarchy

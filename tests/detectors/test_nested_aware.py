@@ -11,13 +11,8 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from krone_jobs.detectors.nested_aware import (
-    ChunkExample,
-    ChunkScore,
-    NestedAwareDetector,
-    budget_threshold,
-    chunk_examples,
-)
+from krone_jobs.detectors.chunks import ChunkExample, chunk_examples
+from krone_jobs.detectors.nested_aware import ChunkScore, NestedAwareDetector, budget_threshold
 from krone_jobs.detectors.router import RoutedDetector
 from krone_jobs.hierarchy.model import Hierarchy, make_node
 

@@ -93,7 +93,7 @@ def test_score_writes_reports_and_a_rerun_leaves_the_same_rows(pipeline: Pipelin
         level, kseq_key, line_refs = r[1], r[3], json.loads(r[6])
         assert kseq_key.startswith(f"{level}|") and r[10] == first.model_version
         assert len(line_refs) == len(json.loads(r[5])) > 0
-        assert f"job_" in raw_line(pipeline.root, line_refs[0])  # points back at the raw line of the session
+        assert "job_" in raw_line(pipeline.root, line_refs[0])  # points back at the raw line of the session
     labels = {r["session_id"]: r["label"] for r in csv.DictReader(open(pipeline.root / "labels" / SOURCE / "labels.csv"))}
     assert any(labels.get(r[0]) == "1" for r in reports)  # injected anomalies are found (one small day of training)
 
