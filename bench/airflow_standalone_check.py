@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Start ``airflow standalone`` on the krone DAGs and check, through the REST API, that they all load.
 
-    .venv/bin/python bench/airflow_standalone_check.py                       # repo dags/, krone_parse/train/score
+    .venv/bin/python bench/airflow_standalone_check.py                       # repo dags/: krone_parse_<source>,
+                                                                             # krone_train_<source> per KRONE_SOURCES
+                                                                             # source, and krone_score
     .venv/bin/python bench/airflow_standalone_check.py --dags-folder /tmp/d --expect my_dag
 
 What it does: a throw-away ``AIRFLOW_HOME`` (SQLite metadata, examples off, DAGs paused at creation, so no
@@ -12,7 +14,8 @@ and polls ``GET /api/v2/dags`` and ``GET /api/v2/importErrors`` until every expe
 answer has stopped changing. It prints the DAG ids, the import errors and the timings, and exits 0 when
 every expected DAG is present and there is no import error, 1 otherwise (2 when Airflow never came up).
 The whole process group (and any straggler carrying this run's AIRFLOW_HOME) is killed at the end.
-Only the standard library is used here; Airflow itself comes from ``--airflow`` (default .venv/bin/airflow).
+Only the standard library is used here (and the DAGs' own ``krone_common`` for the default DAG ids); Airflow
+itself comes from ``--airflow`` (default .venv/bin/airflow).
 """
 
 from __future__ import annotations
@@ -33,8 +36,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_EXPECT = ("krone_parse", "krone_train", "krone_score")
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+
+
+def default_expect() -> list[str]:
+    """The DAG ids the repository's DAG files make for this environment's ``KRONE_SOURCES``."""
+    sys.path.insert(0, str(REPO / "dags"))
+    from krone_common import configured_sources
+
+    sources = list(configured_sources())
+    return [*(f"krone_parse_{s}" for s in sources), *(f"krone_train_{s}" for s in sources), "krone_score"]
 
 
 def free_port() -> int:
@@ -191,8 +202,8 @@ def snapshot(api: Api) -> tuple[dict[str, str], list[dict[str, Any]]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dags-folder", type=Path, default=REPO / "dags", help="DAG folder to load (default: the repo's dags/)")
-    p.add_argument("--expect", nargs="*", default=list(DEFAULT_EXPECT), metavar="DAG_ID",
-                   help=f"DAG ids that must be present (default: {' '.join(DEFAULT_EXPECT)})")
+    p.add_argument("--expect", nargs="*", default=None, metavar="DAG_ID",
+                   help="DAG ids that must be present (default: those of the repo's DAGs for KRONE_SOURCES)")
     p.add_argument("--airflow", type=Path, default=REPO / ".venv" / "bin" / "airflow", help="airflow executable")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds for the whole check (default: 240)")
     p.add_argument("--settle", type=float, default=10.0,
@@ -234,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         api.token = get_token(api, home, args.all_admins, deadline)
         timings["token"] = time.monotonic() - t0
 
-        expected = set(args.expect)
+        expected = set(args.expect if args.expect is not None else default_expect())
         seen: tuple[dict[str, str], list[dict[str, Any]]] = ({}, [])
         stable_since = time.monotonic()
         first_all = None

@@ -17,18 +17,24 @@ Deployment notes (nothing of this lives in code):
   environment, so secrets can stay in Airflow's secrets backend.
 * **Start date** of the daily DAG (how far ``catchup`` reaches back) is ``KRONE_START_DATE``
   (``YYYY-MM-DD``, default :data:`DEFAULT_START_DATE`).
+* **Sources** are ``KRONE_SOURCES``: ``source:format`` entries separated by commas (format ``krone`` when
+  left out), default :data:`DEFAULT_SOURCES`. Each source gets its own ``krone_parse_<source>`` and
+  ``krone_train_<source>`` DAG, so each keeps its own day-by-day history (``depends_on_past``, catchup) and a
+  failing day of one source holds up no other; ``krone_score`` serves them all through the asset events.
+  A malformed value fails the DAG files' import with a message naming the entry, which Airflow shows.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from airflow.sdk import Asset, Param, get_current_context
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, get_current_context
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,7 @@ LLM_POOL = "krone_llm"
 OWNER = "krone"
 FORMATS = ("krone", "hdfs", "bgl", "thunderbird")  # built-in; proposals in the trigger form, not the only ones
 FORMAT_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
-DEFAULT_SOURCE = "synthetic"
+DEFAULT_SOURCES = "synthetic:krone"
 DEFAULT_START_DATE = "2026-11-01"
 SOURCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
@@ -64,6 +70,26 @@ class Partition:
 
 
 # ------------------------------------------------------------------------------------------ DAG arguments
+def configured_sources() -> dict[str, str]:
+    """``source -> line format`` from ``KRONE_SOURCES`` (see the module docstring), in the order given."""
+    raw = os.environ.get("KRONE_SOURCES", "").strip() or DEFAULT_SOURCES
+    sources: dict[str, str] = {}
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        source, _, fmt = (part.strip() for part in entry.partition(":"))
+        fmt = fmt or "krone"
+        if not re.fullmatch(SOURCE_PATTERN, source) or not re.fullmatch(FORMAT_PATTERN, fmt):
+            raise ValueError(f"KRONE_SOURCES entry {entry!r} is not source[:format] (source {SOURCE_PATTERN}, "
+                             f"format {FORMAT_PATTERN})")
+        if source in sources:
+            raise ValueError(f"KRONE_SOURCES names source {source!r} twice")
+        sources[source] = fmt
+    if not sources:
+        raise ValueError("KRONE_SOURCES names no source")
+    return sources
+
+
 def start_date() -> datetime:
     """How far back ``catchup`` goes: from the environment, so a deployment chooses without a code change."""
     return datetime.fromisoformat(os.environ.get("KRONE_START_DATE") or DEFAULT_START_DATE).replace(
@@ -83,11 +109,25 @@ def default_args(**overrides: Any) -> dict[str, Any]:
     }
 
 
-def source_params() -> dict[str, Param]:
-    """Params every DAG takes: which source and, optionally, another data root."""
+def source_dag_args(kind: str, source: str, cron: str, doc: str, *, catchup: bool, note: str = "",
+                    **task_defaults: Any) -> dict[str, Any]:
+    """The ``@dag`` arguments a per-source DAG ``krone_<kind>_<source>`` shares with the others: a UTC cron
+    data interval from :func:`start_date`, one active run, the task defaults, and its doc naming it."""
+    dag_id = f"krone_{kind}_{source}"
+    return {"dag_id": dag_id, "schedule": CronDataIntervalTimetable(cron, timezone="UTC"), "start_date": start_date(),
+            "catchup": catchup, "max_active_runs": 1, "default_args": default_args(**task_defaults),
+            "doc_md": f"{doc}\n\nThis DAG: `{dag_id}`, source `{source}`{note}."}
+
+
+def source_params(fixed: str | None = None) -> dict[str, Param]:
+    """Params every DAG takes: which source (``fixed``: that one only, for a DAG of one source) and,
+    optionally, another data root."""
+    source = (Param(fixed, type="string", enum=[fixed], description="the source this DAG runs for")
+              if fixed is not None else
+              Param(next(iter(configured_sources())), type="string", pattern=SOURCE_PATTERN,
+                    description="source system: raw/<source>/dt=D/*.log[.gz]"))
     return {
-        "source": Param(DEFAULT_SOURCE, type="string", pattern=SOURCE_PATTERN,
-                        description="source system: raw/<source>/dt=D/*.log[.gz]"),
+        "source": source,
         "data_root": Param(None, type=["null", "string"],
                            description="data root (default: KRONE_DATA_ROOT of the worker)"),
     }
@@ -98,8 +138,8 @@ def date_param(name: str, description: str) -> dict[str, Param]:
     return {name: Param(None, type=["null", "string"], pattern=DATE_PATTERN, description=description)}
 
 
-def format_param() -> dict[str, Param]:
-    return {"format": Param("krone", type="string", examples=list(FORMATS), pattern=FORMAT_PATTERN,
+def format_param(default: str = "krone") -> dict[str, Param]:
+    return {"format": Param(default, type="string", examples=list(FORMATS), pattern=FORMAT_PATTERN,
                             description="log line format: a built-in one or a format of KRONE_FORMATS_FILE")}
 
 
@@ -172,7 +212,7 @@ def interval_day(context: Mapping[str, Any]) -> str:
 
 
 def day_partition(context: Mapping[str, Any]) -> Partition:
-    """The partition a ``krone_parse`` task covers (idempotent over the run's data interval)."""
+    """The partition a ``krone_parse_<source>`` task covers (idempotent over the run's data interval)."""
     params = context["params"]
     return Partition(source=params["source"], dt=interval_day(context), data_root=params.get("data_root"),
                      run_id=context["dag_run"].run_id)

@@ -1,7 +1,8 @@
 """
-### krone_parse: one day of raw logs to KRONE Seqs
+### krone_parse_&lt;source&gt;: one day of raw logs to KRONE Seqs
 
-Per daily data interval (UTC midnight to midnight, `dt` = the interval's start day) of one source:
+One DAG per source of `KRONE_SOURCES` (`source:format,...`, default `synthetic:krone`). Per daily data
+interval (UTC midnight to midnight, `dt` = the interval's start day) of its source:
 
 `parse` (Spark: fields, session keys, Drain3 template ids; bad lines to quarantine) ->
 `parsed_gate` (Great Expectations suite *parsed*) -> `sessionize` (Spark; sessions that cross midnight
@@ -16,8 +17,9 @@ Every task overwrites exactly its own partition, so reruns and backfills are saf
 in date order (parse seeds from the previous day's miner state; sessionize reads its open sessions):
 `max_active_runs=1` and `depends_on_past`. `catchup` reaches back to `KRONE_START_DATE`.
 
-Params: `source`, `format` (krone | hdfs | bgl | thunderbird, or a format of `KRONE_FORMATS_FILE`),
-`data_root` (default `KRONE_DATA_ROOT`), `dt` (reprocess one day on a manual run). Settings come from `KRONE_*`
+Params: `source` (fixed: the DAG's own), `format` (krone | hdfs | bgl | thunderbird, or a format of
+`KRONE_FORMATS_FILE`; default: the one `KRONE_SOURCES` names), `data_root` (default `KRONE_DATA_ROOT`),
+`dt` (reprocess one day on a manual run). Settings come from `KRONE_*`
 variables and the `krone_warehouse` connection (see `krone_common`). Pool `krone_spark` caps the Spark steps.
 """
 
@@ -27,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, chain, dag, task
+from airflow.sdk import chain, dag, task
 
 if str(Path(__file__).parent) not in sys.path:  # a plain DagBag or runpy does not add the dags folder
     sys.path.append(str(Path(__file__).parent))
@@ -36,12 +38,12 @@ from krone_common import (  # noqa: E402
     KSEQS_ASSET,
     SPARK_POOL,
     begin_task,
+    configured_sources,
     date_param,
     day_partition,
-    default_args,
     format_param,
+    source_dag_args,
     source_params,
-    start_date,
 )
 
 
@@ -103,19 +105,21 @@ def kseqs(*, outlet_events: Any = None) -> dict[str, Any]:
     return result
 
 
-@dag(
-    dag_id="krone_parse",
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=start_date(),
-    catchup=True,
-    max_active_runs=1,
-    default_args=default_args(depends_on_past=True),
-    params={**source_params(), **format_param(), **date_param("dt", "day to process (default: the data interval)")},
-    tags=["krone", "spark", "parse"],
-    doc_md=__doc__,
-)
-def krone_parse() -> None:
-    chain(parse(), parsed_gate(), sessionize(), sessions_gate(), hierarchy(), kseqs())
+def parse_dag(source: str, fmt: str) -> Any:
+    """The daily parse DAG of one source."""
+
+    @dag(
+        **source_dag_args("parse", source, "0 0 * * *", __doc__ or "", catchup=True, note=f", format `{fmt}`",
+                          depends_on_past=True),
+        params={**source_params(source), **format_param(fmt),
+                **date_param("dt", "day to process (default: the data interval)")},
+        tags=["krone", "spark", "parse"],
+    )
+    def krone_parse() -> None:
+        chain(parse(), parsed_gate(), sessionize(), sessions_gate(), hierarchy(), kseqs())
+
+    return krone_parse()
 
 
-krone_parse()
+for _source, _format in configured_sources().items():
+    parse_dag(_source, _format)

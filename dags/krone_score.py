@@ -1,9 +1,10 @@
 """
 ### krone_score: judge a parsed day and write the night report
 
-Scheduled by the asset `krone_kseqs`: a `krone_parse` run that wrote a day's KRONE Seqs triggers it, and
-the event's extra names the partition. If several days landed before this DAG ran (a catchup), one run
-scores each of them, oldest first (the verdict cache grows in date order).
+Scheduled by the asset `krone_kseqs`: a `krone_parse_<source>` run that wrote a day's KRONE Seqs triggers
+it, and the event's extra names the partition. One DAG serves every source. If several days (or sources)
+landed before this DAG ran (a catchup), one run scores each of them, oldest day first (the verdict cache
+of a source grows in date order).
 
 `partitions` (which (source, dt) to score: the triggering events; on a manual run the `dt` param, else
 the day of its logical date, else the day before the run) -> `score` (the `champion` model of
@@ -14,7 +15,7 @@ that has reports) -> `night_report` (the operators' HTML page), which updates th
 
 `score` runs in pool `krone_llm` (it may call the LLM; the budget is per run, the pool caps how many
 runs spend it at once) and starts Spark: give `krone_llm` no more slots than `krone_spark`.
-Params (manual runs): `source`, `dt`, `data_root`.
+Params (manual runs): `source` (default: the first of `KRONE_SOURCES`), `dt`, `data_root`.
 """
 
 from __future__ import annotations

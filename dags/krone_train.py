@@ -1,5 +1,7 @@
 """
-### krone_train: retrain a source's model, weekly and on demand
+### krone_train_&lt;source&gt;: retrain a source's model, weekly and on demand
+
+One DAG per source of `KRONE_SOURCES` (default `synthetic`).
 
 `train` fits the knowledge base and the Nested-Aware model on the normal sessions of the `days` days
 ending at `end` (default: the last day of the weekly data interval, i.e. the Sunday before the Monday
@@ -8,7 +10,7 @@ runs inside the same call and moves the alias `champion` only when the candidate
 `promote` shows that verdict as its own step: it succeeds (and updates the asset `krone_model`) when the
 candidate became champion, and is *skipped*, with the gate's reasons in its log, when it was refused.
 
-Params: `source`, `end` (YYYY-MM-DD), `days` (window length), `labels` (CSV of session labels; relative
+Params: `source` (fixed: the DAG's own), `end` (YYYY-MM-DD), `days` (window length), `labels` (CSV of session labels; relative
 to the data root; known anomalies are kept out of training), `seed`, `data_root`, and the gate's
 `fp_bound` and `min_heldout`. No catchup: training on
 an old window would only produce a model the gate compares with today's champion. MLflow and the
@@ -23,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import Param, dag, task
 
 if str(Path(__file__).parent) not in sys.path:  # a plain DagBag or runpy does not add the dags folder
     sys.path.append(str(Path(__file__).parent))
@@ -31,11 +33,11 @@ if str(Path(__file__).parent) not in sys.path:  # a plain DagBag or runpy does n
 from krone_common import (  # noqa: E402
     MODEL_ASSET,
     begin_task,
+    configured_sources,
     date_param,
     day_of,
-    default_args,
+    source_dag_args,
     source_params,
-    start_date,
 )
 
 
@@ -76,31 +78,31 @@ def promote(result: dict[str, Any], *, outlet_events: Any = None) -> dict[str, A
     return verdict
 
 
-@dag(
-    dag_id="krone_train",
-    schedule=CronDataIntervalTimetable("0 6 * * 1", timezone="UTC"),
-    start_date=start_date(),
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(),
-    params={
-        **source_params(),
-        **date_param("end", "last day of the training window (default: end of the data interval)"),
-        "days": Param(7, type="integer", minimum=1, description="days in the training window"),
-        "labels": Param(None, type=["null", "string"], description="CSV of session labels (anomalies left out)"),
-        "seed": Param(0, type="integer", description="seed of the held-out split and the model"),
-        "fp_bound": Param(None, type=["null", "number"], minimum=0, maximum=1,
-                          description="gate: highest held-out false-positive rate to promote (default: "
-                                      "krone_jobs.config.GATE_FP_BOUND)"),
-        "min_heldout": Param(None, type=["null", "integer"], minimum=0,
-                             description="gate: fewest held-out normal sessions (default: "
-                                         "krone_jobs.config.GATE_MIN_HELDOUT)"),
-    },
-    tags=["krone", "train", "mlflow"],
-    doc_md=__doc__,
-)
-def krone_train() -> None:
-    promote(train())
+def train_dag(source: str) -> Any:
+    """The weekly training DAG of one source."""
+
+    @dag(
+        **source_dag_args("train", source, "0 6 * * 1", __doc__ or "", catchup=False),
+        params={
+            **source_params(source),
+            **date_param("end", "last day of the training window (default: end of the data interval)"),
+            "days": Param(7, type="integer", minimum=1, description="days in the training window"),
+            "labels": Param(None, type=["null", "string"], description="CSV of session labels (anomalies left out)"),
+            "seed": Param(0, type="integer", description="seed of the held-out split and the model"),
+            "fp_bound": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                              description="gate: highest held-out false-positive rate to promote (default: "
+                                          "krone_jobs.config.GATE_FP_BOUND)"),
+            "min_heldout": Param(None, type=["null", "integer"], minimum=0,
+                                 description="gate: fewest held-out normal sessions (default: "
+                                             "krone_jobs.config.GATE_MIN_HELDOUT)"),
+        },
+        tags=["krone", "train", "mlflow"],
+    )
+    def krone_train() -> None:
+        promote(train())
+
+    return krone_train()
 
 
-krone_train()
+for _source in configured_sources():
+    train_dag(_source)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # The champion gate's defaults, in one place for the registry, `krone train` / `krone promote` and the
-# krone_train DAG (whose gate params default to null: these values).
+# krone_train_<source> DAGs (whose gate params default to null: these values).
 GATE_FP_BOUND = 0.02
 """Highest held-out false-positive rate a candidate may have to become champion."""
 GATE_TOLERANCE = 0.002

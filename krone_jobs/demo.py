@@ -2,8 +2,8 @@
 
 Generates three days of nested-execution logs with injected anomalies (missing, extra and reordered
 steps, unexpected statuses, new templates) under the data root, then runs exactly what the Airflow DAGs
-run (:mod:`krone_jobs.pipeline`): ``krone_parse`` for every day (Spark local mode: parse with its quality
-gate, sessionize, hierarchy, KRONE Seqs), ``krone_train`` on the first days (MLflow store under
+run (:mod:`krone_jobs.pipeline`): ``krone_parse_<source>`` for every day (Spark local mode: parse with its quality
+gate, sessionize, hierarchy, KRONE Seqs), ``krone_train_<source>`` on the first days (MLflow store under
 ``mlflow/``, registered model ``krone-<source>``, champion gate), and ``krone_score`` for the last day
 (verdict cache, routed detection, DuckDB warehouse) with its night report. It ends with the night
 summary, the generator's ground truth next to it, and where to look next.

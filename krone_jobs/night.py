@@ -1,6 +1,6 @@
 """``krone night``: one source's nightly chain for a day or a range of days, in date order, without Airflow.
 
-For each day it runs what the ``krone_parse`` DAG runs (parse and its gate, sessionize and its gate,
+For each day it runs what a ``krone_parse_<source>`` DAG runs (parse and its gate, sessionize and its gate,
 hierarchy, KRONE Seqs) and, when ``krone-<source>`` has a champion, what ``krone_score`` runs (score, night
 report): the same :mod:`krone_jobs.pipeline` functions, so run_metrics, reports and the verdict cache are
 exactly those of the DAGs. Days run in order because sessionize carries a day's open sessions into the

@@ -166,7 +166,7 @@ def gate_verdict(source: str, dt: str, suite: str, *, data_root: str | Path | No
 
 def parse_day(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
               run_id: str | None = None, **parse_options: Any) -> dict[str, Any]:
-    """Everything ``krone_parse`` does for one day, in its order: parse, gate, sessionize, gate,
+    """Everything ``krone_parse_<source>`` does for one day, in its order: parse, gate, sessionize, gate,
     hierarchy, kseqs (``parse_options`` as for :func:`parse_stage`). Returns each step's result by name."""
     run_id = run_id or new_run_id()
     kw: dict[str, Any] = {"data_root": data_root, "run_id": run_id}

@@ -223,6 +223,16 @@ def test_every_config_variable_is_set_where_krone_code_runs(services: dict[str, 
         assert not missing, f"{name} lacks {missing} (read by krone_jobs/config.py)"
 
 
+def test_the_dag_settings_reach_every_airflow_component(services: dict[str, Any]) -> None:
+    """What dags/krone_common.py reads decides which DAGs exist: every component that parses DAG files or runs
+    their tasks must see the same values."""
+    read = set(re.findall(r"os\.environ\.get\(\"(KRONE_[A-Z_]+)\"", DAGS_COMMON.read_text()))
+    assert {"KRONE_SOURCES", "KRONE_START_DATE"} <= read
+    for key in read:
+        values = {environment(services[name]).get(key) for name in AIRFLOW_SERVICES}
+        assert len(values) == 1 and None not in values, f"{key} differs or is missing between Airflow services"
+
+
 def test_krone_endpoints_point_at_their_services(services: dict[str, Any]) -> None:
     defaults = env_example()
     master_words = command_words(services["spark-master"])

@@ -1,4 +1,4 @@
-"""The three DAGs load cleanly, follow the operational rules (owners, tags, retries with backoff, pools,
+"""The DAGs (one parse and one train DAG per configured source, one score DAG) load cleanly, follow the operational rules (owners, tags, retries with backoff, pools,
 catchup, assets), stay cheap to parse, and work out the partition of a run the way the docs say."""
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-DAG_IDS = ("krone_parse", "krone_train", "krone_score")
+DAG_FILES = ("krone_parse", "krone_train", "krone_score")
+SOURCES = {"syn": "krone", "hdfs": "hdfs"}
+PARSE_IDS = tuple(f"krone_parse_{s}" for s in SOURCES)
+TRAIN_IDS = tuple(f"krone_train_{s}" for s in SOURCES)
+DAG_IDS = (*PARSE_IDS, *TRAIN_IDS, "krone_score")
 POOLS = {"default_pool", "krone_spark", "krone_llm"}
 HEAVY = ("pyspark", "torch", "mlflow", "great_expectations", "duckdb", "pandas", "pyarrow", "krone_jobs")
-SPARK_TASKS = {("krone_parse", "parse"), ("krone_parse", "sessionize"), ("krone_parse", "kseqs")}
+SPARK_TASKS = {(d, t) for d in PARSE_IDS for t in ("parse", "sessionize", "kseqs")}
 LLM_TASKS = {("krone_score", "score")}
 MAX_PARSE_SECONDS = 5.0
 """Per file, once airflow is imported (the dag-processor's import timeout is 30 s)."""
@@ -28,11 +32,17 @@ if str(DAGS) not in sys.path:
     sys.path.append(str(DAGS))
 
 
-@pytest.fixture(scope="module")
-def bag() -> Any:
+def load_dags(sources: str) -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(DAGS), known_pools=POOLS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KRONE_SOURCES", sources)
+        return DagBag(dag_folder=str(DAGS), known_pools=POOLS)
+
+
+@pytest.fixture(scope="module")
+def bag() -> Any:
+    return load_dags(", ".join(f"{s}:{f}" for s, f in SOURCES.items()))
 
 
 def tasks(bag: Any) -> list[tuple[str, Any]]:
@@ -41,8 +51,42 @@ def tasks(bag: Any) -> list[tuple[str, Any]]:
 
 def test_dags_load_without_errors_or_warnings(bag: Any) -> None:
     assert bag.import_errors == {}
-    assert set(DAG_IDS) <= set(bag.dags)
+    assert set(bag.dags) == set(DAG_IDS)
     assert bag.dag_warnings == set()  # e.g. a pool the DAGs use that is not one of POOLS
+
+
+def test_each_source_has_its_own_parse_and_train_dag_bound_to_it(bag: Any) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    for source, fmt in SOURCES.items():
+        parse, train = bag.dags[f"krone_parse_{source}"], bag.dags[f"krone_train_{source}"]
+        for dag in (parse, train):
+            assert dag.params["source"] == source
+            other = next(s for s in SOURCES if s != source)
+            with pytest.raises(ParamValidationError):  # a run of this DAG cannot work on another source's days
+                dag.params.get_param("source").resolve(other)
+        assert parse.params["format"] == fmt
+    assert bag.dags["krone_score"].params["source"] == next(iter(SOURCES))  # manual runs: any source
+
+
+def test_sources_setting() -> None:
+    from krone_common import configured_sources
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("KRONE_SOURCES", raising=False)
+        assert configured_sources() == {"synthetic": "krone"}
+        mp.setenv("KRONE_SOURCES", " web , tbird:thunderbird,")
+        assert configured_sources() == {"web": "krone", "tbird": "thunderbird"}
+        for bad, why in (("../x", "not source"), ("a:../f", "not source"), ("a,a:hdfs", "twice"), (" , ", "no source")):
+            mp.setenv("KRONE_SOURCES", bad)
+            with pytest.raises(ValueError, match=why):
+                configured_sources()
+
+
+def test_a_malformed_sources_setting_is_an_import_error_that_names_it() -> None:
+    broken = load_dags("web, ../etc")
+    assert {Path(f).name for f in broken.import_errors} == {f"{d}.py" for d in DAG_FILES}
+    assert all("KRONE_SOURCES entry '../etc'" in e for e in broken.import_errors.values())
 
 
 def test_dags_have_owner_tags_docs_and_one_active_run(bag: Any) -> None:
@@ -71,7 +115,7 @@ def test_spark_and_llm_tasks_are_capped_by_their_pools(bag: Any) -> None:
 
 
 def test_parse_runs_days_in_order_and_catches_up(bag: Any) -> None:
-    dag = bag.dags["krone_parse"]
+    dag = bag.dags["krone_parse_syn"]
     assert dag.catchup and dag.max_active_runs == 1
     assert all(t.depends_on_past for t in dag.tasks)  # sessionize carries open sessions day to day
     assert [t.task_id for t in dag.topological_sort()] == [
@@ -91,7 +135,7 @@ def test_parse_runs_days_in_order_and_catches_up(bag: Any) -> None:
 def test_assets_chain_parse_to_score(bag: Any) -> None:
     from krone_common import KSEQS_ASSET, MODEL_ASSET, REPORTS_ASSET
 
-    parse, score, train = (bag.dags[d] for d in ("krone_parse", "krone_score", "krone_train"))
+    parse, score, train = (bag.dags[d] for d in ("krone_parse_hdfs", "krone_score", "krone_train_hdfs"))
     assert parse.get_task("kseqs").outlets == [KSEQS_ASSET]
     assert score.timetable.asset_condition == KSEQS_ASSET
     assert score.get_task("night_report").outlets == [REPORTS_ASSET]
@@ -99,7 +143,7 @@ def test_assets_chain_parse_to_score(bag: Any) -> None:
     assert not train.catchup and train.timetable.expression == "0 6 * * 1"
 
 
-@pytest.mark.parametrize("target", [*(f"dags/{d}.py" for d in DAG_IDS), "krone_jobs.pipeline"])
+@pytest.mark.parametrize("target", [*(f"dags/{d}.py" for d in DAG_FILES), "krone_jobs.pipeline"])
 def test_parsing_imports_nothing_heavy(target: str) -> None:
     """What the dag-processor pays per file: no Spark, torch, MLflow, GX, DuckDB or pandas, and no krone_jobs
     beyond the thin pipeline module (checked in a fresh interpreter, timed there too)."""
@@ -123,7 +167,7 @@ def test_parsing_imports_nothing_heavy(target: str) -> None:
 
 def test_dagbag_parse_time_per_file_is_small(bag: Any) -> None:
     stats = {Path(s.file).name: s.duration.total_seconds() for s in bag.dagbag_stats}
-    assert {f"{d}.py" for d in DAG_IDS} <= set(stats)
+    assert {f"{d}.py" for d in DAG_FILES} <= set(stats)
     assert max(stats.values()) < MAX_PARSE_SECONDS, stats
 
 

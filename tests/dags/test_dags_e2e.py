@@ -74,14 +74,15 @@ def world(airflow_db: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     tmp = tmp_path_factory.mktemp("dags-e2e")
     root = tmp / "data"
     generate(root, days=2, sessions_per_day=150, seed=7, start_date=DAYS[0], source=SOURCE)
-    bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert bag.import_errors == {}
-    for dag in bag.dags.values():
-        for task in dag.tasks:
-            task.retries = 0  # a failing task fails the run now instead of waiting out its backoff
-    world = World(root, f"sqlite:///{tmp / 'mlflow.db'}", f"duckdb:///{tmp / 'warehouse.duckdb'}", dict(bag.dags))
     spark_before = spark_running()
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KRONE_SOURCES", f"{SOURCE}:krone")  # dag.test() parses the DAG files again: set throughout
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        assert bag.import_errors == {}
+        for dag in bag.dags.values():
+            for task in dag.tasks:
+                task.retries = 0  # a failing task fails the run now instead of waiting out its backoff
+        world = World(root, f"sqlite:///{tmp / 'mlflow.db'}", f"duckdb:///{tmp / 'warehouse.duckdb'}", dict(bag.dags))
         mp.setenv("KRONE_DATA_ROOT", str(root))
         mp.setenv("KRONE_MLFLOW_URI", world.mlflow_uri)
         mp.setenv("KRONE_MLFLOW_ARTIFACTS", (tmp / "artifacts").as_uri())
@@ -157,10 +158,9 @@ def reports(world: World, day: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def parsed(world: World) -> dict[str, Any]:
-    """``krone_parse`` for both days, in date order. Each run's logical date is the midnight after its day:
+    """``krone_parse_syn`` for both days, in date order. Each run's logical date is the midnight after its day:
     a manual run covers the last complete data interval before it, so ``dt`` comes from the interval."""
-    return {day: run_dag(world, "krone_parse", next_day(day), {"source": SOURCE, "format": "krone",
-                                                                 "data_root": str(world.root)})
+    return {day: run_dag(world, f"krone_parse_{SOURCE}", next_day(day), {"data_root": str(world.root)})
             for day in DAYS}
 
 
@@ -188,8 +188,8 @@ def test_parse_dag_writes_each_day_records_metrics_and_announces_it(world: World
 def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dict[str, Any]) -> None:
     from mlflow import MlflowClient
 
-    train = run_dag(world, "krone_train", next_day(DAYS[1]), {
-        "source": SOURCE, "end": DAYS[1], "days": 2, "labels": f"labels/{SOURCE}/labels.csv", "min_heldout": 25})
+    train = run_dag(world, f"krone_train_{SOURCE}", next_day(DAYS[1]), {
+        "end": DAYS[1], "days": 2, "labels": f"labels/{SOURCE}/labels.csv", "min_heldout": 25})
     verdict = xcom(train, "promote")
     assert verdict["promoted"] is True and verdict["gate"]["min_heldout"] == 25  # the gate params reach the gate
     client = MlflowClient(tracking_uri=world.mlflow_uri, registry_uri=world.mlflow_uri)
