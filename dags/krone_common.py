@@ -224,11 +224,18 @@ def asset_partitions(context: Mapping[str, Any], asset: Asset) -> list[Partition
     params, run_id = context["params"], context["dag_run"].run_id
     if params.get("dt"):
         return [Partition(params["source"], params["dt"], params.get("data_root"), run_id)]
-    events = _events(context.get("triggering_asset_events"), asset)
+    triggered = context.get("triggering_asset_events")
+    events = _events(triggered, asset)
     found = {(e["source"], e["dt"], e.get("data_root")) for e in events if e.get("source") and e.get("dt")}
-    if found:
+    if found or triggered:  # triggered by events of another asset only: none of this one's partitions
         return [Partition(s, d, root, run_id) for s, d, root in sorted(found, key=lambda k: (k[1], k[0]))]
     return [Partition(params["source"], interval_day(context), params.get("data_root"), run_id)]
+
+
+def promoted_sources(context: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """``(source, data_root)`` of each model that became champion in the events that triggered this run."""
+    events = _events(context.get("triggering_asset_events"), MODEL_ASSET)
+    return sorted({(e["source"], e.get("data_root")) for e in events if e.get("source")}, key=lambda k: k[0])
 
 
 def _events(accessor: Any, asset: Asset) -> Iterable[Mapping[str, Any]]:

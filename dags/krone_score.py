@@ -3,15 +3,19 @@
 
 Scheduled by the asset `krone_kseqs`: a `krone_parse_<source>` run that wrote a day's KRONE Seqs triggers
 it, and the event's extra names the partition. One DAG serves every source. If several days (or sources)
-landed before this DAG ran (a catchup), one run scores each of them, oldest day first (the verdict cache
-of a source grows in date order).
+landed before this DAG ran (a catchup), one run scores each of them, oldest day first (one at a time:
+the verdict cache of a source grows in date order unless a retry intervenes). It is also scheduled by the
+asset `krone_model`: when a source's model becomes champion, every day of that source with KRONE Seqs but
+no score run is scored, so the days parsed before a source's first model are not left out.
 
 `partitions` (which (source, dt) to score: the triggering events; on a manual run the `dt` param, else
-the day of its logical date, else the day before the run) -> `score` (the `champion` model of
+the day of its logical date, else the day before the run), then per partition (a mapped task group
+`partition`, so a failing day or source holds up no other) `score` (the `champion` model of
 `krone-<source>`: verdict-cache lookup -> Local-Context -> Nested-Aware -> LLM within budget, early exit;
 the *reports* Great Expectations gate, then anomaly_reports, kseq_cache and run_metrics in one warehouse
-transaction, so a rerun replaces the day) -> `reports_gate` (the recorded *reports* verdict of each day
-that has reports) -> `night_report` (the operators' HTML page), which updates the asset `krone_reports`.
+transaction, so a rerun replaces the day; *skipped* while the source has no champion) -> `reports_gate`
+(the recorded *reports* verdict of the day, if it has reports) -> `night_report` (the operators' HTML
+page), which updates the asset `krone_reports`.
 
 `score` runs in pool `krone_llm` (it may call the LLM; the budget is per run, the pool caps how many
 runs spend it at once) and starts Spark: give `krone_llm` no more slots than `krone_spark`.
@@ -24,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import chain, dag, task
+from airflow.sdk import chain, dag, task, task_group
 
 if str(Path(__file__).parent) not in sys.path:  # a plain DagBag or runpy does not add the dags folder
     sys.path.append(str(Path(__file__).parent))
@@ -32,11 +36,14 @@ if str(Path(__file__).parent) not in sys.path:  # a plain DagBag or runpy does n
 from krone_common import (  # noqa: E402
     KSEQS_ASSET,
     LLM_POOL,
+    MODEL_ASSET,
     REPORTS_ASSET,
+    Partition,
     asset_partitions,
     begin_task,
     date_param,
     default_args,
+    promoted_sources,
     source_params,
     start_date,
 )
@@ -44,50 +51,68 @@ from krone_common import (  # noqa: E402
 
 @task
 def partitions() -> list[dict[str, Any]]:
-    """The (source, dt) partitions this run scores, oldest first."""
-    return [p.to_dict() for p in asset_partitions(begin_task(), KSEQS_ASSET)]
+    """The (source, dt) partitions this run scores, oldest first: those the triggering ``krone_kseqs`` events
+    name and, for a source whose model just became champion, every day of it not scored yet."""
+    context = begin_task()
+    parts = asset_partitions(context, KSEQS_ASSET)
+    promoted = promoted_sources(context)
+    if promoted:
+        from krone_jobs import pipeline
+
+        run_id, named = context["dag_run"].run_id, {(p.source, p.dt) for p in parts}
+        parts += [Partition(source, dt, root, run_id) for source, root in promoted
+                  for dt in pipeline.unscored_days(source, data_root=root) if (source, dt) not in named]
+    return [p.to_dict() for p in sorted(parts, key=lambda p: (p.dt, p.source))]
 
 
-@task(pool=LLM_POOL)
-def score(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Score each partition (gate and warehouse writes happen inside, per day)."""
+@task(pool=LLM_POOL, max_active_tis_per_dagrun=1)
+def score(part: dict[str, Any]) -> dict[str, Any]:
+    """Score one partition (gate and warehouse writes happen inside); skipped while its source has no
+    champion (the day is scored when the first one is promoted)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from krone_jobs import pipeline
+    from krone_jobs.model_registry import NoChampion
+
+    begin_task()
+    try:
+        return pipeline.score_day(part["source"], part["dt"], data_root=part["data_root"])
+    except NoChampion as exc:
+        raise AirflowSkipException(f"{part['source']} {part['dt']} not scored yet: {exc}") from exc
+
+
+@task
+def reports_gate(part: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
+    """Show the recorded *reports* verdict of the day; a day without reports had nothing to check."""
     from krone_jobs import pipeline
 
     begin_task()
-    return [pipeline.score_day(p["source"], p["dt"], data_root=p["data_root"]) for p in parts]
-
-
-def _reports_verdict(part: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
-    """The recorded *reports* verdict of one day; a day without reports had nothing to check."""
-    from krone_jobs import pipeline
-
     if not scored["metrics"].get("anomalies"):
         return {"suite": "reports", "source": part["source"], "dt": part["dt"], "found": False,
                 "reason": "no reports to check"}
     return pipeline.gate_verdict(part["source"], part["dt"], "reports", data_root=part["data_root"])
 
 
-@task
-def reports_gate(parts: list[dict[str, Any]], scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Show the *reports* suite's verdict per partition."""
-    begin_task()
-    return [_reports_verdict(p, s) for p, s in zip(parts, scored)]
-
-
 @task(outlets=[REPORTS_ASSET])
-def night_report(parts: list[dict[str, Any]], *, outlet_events: Any = None) -> list[dict[str, Any]]:
-    """Write each partition's night report."""
+def night_report(part: dict[str, Any], *, outlet_events: Any = None) -> dict[str, Any]:
+    """Write the day's night report."""
     from krone_jobs import pipeline
 
     begin_task()
-    reports = [pipeline.night_report(p["source"], p["dt"], data_root=p["data_root"]) for p in parts]
-    outlet_events[REPORTS_ASSET].extra = {"partitions": [{"source": p["source"], "dt": p["dt"]} for p in parts]}
-    return reports
+    report = pipeline.night_report(part["source"], part["dt"], data_root=part["data_root"])
+    outlet_events[REPORTS_ASSET].extra = {"partitions": [{"source": part["source"], "dt": part["dt"]}]}
+    return report
+
+
+@task_group(group_id="partition")
+def one_partition(part: dict[str, Any]) -> None:
+    """One (source, day): a failing or skipped day stops only its own steps."""
+    chain(reports_gate(part, score(part)), night_report(part))
 
 
 @dag(
     dag_id="krone_score",
-    schedule=KSEQS_ASSET,
+    schedule=KSEQS_ASSET | MODEL_ASSET,
     start_date=start_date(),
     catchup=False,
     max_active_runs=1,
@@ -97,8 +122,7 @@ def night_report(parts: list[dict[str, Any]], *, outlet_events: Any = None) -> l
     doc_md=__doc__,
 )
 def krone_score() -> None:
-    parts = partitions()
-    chain(reports_gate(parts, score(parts)), night_report(parts))
+    one_partition.expand(part=partitions())
 
 
 krone_score()

@@ -74,7 +74,8 @@ def promote(result: dict[str, Any], *, outlet_events: Any = None) -> dict[str, A
                "promoted": bool(summary.get("promoted")), "gate": summary.get("gate")}
     if not verdict["promoted"]:
         raise AirflowSkipException(f"candidate v{verdict['model_version']} not promoted: {verdict['gate']}")
-    outlet_events[MODEL_ASSET].extra = {k: verdict[k] for k in ("source", "end", "model_version")}
+    outlet_events[MODEL_ASSET].extra = {**{k: verdict[k] for k in ("source", "end", "model_version")},
+                                        "data_root": begin_task()["params"].get("data_root")}
     return verdict
 
 

@@ -79,8 +79,13 @@ def ignored_raw_files(root: Path, source: str, dt: str) -> list[Path]:
     return [p for p in _partition_files(root, source, dt) if not p.name.endswith(RAW_SUFFIXES)]
 
 
+def stage_dir(root: Path, stage: str, source: str) -> Path:
+    """Where a stage keeps a source's day partitions (``dt=D`` folders)."""
+    return root / stage / f"source={source}"
+
+
 def partition_dir(root: Path, stage: str, source: str, dt: str) -> Path:
-    return root / stage / f"source={source}" / f"dt={dt}"
+    return stage_dir(root, stage, source) / f"dt={dt}"
 
 
 def state_dir(root: Path, source: str) -> Path:

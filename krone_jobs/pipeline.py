@@ -216,6 +216,18 @@ def score_day(source: str, dt: str, *, data_root: str | Path | None = None) -> d
     return _result("score", source, dt, str(metrics.get("run_id", "")), metrics)
 
 
+def unscored_days(source: str, *, data_root: str | Path | None = None) -> list[str]:
+    """Days with KRONE Seqs that no score run has recorded, oldest first: what a source's first champion (or
+    one after days that could not be scored) has to catch up on."""
+    from krone_jobs.partitions import dated_files, stage_dir
+    from krone_jobs.warehouse import Warehouse
+
+    written = dated_files(stage_dir(_root(data_root), "kseqs", source))
+    with Warehouse() as wh:
+        scored = wh.stage_days(source, "score")
+    return [dt for dt in written if dt not in scored]
+
+
 def night_report(source: str, dt: str, *, data_root: str | Path | None = None) -> dict[str, Any]:
     """Write the night report of a scored day; returns where it is, its summary and its figures."""
     from krone_jobs.report import write_night_report

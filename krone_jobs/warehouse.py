@@ -77,6 +77,7 @@ _FIND_CHUNK = text(
 _REPORTED = text(
     "SELECT DISTINCT session_id FROM anomaly_reports WHERE source = :source AND dt BETWEEN :start AND :end"
 )
+_STAGE_DAYS = text("SELECT DISTINCT dt FROM run_metrics WHERE source = :source AND stage = :stage")
 _LOAD_CACHE = text(
     "SELECT cache_key, level, kseq_key, verdict, score, detector, reason, hits, first_seen, last_seen "
     "FROM kseq_cache WHERE source = :source AND model_version = :model_version"
@@ -185,6 +186,11 @@ class Warehouse:
         with self._begin() as conn:
             bounds = {"source": source, "start": _day(start), "end": _day(end)}
             return {str(sid) for sid in conn.execute(_REPORTED, bounds).scalars()}
+
+    def stage_days(self, source: str, stage: str) -> set[str]:
+        """The days (``YYYY-MM-DD``) on which ``stage`` ran for ``source`` and recorded its metrics."""
+        with self._begin() as conn:
+            return {_day(d).isoformat() for d in conn.execute(_STAGE_DAYS, {"source": source, "stage": stage}).scalars()}
 
     def load_cache(self, source: str, model_version: str) -> dict[str, dict[str, Any]]:
         """All cached verdicts of one model version, in one query (the scorer looks up in memory)."""

@@ -152,6 +152,8 @@ def test_run_metrics_replace_one_stage_only(wh: Warehouse) -> None:
     assert query(wh, "SELECT stage, metric, value, run_id FROM run_metrics ORDER BY stage, metric") == [
         ("parse", "quarantined", 2.0, "run-1"), ("parse", "raw_lines", 100.0, "run-1"),
         ("score", "llm_calls", 3.0, "run-2")]
+    assert wh.stage_days("hdfs", "score") == {D1.isoformat()} and wh.stage_days("hdfs", "train") == set()
+    assert wh.stage_days("other", "parse") == set()
 
 
 def test_replace_partition_only_takes_partitioned_tables(wh: Warehouse) -> None:

@@ -24,7 +24,7 @@ DAG_IDS = (*PARSE_IDS, *TRAIN_IDS, "krone_score")
 POOLS = {"default_pool", "krone_spark", "krone_llm"}
 HEAVY = ("pyspark", "torch", "mlflow", "great_expectations", "duckdb", "pandas", "pyarrow", "krone_jobs")
 SPARK_TASKS = {(d, t) for d in PARSE_IDS for t in ("parse", "sessionize", "kseqs")}
-LLM_TASKS = {("krone_score", "score")}
+LLM_TASKS = {("krone_score", "partition.score")}
 MAX_PARSE_SECONDS = 5.0
 """Per file, once airflow is imported (the dag-processor's import timeout is 30 s)."""
 
@@ -137,8 +137,9 @@ def test_assets_chain_parse_to_score(bag: Any) -> None:
 
     parse, score, train = (bag.dags[d] for d in ("krone_parse_hdfs", "krone_score", "krone_train_hdfs"))
     assert parse.get_task("kseqs").outlets == [KSEQS_ASSET]
-    assert score.timetable.asset_condition == KSEQS_ASSET
-    assert score.get_task("night_report").outlets == [REPORTS_ASSET]
+    assert score.timetable.asset_condition == KSEQS_ASSET | MODEL_ASSET  # a first champion scores the days before it
+    assert score.get_task("partition.night_report").outlets == [REPORTS_ASSET]
+    assert score.get_task("partition.score").max_active_tis_per_dagrun == 1  # one day at a time, oldest first
     assert train.get_task("promote").outlets == [MODEL_ASSET]
     assert not train.catchup and train.timetable.expression == "0 6 * * 1"
 
@@ -190,7 +191,7 @@ def test_a_daily_run_covers_its_data_interval_unless_dt_is_given() -> None:
 
 
 def test_score_partitions_come_from_asset_events_oldest_first() -> None:
-    from krone_common import KSEQS_ASSET, asset_partitions
+    from krone_common import KSEQS_ASSET, MODEL_ASSET, asset_partitions
 
     events = {KSEQS_ASSET: [SimpleNamespace(extra={"source": "syn", "dt": d, "data_root": None})
                             for d in ("2026-11-03", "2026-11-02", "2026-11-03")]}
@@ -198,6 +199,17 @@ def test_score_partitions_come_from_asset_events_oldest_first() -> None:
     assert [(p.source, p.dt) for p in found] == [("syn", "2026-11-02"), ("syn", "2026-11-03")]
     manual = asset_partitions(context({"dt": "2026-11-01"}), KSEQS_ASSET)
     assert [(p.source, p.dt) for p in manual] == [("syn", "2026-11-01")]
+    model_only = _Accessor({MODEL_ASSET: [SimpleNamespace(extra={"source": "syn", "end": "2026-11-03"})]})
+    assert asset_partitions(context({}, events=model_only), KSEQS_ASSET) == []  # not the run's own day
+
+
+def test_a_promoted_model_names_its_source_for_the_days_to_catch_up() -> None:
+    from krone_common import MODEL_ASSET, promoted_sources
+
+    events = _Accessor({MODEL_ASSET: [SimpleNamespace(extra={"source": s, "data_root": r}) for s, r in
+                                      (("web", None), ("syn", "/data"), ("web", None))]})
+    assert promoted_sources(context({}, events=events)) == [("syn", "/data"), ("web", None)]
+    assert promoted_sources(context({})) == []
 
 
 class _Accessor(dict):

@@ -188,6 +188,13 @@ def test_parse_dag_writes_each_day_records_metrics_and_announces_it(world: World
 def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dict[str, Any]) -> None:
     from mlflow import MlflowClient
 
+    from krone_jobs.pipeline import unscored_days
+
+    early = run_dag(world, "krone_score", DAYS[0], {"source": SOURCE, "dt": DAYS[0]})  # no model yet
+    states = {ti.task_id: str(ti.state) for ti in early.get_task_instances()}
+    assert states["partition.score"] == "skipped" and states["partition.night_report"] == "skipped", states
+    assert unscored_days(SOURCE, data_root=world.root) == list(DAYS)  # what the first champion's run scores
+
     train = run_dag(world, f"krone_train_{SOURCE}", next_day(DAYS[1]), {
         "end": DAYS[1], "days": 2, "labels": f"labels/{SOURCE}/labels.csv", "min_heldout": 25})
     verdict = xcom(train, "promote")
@@ -200,7 +207,7 @@ def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dic
     scored = {day: run_dag(world, "krone_score", day, {"source": SOURCE, "dt": day}) for day in (DAYS[1], DAYS[0])}
     for day, dr in scored.items():
         assert xcom(dr, "partitions") == [{"source": SOURCE, "dt": day, "data_root": None, "run_id": dr.run_id}]
-        (night,) = xcom(dr, "night_report")
+        night = xcom(dr, "partition.night_report")
         assert Path(night["path"]).is_file() and night["dt"] == day
         assert stage_counts(world, day).get("score", 0) > 0
         assert asset_extras(dr, "krone_reports") == [{"partitions": [{"source": SOURCE, "dt": day}]}]
@@ -212,5 +219,6 @@ def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dic
     again = run_dag(world, "krone_score", DAYS[1], {"source": SOURCE, "dt": DAYS[1]})
     assert reports(world, DAYS[1]) == first
     assert stage_counts(world, DAYS[1]) == metrics_before
-    assert xcom(again, "score")[0]["metrics"]["anomalies"] == len(first)
-    assert json.dumps(xcom(again, "reports_gate"))  # the gate's verdict reached XCom
+    assert xcom(again, "partition.score")["metrics"]["anomalies"] == len(first)
+    assert json.dumps(xcom(again, "partition.reports_gate"))  # the gate's verdict reached XCom
+    assert unscored_days(SOURCE, data_root=world.root) == []
