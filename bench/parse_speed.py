@@ -63,7 +63,8 @@ class PeakSampler(threading.Thread):
 
 def baseline(path: Path) -> dict[str, Any]:
     """One process: read, parse, mine every line with Drain3 (no output written)."""
-    from krone_jobs.logformats import ParsedLine, get_format, iter_lines, parse_line
+    from krone_jobs.logfiles import iter_lines
+    from krone_jobs.logformats import ParsedLine, get_format, parse_line
     from krone_jobs.templates import TemplateStore
 
     fmt = get_format("hdfs")

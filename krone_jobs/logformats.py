@@ -1,4 +1,5 @@
-"""Line formats, session-key rules and a bounded streaming reader for raw log files.
+"""Line formats and session-key rules (files are read by :mod:`krone_jobs.logfiles`, stamps parsed by
+:mod:`krone_jobs.timestamps`).
 
 Everything here works on raw BYTES because log files are attacker-controlled: a line may be 10 MB long,
 binary, or not UTF-8. :func:`parse_line` never raises on bad input; it returns :class:`Quarantined` with a
@@ -21,11 +22,11 @@ character as ``binary``, a lone UTF-16 surrogate (unwritable as UTF-8) as ``bad_
 Timestamps are naive ``datetime`` values on the log's own clock; a stamp with a UTC offset (``%z``, ISO
 8601) becomes naive UTC. The Thunderbird text stamp has no year, so that format uses its epoch column
 instead (naive UTC). A ``strptime`` pattern without a year (classic syslog's ``%b %d %H:%M:%S``) is parsed
-in :data:`YEARLESS_YEAR`, a leap year, so ``Feb 29`` parses; the parse stage then moves each stamp to the year
-that puts it nearest its partition's day (:func:`nearest_year`), so a session crossing midnight or New Year's
-Eve keeps its order and closes when it ends. A format with a ``timezone`` (an IANA name) says that its stamps
-without an offset are wall-clock time there: the parse stage turns them into naive UTC (:func:`local_to_utc`),
-so a daylight-saving change neither opens an hour's gap nor runs an hour twice.
+in a leap year, so ``Feb 29`` parses; the parse stage then moves each stamp to the year that puts it
+nearest its partition's day, so a session crossing midnight or New Year's Eve keeps its order and closes
+when it ends. A format with a ``timezone`` (an IANA name) says that its stamps without an offset are
+wall-clock time there: the parse stage turns them into naive UTC, so a daylight-saving change neither opens
+an hour's gap nor runs an hour twice (all in :mod:`krone_jobs.timestamps`).
 
 A format also names the Drain settings a new source of it starts mining with (``LineFormat.miner``): how
 templates should be grouped depends on what the content looks like (see ``THUNDERBIRD``), and how its lines
@@ -37,33 +38,32 @@ Formats of one's own logs come from a TOML file named by ``KRONE_FORMATS_FILE`` 
 
 from __future__ import annotations
 
-import calendar
-import contextlib
-import gzip
 import hashlib
-import io
 import json
 import os
 import re
 import tomllib
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 from enum import StrEnum
-from functools import lru_cache, partial
+from functools import lru_cache
 from operator import itemgetter
 from typing import Literal, NamedTuple, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from krone_jobs.logfiles import DEFAULT_MAX_LINE_BYTES, QUARANTINE_SAMPLE_BYTES, OversizedLine
 from krone_jobs.templates import MinerSettings
+from krone_jobs.timestamps import (
+    EPOCH,
+    TimestampParser,
+    YearlessStrptime,
+    bgl_ts,
+    epoch_ts,
+    hdfs_ts,
+    timestamp_parser,
+    zone_of,
+)
 
-DEFAULT_MAX_LINE_BYTES = 64 * 1024
-"""Longer lines are quarantined as ``oversized`` without running any regex on them."""
-QUARANTINE_SAMPLE_BYTES = 1024
-"""How much of an oversized line is kept for the quarantine record."""
-
-_EPOCH = datetime(1970, 1, 1)
 _FIELD_ORDER = ("timestamp", "level", "component", "node", "content", "label", "session")
 _FIELDS = frozenset(_FIELD_ORDER)
 _CONTENT = _FIELD_ORDER.index("content")
@@ -71,7 +71,6 @@ _COMPONENT = _FIELD_ORDER.index("component")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f]")
 _CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0A, 0x1B), *range(0x1C, 0x20), 0x7F])
 _C1 = re.compile(rb"[\x80-\x9f]")
-_UTF8_BOM = b"\xef\xbb\xbf"
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
 # what a JSON escape can spell in a decoded string but a raw line may not hold: _CONTROL_BYTES as characters
 # and lone UTF-16 surrogates (``"\ud83d"`` from a logger that cut an emoji in half), which no UTF-8 writer takes
@@ -124,14 +123,6 @@ class Quarantined(NamedTuple):
     truncated: bool = False
 
 
-class OversizedLine(NamedTuple):
-    """What :func:`iter_lines` yields instead of a line longer than its limit: a head sample and the size."""
-
-    head: bytes
-    size: int
-
-
-TimestampParser = Callable[[str], datetime]
 SessionKind = Literal["block_id", "id_pattern", "node_window", "field"]
 _SESSION_KINDS = ("block_id", "id_pattern", "node_window", "field")
 
@@ -251,7 +242,7 @@ class LineFormat:
     @property
     def yearless(self) -> bool:
         """Whether the stamps carry no year (:class:`YearlessStrptime`): the parse stage then gives each the
-        year that puts it nearest its partition's day (:func:`nearest_year`)."""
+        year that puts it nearest its partition's day (:func:`~krone_jobs.timestamps.nearest_year`)."""
         return isinstance(self.parse_timestamp, YearlessStrptime)
 
     @classmethod
@@ -288,124 +279,10 @@ def _compiled(pattern: str | None) -> re.Pattern[str] | None:
     return re.compile(pattern) if pattern is not None else None
 
 
-def _strptime(fmt: str, text: str) -> datetime:
-    return datetime.strptime(text, fmt)
-
-
-YEARLESS_YEAR = 2000
-"""The year a stamp without one is parsed in: a leap year, so ``Feb 29`` parses (in strptime's default,
-1900, every Feb 29 line was quarantined as ``bad_timestamp``, failing a leap day's gate)."""
-_YEAR_DIRECTIVE = re.compile(r"%[YyGcxD]")
-
-
-@dataclass(frozen=True, slots=True)
-class YearlessStrptime:
-    """A ``strptime`` pattern without a year directive, parsed in :data:`YEARLESS_YEAR`. In strptime's own
-    default, 1900, every stamp sat 126 years before its partition's day, so sessionize closed every session at
-    the end of the day, one crossing midnight as two halves; the parse stage puts the year right
-    (:func:`nearest_year`)."""
-
-    pattern: str
-
-    def __call__(self, text: str) -> datetime:
-        return datetime.strptime(f"{YEARLESS_YEAR} {text}", f"%Y {self.pattern}")
-
-
-def nearest_year(ts: datetime, day: date) -> datetime:
-    """``ts`` moved to the year (``day``'s, the one before or after) that puts its date nearest ``day``: a
-    ``Dec 31`` line in the ``Jan 1`` partition belongs to the year before. A ``Feb 29`` stamp fits only a
-    leap year; with none of the three at hand it goes to the next one (the future-timestamp check then says
-    that the clock is wrong)."""
-    return ts.replace(year=_nearest_year(ts.month, ts.day, day))
-
-
-@lru_cache(maxsize=4096)
-def _nearest_year(month: int, dom: int, day: date) -> int:
-    """The year for one month and day of month (cached: a day's lines share a few dates; 2.6 us a line before)."""
-    years = [y for y in (day.year - 1, day.year, day.year + 1) if (month, dom) != (2, 29) or calendar.isleap(y)]
-    if not years:
-        return next(y for y in range(day.year + 2, day.year + 9) if calendar.isleap(y))
-    return min(years, key=lambda y: abs(date(y, month, dom) - day))
-
-
-@lru_cache(maxsize=64)
-def zone_of(name: str) -> ZoneInfo:
-    """The IANA zone ``name``; ``ValueError`` if there is none of that name."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown timezone {name!r} (an IANA name such as 'Europe/Berlin' or 'UTC')") from exc
-
-
-def local_to_utc(ts: datetime, zone: ZoneInfo) -> tuple[datetime, timedelta]:
-    """Naive wall-clock ``ts`` in ``zone`` as naive UTC, and how much later the instant is if ``ts`` is the
-    *second* run of an hour the clocks went back over (``timedelta(0)``: the time occurs once). Such a stamp
-    is taken as the first run here; only the order of a file's lines tells the runs apart (the parse stage
-    does that). A time the clocks skipped (spring forward) is taken with the offset before the change, as
-    a clock left unchanged would have written it."""
-    offset, later = _offsets(ts.replace(second=0, microsecond=0), zone)
-    return ts - offset, later
-
-
-@lru_cache(maxsize=4096)
-def _offsets(minute: datetime, zone: ZoneInfo) -> tuple[timedelta, timedelta]:
-    """UTC offset of the first reading of a wall-clock minute, and how much later its second reading is (cached:
-    a day's lines share a few thousand minutes, and clocks change on whole minutes; 3.4 us a line before)."""
-    first = minute.replace(tzinfo=zone, fold=0).utcoffset()
-    second = minute.replace(tzinfo=zone, fold=1).utcoffset()
-    assert first is not None and second is not None
-    return first, max(first - second, timedelta(0))
-
-
-def _hdfs_ts(text: str) -> datetime:
-    """``yymmdd HHMMSS`` with strptime's ``%y`` pivot (69-99 -> 19xx); hand-rolled for speed."""
-    yy = int(text[0:2])
-    return datetime(yy + (1900 if yy >= 69 else 2000), int(text[2:4]), int(text[4:6]),
-                    int(text[7:9]), int(text[9:11]), int(text[11:13]))
-
-
-def _bgl_ts(text: str) -> datetime:
-    """``YYYY-MM-DD-HH.MM.SS.ffffff`` rewritten to ISO (the regex fixes the shape) for the C parser."""
-    return datetime.fromisoformat(f"{text[:10]} {text[11:13]}:{text[14:16]}:{text[17:]}")
-
-
-def _epoch_ts(text: str) -> datetime:
-    """Unix seconds (whole or fractional) as naive UTC (no local-timezone lookup, unlike ``fromtimestamp``)."""
-    try:
-        return _EPOCH + timedelta(seconds=int(text))
-    except ValueError:
-        return _EPOCH + timedelta(seconds=float(text))
-
-
-def _epoch_ms_ts(text: str) -> datetime:
-    """Unix milliseconds as naive UTC."""
-    return _EPOCH + timedelta(milliseconds=float(text))
-
-
-TIMESTAMP_KEYWORDS: dict[str, TimestampParser] = {
-    "epoch": _epoch_ts, "epoch_ms": _epoch_ms_ts, "iso8601": datetime.fromisoformat}
-"""Timestamp formats by name, besides ``strptime`` patterns: Unix seconds, Unix milliseconds and ISO 8601
-(``2026-11-20T13:04:05.123Z``). A stamp with a UTC offset becomes naive UTC (see :func:`parse_line`)."""
-
-
-def timestamp_parser(spec: str | TimestampParser | None) -> TimestampParser | None:
-    """A parser for ``spec``: a keyword of :data:`TIMESTAMP_KEYWORDS`, a ``strptime`` pattern or a callable."""
-    if spec is None or callable(spec):
-        return spec
-    if not isinstance(spec, str):
-        raise TypeError(f"timestamp format {spec!r}: give a strptime pattern, one of {sorted(TIMESTAMP_KEYWORDS)} "
-                        "or a callable")
-    if spec in TIMESTAMP_KEYWORDS:
-        return TIMESTAMP_KEYWORDS[spec]
-    if not _YEAR_DIRECTIVE.search(spec.replace("%%", "")):
-        return YearlessStrptime(spec)
-    return partial(_strptime, spec)
-
-
 HDFS = LineFormat(
     "hdfs",
     re.compile(r"^(?P<timestamp>\d{6} \d{6}) \d+ (?P<level>[A-Z]+) (?P<component>[^\s:]+): (?P<content>.*)$"),
-    _hdfs_ts,
+    hdfs_ts,
     session=SessionSpec("block_id"),
 )
 BGL = LineFormat(
@@ -415,7 +292,7 @@ BGL = LineFormat(
         r"(?P<timestamp>\d{4}-\d{2}-\d{2}-\d{2}\.\d{2}\.\d{2}\.\d{6}) \S+ \S+ "
         r"(?P<component>\S+) (?P<level>\S+)(?: (?P<content>.*))?$"
     ),
-    _bgl_ts,
+    bgl_ts,
 )
 # Thunderbird's content keeps the syslog tag (``sshd[2915]: ...``): the program is part of what happened, the
 # KRONE authors' Thunderbird templates start with it, and without it Drain files lines of different programs
@@ -430,7 +307,7 @@ THUNDERBIRD = LineFormat(
         r"^(?P<label>\S+) (?P<timestamp>\d{1,12}) \d{4}\.\d{2}\.\d{2} (?P<node>\S+) [A-Z][a-z]{2} +\d{1,2} "
         r"\d{2}:\d{2}:\d{2} \S+ (?P<content>(?:(?P<component>[^\s\[]{1,128}?)(?:\[\d+\])?: )?.*)$"
     ),
-    _epoch_ts,
+    epoch_ts,
     MinerSettings(depth=3),
 )
 KRONE_SESSION_PATTERN = r"\b(job_\d+)\b"  # every line of a synthetic job names it
@@ -764,7 +641,7 @@ class BlockIdSessionKey(IdPatternSessionKey):
 def _epoch_seconds(ts: datetime) -> float:
     if ts.tzinfo is not None:
         return ts.timestamp()
-    return (ts - _EPOCH).total_seconds()
+    return (ts - EPOCH).total_seconds()
 
 
 class NodeWindowSessionKey:
@@ -803,130 +680,3 @@ class NodeWindowSessionKey:
 def default_session_rule(format_name: str) -> SessionKeyRule:
     """A fresh session rule for a format by name (fresh because the node-window rule is stateful)."""
     return get_format(format_name).session.make()
-
-
-# --- reading files ------------------------------------------------------------------------------------
-
-
-class LogReadError(Exception):
-    """A log file could not be read to its end (``kind``: ``truncated`` or ``corrupt`` compressed data, or
-    ``unreadable``: the system refused it, e.g. permission denied, a link to a file that is gone, an I/O error)."""
-
-    def __init__(self, path: str, kind: Literal["truncated", "corrupt", "unreadable"], lines_read: int,
-                 detail: str) -> None:
-        what = "unreadable" if kind == "unreadable" else f"{kind} compressed input"
-        super().__init__(f"{path}: {what} after {lines_read} complete lines ({detail})")
-        self.path = path
-        self.kind = kind
-        self.lines_read = lines_read
-
-    @property
-    def reason(self) -> str:
-        """The quarantine reason of the file's unread rest: ``gz_truncated``, ``gz_corrupt`` or ``unreadable``."""
-        return self.kind if self.kind == "unreadable" else f"gz_{self.kind}"
-
-
-_GZIP_MAGIC = b"\x1f\x8b"
-_SKIP_CHUNK = 1024 * 1024
-
-
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-
-
-class _Utf16AsUtf8:
-    """A UTF-16 file (a byte-order mark opens it: what Windows PowerShell 5 writes by default) read as UTF-8
-    lines, so parsing sees what it would in a UTF-8 copy. Without this every line held NUL bytes and was
-    quarantined as ``binary``. Text that is not valid UTF-16 is decoded with U+FFFD in its place."""
-
-    def __init__(self, stream: io.BufferedIOBase) -> None:
-        self.text = io.TextIOWrapper(stream, encoding="utf-16", errors="replace", newline="\n")
-
-    def readline(self, limit: int) -> bytes:
-        """At most ``limit`` characters of the next line, as UTF-8 (which may be longer in bytes: the caller's
-        line-length bound then applies to the bytes)."""
-        return self.text.readline(limit).encode("utf-8")
-
-
-_SNIFF_BYTES = 8192
-
-
-class _CrAsLf(io.RawIOBase):
-    """A stream whose lines end in a bare CR (classic Mac OS, some serial consoles and network devices) with
-    every CR read as LF. Read by LF, such a file was one oversized "line": 5,000 HDFS lines became one
-    quarantine record of which 1 KiB was kept, and the day's quarantine ratio (1 line) passed the gate."""
-
-    def __init__(self, stream: io.BufferedIOBase) -> None:
-        self.stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.stream.read(len(buffer)).replace(b"\r", b"\n")
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def _cr_terminated(stream: io.BufferedIOBase) -> bool:
-    """Whether the stream's head has CRs and no LF: its lines end in a bare CR."""
-    head = stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
-    return b"\r" in head and b"\n" not in head
-
-
-def _skip_rest(stream: io.BufferedIOBase | _Utf16AsUtf8, first: bytes) -> OversizedLine:
-    """Consume the rest of an over-long line in bounded reads; count its bytes without the CR/LF."""
-    size, tail, chunk = len(first), first[-2:], first
-    while not chunk.endswith(b"\n") and (chunk := stream.readline(_SKIP_CHUNK)):
-        size += len(chunk)
-        tail = (tail + chunk)[-2:]
-    terminator = 2 if tail == b"\r\n" else 1 if tail.endswith(b"\n") else 0
-    return OversizedLine(first[:QUARANTINE_SAMPLE_BYTES], size - terminator)
-
-
-def iter_lines(
-    path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_LINE_BYTES, start: tuple[int, int] = (0, 0)
-) -> Iterator[tuple[int, bytes | OversizedLine]]:
-    """Yield ``(line_no, raw)`` from a plain or gzip file (detected by magic bytes), 1-based.
-
-    Memory stays bounded: a line longer than ``max_bytes`` (plus its CR/LF) is yielded as an
-    :class:`OversizedLine` and the rest of it is skipped in 1 MiB reads. A truncated or corrupt .gz
-    yields every complete line before the damage, then raises :class:`LogReadError`; the partial last
-    line is dropped. A UTF-8 byte-order mark opening the file (Windows tools write one) is not part of the
-    first line; a UTF-16 one makes the file read as UTF-16 and yielded as UTF-8 lines. A file whose head has
-    CRs and no LF has lines that end in a bare CR: each CR is read as LF. A file the system will not open or
-    read raises :class:`LogReadError` (``unreadable``) too.
-
-    ``start`` = (byte offset, lines before it): a plain UTF-8 file is read from that offset, its first line
-    numbered one more (the offset must be a line start, as a continued file's is); a ``.gz`` or UTF-16 file
-    cannot be entered there and is read from its start.
-    """
-    limit = max_bytes + 2
-    line_no = 0
-    try:
-        with open(path, "rb") as plain, contextlib.ExitStack() as stack:
-            stream: io.BufferedIOBase | _Utf16AsUtf8 = plain
-            if plain.peek(2)[:2] == _GZIP_MAGIC:
-                stream = stack.enter_context(gzip.GzipFile(fileobj=plain))
-            try:
-                if stream.peek(2)[:2] in UTF16_BOMS:  # inside: peeking a .gz decompresses
-                    stream = _Utf16AsUtf8(stream)
-                else:
-                    crs = _cr_terminated(stream)
-                    if start[0] and stream is plain:
-                        plain.seek(start[0])
-                        line_no = start[1]
-                    if crs:
-                        stream = io.BufferedReader(_CrAsLf(stream))
-                while chunk := stream.readline(limit):
-                    raw = chunk if len(chunk) < limit or chunk.endswith(b"\n") else _skip_rest(stream, chunk)
-                    line_no += 1
-                    if line_no == 1 and isinstance(raw, bytes) and raw.startswith(_UTF8_BOM):
-                        raw = raw[len(_UTF8_BOM):]
-                    yield line_no, raw
-            except EOFError as exc:
-                raise LogReadError(os.fspath(path), "truncated", line_no, str(exc)) from exc
-            except (zlib.error, gzip.BadGzipFile) as exc:  # BadGzipFile is an OSError: caught first
-                raise LogReadError(os.fspath(path), "corrupt", line_no, str(exc)) from exc
-    except OSError as exc:  # cannot open or read: permission denied, a dangling link, an I/O error
-        raise LogReadError(os.fspath(path), "unreadable", line_no,
-                           f"{type(exc).__name__}: {exc.strerror or exc}") from exc

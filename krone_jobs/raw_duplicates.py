@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from krone_jobs.logformats import UTF16_BOMS
+from krone_jobs.logfiles import UTF16_BOMS
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ = 1 << 16
@@ -172,7 +172,7 @@ def _length(path: Path) -> int | None:
 def _digests(path: Path, cuts: set[int]) -> dict[int, tuple[bytes, int, int, int]] | None:
     """BLAKE2b digest, line count, complete-line count and the byte where the complete lines end, of the
     content's first ``n`` bytes for each ``n`` in ``cuts`` it reaches (its own length among them). Lines end in
-    LF, or in CR where the content has no LF, as :func:`~krone_jobs.logformats.iter_lines` reads them; a last
+    LF, or in CR where the content has no LF, as :func:`~krone_jobs.logfiles.iter_lines` reads them; a last
     line without its end counts, but not as complete."""
     h = hashlib.blake2b(digest_size=32)
     done = lf = cr = after_lf = after_cr = 0

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, inspect, make_url, text
 
 from krone_jobs.config import settings
-from krone_jobs.logformats import LogReadError, OversizedLine, iter_lines
+from krone_jobs.logfiles import LogReadError, OversizedLine, iter_lines
 from krone_jobs.partitions import atomic_write_text, check_date, check_source
 from krone_jobs.warehouse import Warehouse, WarehouseUnavailable
 

@@ -3,48 +3,38 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import pickle
 import random
 import re
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from krone_jobs.logfiles import DEFAULT_MAX_LINE_BYTES, QUARANTINE_SAMPLE_BYTES, OversizedLine, iter_lines
 from krone_jobs.logformats import (
     BGL,
-    DEFAULT_MAX_LINE_BYTES,
     HDFS,
     KRONE,
     KRONE_JSON,
     MAX_SESSION_KEY_CHARS,
-    QUARANTINE_SAMPLE_BYTES,
     THUNDERBIRD,
     BlockIdSessionKey,
     FieldSessionKey,
     IdPatternSessionKey,
     LineFormat,
-    LogReadError,
     NodeWindowSessionKey,
-    OversizedLine,
     ParsedLine,
     Quarantined,
     QuarantineReason,
     SessionSpec,
-    YearlessStrptime,
     bounded_session_key,
     default_session_rule,
     get_format,
-    iter_lines,
     load_formats_file,
-    local_to_utc,
-    nearest_year,
     parse_line,
-    timestamp_parser,
-    zone_of,
 )
 from krone_jobs.synthetic import generate_sessions, json_line
 from krone_jobs.templates import MinerSettings
@@ -191,15 +181,6 @@ def test_a_pattern_without_a_year_parses_in_a_leap_year_and_moves_to_its_day() -
     fmt = LineFormat.from_regex(r"^(?P<timestamp>\S+ +\S+ \S+) (?P<content>.*)$", timestamp_format="%b %d %H:%M:%S")
     assert fmt.yearless and not HDFS.yearless and not THUNDERBIRD.yearless
     assert parsed(b"Feb 29 10:00:00 x", fmt).timestamp == datetime(2000, 2, 29, 10)  # 1900 has no Feb 29
-    for pattern, yearless in (("%d/%m/%y %H:%M", False), ("%Y%j", False), ("%c", False), ("%%Y %d %H", True)):
-        assert isinstance(timestamp_parser(pattern), YearlessStrptime) is yearless, pattern
-    moved = {  # (stamp, partition day) -> year: the nearest to the day
-        ("12-31 23:59", date(2028, 1, 1)): 2027, ("01-01 00:01", date(2027, 12, 31)): 2028,
-        ("06-15 12:00", date(2026, 6, 15)): 2026, ("02-29 08:00", date(2028, 2, 29)): 2028,
-        ("02-29 08:00", date(2026, 6, 1)): 2028, ("02-29 08:00", date(2098, 6, 1)): 2104,  # 2100 is no leap year
-    }
-    for (text, day), year in moved.items():
-        assert nearest_year(datetime.strptime(f"2000-{text}", "%Y-%m-%d %H:%M"), day).year == year, (text, day)
 
 
 def test_an_absent_optional_timestamp_is_quarantined_not_raised() -> None:
@@ -581,123 +562,6 @@ def test_default_session_rules() -> None:
 # --- reading files ------------------------------------------------------------------------------------
 
 
-def test_iter_lines_plain_file_with_crlf_and_no_final_newline(tmp_path: Path) -> None:
-    path = tmp_path / "a.log"
-    path.write_bytes(b"one\r\ntwo\r\n\r\nthree")
-    assert list(iter_lines(path)) == [(1, b"one\r\n"), (2, b"two\r\n"), (3, b"\r\n"), (4, b"three")]
-    assert list(iter_lines(path, max_bytes=5)) == list(iter_lines(path))
-    assert list(iter_lines(path, max_bytes=3))[3] == (4, OversizedLine(b"three", 5))
-
-
-@pytest.mark.parametrize("compress", [False, True])
-def test_iter_lines_drops_a_byte_order_mark_opening_the_file(tmp_path: Path, compress: bool) -> None:
-    body = b"\xef\xbb\xbf" + HDFS_LINE + b"\n\xef\xbb\xbfnot at the start\n"
-    path = tmp_path / "bom.log"
-    path.write_bytes(gzip.compress(body) if compress else body)
-    (_, first), (_, second) = iter_lines(path)
-    assert isinstance(first, bytes) and parsed(first).component == "dfs.DataNode$PacketResponder"
-    assert second == b"\xef\xbb\xbfnot at the start\n"  # only the file's first bytes are a mark
-
-
-def test_iter_lines_gzip_is_detected_by_content(tmp_path: Path) -> None:
-    path = tmp_path / "no-suffix"
-    path.write_bytes(gzip.compress(HDFS_LINE + b"\n" + HDFS_LINE))
-    assert [parse_line(raw, HDFS) for _, raw in iter_lines(path)] == [parsed(HDFS_LINE)] * 2
-
-
-def test_iter_lines_truncated_gzip(tmp_path: Path) -> None:
-    lines = [b"%06d line of text that compresses\n" % i for i in range(20000)]
-    data = gzip.compress(b"".join(lines))
-    path = tmp_path / "cut.log.gz"
-    path.write_bytes(data[: len(data) // 2])
-    got: list[bytes] = []
-    with pytest.raises(LogReadError) as err:
-        for line_no, raw in iter_lines(path):
-            assert isinstance(raw, bytes) and line_no == len(got) + 1
-            got.append(raw)
-    assert err.value.kind == "truncated" and err.value.lines_read == len(got)
-    assert 0 < len(got) < len(lines) and got == lines[: len(got)]
-    assert "truncated compressed input" in str(err.value)
-
-
-def test_iter_lines_corrupt_gzip(tmp_path: Path) -> None:
-    data = bytearray(gzip.compress(b"hello\n" * 1000))
-    data[20:40] = b"\xff" * 20
-    path = tmp_path / "bad.gz"
-    path.write_bytes(bytes(data))
-    with pytest.raises(LogReadError) as err:
-        list(iter_lines(path))
-    assert err.value.kind == "corrupt" and err.value.reason == "gz_corrupt"
-
-
-@pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("bom", [b"\xff\xfe", b"\xfe\xff"])
-def test_iter_lines_reads_a_utf16_file_as_utf8_lines(tmp_path: Path, bom: bytes, compress: bool) -> None:
-    """A byte-order mark says UTF-16 (PowerShell 5's default): lines come out as the UTF-8 file's would,
-    CRLF and all, and a line over the limit is still cut short."""
-    last = "081109 203615 148 INFO dfs.DataNode: café ☃ blk_1\n"
-    text = HDFS_LINE.decode() + "\r\n" + "x" * 70_000 + "\n" + last
-    data = bom + text.encode("utf-16-le" if bom == b"\xff\xfe" else "utf-16-be")
-    path = tmp_path / "win.log"
-    path.write_bytes(gzip.compress(data) if compress else data)
-    lines = [raw for _, raw in iter_lines(path)]
-    assert lines[0] == HDFS_LINE + b"\r\n" and lines[2] == last.encode()
-    assert isinstance(lines[1], OversizedLine) and lines[1].size == 70_000 and len(lines) == 3
-    assert parse_line(lines[0], HDFS) == parsed(HDFS_LINE)
-
-
-@pytest.mark.parametrize("compress", [False, True])
-def test_iter_lines_reads_bare_cr_line_ends_as_lines(tmp_path: Path, compress: bool) -> None:
-    """CR-only line ends used to make the whole file one oversized line (1 KiB of it kept): now each CR ends
-    a line, an over-long one is still cut short, and a stray CR in an LF file stays inside its line."""
-    body = HDFS_LINE + b"\r" + b"x" * 70_000 + b"\r\r" + HDFS_LINE
-    path = tmp_path / "mac.log"
-    path.write_bytes(gzip.compress(body) if compress else body)
-    lines = [raw for _, raw in iter_lines(path)]
-    assert lines[0] == HDFS_LINE + b"\n" and lines[2:] == [b"\n", HDFS_LINE]
-    assert isinstance(lines[1], OversizedLine) and lines[1].size == 70_000
-    assert parse_line(lines[0], HDFS) == parse_line(lines[3], HDFS) == parsed(HDFS_LINE)
-    path.write_bytes(b"a\rb\nc\n")
-    assert list(iter_lines(path)) == [(1, b"a\rb\n"), (2, b"c\n")]
-
-
-def test_iter_lines_a_file_the_system_will_not_read_is_a_read_error(tmp_path: Path) -> None:
-    """A link to a file that is gone, a folder named like a log: one ``unreadable`` error, not a crash."""
-    (tmp_path / "gone.log").symlink_to(tmp_path / "rotated-away.log")
-    (tmp_path / "folder.log").mkdir()
-    for name, error in (("gone.log", "FileNotFoundError"), ("folder.log", "IsADirectoryError")):
-        with pytest.raises(LogReadError) as err:
-            list(iter_lines(tmp_path / name))
-        assert err.value.kind == "unreadable" and err.value.reason == "unreadable" and err.value.lines_read == 0
-        assert error in str(err.value)
-
-
-@pytest.mark.parametrize("compress", [False, True])
-def test_iter_lines_bounds_a_ten_megabyte_line(tmp_path: Path, compress: bool) -> None:
-    huge = b"x" * (10 * 1024 * 1024)
-    data = b"before\n" + huge + b"\r\nafter\n"
-    path = tmp_path / "big.log"
-    path.write_bytes(gzip.compress(data) if compress else data)
-    items = list(iter_lines(path))
-    assert items[0] == (1, b"before\n") and items[2] == (3, b"after\n")
-    line_no, big = items[1]
-    assert line_no == 2 and big == OversizedLine(huge[:QUARANTINE_SAMPLE_BYTES], len(huge))
-    q = quarantined(big)
-    assert q.reason is QuarantineReason.OVERSIZED and str(len(huge)) in q.message
-
-
-def test_iter_lines_oversized_boundary(tmp_path: Path) -> None:
-    path = tmp_path / "edge.log"
-    path.write_bytes(b"a" * 10 + b"\r\n" + b"b" * 11 + b"\r\n" + b"c" * 13)
-    items = [raw for _, raw in iter_lines(path, max_bytes=10)]
-    assert items[0] == b"a" * 10 + b"\r\n"
-    assert isinstance(parse_line(items[1], HDFS, max_bytes=10), Quarantined)  # 11 bytes: caught by parse_line
-    assert items[2] == OversizedLine(b"c" * 12, 13)
-
-
-# --- real data ----------------------------------------------------------------------------------------
-
-
 @pytest.mark.shared_data
 @pytest.mark.parametrize(("system", "fmt"), [("HDFS", HDFS), ("BGL", BGL), ("Thunderbird", THUNDERBIRD)])
 def test_loghub_samples_parse_like_the_ground_truth(system: str, fmt: LineFormat) -> None:
@@ -806,31 +670,8 @@ def test_formats_file_errors_name_file_and_format(tmp_path: Path, table: str, er
     assert str(path) in str(caught.value) and "format [" in str(caught.value)
 
 
-def test_local_stamps_are_read_as_utc_and_a_repeated_hour_says_how_much_later_its_second_run_is() -> None:
-    """Berlin: summer time ends on 2026-10-25 at 03:00 (02:00-03:00 runs twice) and starts on 2026-03-29 at 02:00
-    (02:00-03:00 is skipped: read with the offset before, as an unchanged clock writes it). A stamp that
-    carried its offset is UTC already and keeps it."""
-    berlin = zone_of("Europe/Berlin")
-    cases = {"2026-10-25 01:59:59": ("2026-10-24 23:59:59", 0), "2026-10-25 02:30:00": ("2026-10-25 00:30:00", 3600),
-             "2026-10-25 03:00:00": ("2026-10-25 02:00:00", 0), "2026-03-29 02:30:00": ("2026-03-29 01:30:00", 0),
-             "2026-03-29 03:00:00": ("2026-03-29 01:00:00", 0), "2026-07-01 12:00:00": ("2026-07-01 10:00:00", 0)}
-    for local, (utc, later) in cases.items():
-        assert local_to_utc(datetime.fromisoformat(local), berlin) == (datetime.fromisoformat(utc),
-                                                                        timedelta(seconds=later)), local
+def test_a_stamp_that_carried_its_offset_says_so() -> None:
+    """It is UTC already, whatever the format's ``timezone`` (the parse stage leaves it alone)."""
     fmt = LineFormat.from_regex(r"^(?P<timestamp>\S+) (?P<content>.*)$", timestamp_format="iso8601", timezone="Europe/Berlin")
     assert parse_line(b"2026-10-25T02:30:00+01:00 x", fmt).offset is True
     assert parse_line(b"2026-10-25T02:30:00 x", fmt).offset is False
-
-
-def test_a_plain_file_is_entered_at_a_line_start_and_a_packed_one_read_from_its_start(tmp_path: Path) -> None:
-    """A continued file (a log never rotated) is entered where the day before's copy ended; lines keep their
-    numbers. A .gz cannot be entered mid-stream: it is read from its start (the caller skips by number)."""
-    data = b"".join(b"line %d\n" % i for i in range(1, 101))
-    plain, mac, packed = tmp_path / "a.log", tmp_path / "m.log", tmp_path / "a.log.gz"
-    plain.write_bytes(data)
-    mac.write_bytes(data.replace(b"\n", b"\r"))
-    packed.write_bytes(gzip.compress(data))
-    at = data.index(b"line 41\n")
-    assert list(iter_lines(plain, start=(at, 40))) == list(iter_lines(plain))[40:]
-    assert list(iter_lines(mac, start=(at, 40))) == list(iter_lines(mac))[40:]
-    assert list(iter_lines(packed, start=(at, 40))) == list(iter_lines(packed))

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from drain3.drain import Node
 
-from krone_jobs.logformats import BGL, HDFS, THUNDERBIRD, LineFormat, ParsedLine, iter_lines, parse_line
+from krone_jobs.logfiles import iter_lines
+from krone_jobs.logformats import BGL, HDFS, THUNDERBIRD, LineFormat, ParsedLine, parse_line
 from krone_jobs.templates import (
     MinerSettings,
     TemplateMatch,

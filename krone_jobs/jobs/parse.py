@@ -8,7 +8,7 @@ than the parsing itself on two cores); each task reads and writes Parquet with p
    decompresses the file and skips the other stripes' lines, ~1 us/line). Units are cut, in file order, into
    ``partitions`` groups of about equal bytes (:func:`group_units`); a group is one Spark task and one output
    file, so thousands of small files make a few tasks, not thousands. Files are read with
-   :func:`~krone_jobs.logformats.iter_lines` because hostile input must be kept as raw bytes. A file whose
+   :func:`~krone_jobs.logfiles.iter_lines` because hostile input must be kept as raw bytes. A file whose
    content another file of the day, or of the day before, holds whole (a duplicate or partial delivery,
    :mod:`krone_jobs.raw_duplicates`) is skipped; a file that begins with a file of the day before whole (a log
    never rotated, shipped whole every day) is read after the lines that file holds whole.
@@ -66,24 +66,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
+from krone_jobs.logfiles import DEFAULT_MAX_LINE_BYTES, LogReadError, OversizedLine, iter_lines
 from krone_jobs.logformats import (
-    DEFAULT_MAX_LINE_BYTES,
     MAX_SESSION_KEY_CHARS,
     IdPatternSessionKey,
     LineFormat,
-    LogReadError,
     NodeWindowSessionKey,
-    OversizedLine,
     ParsedLine,
     QuarantineReason,
     SessionKeyRule,
     bounded_session_key,
     get_format,
-    iter_lines,
-    local_to_utc,
-    nearest_year,
     parse_line,
-    zone_of,
 )
 from krone_jobs.partitions import (
     RAW_SUFFIXES,
@@ -102,6 +96,7 @@ from krone_jobs.partitions import (
 )
 from krone_jobs.raw_duplicates import check_deliveries
 from krone_jobs.templates import MinerSettings, TemplateStore, masker, template_id
+from krone_jobs.timestamps import local_to_utc, nearest_year, zone_of
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -499,7 +494,7 @@ def repeated_hours(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Where each file's stamps enter the second run of an hour the clocks went back over.
 
     A stamp of such an hour (02:30 on the night summer time ends in Europe) names two instants an hour apart,
-    and pass 1 took the first (:func:`~krone_jobs.logformats.local_to_utc`): read so, the second run's lines
+    and pass 1 took the first (:func:`~krone_jobs.timestamps.local_to_utc`): read so, the second run's lines
     fell among the first run's, and every session alive across the change had its steps interleaved. A log
     is written in time order, so the second run starts where the file's stamps go back, within that hour, by
     more than half the change (seconds of disorder between threads are not a change of clock). ``runs`` are

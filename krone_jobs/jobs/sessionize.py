@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
-from krone_jobs.logformats import NodeWindowSessionKey, SessionSpec, get_format, local_to_utc, zone_of
+from krone_jobs.logformats import NodeWindowSessionKey, SessionSpec, get_format
 from krone_jobs.partitions import (
     check_date,
     check_source,
@@ -58,6 +58,7 @@ from krone_jobs.partitions import (
     state_dir,
     write_partition,
 )
+from krone_jobs.timestamps import local_to_utc, zone_of
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
