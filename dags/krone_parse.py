@@ -8,7 +8,8 @@ interval (UTC midnight to midnight, `dt` = the interval's start day) of its sour
 `parsed_gate` (Great Expectations suite *parsed*) -> `sessionize` (Spark; sessions that cross midnight
 are carried to the next day) -> `sessions_gate` (suite *sessions*) -> `hierarchy` (new templates only,
 offline) -> `kseqs` (Spark), which updates the asset `krone_kseqs` with `{"source", "dt"}` in the event's
-extra: that schedules `krone_score` for the day.
+extra: that schedules `krone_score` for the day -> `retention` (the source's partitions older than
+`KRONE_RETAIN_DAYS` days are removed; unset, the default: nothing is).
 
 The suites run inside the stages (a day that fails *parsed* never saves its miner state); the gate steps
 show their recorded verdicts and fail if a verdict is missing or failed.
@@ -105,6 +106,16 @@ def kseqs(*, outlet_events: Any = None) -> dict[str, Any]:
     return result
 
 
+@task
+def retention() -> dict[str, Any]:
+    """Remove the source's partitions older than the retention window ending at the day (KRONE_RETAIN_DAYS;
+    unset: nothing is removed)."""
+    from krone_jobs import pipeline
+
+    p = day_partition(begin_task())
+    return pipeline.retention_stage(p.source, p.dt, data_root=p.data_root, run_id=p.run_id)
+
+
 def parse_dag(source: str, fmt: str) -> Any:
     """The daily parse DAG of one source."""
 
@@ -116,7 +127,7 @@ def parse_dag(source: str, fmt: str) -> Any:
         tags=["krone", "spark", "parse"],
     )
     def krone_parse() -> None:
-        chain(parse(), parsed_gate(), sessionize(), sessions_gate(), hierarchy(), kseqs())
+        chain(parse(), parsed_gate(), sessionize(), sessions_gate(), hierarchy(), kseqs(), retention())
 
     return krone_parse()
 

@@ -158,6 +158,15 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
                    help="where the per-session walk runs (auto: this process up to 50,000 sessions, else Spark)")
     p.add_argument("--json", action="store_true", help="print the run's figures as one JSON object")
     p.set_defaults(func=_cmd_score)
+    p = sub.add_parser("retention", parents=[common], help="remove the source's day partitions and dated state "
+                       "older than the retention window (raw logs only with a raw window)")
+    p.add_argument("--date", required=True, help="YYYY-MM-DD: the last day of the window")
+    p.add_argument("--keep-days", type=int, default=None,
+                   help="days kept, ending at --date (default: KRONE_RETAIN_DAYS; unset: nothing is removed)")
+    p.add_argument("--keep-raw-days", type=int, default=None,
+                   help="days of raw logs kept (default: KRONE_RETAIN_RAW_DAYS; unset: raw logs stay)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.set_defaults(func=_cmd_retention)
     p = sub.add_parser("night", parents=[common], help="parse -> sessionize -> hierarchy -> kseqs (-> score -> "
                        "report with a champion) for a day or a range of days, in order, without Airflow")
     p.add_argument("--date", required=True, help="YYYY-MM-DD: the (first) day")
@@ -225,6 +234,24 @@ def _cmd_kseqs(a: argparse.Namespace) -> int:
     from krone_jobs.pipeline import kseqs_stage
 
     return _stage(kseqs_stage(a.source, a.date, data_root=a.data_root))
+
+
+def _cmd_retention(a: argparse.Namespace) -> int:
+    from krone_jobs.pipeline import retention_stage
+
+    try:
+        result = retention_stage(a.source, a.date, data_root=a.data_root, keep_days=a.keep_days,
+                                 keep_raw_days=a.keep_raw_days, dry_run=a.dry_run)
+    except ValueError as exc:
+        print(f"krone retention: {exc}", file=sys.stderr)
+        return 2
+    m = result["metrics"]
+    if m["keep_days"] is None:
+        print("krone retention: no window (set KRONE_RETAIN_DAYS or pass --keep-days): nothing removed")
+        return 0
+    for path in m.pop("paths"):
+        print(f"{'would remove' if a.dry_run else 'removed'} {path}")
+    return _stage(result)
 
 
 def _cmd_night(a: argparse.Namespace) -> int:

@@ -44,6 +44,15 @@ def _env(name: str, default: str) -> str:
     return value if value not in (None, "") else default
 
 
+def _days(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    if not value.strip().isdigit():
+        raise ValueError(f"{name} must be a whole number of days, not {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Paths, engines and budgets. Relative defaults live under ``home`` (``KRONE_HOME``, default: cwd)."""
@@ -116,6 +125,17 @@ class Settings:
         if not 0.0 < value < 1.0:
             raise ValueError(f"KRONE_FP_BUDGET must lie between 0 and 1, not {value}")
         return value
+
+    @property
+    def retain_days(self) -> int | None:
+        """Days of a source's partitions and dated state that retention keeps (``krone_jobs.retention``);
+        unset: nothing is removed."""
+        return _days("KRONE_RETAIN_DAYS")
+
+    @property
+    def retain_raw_days(self) -> int | None:
+        """Days of raw logs that retention keeps; unset: raw logs are never removed."""
+        return _days("KRONE_RETAIN_RAW_DAYS")
 
     @property
     def llm_band(self) -> float | None:

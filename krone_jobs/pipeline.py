@@ -143,6 +143,24 @@ def kseqs_stage(source: str, dt: str, *, data_root: str | Path | None = None,
     return _recorded("kseqs", source, dt, run_id, metrics)
 
 
+def retention_stage(source: str, dt: str, *, data_root: str | Path | None = None, run_id: str | None = None,
+                    keep_days: int | None = None, keep_raw_days: int | None = None,
+                    dry_run: bool = False) -> dict[str, Any]:
+    """Remove the source's partitions older than the retention window ending at ``dt``
+    (:mod:`krone_jobs.retention`; the windows default to ``KRONE_RETAIN_DAYS`` / ``KRONE_RETAIN_RAW_DAYS``,
+    and with neither set nothing is removed). A dry run records no metrics."""
+    from krone_jobs.retention import run_retention
+
+    config = settings()
+    metrics = run_retention(source, dt, data_root=_root(data_root),
+                            keep_days=keep_days if keep_days is not None else config.retain_days,
+                            keep_raw_days=keep_raw_days if keep_raw_days is not None else config.retain_raw_days,
+                            dry_run=dry_run).to_dict()
+    if dry_run or metrics["keep_days"] is None:
+        return _result("retention", source, dt, run_id or "", metrics)
+    return _recorded("retention", source, dt, run_id, metrics)
+
+
 def gate_verdict(source: str, dt: str, suite: str, *, data_root: str | Path | None = None,
                  required: bool = True) -> dict[str, Any]:
     """The recorded result of a quality suite for a partition, so a DAG can show the gate as its own step.
@@ -167,7 +185,8 @@ def gate_verdict(source: str, dt: str, suite: str, *, data_root: str | Path | No
 def parse_day(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
               run_id: str | None = None, **parse_options: Any) -> dict[str, Any]:
     """Everything ``krone_parse_<source>`` does for one day, in its order: parse, gate, sessionize, gate,
-    hierarchy, kseqs (``parse_options`` as for :func:`parse_stage`). Returns each step's result by name."""
+    hierarchy, kseqs, retention (``parse_options`` as for :func:`parse_stage`). Returns each step's result by
+    name."""
     run_id = run_id or new_run_id()
     kw: dict[str, Any] = {"data_root": data_root, "run_id": run_id}
     out = {"parse": parse_stage(source, dt, fmt, **kw, **parse_options)}
@@ -176,6 +195,7 @@ def parse_day(source: str, dt: str, fmt: str, *, data_root: str | Path | None = 
     out["sessions_gate"] = gate_verdict(source, dt, "sessions", data_root=data_root)
     out["hierarchy"] = hierarchy_stage(source, dt, **kw)
     out["kseqs"] = kseqs_stage(source, dt, **kw)
+    out["retention"] = retention_stage(source, dt, **kw)
     return out
 
 

@@ -56,3 +56,26 @@ def test_a_stage_run_from_the_cli_records_its_metrics_like_the_dag_task(
                                          "dt = '2026-11-01' AND stage = 'hierarchy'")).all())
         published = conn.execute(text("SELECT COUNT(*) FROM templates WHERE source = 'app'")).scalar_one()
     assert metrics["templates"] == printed["templates"] == published == 2
+
+
+def test_retention_lists_then_removes_and_records_what_it_did(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    monkeypatch.setenv("KRONE_WAREHOUSE_URL", url)
+    monkeypatch.delenv("KRONE_RETAIN_DAYS", raising=False)
+    for dt in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        (tmp_path / "kseqs" / "source=app" / f"dt={dt}").mkdir(parents=True)
+    argv = ["retention", "--source", "app", "--date", "2026-11-03", "--data-root", str(tmp_path)]
+    assert main(argv) == 0 and "nothing removed" in capsys.readouterr().out  # no window: off
+    assert main([*argv, "--keep-days", "1"]) == 2 and "at least 2 days" in capsys.readouterr().err
+    assert main([*argv, "--keep-days", "2", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith(f"would remove {tmp_path / 'kseqs' / 'source=app' / 'dt=2026-11-01'}")
+    assert (tmp_path / "kseqs" / "source=app" / "dt=2026-11-01").is_dir()
+    monkeypatch.setenv("KRONE_RETAIN_DAYS", "2")
+    assert main(argv) == 0
+    assert not (tmp_path / "kseqs" / "source=app" / "dt=2026-11-01").exists()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["removed"] == 1 and printed["oldest_kept"] == "2026-11-02"
+    with Warehouse(url) as wh, wh.engine.connect() as conn:
+        recorded = dict(conn.execute(text("SELECT metric, value FROM run_metrics WHERE stage = 'retention'")).all())
+    assert recorded["removed"] == 1 and recorded["by_kind.kseqs"] == 1

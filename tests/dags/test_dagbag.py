@@ -119,7 +119,7 @@ def test_parse_runs_days_in_order_and_catches_up(bag: Any) -> None:
     assert dag.catchup and dag.max_active_runs == 1
     assert all(t.depends_on_past for t in dag.tasks)  # sessionize carries open sessions day to day
     assert [t.task_id for t in dag.topological_sort()] == [
-        "parse", "parsed_gate", "sessionize", "sessions_gate", "hierarchy", "kseqs"]
+        "parse", "parsed_gate", "sessionize", "sessions_gate", "hierarchy", "kseqs", "retention"]
     assert dag.params["format"] == "krone"
     fmt = dag.params.get_param("format")
     assert set(fmt.schema["examples"]) == {"krone", "hdfs", "bgl", "thunderbird"}  # proposals; file formats too

@@ -1,0 +1,133 @@
+"""Retention: a source's day partitions older than a window are removed, so a nightly pipeline's disk stays bounded.
+
+Off unless configured (``KRONE_RETAIN_DAYS``; ``krone retention --keep-days``): nothing is ever deleted by
+default. With ``keep_days = N``, a run for day ``D`` keeps the days ``D - N + 1 .. D`` (and any later day) and
+removes, for its source only:
+
+* the stage partitions ``parsed/``, ``quarantine/``, ``sessions/``, ``kseqs/`` (``<stage>/source=S/dt=...``),
+  the quality results ``quality/<suite>/source=S/dt=...`` and the night reports ``reports/S/dt=...``;
+* the dated state ``state/S/{templates,open,hierarchy}/dt=...`` *except the newest entry before the window*:
+  the oldest kept day is rerun from the miner state, open sessions and hierarchy of the day before it, so a
+  rerun of any kept day gives what it gave (``tests/test_retention.py`` reruns it and compares);
+* raw logs ``raw/S/dt=...`` only with a raw window of their own (``KRONE_RETAIN_RAW_DAYS``): they are the
+  input everything else can be rebuilt from, and log shippers often manage them.
+
+Windows shorter than 2 days are refused: sessionize carries open sessions from the day before, and the
+parse stage reads the day before's raw files to find a log that is never rotated. The warehouse (reports,
+cache, metrics) and MLflow keep their history; their retention is the database's and the registry's.
+
+Only entries named ``dt=YYYY-MM-DD`` in those folders are touched, never by following a link: a partition that
+is a symbolic link loses the link, not what it points to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from krone_jobs.partitions import check_date, check_source, dated_files, stage_dir, state_dir
+
+STAGES = ("parsed", "quarantine", "sessions", "kseqs")
+STATE_FOLDERS = ("templates", "open", "hierarchy")
+MIN_DAYS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """One dated entry to remove: what it is (``kind``), where, and how many bytes it holds."""
+
+    kind: str
+    dt: str
+    path: Path
+    bytes: int
+
+
+@dataclass
+class RetentionMetrics:
+    source: str
+    dt: str
+    keep_days: int | None
+    keep_raw_days: int | None
+    dry_run: bool = False
+    removed: int = 0
+    bytes_freed: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    oldest_kept: str | None = None
+    paths: list[str] = field(default_factory=list)
+    """What was removed (with ``dry_run``: what would be), oldest first."""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _window_start(dt: str, keep_days: int, what: str) -> str:
+    if keep_days < MIN_DAYS:
+        raise ValueError(f"{what} must be at least {MIN_DAYS} days (the day before is read), not {keep_days}")
+    return (date.fromisoformat(dt) - timedelta(days=keep_days - 1)).isoformat()
+
+
+def _size(path: Path) -> int:
+    """Bytes under ``path`` (a link counts as nothing: it is removed, not what it points to)."""
+    if path.is_symlink():
+        return 0
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum((Path(folder) / f).lstat().st_size for folder, _, files in os.walk(path) for f in files)
+
+
+def _older(folder: Path, start: str, kind: str, *, keep_newest: bool = False) -> list[Removal]:
+    """Entries of ``folder`` before ``start``; with ``keep_newest``, the newest of them stays."""
+    old = [(d, p) for d, p in dated_files(folder).items() if d < start]
+    if keep_newest:
+        old = old[:-1]
+    return [Removal(kind, d, p, _size(p)) for d, p in old]
+
+
+def plan_retention(root: Path, source: str, dt: str, keep_days: int, keep_raw_days: int | None = None) -> list[Removal]:
+    """What a retention run for ``source`` on day ``dt`` removes (see the module docstring), oldest first."""
+    check_source(source)
+    check_date(dt)
+    start = _window_start(dt, keep_days, "the retention window")
+    found = [r for stage in STAGES for r in _older(stage_dir(root, stage, source), start, stage)]
+    quality = root / "quality"
+    suites = sorted(p.name for p in quality.iterdir() if p.is_dir() and not p.is_symlink()) if quality.is_dir() else []
+    found += [r for suite in suites for r in _older(stage_dir(quality, suite, source), start, f"quality/{suite}")]
+    found += _older(root / "reports" / source, start, "reports")
+    found += [r for name in STATE_FOLDERS
+              for r in _older(state_dir(root, source) / name, start, f"state/{name}", keep_newest=True)]
+    if keep_raw_days is not None:
+        found += _older(root / "raw" / source, _window_start(dt, keep_raw_days, "the raw retention window"), "raw")
+    return sorted(found, key=lambda r: (r.dt, r.kind))
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path)
+
+
+def run_retention(source: str, dt: str, *, data_root: Path, keep_days: int | None,
+                  keep_raw_days: int | None = None, dry_run: bool = False) -> RetentionMetrics:
+    """Remove what :func:`plan_retention` names (nothing with ``dry_run``, or when ``keep_days`` is None)."""
+    t0 = time.perf_counter()
+    metrics = RetentionMetrics(source, dt, keep_days, keep_raw_days, dry_run)
+    if keep_days is None:
+        return metrics
+    removals = plan_retention(data_root, source, dt, keep_days, keep_raw_days)
+    for r in removals:
+        if not dry_run:
+            _remove(r.path)
+        metrics.removed += 1
+        metrics.bytes_freed += r.bytes
+        metrics.by_kind[r.kind] = metrics.by_kind.get(r.kind, 0) + 1
+        metrics.paths.append(str(r.path))
+    metrics.oldest_kept = _window_start(dt, keep_days, "the retention window")
+    metrics.seconds = time.perf_counter() - t0
+    return metrics
