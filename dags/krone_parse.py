@@ -106,14 +106,18 @@ def kseqs(*, outlet_events: Any = None) -> dict[str, Any]:
     return result
 
 
-@task
+@task(depends_on_past=False)
 def retention() -> dict[str, Any]:
     """Remove the source's partitions older than the retention window ending at the day (KRONE_RETAIN_DAYS;
-    unset: nothing is removed)."""
+    unset: nothing is removed). Fails, after recording, if an entry could not be removed; as housekeeping it
+    does not depend on the day before's, so a failure never holds up the next day."""
     from krone_jobs import pipeline
 
     p = day_partition(begin_task())
-    return pipeline.retention_stage(p.source, p.dt, data_root=p.data_root, run_id=p.run_id)
+    result = pipeline.retention_stage(p.source, p.dt, data_root=p.data_root, run_id=p.run_id)
+    if errors := result["metrics"]["errors"]:
+        raise RuntimeError(f"retention could not remove {len(errors)} entries: {'; '.join(errors[:5])}")
+    return result
 
 
 def parse_dag(source: str, fmt: str) -> Any:

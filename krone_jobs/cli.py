@@ -251,7 +251,10 @@ def _cmd_retention(a: argparse.Namespace) -> int:
         return 0
     for path in m.pop("paths"):
         print(f"{'would remove' if a.dry_run else 'removed'} {path}")
-    return _stage(result)
+    for error in m.pop("errors"):
+        print(f"krone retention: could not remove {error}", file=sys.stderr)
+    _stage(result)
+    return 1 if m["failed"] else 0
 
 
 def _cmd_night(a: argparse.Namespace) -> int:

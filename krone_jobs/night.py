@@ -64,9 +64,11 @@ def run_night(
         still += f", {split:,} split into pieces of the maximum session size" if split else ""
         say(f"{source} {dt}: {p['raw_lines']:,} lines ({aside}), {p['new_templates']:,} new "
             f"templates, {s['sessions']:,} sessions closed ({still}), {k['chunks']:,} KRONE Seqs")
-        if removed := out["retention"]["metrics"]["removed"]:
-            r = out["retention"]["metrics"]
-            say(f"  retention: {removed:,} entries before {r['oldest_kept']} removed ({r['bytes_freed'] / 2**20:,.1f} MiB)")
+        r = out["retention"]["metrics"]
+        if r["removed"] or r["failed"]:
+            say(f"  retention: {r['removed']:,} entries before {r['oldest_kept']} removed "
+                f"({r['bytes_freed'] / 2**20:,.1f} MiB)" + (f"; {r['failed']:,} could not be: {r['errors'][0]}"
+                                                             if r["failed"] else ""))
         if scoring:
             out["score"] = pipeline.score_day(source, dt, data_root=data_root)
             out["report"] = pipeline.night_report(source, dt, data_root=data_root)

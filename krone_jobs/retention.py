@@ -17,7 +17,9 @@ parse stage reads the day before's raw files to find a log that is never rotated
 cache, metrics) and MLflow keep their history; their retention is the database's and the registry's.
 
 Only entries named ``dt=YYYY-MM-DD`` in those folders are touched, never by following a link: a partition that
-is a symbolic link loses the link, not what it points to.
+is a symbolic link loses the link, not what it points to. An entry that cannot be removed (permissions, a busy
+mount) is counted in ``failed`` with its reason and the rest are removed: retention is housekeeping, and it
+never stops a night (the DAG task fails after recording, without holding up the next day).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class RetentionMetrics:
     oldest_kept: str | None = None
     paths: list[str] = field(default_factory=list)
     """What was removed (with ``dry_run``: what would be), oldest first."""
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    """Entries the system would not let go (``path: reason``); the others are removed all the same."""
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,7 +128,12 @@ def run_retention(source: str, dt: str, *, data_root: Path, keep_days: int | Non
     removals = plan_retention(data_root, source, dt, keep_days, keep_raw_days)
     for r in removals:
         if not dry_run:
-            _remove(r.path)
+            try:
+                _remove(r.path)
+            except OSError as exc:  # housekeeping: one stuck entry must not stop the rest, nor the night
+                metrics.failed += 1
+                metrics.errors.append(f"{r.path}: {exc.strerror or exc}")
+                continue
         metrics.removed += 1
         metrics.bytes_freed += r.bytes
         metrics.by_kind[r.kind] = metrics.by_kind.get(r.kind, 0) + 1

@@ -90,3 +90,22 @@ def test_a_partition_that_is_a_link_loses_the_link_not_its_target(tmp_path: Path
     m = run_retention(SRC, DAYS[-1], data_root=tmp_path / "data", keep_days=2)
     assert m.removed == 1 and m.bytes_freed == 0
     assert not link.is_symlink() and (elsewhere / "part-00000.parquet").is_file()
+
+
+def test_an_entry_the_system_keeps_is_reported_and_the_rest_still_go(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import krone_jobs.retention as retention
+
+    _layout(tmp_path)
+    stuck = tmp_path / "sessions" / f"source={SRC}" / f"dt={DAYS[0]}"
+    real_rmtree = retention.shutil.rmtree
+
+    def rmtree(path: Path) -> None:  # what a busy mount or a read-only folder does
+        if Path(path) == stuck:
+            raise PermissionError(13, "Permission denied")
+        real_rmtree(path)
+
+    monkeypatch.setattr(retention.shutil, "rmtree", rmtree)
+    m = run_retention(SRC, DAYS[-1], data_root=tmp_path, keep_days=5)
+    assert m.failed == 1 and m.errors == [f"{stuck}: Permission denied"] and stuck.is_dir()
+    assert _days(tmp_path / "kseqs" / f"source={SRC}") == DAYS[1:] and str(stuck) not in m.paths
