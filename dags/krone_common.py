@@ -238,6 +238,15 @@ def promoted_sources(context: Mapping[str, Any]) -> list[tuple[str, str | None]]
     return sorted({(e["source"], e.get("data_root")) for e in events if e.get("source")}, key=lambda k: k[0])
 
 
+def with_catch_up(named: list[Partition], catch_up: list[Partition], most: int) -> list[Partition]:
+    """The partitions a run names (always all of them) and, up to ``most`` in all, the oldest days to catch up
+    on; the days left over are logged (a later model event takes them)."""
+    room = max(0, most - len(named))
+    if len(catch_up) > room:
+        log.warning("%d unscored days left for a later run (at most %d a run)", len(catch_up) - room, most)
+    return [*named, *sorted(catch_up, key=lambda p: (p.dt, p.source))[:room]]
+
+
 def _events(accessor: Any, asset: Asset) -> Iterable[Mapping[str, Any]]:
     """Extras of the triggering events of ``asset`` (none when the run was not asset-triggered)."""
     if not accessor:

@@ -45,8 +45,14 @@ from krone_common import (  # noqa: E402
     default_args,
     promoted_sources,
     source_params,
+    with_catch_up,
     start_date,
 )
+
+
+MAX_CATCH_UP = 500
+"""Days one run scores at most when a promoted model catches its source up (Airflow maps at most
+``max_map_length``, 1,024 by default, instances of a task)."""
 
 
 @task
@@ -60,8 +66,9 @@ def partitions() -> list[dict[str, Any]]:
         from krone_jobs import pipeline
 
         run_id, named = context["dag_run"].run_id, {(p.source, p.dt) for p in parts}
-        parts += [Partition(source, dt, root, run_id) for source, root in promoted
-                  for dt in pipeline.unscored_days(source, data_root=root) if (source, dt) not in named]
+        catch_up = [Partition(source, dt, root, run_id) for source, root in promoted
+                    for dt in pipeline.unscored_days(source, data_root=root) if (source, dt) not in named]
+        parts = with_catch_up(parts, catch_up, MAX_CATCH_UP)
     return [p.to_dict() for p in sorted(parts, key=lambda p: (p.dt, p.source))]
 
 

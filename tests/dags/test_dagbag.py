@@ -205,6 +205,16 @@ def test_score_partitions_come_from_asset_events_oldest_first() -> None:
     assert asset_partitions(context({}, events=model_only), KSEQS_ASSET) == []  # not the run's own day
 
 
+def test_catching_up_keeps_the_named_days_and_the_oldest_others_within_the_bound() -> None:
+    from krone_common import Partition, with_catch_up
+
+    named = [Partition("syn", "2026-11-09")]
+    backlog = [Partition("syn", f"2026-11-0{d}") for d in (5, 1, 3, 2, 4)]
+    assert [p.dt for p in with_catch_up(named, backlog, 4)] == ["2026-11-09", "2026-11-01", "2026-11-02", "2026-11-03"]
+    assert with_catch_up(named * 3, backlog, 2) == named * 3  # the named days always go
+    assert len(with_catch_up([], backlog, 10)) == 5
+
+
 def test_a_promoted_model_names_its_source_for_the_days_to_catch_up() -> None:
     from krone_common import MODEL_ASSET, promoted_sources
 
