@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=2, help="timed stage runs per layout, alternating")
     p.add_argument("--work", type=Path, default=Path("/tmp/krone-json-parse-speed"))
     a = p.parse_args(argv)
-    from krone_jobs.jobs.parse import latest_templates, run_parse
+    from krone_jobs.jobs.parse import run_parse
+    from krone_jobs.miner_state import latest_templates
     from krone_jobs.spark import get_spark
     from krone_jobs.synthetic import LAYOUT_FORMATS, generate
 

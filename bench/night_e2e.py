@@ -59,7 +59,7 @@ def run_system(system: str, work: Path, train_days: int, llm_url: str | None = N
     from krone_jobs import pipeline
     from krone_jobs.detectors.baselines import BASELINES
     from krone_jobs.evaluate import confusion
-    from krone_jobs.jobs.parse import latest_templates
+    from krone_jobs.miner_state import latest_templates
     from krone_jobs.night import run_night
     from krone_jobs.warehouse import Warehouse
 

@@ -120,7 +120,8 @@ def run_system(system: str, work: Path, spark: Any, detectors: tuple[str, ...] =
     from krone_jobs.hierarchy.kseqs import decompose
     from krone_jobs.jobs.hierarchy_job import load_hierarchy, run_hierarchy
     from krone_jobs.jobs.kseqs import run_kseqs
-    from krone_jobs.jobs.parse import latest_templates, run_parse
+    from krone_jobs.jobs.parse import run_parse
+    from krone_jobs.miner_state import latest_templates
     from krone_jobs.jobs.sessionize import run_sessionize
     from krone_jobs.partitions import partition_dir
 

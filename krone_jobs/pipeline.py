@@ -119,7 +119,7 @@ def publish_templates(source: str, dt: str, *, data_root: str | Path | None = No
     """Upsert the day's live templates (first / last day live in the miner's state, its running line count)
     and the hierarchy rows into the warehouse; idempotent (dates only widen, counts are replaced)."""
     from krone_jobs.jobs.hierarchy_job import load_hierarchy
-    from krone_jobs.jobs.parse import latest_templates
+    from krone_jobs.miner_state import latest_templates
     from krone_jobs.warehouse import Warehouse
 
     root = _root(data_root)

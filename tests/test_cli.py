@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from krone_jobs.cli import main
-from krone_jobs.jobs.parse import templates_path
+from krone_jobs.miner_state import templates_path
 from krone_jobs.templates import TemplateStore
 from krone_jobs.warehouse import Warehouse
 

@@ -18,7 +18,7 @@ from typing import Any
 from krone_jobs.config import settings
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, load_overrides
-from krone_jobs.jobs.parse import templates_dir
+from krone_jobs.miner_state import templates_dir
 from krone_jobs.partitions import check_date, check_source, latest_before, state_dir, temp_dir_for
 from krone_jobs.templates import TemplateStore
 

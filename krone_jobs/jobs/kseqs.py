@@ -24,7 +24,7 @@ from krone_jobs.config import settings
 from krone_jobs.hierarchy.kseqs import UnknownTemplateError, decompose
 from krone_jobs.hierarchy.model import Hierarchy
 from krone_jobs.jobs.hierarchy_job import load_hierarchy
-from krone_jobs.jobs.parse import latest_templates
+from krone_jobs.miner_state import latest_templates
 from krone_jobs.partitions import (
     check_date,
     check_source,

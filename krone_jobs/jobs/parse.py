@@ -79,6 +79,7 @@ from krone_jobs.logformats import (
     get_format,
     parse_line,
 )
+from krone_jobs.miner_state import templates_dir, templates_path
 from krone_jobs.partitions import (
     RAW_SUFFIXES,
     atomic_write_text,
@@ -90,7 +91,6 @@ from krone_jobs.partitions import (
     raw_files,
     read_partition,
     record_source_format,
-    state_dir,
     swap_in,
     temp_dir_for,
 )
@@ -672,21 +672,6 @@ def _with_line_counts(store: TemplateStore, seed: str | None, day_counts: Counte
         tid = template_id(" ".join(cluster["tokens"]))
         cluster["size"] = seed_sizes.get(cluster["cluster_id"], 0) + day_counts.pop(tid, 0)
     return json.dumps(state, ensure_ascii=False, separators=(",", ":"))
-
-
-def templates_dir(root: Path, source: str) -> Path:
-    """One miner state per parsed day: ``dt=D.json`` is the state after day D."""
-    return state_dir(root, source) / "templates"
-
-
-def templates_path(root: Path, source: str, dt: str) -> Path:
-    return templates_dir(root, source) / f"dt={dt}.json"
-
-
-def latest_templates(root: Path, source: str, dt: str | None = None) -> TemplateStore | None:
-    """The miner state after the newest parsed day (at or before ``dt`` if given), or ``None``."""
-    path = latest_before(templates_dir(root, source), dt or "9999-12-31", inclusive=True)
-    return TemplateStore.from_json(path.read_text(encoding="utf-8")) if path else None
 
 
 # ------------------------------------------------------------------------------------------ the job

@@ -360,7 +360,7 @@ def run_score(
     ``KRONE_LLM_*`` (evaluation harnesses pass theirs). ``engine``: where the per-session walk runs
     (``spark``, ``local`` = this process, ``auto`` = local up to :data:`LOCAL_MAX_SESSIONS` sessions)."""
     from krone_jobs.jobs.hierarchy_job import hierarchy_at
-    from krone_jobs.jobs.parse import latest_templates
+    from krone_jobs.miner_state import latest_templates
     from krone_jobs.spark import get_spark
     from krone_jobs.warehouse import Warehouse
 

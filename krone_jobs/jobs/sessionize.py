@@ -137,7 +137,7 @@ def _resolved(carried: DataFrame, root: Path, source: str, dt: str) -> DataFrame
     yesterday may have been generalised today); today's events already carry the day's ids."""
     from pyspark.sql import functions as F
 
-    from krone_jobs.jobs.parse import latest_templates
+    from krone_jobs.miner_state import latest_templates
 
     store = latest_templates(root, source, dt)
     if store is None:

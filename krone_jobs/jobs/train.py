@@ -438,7 +438,7 @@ def select_normal(
 
 def _miner_state(root: Path, source: str, end: str) -> tuple[str, str]:
     """(miner state JSON as the parse job wrote it, its day): the newest at or before ``end``."""
-    from krone_jobs.jobs.parse import templates_dir
+    from krone_jobs.miner_state import templates_dir
 
     path = latest_before(templates_dir(root, source), end, inclusive=True)
     if path is None:

@@ -12,7 +12,7 @@ import pandas as pd
 from krone_jobs.hierarchy.kseqs import decompose
 from krone_jobs.hierarchy.model import Hierarchy
 from krone_jobs.jobs.hierarchy_job import hierarchy_path, run_hierarchy
-from krone_jobs.jobs.parse import latest_templates
+from krone_jobs.miner_state import latest_templates
 from krone_jobs.partitions import partition_dir, state_dir
 
 SOURCE = "syn"

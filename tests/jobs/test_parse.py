@@ -23,7 +23,6 @@ from krone_jobs.jobs.parse import (
     TEMPLATE_FLOOD,
     NoLogFilesError,
     group_units,
-    latest_templates,
     mine_texts,
     orphan_continuations,
     repeated_hours,
@@ -43,6 +42,7 @@ from krone_jobs.logformats import (
     get_format,
     parse_line,
 )
+from krone_jobs.miner_state import latest_templates
 from krone_jobs.partitions import partition_dir, state_dir
 from krone_jobs.quality import QualityGateError
 from krone_jobs.synthetic import generate_sessions, json_line

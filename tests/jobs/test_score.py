@@ -17,9 +17,9 @@ from sqlalchemy import text
 
 from krone_jobs.feedback import record_feedback
 from krone_jobs.jobs.hierarchy_job import load_hierarchy
-from krone_jobs.jobs.parse import latest_templates
 from krone_jobs.jobs.score import ScoreMetrics, run_score
 from krone_jobs.jobs.train import train
+from krone_jobs.miner_state import latest_templates
 from krone_jobs.partitions import partition_dir
 from krone_jobs.warehouse import Warehouse, WarehouseUnavailable
 from tests.jobs.conftest import Pipeline

@@ -22,7 +22,6 @@ from mlflow import MlflowClient
 from krone_jobs.hierarchy.kseqs import decompose
 from krone_jobs.hierarchy.model import Hierarchy, TemplateNode, make_node
 from krone_jobs.jobs.hierarchy_job import load_hierarchy
-from krone_jobs.jobs.parse import latest_templates, templates_path
 from krone_jobs.jobs.train import (
     NoTrainingData,
     TrainResult,
@@ -36,6 +35,7 @@ from krone_jobs.jobs.train import (
     train,
     train_partitions,
 )
+from krone_jobs.miner_state import latest_templates, templates_path
 from krone_jobs.model_registry import CHAMPION, knowledge_base, load_champion, sessions_frame, verdict_frame
 from krone_jobs.partitions import partition_dir
 from krone_jobs.synthetic import TEMPLATES, generate_sessions
