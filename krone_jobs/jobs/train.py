@@ -479,6 +479,10 @@ def train_partitions(
     url = warehouse_url or settings().warehouse_url
     dates = window_dates(end, days)
     found, frame = read_window(root, source, dates)
+    keep = settings().retain_days
+    if keep is not None and keep < days and len(found) < len(dates):
+        log.warning("the training window (%d days) is longer than KRONE_RETAIN_DAYS=%d: training on the %d of its "
+                    "days that are left", days, keep, len(found))
     hierarchy = load_hierarchy(root, source)
     state, state_dt = _miner_state(root, source, end)
     store = TemplateStore.from_json(state)

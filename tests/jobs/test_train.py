@@ -332,7 +332,9 @@ def test_feedback_joins_the_knowledge_base_and_reported_sessions_are_left_out(wi
     assert logged.detect([session])[0].key != verdict.key  # no longer flagged on the approved chunk
 
 
-def test_train_partitions_says_when_there_is_nothing_to_train_on(pipeline: Any, tmp_path: Path) -> None:
+def test_train_partitions_says_when_there_is_nothing_to_train_on(pipeline: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     kwargs: dict[str, Any] = {"data_root": pipeline.root, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
                               "warehouse_url": f"duckdb:///{tmp_path}/w.duckdb"}
     with pytest.raises(NoTrainingData, match=r"no sessions partition for source=syn in 2026-10-01\.\.2026-10-07"):
@@ -342,6 +344,10 @@ def test_train_partitions_says_when_there_is_nothing_to_train_on(pipeline: Any, 
     ids.assign(label=1).to_csv(all_bad, index=False)
     with pytest.raises(NoTrainingData, match="no normal session left"):
         train_partitions(SOURCE, DAYS[0], days=1, labels=all_bad, **kwargs)
+    monkeypatch.setenv("KRONE_RETAIN_DAYS", "2")  # a window longer than retention keeps says so
+    with pytest.raises(NoTrainingData), caplog.at_level("WARNING", logger="krone_jobs.jobs.train"):
+        train_partitions(SOURCE, DAYS[0], days=3, labels=all_bad, **kwargs)
+    assert "longer than KRONE_RETAIN_DAYS=2: training on the 1 of its days that are left" in caplog.text
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "w.duckdb").exists()  # nothing touched
 
 
