@@ -24,6 +24,7 @@ never stops a night (the DAG task fails after recording, without holding up the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -51,6 +52,8 @@ class Removal:
 
 @dataclass
 class RetentionMetrics:
+    """What one retention run did, for ``run_metrics`` (numbers) and the task's XCom (the paths too)."""
+
     source: str
     dt: str
     keep_days: int | None
@@ -78,12 +81,16 @@ def _window_start(dt: str, keep_days: int, what: str) -> str:
 
 
 def _size(path: Path) -> int:
-    """Bytes under ``path`` (a link counts as nothing: it is removed, not what it points to)."""
+    """Bytes under ``path`` (a link counts as nothing: it is removed, not what it points to; a file that went
+    away meanwhile counts as nothing too)."""
     if path.is_symlink():
         return 0
-    if not path.is_dir():
-        return path.stat().st_size
-    return sum((Path(folder) / f).lstat().st_size for folder, _, files in os.walk(path) for f in files)
+    files = [path] if not path.is_dir() else [Path(folder) / f for folder, _, names in os.walk(path) for f in names]
+    total = 0
+    for file in files:
+        with contextlib.suppress(OSError):
+            total += file.lstat().st_size
+    return total
 
 
 def _older(folder: Path, start: str, kind: str, *, keep_newest: bool = False) -> list[Removal]:
