@@ -280,6 +280,20 @@ def _cmd_score(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(a: argparse.Namespace) -> int:
+    from krone_jobs.config import settings
+    from krone_jobs.status import known_sources, render, source_status
+
+    root = a.data_root or settings().data_root
+    sources = a.source or known_sources(root)
+    if not sources:
+        print(f"krone status: no source has state under {root / 'state'} yet", file=sys.stderr)
+        return 1
+    found = [source_status(root, s) for s in sources]
+    print(json.dumps(found) if a.json else "\n".join(render(s) for s in found))
+    return 0
+
+
 def _add_operations(sub: argparse._SubParsersAction) -> None:
     from krone_jobs.feedback import add_feedback_arguments
     from krone_jobs.model_registry import add_promote_arguments, main_promote
@@ -287,6 +301,12 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
 
     add_report_arguments(sub.add_parser("report", help="write the night report (HTML) and print its summary"))
     add_feedback_arguments(sub.add_parser("feedback", help="record an operator's verdict on a reported chunk"))
+    p = sub.add_parser("status", help="per source: days parsed, days scored, days waiting for a model, champion")
+    p.add_argument("--source", action="append", default=None, help="this source (repeatable; default: every one "
+                   "with state under the data root)")
+    p.add_argument("--data-root", type=Path, default=None, help="default: $KRONE_DATA_ROOT or <home>/data")
+    p.add_argument("--json", action="store_true", help="one JSON list")
+    p.set_defaults(func=_cmd_status)
     p = sub.add_parser("promote", help="move the champion alias to a registered version (gate, or --force)")
     add_promote_arguments(p)
     p.set_defaults(func=main_promote)

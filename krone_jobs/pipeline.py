@@ -244,6 +244,7 @@ def unscored_days(source: str, *, data_root: str | Path | None = None) -> list[s
 
     written = dated_files(stage_dir(_root(data_root), "kseqs", source))
     with Warehouse() as wh:
+        wh.ensure_schema()  # a warehouse no stage wrote to yet has no run_metrics table
         scored = wh.stage_days(source, "score")
     return [dt for dt in written if dt not in scored]
 

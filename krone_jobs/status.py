@@ -1,0 +1,99 @@
+"""``krone status``: where each source stands, for an operator without the Airflow UI (``krone night`` users) or
+before a backfill: which days are parsed, which are scored, which wait for a model, which model is champion.
+
+Every part is read where it lives (partitions on disk, ``run_metrics`` in the warehouse, the registry in MLflow)
+and fails soft: a warehouse or tracking server that does not answer is reported as such, the rest still shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from krone_jobs.partitions import dated_files, stage_dir, state_dir
+
+UNSCORED_SHOWN = 5
+
+
+def known_sources(root: Path) -> list[str]:
+    """Sources the pipeline has state for (``state/<source>/``), sorted."""
+    folder = root / "state"
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
+                  tracking_uri: str | None = None) -> dict[str, Any]:
+    """One source's figures (see the module docstring); ``None`` where a store did not answer, with the reason
+    under ``problems``."""
+    from krone_jobs.partitions import source_format, source_timezone
+
+    parsed = list(dated_files(stage_dir(root, "kseqs", source)))
+    status: dict[str, Any] = {"source": source, "format": None, "timezone": None, "days_parsed": len(parsed),
+                              "first_day": parsed[0] if parsed else None, "last_day": parsed[-1] if parsed else None,
+                              "open_sessions_after_last_day": _open_sessions(root, source, parsed),
+                              "days_scored": None, "last_scored": None, "unscored": None, "champion": None,
+                              "problems": []}
+    try:
+        status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
+    except FileNotFoundError as exc:
+        status["problems"].append(str(exc))
+    _scored(status, source, parsed, warehouse_url)
+    _champion(status, source, tracking_uri)
+    return status
+
+
+def _open_sessions(root: Path, source: str, parsed: list[str]) -> int | None:
+    """Events of sessions still open after the last parsed day (carried into the next one)."""
+    import pyarrow.parquet as pq
+
+    folder = state_dir(root, source) / "open" / f"dt={parsed[-1]}" if parsed else None
+    if folder is None or not folder.is_dir():
+        return None
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(folder.glob("*.parquet")))
+
+
+def _scored(status: dict[str, Any], source: str, parsed: list[str], url: str | None) -> None:
+    from krone_jobs.warehouse import Warehouse, WarehouseUnavailable
+
+    try:
+        with Warehouse(url) as wh:
+            wh.ensure_schema()  # a warehouse no stage wrote to yet has no run_metrics table
+            scored = sorted(wh.stage_days(source, "score"))
+    except WarehouseUnavailable as exc:
+        status["problems"].append(f"warehouse: {exc}")
+        return
+    status["days_scored"], status["last_scored"] = len(scored), scored[-1] if scored else None
+    done = set(scored)
+    status["unscored"] = [dt for dt in parsed if dt not in done]
+
+
+def _champion(status: dict[str, Any], source: str, tracking_uri: str | None) -> None:
+    from krone_jobs import model_registry as registry
+
+    try:
+        status["champion"] = registry.champion_version(registry.connect(tracking_uri), source)
+    except Exception as exc:  # noqa: BLE001 - any failure of the tracking server is reported, not raised
+        status["problems"].append(f"MLflow: {type(exc).__name__}: {exc}")
+
+
+def render(status: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    s = status
+    days = f"{_days(s['days_parsed'])} parsed" + (f" ({s['first_day']} .. {s['last_day']})" if s["days_parsed"] else "")
+    lines = [f"{s['source']}: format {s['format'] or '?'}" + (f", timezone {s['timezone']}" if s["timezone"] else "")
+             + f"; {days}"]
+    if s["open_sessions_after_last_day"] is not None:
+        lines.append(f"  {s['open_sessions_after_last_day']:,} events of open sessions carried past {s['last_day']}")
+    if s["unscored"] is not None:
+        waiting = s["unscored"]
+        shown = ", ".join(waiting[:UNSCORED_SHOWN]) + (" ..." if len(waiting) > UNSCORED_SHOWN else "")
+        lines.append(f"  {_days(s['days_scored'])} scored (last {s['last_scored'] or '-'}); "
+                     + (f"{_days(len(waiting))} parsed but not scored: {shown}" if waiting else "every parsed day scored"))
+    lines.append(f"  champion: krone-{s['source']} v{s['champion']}" if s["champion"] else
+                 f"  champion: none yet (`krone train --source {s['source']} --end <day>`)")
+    lines += [f"  problem: {p}" for p in s["problems"]]
+    return "\n".join(lines)
+
+
+def _days(n: int) -> str:
+    return f"{n:,} day" + ("" if n == 1 else "s")

@@ -1,0 +1,65 @@
+"""``krone status`` reads each store where it lives and keeps going when one does not answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from krone_jobs.cli import main
+from krone_jobs.partitions import record_source_format
+from krone_jobs.status import known_sources, render, source_status
+from krone_jobs.warehouse import Warehouse
+
+DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
+
+
+def _source(root: Path, source: str = "web") -> None:
+    record_source_format(root, source, "krone", {"kind": "id_pattern"}, "Europe/Berlin")
+    for dt in DAYS:
+        (root / "kseqs" / f"source={source}" / f"dt={dt}").mkdir(parents=True)
+    open_state = root / "state" / source / "open" / f"dt={DAYS[-1]}"
+    open_state.mkdir(parents=True)
+    pq.write_table(pa.table({"key": ["a", "a", "b"]}), open_state / "part-00000.parquet")
+
+
+def test_a_source_with_one_day_scored_and_no_model(tmp_path: Path) -> None:
+    _source(tmp_path)
+    url = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    with Warehouse(url) as wh:
+        wh.ensure_schema()
+        wh.write_run_metrics("web", DAYS[1], "score", "run-1", {"sessions": 10.0})
+    s = source_status(tmp_path, "web", warehouse_url=url, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert known_sources(tmp_path) == ["web"]
+    assert (s["format"], s["timezone"], s["days_parsed"], s["first_day"], s["last_day"]) == ("krone", "Europe/Berlin",
+                                                                                             3, DAYS[0], DAYS[2])
+    assert (s["days_scored"], s["last_scored"], s["unscored"]) == (1, DAYS[1], [DAYS[0], DAYS[2]])
+    assert s["open_sessions_after_last_day"] == 3 and s["champion"] is None and s["problems"] == []
+    text = render(s)
+    assert "1 day scored (last 2026-11-02); 2 days parsed but not scored: 2026-11-01, 2026-11-03" in text
+    assert "champion: none yet (`krone train --source web --end <day>`)" in text
+
+
+def test_a_warehouse_that_does_not_answer_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    _source(tmp_path)
+    broken = tmp_path / "w.duckdb"
+    broken.write_bytes(b"not a database" * 1000)
+    s = source_status(tmp_path, "web", warehouse_url=f"duckdb:///{broken}",
+                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert s["unscored"] is None and s["days_parsed"] == 3
+    assert len(s["problems"]) == 1 and s["problems"][0].startswith("warehouse:")
+    assert "problem: warehouse:" in render(s)
+
+
+def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'w.duckdb'}")
+    monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["status", "--data-root", str(tmp_path)]) == 1
+    assert "no source has state" in capsys.readouterr().err
+    _source(tmp_path)
+    assert main(["status", "--data-root", str(tmp_path), "--json"]) == 0
+    (found,) = json.loads(capsys.readouterr().out)
+    assert found["source"] == "web" and found["unscored"] == list(DAYS)
