@@ -153,7 +153,10 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_kseqs)
     p = sub.add_parser("score", parents=[common], help="sessions/ -> anomaly_reports, kseq_cache, run_metrics "
                        "(champion model, verdict cache, routed detection)")
-    p.add_argument("--date", required=True, help="YYYY-MM-DD")
+    day = p.add_mutually_exclusive_group(required=True)
+    day.add_argument("--date", help="YYYY-MM-DD")
+    day.add_argument("--unscored", action="store_true", help="every day with KRONE Seqs but no score run, oldest "
+                     "first, each with its night report (what a first champion catches up on; see krone status)")
     p.add_argument("--engine", default="auto", choices=["auto", "spark", "local"],
                    help="where the per-session walk runs (auto: this process up to 50,000 sessions, else Spark)")
     p.add_argument("--json", action="store_true", help="print the run's figures as one JSON object")
@@ -274,9 +277,16 @@ def _cmd_night(a: argparse.Namespace) -> int:
 
 def _cmd_score(a: argparse.Namespace) -> int:
     from krone_jobs.jobs.score import run_score, summary_line
+    from krone_jobs.pipeline import night_report, unscored_days
 
-    m = run_score(a.source, a.date, data_root=a.data_root, engine=a.engine)
-    print(json.dumps(m.to_dict()) if a.json else summary_line(m))
+    days = unscored_days(a.source, data_root=a.data_root) if a.unscored else [a.date]
+    if not days:
+        print(f"krone score: every day of {a.source} with KRONE Seqs is scored")
+    for dt in days:
+        m = run_score(a.source, dt, data_root=a.data_root, engine=a.engine)
+        print(json.dumps(m.to_dict()) if a.json else summary_line(m))
+        if a.unscored:
+            night_report(a.source, dt, data_root=a.data_root)
     return 0
 
 

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from krone_jobs import pipeline
+from krone_jobs.cli import main
 from krone_jobs.night import day_range, run_night
 from krone_jobs.synthetic import generate
 from krone_jobs.warehouse import Warehouse
@@ -25,7 +26,7 @@ def test_day_range() -> None:
 
 
 def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
-        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
     monkeypatch.setenv("KRONE_WAREHOUSE_URL", url)
     monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -50,6 +51,14 @@ def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
         query = text("SELECT DISTINCT stage FROM run_metrics WHERE dt = :dt")
         stages = set(conn.execute(query, {"dt": DAYS[1]}).scalars())
     assert {"parse", "sessionize", "hierarchy", "kseqs", "score"} <= stages
+    # the day parsed before the first model: `krone score --unscored` catches it up, report included
+    assert pipeline.unscored_days(SOURCE, data_root=tmp_path) == [DAYS[0]]
+    assert main(["score", "--source", SOURCE, "--unscored", "--data-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{SOURCE} {DAYS[0]}: ")
+    assert pipeline.unscored_days(SOURCE, data_root=tmp_path) == []
+    assert (tmp_path / "reports" / SOURCE / f"dt={DAYS[0]}" / "night_report.html").is_file()
+    assert main(["score", "--source", SOURCE, "--unscored", "--data-root", str(tmp_path)]) == 0
+    assert "every day of nightly with KRONE Seqs is scored" in capsys.readouterr().out
 
 
 def test_a_retention_window_removes_old_days_and_the_oldest_kept_day_reruns_the_same(
