@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from krone_jobs.partitions import dated_files, stage_dir, state_dir
+from krone_jobs.partitions import dated_files, source_format, source_timezone, stage_dir, state_dir
 
 UNSCORED_SHOWN = 5
 
@@ -25,8 +25,6 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
                   tracking_uri: str | None = None) -> dict[str, Any]:
     """One source's figures (see the module docstring); ``None`` where a store did not answer, with the reason
     under ``problems``."""
-    from krone_jobs.partitions import source_format, source_timezone
-
     parsed = list(dated_files(stage_dir(root, "kseqs", source)))
     status: dict[str, Any] = {"source": source, "format": None, "timezone": None, "days_parsed": len(parsed),
                               "first_day": parsed[0] if parsed else None, "last_day": parsed[-1] if parsed else None,
