@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def main() -> None:
               f"{r['precision']:>7.4f}{r['recall']:>7.4f}{r['tp']:>5}{r['fp']:>6}{r['fn']:>5}"
               f"{r['train_seconds']:>9.2f}{r['cold_sessions_per_s'] or 0:>9.0f}"
               f"{(f'{warm:.0f}' if warm else '-'):>10}  {goal}")
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ first with an empty verdict cache (every unseen chunk goes to the Nested-Aware m
 the walk decides every session from the knowledge base and the cache), in the driver process (``auto``
 for days this size) and once more on Spark. It prints sessions/s over
 the whole run (model load and Spark job included) and over the per-session phases (walk + route), per day
-and overall, with the phase breakdown.
+and overall, with the phase breakdown, and the peak RSS of the driver process.
 
     .venv/bin/python bench/score_speed.py [--scale 1] [--work /tmp/krone-score-bench]
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         per = sum(r["phases"]["walk"] + r["phases"]["route"] for r in sel)
         print(f"{label} cache, {engine} walk: {n:,} sessions in {total:.1f}s = {n / total:,.0f} sessions/s whole runs; "
               f"walk+route {n / per:,.0f} sessions/s")
-    print(json.dumps({"scale": a.scale, "days": rows}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (the driver; Spark's JVM and Python workers not included): {peak:,.0f} MiB")
+    print(json.dumps({"scale": a.scale, "days": rows, "peak_rss_mib": round(peak)}))
     spark.stop()
 
 

@@ -238,9 +238,47 @@ def promoted_sources(context: Mapping[str, Any]) -> list[tuple[str, str | None]]
     return sorted({(e["source"], e.get("data_root")) for e in events if e.get("source")}, key=lambda k: k[0])
 
 
+def catch_up_requests(context: Mapping[str, Any]) -> list[tuple[str, str | None, str | None]]:
+    """``(source, data_root, before)`` for each source whose unscored days this run catches up on: every
+    such day (``before`` None) of a source whose model just became champion, and for a source that
+    ``krone_kseqs`` events named, those older than its oldest named day. Later days are left alone: their
+    own events may still be queued for the next run. So a day whose scoring failed or was skipped (no
+    champion yet, or one promoted by ``krone promote``, which emits no asset event) is scored by the next
+    run of its source. A manual run for one ``dt`` catches up only on promoted sources."""
+    promoted = promoted_sources(context)
+    requests: list[tuple[str, str | None, str | None]] = [(source, root, None) for source, root in promoted]
+    if context["params"].get("dt"):
+        return requests
+    oldest: dict[tuple[str, str | None], str] = {}
+    for e in _events(context.get("triggering_asset_events"), KSEQS_ASSET):
+        if e.get("source") and e.get("dt") and e["source"] not in {source for source, _ in promoted}:
+            key = (e["source"], e.get("data_root"))
+            oldest[key] = min(oldest.get(key, e["dt"]), e["dt"])
+    return requests + [(source, root, dt) for (source, root), dt in sorted(oldest.items(), key=lambda kv: kv[0][0])]
+
+
+def backlog_partitions(requests: Iterable[tuple[str, str | None, str | None]], named: Iterable[Partition],
+                       run_id: str) -> list[Partition]:
+    """The unscored days :func:`catch_up_requests` asks for (``krone_jobs.pipeline.backlog``), less the
+    ``named`` ones. Catching up is extra: a backlog that cannot be read (warehouse or tracking server
+    down) is logged and left to a later run, and the named days still go (and fail on their own)."""
+    from krone_jobs import pipeline
+
+    taken = {(p.source, p.dt) for p in named}
+    found: list[Partition] = []
+    for source, root, before in requests:
+        try:
+            days = pipeline.backlog(source, before=before, data_root=root)
+        except Exception as exc:  # noqa: BLE001 - any failure here must not cost the named days their run
+            log.warning("%s: not catching up this run, its backlog is unknown: %r", source, exc)
+            continue
+        found += [Partition(source, dt, root, run_id) for dt in days if (source, dt) not in taken]
+    return found
+
+
 def with_catch_up(named: list[Partition], catch_up: list[Partition], most: int) -> list[Partition]:
     """The partitions a run names (always all of them) and, up to ``most`` in all, the oldest days to catch up
-    on; the days left over are logged (a later model event takes them)."""
+    on; the days left over are logged (a later run takes them)."""
     room = max(0, most - len(named))
     if len(catch_up) > room:
         log.warning("%d unscored days left for a later run (at most %d a run)", len(catch_up) - room, most)

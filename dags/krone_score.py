@@ -6,7 +6,10 @@ it, and the event's extra names the partition. One DAG serves every source. If s
 landed before this DAG ran (a catchup), one run scores each of them, oldest day first (one at a time:
 the verdict cache of a source grows in date order unless a retry intervenes). It is also scheduled by the
 asset `krone_model`: when a source's model becomes champion, every day of that source with KRONE Seqs but
-no score run is scored, so the days parsed before a source's first model are not left out.
+no score run is scored, so the days parsed before a source's first model are not left out. A run that a
+source's KRONE Seqs trigger also scores that source's earlier days with no score run, once it has a
+champion: a day whose scoring failed after its retries, or was skipped before a model promoted with
+`krone promote` (which emits no asset event), is taken up by the next night of its source.
 
 `partitions` (which (source, dt) to score: the triggering events; on a manual run the `dt` param, else
 the day of its logical date, else the day before the run), then per partition (a mapped task group
@@ -38,37 +41,34 @@ from krone_common import (  # noqa: E402
     LLM_POOL,
     MODEL_ASSET,
     REPORTS_ASSET,
-    Partition,
     asset_partitions,
+    backlog_partitions,
     begin_task,
+    catch_up_requests,
     date_param,
     default_args,
-    promoted_sources,
     source_params,
-    with_catch_up,
     start_date,
+    with_catch_up,
 )
 
 
 MAX_CATCH_UP = 500
-"""Days one run scores at most when a promoted model catches its source up (Airflow maps at most
-``max_map_length``, 1,024 by default, instances of a task)."""
+"""Days one run scores at most, catch-up included (Airflow maps at most ``max_map_length``, 1,024 by default,
+instances of a task)."""
 
 
 @task
 def partitions() -> list[dict[str, Any]]:
     """The (source, dt) partitions this run scores, oldest first: those the triggering ``krone_kseqs`` events
-    name and, for a source whose model just became champion, every day of it not scored yet."""
+    name and the days to catch up on (``catch_up_requests``): every day not scored yet of a source whose
+    model just became champion, and of a source the events name, those before its oldest named day. An
+    unknown backlog (warehouse or tracking server down) is logged and left to a later run."""
     context = begin_task()
     parts = asset_partitions(context, KSEQS_ASSET)
-    promoted = promoted_sources(context)
-    if promoted:
-        from krone_jobs import pipeline
-
-        run_id, named = context["dag_run"].run_id, {(p.source, p.dt) for p in parts}
-        catch_up = [Partition(source, dt, root, run_id) for source, root in promoted
-                    for dt in pipeline.unscored_days(source, data_root=root) if (source, dt) not in named]
-        parts = with_catch_up(parts, catch_up, MAX_CATCH_UP)
+    requests = catch_up_requests(context)
+    if requests:
+        parts = with_catch_up(parts, backlog_partitions(requests, parts, context["dag_run"].run_id), MAX_CATCH_UP)
     return [p.to_dict() for p in sorted(parts, key=lambda p: (p.dt, p.source))]
 
 

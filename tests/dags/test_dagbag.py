@@ -224,6 +224,23 @@ def test_a_promoted_model_names_its_source_for_the_days_to_catch_up() -> None:
     assert promoted_sources(context({})) == []
 
 
+def test_a_night_catches_up_on_earlier_days_of_its_sources_and_a_promotion_on_all_of_them() -> None:
+    from krone_common import KSEQS_ASSET, MODEL_ASSET, catch_up_requests
+
+    def kseqs(source: str, dt: str, root: str | None = None) -> SimpleNamespace:
+        return SimpleNamespace(extra={"source": source, "dt": dt, "data_root": root})
+
+    events = _Accessor({KSEQS_ASSET: [kseqs("syn", "2026-11-05"), kseqs("syn", "2026-11-04"),
+                                      kseqs("web", "2026-11-05", "/data"), kseqs("db", "2026-11-05")],
+                        MODEL_ASSET: [SimpleNamespace(extra={"source": "db", "data_root": None})]})
+    assert catch_up_requests(context({}, events=events)) == [
+        ("db", None, None),  # just promoted: every day it has not scored
+        ("syn", None, "2026-11-04"), ("web", "/data", "2026-11-05"),  # only days before the named ones
+    ]
+    assert catch_up_requests(context({"dt": "2026-11-05"}, events=events)) == [("db", None, None)]
+    assert catch_up_requests(context({})) == []  # a manual run scores its day only
+
+
 class _Accessor(dict):
     """Indexable by asset, as ``triggering_asset_events`` is."""
 

@@ -203,6 +203,7 @@ def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dic
     champion = client.get_model_version_by_alias(f"krone-{SOURCE}", "champion")
     assert str(champion.version) == str(verdict["model_version"])
     assert stage_counts(world, DAYS[1]).get("train", 0) > 0
+    assert_catch_up_reads_the_backlog(world)
 
     scored = {day: run_dag(world, "krone_score", day, {"source": SOURCE, "dt": day}) for day in (DAYS[1], DAYS[0])}
     for day, dr in scored.items():
@@ -222,3 +223,17 @@ def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dic
     assert xcom(again, "partition.score")["metrics"]["anomalies"] == len(first)
     assert json.dumps(xcom(again, "partition.reports_gate"))  # the gate's verdict reached XCom
     assert unscored_days(SOURCE, data_root=world.root) == []
+
+
+def assert_catch_up_reads_the_backlog(world: World) -> None:
+    """``krone_score``'s catch-up on real stores, once the source has a champion: a promotion asks for every
+    unscored day, a night for those before its own; a warehouse that does not answer costs only the catch-up."""
+    from krone_common import Partition, backlog_partitions
+
+    assert backlog_partitions([(SOURCE, None, None)], [], "r") == [Partition(SOURCE, d, None, "r") for d in DAYS]
+    named = [Partition(SOURCE, DAYS[1], None, "r")]
+    assert backlog_partitions([(SOURCE, None, DAYS[1])], named, "r") == [Partition(SOURCE, DAYS[0], None, "r")]
+    assert backlog_partitions([(SOURCE, None, None)], named, "r") == [Partition(SOURCE, DAYS[0], None, "r")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KRONE_WAREHOUSE_URL", "postgresql+psycopg://krone@127.0.0.1:9/nowhere")  # nothing listens
+        assert backlog_partitions([(SOURCE, None, None)], [], "r") == []

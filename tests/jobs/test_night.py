@@ -38,6 +38,7 @@ def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
     assert said[0].startswith(f"no champion for krone-{SOURCE} yet: parsing only")
     assert [line.split(":")[0] for line in said[1:]] == [f"{SOURCE} {d}" for d in DAYS]
     assert all("score" not in out for out in first)
+    assert pipeline.backlog(SOURCE, data_root=tmp_path) == []  # nothing to catch up on without a champion
     assert first[0]["sessionize"]["metrics"]["open_sessions"] > 0  # jobs running at midnight ...
     assert first[1]["sessionize"]["metrics"]["carried_in_events"] > 0  # ... are closed by day 2, in order
 
@@ -53,6 +54,8 @@ def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
     assert {"parse", "sessionize", "hierarchy", "kseqs", "score"} <= stages
     # the day parsed before the first model: `krone score --unscored` catches it up, report included
     assert pipeline.unscored_days(SOURCE, data_root=tmp_path) == [DAYS[0]]
+    assert pipeline.backlog(SOURCE, data_root=tmp_path) == [DAYS[0]]  # what a scoring run catches up on
+    assert pipeline.backlog(SOURCE, before=DAYS[0], data_root=tmp_path) == []
     assert main(["score", "--source", SOURCE, "--unscored", "--data-root", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith(f"{SOURCE} {DAYS[0]}: ")
     assert pipeline.unscored_days(SOURCE, data_root=tmp_path) == []
