@@ -5,7 +5,8 @@
    (``user said ...``), with Drain's own ``fast_match`` (baseline) and with
    :class:`~krone_jobs.drain_search.IndexedLeafSearch`; the same on real lines (the 20,000 raw HDFS lines,
    a rendered Thunderbird day) to show that real logs lose nothing. Figures: seconds and template
-   comparisons (``get_seq_distance`` calls); both sides must end with identical miner states.
+   comparisons (``get_seq_distance`` calls); both sides must end with identical miner states. Then the
+   seconds to load the state left (``TemplateStore.from_json``) against Drain's own filing of its clusters.
 2. **Parse stage** (Spark ``local[2]``): the 20,000 real HDFS lines alone (baseline) and with N garbage
    lines of each shape mixed in, under the default day budget ``KRONE_MAX_NEW_TEMPLATES``: seconds per step,
    new templates, lines quarantined as ``template_flood``.
@@ -65,15 +66,33 @@ def drain_run(texts: list[str], *, plain: bool) -> dict[str, Any]:
             "templates": len(store.templates()), "state": store.to_json()}
 
 
+def load_seconds(state: str) -> tuple[float, float]:
+    """Seconds to load a miner state: ``TemplateStore.from_json``, and Drain's own filing of the same clusters
+    one by one (``add_seq_to_prefix_tree``, what ``from_json`` did before: quadratic in a leaf's size)."""
+    from krone_jobs.templates import TemplateStore
+
+    t = time.perf_counter()
+    restored = TemplateStore.from_json(state)
+    ours = time.perf_counter() - t
+    drain = TemplateStore(restored.settings)._miner.drain
+    t = time.perf_counter()
+    for cluster in sorted(restored._miner.drain.clusters, key=lambda c: c.cluster_id):
+        drain.id_to_cluster[cluster.cluster_id] = cluster
+        drain.add_seq_to_prefix_tree(drain.root_node, cluster)
+    return ours, time.perf_counter() - t
+
+
 def drain_alone(sets: dict[str, list[str]]) -> None:
-    print("1. Drain alone: mine + match every text once (plain = Drain's fast_match)")
+    print("1. Drain alone: mine + match every text once (plain = Drain's fast_match); loading the state it left")
     for name, texts in sets.items():
         plain, indexed = drain_run(texts, plain=True), drain_run(texts, plain=False)
-        same = plain.pop("state") == indexed.pop("state")
+        state = indexed.pop("state")
+        same = plain.pop("state") == state
+        load, filing = load_seconds(state)
         print(f"  {name:34s} {len(texts):>7,} texts  plain {plain['seconds']:>7.2f} s "
               f"{plain['comparisons']:>12,} cmp | indexed {indexed['seconds']:>6.2f} s {indexed['comparisons']:>10,} cmp"
               f" | {plain['seconds'] / max(indexed['seconds'], 1e-3):5.1f}x, {plain['templates']:,} templates,"
-              f" same state: {same}")
+              f" same state: {same} | load {load:.2f} s (Drain's filing {filing:.2f} s)")
 
 
 def main() -> None:

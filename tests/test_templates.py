@@ -143,6 +143,32 @@ def test_json_round_trip_gives_identical_results() -> None:
     assert [restored.mine(p) for p in more] == [store.mine(p) for p in more]
 
 
+@pytest.mark.parametrize("settings", [MinerSettings(), MinerSettings(depth=3, max_children=2, sim_th=0.7),
+                                      MinerSettings(depth=6, max_children=4, parametrize_numeric_tokens=False)])
+def test_a_restored_tree_is_the_one_drains_own_filing_builds(settings: MinerSettings) -> None:
+    """``from_json`` files clusters in linear time; the tree must equal what Drain's ``add_seq_to_prefix_tree``
+    makes of the same clusters in the same order (numbers, masked ids, literal ``<*>``, full nodes, a flood
+    under one prefix, an empty message)."""
+    import random
+
+    rng = random.Random(11)
+    words = ["alpha", "beta", "gamma", "delta", "eps", "id42", "7", "job_1f3a", "10.0.0.1", "<*>", "x"]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 7))) for _ in range(3000)]
+    lines += [f"user said {' '.join(rng.choice('abcdefgh') * rng.randint(1, 4) for _ in range(4))}" for _ in range(500)]
+    store = mined([*HDFS_CONTENT, *lines, ""], settings)
+    restored = TemplateStore.from_json(store.to_json())
+    reference = TemplateStore(settings)._miner.drain  # the library's own filing, one cluster after the other
+    for cluster in sorted(restored._miner.drain.clusters, key=lambda c: c.cluster_id):
+        reference.id_to_cluster[cluster.cluster_id] = cluster
+        reference.add_seq_to_prefix_tree(reference.root_node, cluster)
+    assert max(len(c.cluster_ids) for c in _leaves(reference.root_node)) > 100  # a large leaf was exercised
+    assert tree_shape(restored._miner.drain.root_node) == tree_shape(reference.root_node)
+
+
+def _leaves(node: Node) -> list[Node]:
+    return [node] if not node.key_to_child_node else [leaf for c in node.key_to_child_node.values() for leaf in _leaves(c)]
+
+
 def test_state_is_plain_json() -> None:
     state = json.loads(mined(HDFS_CONTENT).to_json())
     assert set(state) == {"format", "version", "settings", "clusters_counter", "clusters", "superseded"}
