@@ -23,7 +23,6 @@ Exit 0 when the run succeeded and every day is scored (the named one and the two
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -66,7 +65,6 @@ def wait_for_run(api: Api, deadline: float) -> dict[str, Any]:
 
 
 def scored_days(env: dict[str, str]) -> list[str]:
-    os.environ.update(env)
     from krone_jobs.warehouse import Warehouse
 
     with Warehouse(env["KRONE_WAREHOUSE_URL"]) as wh:
