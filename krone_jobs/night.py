@@ -5,8 +5,10 @@ hierarchy, KRONE Seqs) and, when ``krone-<source>`` has a champion, what ``krone
 report): the same :mod:`krone_jobs.pipeline` functions, so run_metrics, reports and the verdict cache are
 exactly those of the DAGs. Days run in order because sessionize carries a day's open sessions into the
 next one; the first failing day stops the run (the next day would read its carry-over), and as every stage
-overwrites its own partition, running the range again resumes cleanly. For a backfill before the first
-training, or on a machine where Airflow is not (yet) deployed.
+overwrites its own partition, running the range again resumes cleanly. When it scores, it ends by naming the
+earlier days that have KRONE Seqs but no score run (``pipeline.backlog``: days parsed before the first
+model, a score that failed), which ``krone score --unscored`` takes up; ``krone_score`` scores them on its
+own. For a backfill before the first training, or on a machine where Airflow is not (yet) deployed.
 """
 
 from __future__ import annotations
@@ -74,4 +76,8 @@ def run_night(
             out["report"] = pipeline.night_report(source, dt, data_root=data_root)
             say(f"  {out['report']['summary'].splitlines()[0]}")
         results.append(out)
+    if scoring and (earlier := pipeline.backlog(source, before=days[0], data_root=data_root)):
+        say(f"{len(earlier)} earlier day(s) of {source} have KRONE Seqs but no score run ({earlier[0]} .. "
+            f"{earlier[-1]}): `krone score --source {source} --unscored` scores them (krone_score takes them up "
+            "on its next run of this source)")
     return results

@@ -46,6 +46,7 @@ def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
     said.clear()
     again = run_night(SOURCE, "krone", DAYS[1], data_root=tmp_path, say=said.append)
     assert said[0].startswith(f"{SOURCE} {DAYS[1]}:") and said[1].startswith(f"  {SOURCE} {DAYS[1]}: ")
+    assert said[2].startswith(f"1 earlier day(s) of {SOURCE} have KRONE Seqs but no score run ({DAYS[0]} .. {DAYS[0]})")
     assert again[0]["score"]["metrics"]["sessions"] == again[0]["sessionize"]["metrics"]["sessions"]
     assert Path(again[0]["report"]["path"]).is_file()
     with Warehouse(url) as wh, wh.engine.connect() as conn:
