@@ -93,3 +93,51 @@ SELECT source,
 FROM run_metrics
 WHERE metric IN ('llm_calls', 'llm_tokens')
 GROUP BY source, dt;
+
+-- One row per source and day: how its night went, stage by stage (NULL: that stage has not recorded the
+-- day). scored is false for a day with KRONE Seqs but no score run (parsed before the source's first model,
+-- or a score that failed): krone_score takes such days up on its next run of the source.
+CREATE OR REPLACE VIEW v_daily_pipeline AS
+WITH day AS (
+    SELECT source,
+           dt,
+           MAX(CASE WHEN stage = 'parse' AND metric = 'raw_lines' THEN value END)          AS raw_lines,
+           MAX(CASE WHEN stage = 'parse' AND metric = 'quarantined' THEN value END)        AS quarantined,
+           MAX(CASE WHEN stage = 'parse' AND metric = 'new_templates' THEN value END)      AS new_templates,
+           MAX(CASE WHEN stage = 'sessionize' AND metric = 'sessions' THEN value END)      AS sessions_closed,
+           MAX(CASE WHEN stage = 'sessionize' AND metric = 'open_sessions' THEN value END) AS sessions_open,
+           MAX(CASE WHEN stage = 'kseqs' AND metric = 'chunks' THEN value END)             AS kseqs,
+           MAX(CASE WHEN stage = 'score' AND metric = 'sessions' THEN value END)           AS scored_sessions,
+           MAX(CASE WHEN stage = 'score' AND metric = 'anomalies' THEN value END)          AS anomalies,
+           MAX(CASE WHEN stage = 'score' AND metric = 'routed_sessions' THEN value END)    AS routed_sessions,
+           MAX(CASE WHEN stage = 'score' AND metric = 'llm_calls' THEN value END)          AS llm_calls,
+           MAX(CASE WHEN stage = 'score' AND metric = 'model_version' THEN value END)      AS model_version,
+           SUM(CASE WHEN stage IN ('parse', 'sessionize', 'kseqs') AND metric = 'seconds' THEN value END)
+                                                                                           AS parse_seconds,
+           MAX(CASE WHEN stage = 'score' AND metric = 'seconds' THEN value END)            AS score_seconds,
+           COUNT(CASE WHEN stage = 'kseqs' THEN 1 END) > 0                                 AS kseqs_written,
+           COUNT(CASE WHEN stage = 'score' THEN 1 END) > 0                                 AS scored
+    FROM run_metrics
+    WHERE stage IN ('parse', 'sessionize', 'hierarchy', 'kseqs', 'score')
+    GROUP BY source, dt
+)
+SELECT source,
+       dt,
+       raw_lines,
+       quarantined,
+       quarantined / NULLIF(raw_lines, 0)    AS quarantine_ratio,
+       new_templates,
+       sessions_closed,
+       sessions_open,
+       kseqs,
+       kseqs_written,
+       scored,
+       scored_sessions,
+       anomalies,
+       anomalies / NULLIF(scored_sessions, 0) AS anomaly_rate,
+       routed_sessions,
+       llm_calls,
+       model_version,
+       parse_seconds,
+       score_seconds
+FROM day;

@@ -28,7 +28,7 @@ HOSTILE = "x'); DROP TABLE anomaly_reports; --"
 TABLES = ("templates", "hierarchy", "kseq_cache", "anomaly_reports", "run_metrics", "feedback")
 VIEWS = (
     "v_anomalies_per_day", "v_top_anomalous_nodes", "v_new_templates_per_day", "v_repeat_offenders",
-    "v_llm_spend_per_day",
+    "v_llm_spend_per_day", "v_daily_pipeline",
 )
 D1, D2 = date(2024, 5, 1), date(2024, 5, 2)
 STATUS_KEY = "status|A:disk/write|S:disk/write/failed#T1"
@@ -253,6 +253,22 @@ def test_views_answer_the_operators_questions(wh: Warehouse) -> None:
                      "ORDER BY kind") == [("kseq", STATUS_KEY, 2, 2, D1, D2), ("session", "s1", 2, 2, D1, D2)]
     assert query(wh, "SELECT source, dt, llm_calls, llm_tokens FROM v_llm_spend_per_day") == [
         ("hdfs", D1, 3.0, 350.0)]
+
+
+def test_the_daily_pipeline_view_shows_each_night_and_the_days_not_scored(wh: Warehouse) -> None:
+    for dt in (D1, D2):
+        wh.write_run_metrics("hdfs", dt, "parse", "p", {"raw_lines": 1000, "quarantined": 10, "new_templates": 2,
+                                                       "seconds": 4.0})
+        wh.write_run_metrics("hdfs", dt, "sessionize", "p", {"sessions": 90, "open_sessions": 5, "seconds": 1.0})
+        wh.write_run_metrics("hdfs", dt, "kseqs", "p", {"chunks": 700, "seconds": 0.5})
+    wh.write_run_metrics("hdfs", D1, "score", "s", {"sessions": 90, "anomalies": 9, "routed_sessions": 12,
+                                                     "llm_calls": 1, "model_version": 3, "seconds": 2.0})
+    wh.write_run_metrics("hdfs", D2, "train", "t", {"n_train_sessions": 180})  # not a night's stage
+    rows = query(wh, "SELECT dt, raw_lines, quarantine_ratio, sessions_closed, kseqs, kseqs_written, scored, "
+                     "anomalies, anomaly_rate, model_version, parse_seconds, score_seconds "
+                     "FROM v_daily_pipeline WHERE source = 'hdfs' ORDER BY dt")
+    assert rows == [(D1, 1000.0, 0.01, 90.0, 700.0, True, True, 9.0, 0.1, 3.0, 5.5, 2.0),
+                    (D2, 1000.0, 0.01, 90.0, 700.0, True, False, None, None, None, 5.5, None)]
 
 
 def test_unreachable_postgres_raises_quickly_without_the_password() -> None:
