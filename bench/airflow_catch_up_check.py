@@ -1,23 +1,30 @@
 #!/usr/bin/env python3
-"""``krone_score`` under a real Airflow scheduler, triggered by a real ``krone_kseqs`` asset event: does a
-night take up the earlier days of its source that no score run recorded?
+"""``krone_score`` under a real Airflow scheduler, triggered by real ``krone_kseqs`` asset events: does a night
+take up the earlier days of its source that no score run recorded?
 
-    .venv/bin/python bench/airflow_catch_up_check.py [--timeout 900] [--dags-folder DIR] [--keep-home]
+    .venv/bin/python bench/airflow_catch_up_check.py [--via event|parse] [--timeout 900] [--dags-folder DIR]
+                                                      [--keep-home]
 
 What it does, in a throw-away home (``airflow standalone`` as ``bench/airflow_standalone_check.py`` starts it,
-SQLite metadata, DuckDB warehouse, SQLite MLflow store):
+SQLite metadata, DuckDB warehouse, SQLite MLflow store), with the three days before today:
 
-1. generates three days of the ``syn`` source and runs ``krone night`` on them with no model: parsed only,
-   none scored (as a deployment's days before its first training);
-2. trains a model on the first two days with ``krone train --end``, which promotes it: no Airflow asset event
-   is emitted, so no catch-up run is started by the promotion;
-3. starts Airflow, unpauses ``krone_score`` only and posts one ``krone_kseqs`` event naming the third day
-   (``POST /api/v2/assets/events``, the event a ``krone_parse_syn`` run emits);
-4. waits for the run it triggers and prints its partitions (the ``partitions`` XCom), the state of each mapped
-   ``score``, and the days the warehouse now has score runs for.
+1. generates the three days of the ``syn`` source and runs ``krone night`` on the first (``--via parse``) or on
+   all three (``--via event``) with no model: parsed only, none scored, as a deployment's days before its first
+   training;
+2. trains a model on the first day with ``krone train --end``, which promotes it: no Airflow asset event is
+   emitted, so no catch-up run is started by the promotion;
+3. starts Airflow and then
+   * ``--via event`` (default): unpauses ``krone_score`` only and posts one ``krone_kseqs`` event naming the
+     third day (``POST /api/v2/assets/events``, the event a ``krone_parse_syn`` run emits);
+   * ``--via parse``: unpauses ``krone_parse_syn`` (``KRONE_START_DATE`` = the second day, so its catchup
+     makes two runs) and ``krone_score``: the whole chain, each parse run's event triggering a score run;
+4. waits until no run is left and prints each run, the partitions each ``krone_score`` run scored (its
+   ``partitions`` XCom), the task instances that failed or needed a retry, and the days the warehouse has
+   score runs for.
 
-Exit 0 when the run succeeded and every day is scored (the named one and the two before it), 1 otherwise
-(2 when Airflow never came up). Prints the seconds of each step.
+Exit 0 when every run succeeded with no task retried and all three days are scored, 1 otherwise (2 when
+Airflow never came up).
+Prints the seconds of each step.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +43,15 @@ from airflow_standalone_check import Api, build_env, free_port, get_token, stop,
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "syn"
-DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
+DAGS = ("krone_parse_syn", "krone_score")
 
 
-def krone_env(home: Path) -> dict[str, str]:
+def krone_env(home: Path, start: str) -> dict[str, str]:
     """The ``KRONE_*`` settings of the throw-away home, for the ``krone`` commands and the Airflow tasks."""
     return {"KRONE_DATA_ROOT": str(home / "data"), "KRONE_WAREHOUSE_URL": f"duckdb:///{home / 'warehouse.duckdb'}",
             "KRONE_MLFLOW_URI": f"sqlite:///{home / 'mlflow.db'}",
             "KRONE_MLFLOW_ARTIFACTS": (home / "mlflow-artifacts").as_uri(), "KRONE_SOURCES": f"{SOURCE}:krone",
-            "KRONE_START_DATE": DAYS[0]}
+            "KRONE_START_DATE": start}
 
 
 def krone(env: dict[str, str], *args: str) -> None:
@@ -53,15 +61,26 @@ def krone(env: dict[str, str], *args: str) -> None:
         raise RuntimeError(f"krone {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
 
 
-def wait_for_run(api: Api, deadline: float) -> dict[str, Any]:
-    """The first ``krone_score`` run, once it has finished."""
+def runs_of(api: Api, dag_id: str) -> list[dict[str, Any]]:
+    return list(api.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=run_after").get("dag_runs", []))
+
+
+def wait_until_idle(api: Api, expect: dict[str, int], deadline: float, settle: float = 20.0) -> dict[str, list[Any]]:
+    """The runs of :data:`DAGS` once each DAG has at least ``expect[dag]`` runs, none is queued or running, and
+    that has held for ``settle`` seconds (an asset event may still be turning into a run)."""
+    idle_since = None
     while time.monotonic() < deadline:
-        runs = api.get("/api/v2/dags/krone_score/dagRuns?limit=10").get("dag_runs", [])
-        done = [r for r in runs if r.get("state") in ("success", "failed")]
-        if done:
-            return done[0]
+        runs = {dag: runs_of(api, dag) for dag in DAGS}
+        busy = any(r["state"] in ("queued", "running") for rs in runs.values() for r in rs)
+        enough = all(len(runs[dag]) >= n for dag, n in expect.items())
+        if busy or not enough:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= settle:
+            return runs
         time.sleep(3.0)
-    raise TimeoutError("no krone_score run finished in time")
+    raise TimeoutError(f"runs still going or missing at the deadline (expected at least {expect})")
 
 
 def scored_days(env: dict[str, str]) -> list[str]:
@@ -73,6 +92,8 @@ def scored_days(env: dict[str, str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--via", choices=["event", "parse"], default="event",
+                   help="event: post one krone_kseqs event; parse: let krone_parse_syn parse two days (default: event)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole check (default: 900)")
     p.add_argument("--dags-folder", type=Path, default=REPO / "dags",
                    help="DAG folder (default: the repo's dags/; another revision's, to compare)")
@@ -81,24 +102,27 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     deadline = t0 + a.timeout
     timings: dict[str, float] = {}
+    today = date.today()
+    days = [(today - timedelta(days=n)).isoformat() for n in (3, 2, 1)]
     home = Path(tempfile.mkdtemp(prefix="krone-airflow-catch-up-"))
     port, airflow = free_port(), REPO / ".venv" / "bin" / "airflow"
-    env = {**build_env(home, a.dags_folder.resolve(), port, airflow, all_admins=False), **krone_env(home)}
+    env = {**build_env(home, a.dags_folder.resolve(), port, airflow, all_admins=False), **krone_env(home, days[1])}
     for name in ("KRONE_LLM_BASE_URL", "KRONE_LLM_MODEL", "KRONE_LLM_API_KEY", "OPENAI_API_KEY"):
         env.pop(name, None)  # no network: the LLM stays off
     api = Api(f"http://127.0.0.1:{port}")
     proc = None
+    log_path = home / "standalone.log"
     try:
         krone(env, "generate", "--source", SOURCE, "--days", "3", "--sessions-per-day", "150", "--seed", "7",
-              "--start-date", DAYS[0])
-        krone(env, "night", "--source", SOURCE, "--format", "krone", "--date", DAYS[0], "--end", DAYS[-1])
+              "--start-date", days[0])
+        krone(env, "night", "--source", SOURCE, "--format", "krone", "--date", days[0],
+              *(["--end", days[-1]] if a.via == "event" else []))
         timings["generate + krone night (parse only)"] = time.monotonic() - t0
-        krone(env, "train", "--source", SOURCE, "--end", DAYS[1], "--days", "2", "--labels",
+        krone(env, "train", "--source", SOURCE, "--end", days[0], "--days", "1", "--labels",
               str(home / "data" / "labels" / SOURCE / "labels.csv"), "--fp-bound", "1.0", "--min-heldout", "0")
         timings["krone train (promoted, no asset event)"] = time.monotonic() - t0
-        print(f"before: days with a score run {scored_days(env)}", flush=True)
+        print(f"days {days}; before: days with a score run {scored_days(env)}", flush=True)
 
-        log_path = home / "standalone.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([str(airflow), "standalone"], cwd=home, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -114,32 +138,44 @@ def main(argv: list[str] | None = None) -> int:
             asset_id = next((x["id"] for x in assets if x["name"] == "krone_kseqs"), None)
             if asset_id is None:
                 time.sleep(2.0)
-        status, payload = api.call("PATCH", "/api/v2/dags/krone_score", {"is_paused": False})
-        assert status == 200, f"unpause: HTTP {status}: {payload}"
-        timings["Airflow up, krone_score unpaused"] = time.monotonic() - t0
-        extra = {"source": SOURCE, "dt": DAYS[-1], "data_root": env["KRONE_DATA_ROOT"]}
-        status, payload = api.call("POST", "/api/v2/assets/events", {"asset_id": asset_id, "extra": extra})
-        assert status in (200, 201), f"asset event: HTTP {status}: {payload}"
-        print(f"posted a krone_kseqs event {extra}", flush=True)
+        for dag in (("krone_score",) if a.via == "event" else DAGS):
+            status, payload = api.call("PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
+            assert status == 200, f"unpause {dag}: HTTP {status}: {payload}"
+        timings["Airflow up, DAGs unpaused"] = time.monotonic() - t0
+        if a.via == "event":
+            extra = {"source": SOURCE, "dt": days[-1], "data_root": env["KRONE_DATA_ROOT"]}
+            status, payload = api.call("POST", "/api/v2/assets/events", {"asset_id": asset_id, "extra": extra})
+            assert status in (200, 201), f"asset event: HTTP {status}: {payload}"
+            print(f"posted a krone_kseqs event {extra}", flush=True)
 
-        run = wait_for_run(api, deadline)
-        timings["krone_score run finished"] = time.monotonic() - t0
-        base = f"/api/v2/dags/krone_score/dagRuns/{run['dag_run_id']}"
-        parts = api.get(f"{base}/taskInstances/partitions/xcomEntries/return_value").get("value")
-        print(f"run {run['dag_run_id']} ({run.get('run_type')}): {run['state']}")
-        print(f"  partitions: {[(p['source'], p['dt']) for p in parts or []]}")
-        tis = api.get(f"{base}/taskInstances?limit=100").get("task_instances", [])
-        for ti in sorted(tis, key=lambda t: (t["task_id"], t.get("map_index", -1))):
-            print(f"  {ti['task_id']}[{ti.get('map_index', -1)}]: {ti['state']}")
+        runs = wait_until_idle(api, {"krone_score": 1} if a.via == "event" else {"krone_parse_syn": 2, "krone_score": 1},
+                               deadline)
+        timings["all runs finished"] = time.monotonic() - t0
+        ok = True
+        for dag in DAGS:
+            for run in runs[dag]:
+                ok &= run["state"] == "success"
+                base = f"/api/v2/dags/{dag}/dagRuns/{run['dag_run_id']}"
+                line = f"{dag} {run['dag_run_id']} ({run.get('run_type')}): {run['state']}"
+                if dag == "krone_score":
+                    parts = api.get(f"{base}/taskInstances/partitions/xcomEntries/return_value").get("value") or []
+                    line += f"; scored {[p['dt'] for p in parts]}"
+                print(line)
+                tis = api.get(f"{base}/taskInstances?limit=100").get("task_instances", [])
+                for ti in tis:
+                    tries = int(ti.get("try_number") or 1)
+                    if ti["state"] not in ("success", "skipped") or tries > 1:
+                        print(f"    {ti['task_id']}[{ti.get('map_index', -1)}]: {ti['state']}, try {tries}")
+                        ok &= tries <= 1  # a retry means a try failed (a warehouse lock, ...)
         after = scored_days(env)
         print(f"after: days with a score run {after}")
-        ok = run["state"] == "success" and after == list(DAYS)
+        ok &= after == days
         print("OK" if ok else "FAIL")
         if not ok:
             print(f"last lines of {log_path}:\n{tail(log_path)}")
         return 0 if ok else 1
     except Exception as exc:  # noqa: BLE001 - report, clean up, fail
-        print(f"FAIL: {type(exc).__name__}: {exc}")
+        print(f"FAIL: {type(exc).__name__}: {exc}\nlast lines of {log_path}:\n{tail(log_path)}")
         return 1
     finally:
         if proc is not None:

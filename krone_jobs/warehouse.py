@@ -10,12 +10,21 @@ them, and a failure half-way leaves the previous rows. On PostgreSQL bulk rows g
 there the same list of dicts goes in as one Arrow table matched to the columns by name (2-3 s). Upserts
 stage rows in a temporary table that way and merge them with one ``INSERT ... SELECT ... ON CONFLICT``
 (a per-row ``ON CONFLICT`` executemany costs DuckDB ~7 ms a row). Timestamps are UTC instants.
+
+A DuckDB file admits one process at a time, and DAG tasks of different runs are different processes (a
+parse of the next day while a score runs). So a DuckDB file is opened per transaction (no pool: the file is
+free between transactions), and a transaction that finds it held waits for it, up to ``lock_wait_s``
+(:data:`LOCK_WAIT_S`), instead of failing the task. Measured under ``airflow standalone``
+(``bench/airflow_catch_up_check.py --via parse``): a parse task that met a running score failed at once on
+the lock and ran again only after its retry delay, 3 min 51 s later.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
@@ -23,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, column, create_engine, delete, exc, insert, make_url, table, text
+from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.expression import TableClause
 
 from krone_jobs.config import settings
@@ -32,6 +42,8 @@ from krone_jobs.partitions import check_date
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 SCHEMA_FILES = ("tables.sql", "views.sql")
 CONNECT_TIMEOUT_S = 5
+LOCK_WAIT_S = 120.0
+"""Seconds a transaction waits for a DuckDB file another process holds (a krone transaction takes seconds)."""
 PARTITIONED = ("anomaly_reports", "run_metrics")
 """Tables whose rows belong to a (source, dt) partition, the unit that :meth:`replace_partition` swaps."""
 REPORT_FIELDS = (
@@ -103,10 +115,11 @@ class Warehouse:
     Call :meth:`ensure_schema` once per job before writing. ``url`` defaults to ``settings().warehouse_url``.
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, lock_wait_s: float = LOCK_WAIT_S) -> None:
         self.url = url or settings().warehouse_url
         self.safe_url = make_url(self.url).render_as_string(hide_password=True)
         self.engine = _create_engine(self.url)
+        self.lock_wait_s = lock_wait_s
 
     def __enter__(self) -> Warehouse:
         return self
@@ -235,12 +248,19 @@ class Warehouse:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
-        """A connection in a transaction; failing to connect at all raises :class:`WarehouseUnavailable`."""
-        try:
-            conn = self.engine.connect()
-        except exc.DBAPIError as e:
-            reason = self._scrub(str(e.orig))
-            raise WarehouseUnavailable(f"warehouse {self.safe_url} is unavailable: {reason}") from e
+        """A connection in a transaction; failing to connect at all raises :class:`WarehouseUnavailable` (a DuckDB
+        file another process holds is waited for first, up to ``lock_wait_s``)."""
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                conn = self.engine.connect()
+                break
+            except exc.DBAPIError as e:
+                if _held_by_another_process(e) and time.monotonic() < deadline:
+                    time.sleep(random.uniform(0.05, 0.25))
+                    continue
+                reason = self._scrub(str(e.orig))
+                raise WarehouseUnavailable(f"warehouse {self.safe_url} is unavailable: {reason}") from e
         try:
             with conn, conn.begin():
                 yield conn
@@ -306,10 +326,16 @@ def _create_engine(url: str) -> Engine:
     backend = parsed.get_backend_name()
     if backend == "duckdb" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return create_engine(parsed, poolclass=NullPool)  # the file is free between transactions (module docstring)
     connect_args: dict[str, Any] = {}
     if backend == "postgresql" and "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S  # an unreachable host fails fast, not after minutes
     return create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+
+
+def _held_by_another_process(error: exc.DBAPIError) -> bool:
+    """Whether connecting failed because another process holds the DuckDB file (its lock), which passes."""
+    return "Could not set lock on file" in str(error.orig)
 
 
 def _statements(sql: str) -> list[str]:

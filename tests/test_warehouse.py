@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -285,6 +287,37 @@ def test_unreadable_duckdb_file_is_unavailable(tmp_path: Path) -> None:
     path.write_bytes(b"not a database" * 1000)
     with pytest.raises(WarehouseUnavailable, match="warehouse.duckdb"):
         Warehouse(f"duckdb:///{path}").ensure_schema()
+
+
+def _hold_duckdb(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process that opens the DuckDB file (taking its lock) and keeps it ``seconds``; returns once held."""
+    code = ("import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+            "time.sleep(float(sys.argv[2])); c.close()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_duckdb_file_another_process_holds_is_waited_for_then_written(tmp_path: Path) -> None:
+    """DAG tasks of different runs are different processes: a write that finds the file held waits, and the
+    file is free again as soon as a transaction ends (no pooled connection keeps it)."""
+    path = tmp_path / "warehouse.duckdb"
+    with Warehouse(f"duckdb:///{path}") as wh:
+        wh.ensure_schema()
+        holder = _hold_duckdb(path, 2.0)
+        start = time.monotonic()
+        wh.write_run_metrics("hdfs", D1, "parse", "r", {"raw_lines": 5})  # waits for the holder to let go
+        assert time.monotonic() - start > 1.0
+        assert holder.wait(timeout=10) == 0
+        other = _hold_duckdb(path, 0.0)  # this process holds nothing between transactions
+        assert other.wait(timeout=10) == 0
+    with pytest.raises(WarehouseUnavailable, match="lock"):
+        holder = _hold_duckdb(path, 5.0)
+        try:
+            Warehouse(f"duckdb:///{path}", lock_wait_s=0.5).ensure_schema()
+        finally:
+            holder.kill()
+            holder.wait()
 
 
 def test_default_url_is_a_duckdb_file_under_the_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
