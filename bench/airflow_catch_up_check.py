@@ -30,7 +30,6 @@ Prints the seconds of each step.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow_standalone_check import Api, build_env, free_port, get_token, stop, tail, wait_healthy
+from airflow_standalone_check import Api, build_env, finish, free_port, get_token, stop, tail, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "syn"
@@ -180,12 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if proc is not None:
             stop(proc, home)
-        timings["total"] = time.monotonic() - t0
-        print("timings: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()), flush=True)
-        if a.keep_home:
-            print(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        finish(timings, t0, home, a.keep_home)
 
 
 if __name__ == "__main__":

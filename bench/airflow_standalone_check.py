@@ -193,6 +193,16 @@ def get_token(api: Api, home: Path, all_admins: bool, deadline: float) -> str:
     raise RuntimeError(f"no token from /auth/token ({last or 'password file never appeared'})")
 
 
+def finish(timings: dict[str, float], t0: float, home: Path, keep: bool) -> None:
+    """Print the step timings (and the total since ``t0``), then remove the throw-away home unless kept."""
+    timings["total"] = time.monotonic() - t0
+    print("timings: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()), flush=True)
+    if keep:
+        print(f"kept {home}")
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def snapshot(api: Api) -> tuple[dict[str, str], list[dict[str, Any]]]:
     dags = api.get("/api/v2/dags?limit=1000")
     errors = api.get("/api/v2/importErrors?limit=1000")
@@ -295,12 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         t_stop = time.monotonic()
         stop(proc, home)
         timings["shutdown"] = time.monotonic() - t_stop
-        timings["total"] = time.monotonic() - t0
-        print("timings: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()), flush=True)
-        if args.keep_home:
-            print(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        finish(timings, t0, home, args.keep_home)
 
 
 if __name__ == "__main__":
