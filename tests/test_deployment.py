@@ -415,3 +415,9 @@ def test_standalone_check_script_help() -> None:
     script = REPO / "bench" / "airflow_standalone_check.py"
     result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--dags-folder" in result.stdout and "--expect" in result.stdout, result.stderr
+
+
+def test_catch_up_check_script_help() -> None:
+    script = REPO / "bench" / "airflow_catch_up_check.py"
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--via" in result.stdout and "--dags-folder" in result.stdout, result.stderr
