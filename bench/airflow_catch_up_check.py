@@ -1,30 +1,31 @@
 #!/usr/bin/env python3
-"""``krone_score`` under a real Airflow scheduler, triggered by real ``krone_kseqs`` asset events: does a night
-take up the earlier days of its source that no score run recorded?
+"""``krone_score`` under a real Airflow scheduler, triggered by real asset events: does a night take up the
+earlier days of its source that no score run recorded, and does a promotion take up all of them?
 
-    .venv/bin/python bench/airflow_catch_up_check.py [--via event|parse] [--timeout 900] [--dags-folder DIR]
-                                                      [--keep-home]
+    .venv/bin/python bench/airflow_catch_up_check.py [--via event|parse|train] [--timeout 900]
+                                                      [--dags-folder DIR] [--keep-home]
 
 What it does, in a throw-away home (``airflow standalone`` as ``bench/airflow_standalone_check.py`` starts it,
 SQLite metadata, DuckDB warehouse, SQLite MLflow store), with the three days before today:
 
 1. generates the three days of the ``syn`` source and runs ``krone night`` on the first (``--via parse``) or on
-   all three (``--via event``) with no model: parsed only, none scored, as a deployment's days before its first
+   all three (otherwise) with no model: parsed only, none scored, as a deployment's days before its first
    training;
-2. trains a model on the first day with ``krone train --end``, which promotes it: no Airflow asset event is
-   emitted, so no catch-up run is started by the promotion;
+2. except with ``--via train``, trains a model on the first day with ``krone train --end``, which promotes it:
+   no Airflow asset event is emitted, so no catch-up run is started by the promotion;
 3. starts Airflow and then
    * ``--via event`` (default): unpauses ``krone_score`` only and posts one ``krone_kseqs`` event naming the
      third day (``POST /api/v2/assets/events``, the event a ``krone_parse_syn`` run emits);
    * ``--via parse``: unpauses ``krone_parse_syn`` (``KRONE_START_DATE`` = the second day, so its catchup
      makes two runs) and ``krone_score``: the whole chain, each parse run's event triggering a score run;
+   * ``--via train``: unpauses ``krone_train_syn`` and ``krone_score`` and triggers a training run on the first
+     day over the REST API: its promotion's ``krone_model`` event triggers the score run;
 4. waits until no run is left and prints each run, the partitions each ``krone_score`` run scored (its
    ``partitions`` XCom), the task instances that failed or needed a retry, and the days the warehouse has
    score runs for.
 
 Exit 0 when every run succeeded with no task retried and all three days are scored, 1 otherwise (2 when
-Airflow never came up).
-Prints the seconds of each step.
+Airflow never came up). Prints the seconds of each step.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ from airflow_standalone_check import Api, build_env, finish, free_port, get_toke
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "syn"
-DAGS = ("krone_parse_syn", "krone_score")
+DAGS = ("krone_parse_syn", "krone_train_syn", "krone_score")
+MODES: dict[str, dict[str, Any]] = {
+    "event": {"unpause": ("krone_score",), "expect": {"krone_score": 1}},
+    "parse": {"unpause": ("krone_parse_syn", "krone_score"), "expect": {"krone_parse_syn": 2, "krone_score": 1}},
+    "train": {"unpause": ("krone_train_syn", "krone_score"), "expect": {"krone_train_syn": 1, "krone_score": 1}},
+}
+"""Per ``--via``: the DAGs to unpause and the runs to wait for."""
 
 
 def krone_env(home: Path, start: str) -> dict[str, str]:
@@ -91,8 +98,9 @@ def scored_days(env: dict[str, str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--via", choices=["event", "parse"], default="event",
-                   help="event: post one krone_kseqs event; parse: let krone_parse_syn parse two days (default: event)")
+    p.add_argument("--via", choices=list(MODES), default="event",
+                   help="event: post one krone_kseqs event; parse: let krone_parse_syn parse two days; train: trigger "
+                        "krone_train_syn (default: event)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole check (default: 900)")
     p.add_argument("--dags-folder", type=Path, default=REPO / "dags",
                    help="DAG folder (default: the repo's dags/; another revision's, to compare)")
@@ -115,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         krone(env, "generate", "--source", SOURCE, "--days", "3", "--sessions-per-day", "150", "--seed", "7",
               "--start-date", days[0])
         krone(env, "night", "--source", SOURCE, "--format", "krone", "--date", days[0],
-              *(["--end", days[-1]] if a.via == "event" else []))
+              *(["--end", days[-1]] if a.via != "parse" else []))
         timings["generate + krone night (parse only)"] = time.monotonic() - t0
-        krone(env, "train", "--source", SOURCE, "--end", days[0], "--days", "1", "--labels",
-              str(home / "data" / "labels" / SOURCE / "labels.csv"), "--fp-bound", "1.0", "--min-heldout", "0")
-        timings["krone train (promoted, no asset event)"] = time.monotonic() - t0
+        labels = str(home / "data" / "labels" / SOURCE / "labels.csv")
+        if a.via != "train":
+            krone(env, "train", "--source", SOURCE, "--end", days[0], "--days", "1", "--labels", labels,
+                  "--fp-bound", "1.0", "--min-heldout", "0")
+            timings["krone train (promoted, no asset event)"] = time.monotonic() - t0
         print(f"days {days}; before: days with a score run {scored_days(env)}", flush=True)
 
         with open(log_path, "wb") as log:
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             asset_id = next((x["id"] for x in assets if x["name"] == "krone_kseqs"), None)
             if asset_id is None:
                 time.sleep(2.0)
-        for dag in (("krone_score",) if a.via == "event" else DAGS):
+        for dag in MODES[a.via]["unpause"]:
             status, payload = api.call("PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
             assert status == 200, f"unpause {dag}: HTTP {status}: {payload}"
         timings["Airflow up, DAGs unpaused"] = time.monotonic() - t0
@@ -146,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             status, payload = api.call("POST", "/api/v2/assets/events", {"asset_id": asset_id, "extra": extra})
             assert status in (200, 201), f"asset event: HTTP {status}: {payload}"
             print(f"posted a krone_kseqs event {extra}", flush=True)
+        if a.via == "train":
+            conf = {"end": days[0], "days": 1, "labels": labels, "fp_bound": 1.0, "min_heldout": 0}
+            status, payload = api.call("POST", "/api/v2/dags/krone_train_syn/dagRuns", {"logical_date": None, "conf": conf})
+            assert status in (200, 201), f"trigger krone_train_syn: HTTP {status}: {payload}"
+            print(f"triggered krone_train_syn {conf}", flush=True)
 
-        runs = wait_until_idle(api, {"krone_score": 1} if a.via == "event" else {"krone_parse_syn": 2, "krone_score": 1},
-                               deadline)
+        runs = wait_until_idle(api, MODES[a.via]["expect"], deadline)
         timings["all runs finished"] = time.monotonic() - t0
         ok = True
         for dag in DAGS:

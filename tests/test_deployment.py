@@ -420,4 +420,4 @@ def test_standalone_check_script_help() -> None:
 def test_catch_up_check_script_help() -> None:
     script = REPO / "bench" / "airflow_catch_up_check.py"
     result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and "--via" in result.stdout and "--dags-folder" in result.stdout, result.stderr
+    assert result.returncode == 0 and "--via" in result.stdout and "train" in result.stdout, result.stderr
