@@ -28,13 +28,6 @@ def day_range(start: str, end: str | None) -> list[str]:
     return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
-def has_champion(source: str) -> bool:
-    """Whether ``krone-<source>`` has a ``champion`` to score with (the configured MLflow store)."""
-    from krone_jobs import model_registry as registry
-
-    return registry.champion_version(registry.connect(), source) is not None
-
-
 def run_night(
     source: str, fmt: str, start: str, end: str | None = None, *, data_root: str | Path | None = None,
     score: bool = True, say: Callable[[str], None] = print, **parse_options: Any,
@@ -45,7 +38,7 @@ def run_night(
     from krone_jobs.report import delivery_note, parse_figures, quarantine_note
 
     days = day_range(start, end)
-    scoring = score and has_champion(source)
+    scoring = score and pipeline.has_champion(source)
     if score and not scoring:
         say(f"no champion for krone-{source} yet: parsing only (then `krone train --source {source} --end "
             f"{days[-1]}`)")

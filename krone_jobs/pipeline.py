@@ -249,14 +249,19 @@ def unscored_days(source: str, *, data_root: str | Path | None = None) -> list[s
     return [dt for dt in written if dt not in scored]
 
 
+def has_champion(source: str) -> bool:
+    """Whether ``krone-<source>`` has a ``champion`` to score with (the configured MLflow store)."""
+    from krone_jobs.model_registry import champion_version, connect
+
+    return champion_version(connect(), source) is not None
+
+
 def backlog(source: str, *, before: str | None = None, data_root: str | Path | None = None) -> list[str]:
     """The days a scoring run catches up on for ``source``: its :func:`unscored_days` (those before
     ``before`` only, when given), or none while the source has no champion (they would only be skipped).
     Covers the days parsed before a first model, a promotion by ``krone promote`` (which emits no Airflow
     asset event) and days whose scoring failed or was skipped."""
-    from krone_jobs.model_registry import champion_version, connect
-
-    if champion_version(connect(), source) is None:
+    if not has_champion(source):
         return []
     return [dt for dt in unscored_days(source, data_root=data_root) if before is None or dt < before]
 
