@@ -26,17 +26,19 @@ Deployment notes (nothing of this lives in code):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, get_current_context
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SPARK_POOL = "krone_spark"
 LLM_POOL = "krone_llm"
@@ -144,6 +146,28 @@ def format_param(default: str = "krone") -> dict[str, Param]:
 
 
 # ------------------------------------------------------------------------------------------ inside tasks
+def fail_fast(body: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a task body so that a failure no retry can mend (``krone_jobs.pipeline.permanent_failures``: a
+    failed quality gate, a damaged partition file, ...) fails the task at once, as ``AirflowFailException``
+    with the same message, while any other failure (Spark, MLflow, the warehouse, a late file) keeps the
+    task's retries."""
+
+    @functools.wraps(body)
+    def run(*args: Any, **kwargs: Any) -> T:
+        try:
+            return body(*args, **kwargs)
+        except Exception as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from krone_jobs.pipeline import permanent_failures
+
+            if isinstance(exc, permanent_failures()):
+                raise AirflowFailException(f"{type(exc).__name__} (not retried): {exc}") from exc
+            raise
+
+    return run
+
+
 def begin_task() -> Mapping[str, Any]:
     """Export connection settings into ``KRONE_*`` variables, then hand back the task's context."""
     export_connections()

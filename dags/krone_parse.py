@@ -42,6 +42,7 @@ from krone_common import (  # noqa: E402
     configured_sources,
     date_param,
     day_partition,
+    fail_fast,
     format_param,
     source_dag_args,
     source_params,
@@ -49,6 +50,7 @@ from krone_common import (  # noqa: E402
 
 
 @task(pool=SPARK_POOL)
+@fail_fast
 def parse() -> dict[str, Any]:
     """Parse the day's raw files."""
     from krone_jobs import pipeline
@@ -69,6 +71,7 @@ def parsed_gate() -> dict[str, Any]:
 
 
 @task(pool=SPARK_POOL)
+@fail_fast
 def sessionize() -> dict[str, Any]:
     """Group the day's events into sessions (with yesterday's still-open ones)."""
     from krone_jobs import pipeline
@@ -87,6 +90,7 @@ def sessions_gate() -> dict[str, Any]:
 
 
 @task
+@fail_fast
 def hierarchy() -> dict[str, Any]:
     """Place the day's new templates in the hierarchy (offline extractor; overrides win)."""
     from krone_jobs import pipeline
@@ -96,6 +100,7 @@ def hierarchy() -> dict[str, Any]:
 
 
 @task(pool=SPARK_POOL, outlets=[KSEQS_ASSET])
+@fail_fast
 def kseqs(*, outlet_events: Any = None) -> dict[str, Any]:
     """Cut the day's sessions into KRONE Seqs and announce the partition to ``krone_score``."""
     from krone_jobs import pipeline
@@ -107,6 +112,7 @@ def kseqs(*, outlet_events: Any = None) -> dict[str, Any]:
 
 
 @task(depends_on_past=False)
+@fail_fast
 def retention() -> dict[str, Any]:
     """Remove the source's partitions older than the retention window ending at the day (KRONE_RETAIN_DAYS;
     unset: nothing is removed). Fails, after recording, if an entry could not be removed; as housekeeping it

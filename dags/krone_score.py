@@ -47,6 +47,7 @@ from krone_common import (  # noqa: E402
     catch_up_requests,
     date_param,
     default_args,
+    fail_fast,
     source_params,
     start_date,
     with_catch_up,
@@ -73,6 +74,7 @@ def partitions() -> list[dict[str, Any]]:
 
 
 @task(pool=LLM_POOL, max_active_tis_per_dagrun=1)
+@fail_fast
 def score(part: dict[str, Any]) -> dict[str, Any]:
     """Score one partition (gate and warehouse writes happen inside); skipped while its source has no
     champion (the day is scored when the first one is promoted)."""
@@ -101,6 +103,7 @@ def reports_gate(part: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]
 
 
 @task(outlets=[REPORTS_ASSET])
+@fail_fast
 def night_report(part: dict[str, Any], *, outlet_events: Any = None) -> dict[str, Any]:
     """Write the day's night report."""
     from krone_jobs import pipeline

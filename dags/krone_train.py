@@ -36,6 +36,7 @@ from krone_common import (  # noqa: E402
     configured_sources,
     date_param,
     day_of,
+    fail_fast,
     source_dag_args,
     source_params,
 )
@@ -52,6 +53,7 @@ def window_end(context: Mapping[str, Any]) -> str:
 
 
 @task
+@fail_fast
 def train() -> dict[str, Any]:
     """Train, register and gate one candidate model."""
     from krone_jobs import pipeline

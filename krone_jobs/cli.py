@@ -7,6 +7,7 @@ import atexit
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -340,12 +341,13 @@ def _operational_errors() -> tuple[type[BaseException], ...]:
     from krone_jobs.jobs.parse import ReconciliationError
     from krone_jobs.jobs.train import NoTrainingData
     from krone_jobs.model_registry import NoChampion
+    from krone_jobs.partitions import PartitionUnreadable
     from krone_jobs.quality import QualityGateError
     from krone_jobs.templates import TemplateStateError
     from krone_jobs.warehouse import WarehouseUnavailable
 
     return (QualityGateError, ReconciliationError, WarehouseUnavailable, NoTrainingData, NoChampion,
-            HierarchyError, TemplateStateError, FileNotFoundError)
+            HierarchyError, TemplateStateError, PartitionUnreadable, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -368,9 +370,16 @@ def run() -> None:
     """The console script: :func:`main`, then exit without interpreter finalisation.
 
     With torch and duckdb-engine in one process, finalisation makes DuckDB's nanobind bindings print
-    dozens of harmless "leaked instance" lines after the command's real output. Exit handlers (Spark,
-    MLflow, logging) still run first; only the module teardown that prints them is skipped."""
-    code = main()
+    dozens of harmless "leaked instance" lines after the command's real output (or after a traceback, burying
+    it). Exit handlers (Spark, MLflow, logging) still run first; only the module teardown that prints them is
+    skipped."""
+    try:
+        code = main()
+    except SystemExit as stop:  # --help and argparse's usage errors, their message already printed
+        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+    except BaseException as failure:  # an unexpected failure: its traceback, then the same quiet exit
+        traceback.print_exc()
+        code = 130 if isinstance(failure, KeyboardInterrupt) else 1
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

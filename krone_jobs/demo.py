@@ -96,14 +96,12 @@ def run_demo(
 def _against_labels(root: Path, source: str, dt: str, labels: Path) -> dict[str, Any]:
     """Precision and recall of the day's reports against the generator's labels (demo only: real logs have
     no labels). A session counts for the day its sessionize partition holds it."""
-    import pyarrow.parquet as pq
-
-    from krone_jobs.partitions import partition_dir
+    from krone_jobs.partitions import partition_dir, read_table
     from krone_jobs.warehouse import Warehouse
 
     with open(labels, newline="", encoding="utf-8") as fh:
         truth = {r["session_id"]: r["label"] == "1" for r in csv.DictReader(fh)}
-    sessions = pq.read_table(partition_dir(root, "sessions", source, dt), columns=["session_id"]).column(0).to_pylist()
+    sessions = read_table(partition_dir(root, "sessions", source, dt), columns=["session_id"]).column(0).to_pylist()
     with Warehouse() as wh:
         flagged = wh.reported_sessions(source, dt, dt)
     tp = sum(1 for s in sessions if truth.get(s) and s in flagged)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
 RAW_SUFFIXES = (".log", ".log.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
@@ -190,18 +191,73 @@ def write_partition(frame: DataFrame, target: Path, *, sort_by: Sequence[str], f
         shutil.rmtree(staged, ignore_errors=True)
 
 
+class PartitionUnreadable(RuntimeError):
+    """A Parquet file of a stage partition (or of the open-session state) cannot be read: a truncated copy,
+    a damaged disk, a restore that stopped half-way. Jobs write partitions atomically, so this is never one of
+    their own half-written files; the message names the file and the stage run that writes it again."""
+
+
+_WRITTEN_BY = {"parsed": "parse", "quarantine": "parse", "sessions": "sessionize", "kseqs": "kseqs", "open": "sessionize"}
+
+
+def _rewrite_hint(folder: Path) -> str:
+    """How to write ``folder`` (``<stage>/source=S/dt=D`` or ``state/S/open/dt=D``) again from its input."""
+    day, parent = folder.name.removeprefix("dt="), folder.parent
+    if parent.name == "open":
+        stage, source = "open", parent.parent.name
+    else:
+        stage, source = parent.parent.name, parent.name.removeprefix("source=")
+    command = _WRITTEN_BY.get(stage)
+    if command is None:
+        return "remove it, or restore it from a backup"
+    extra = " --format <the source's format>" if command == "parse" else ""
+    return (f"run `krone {command} --source {source} --date {day}{extra}` again to write it anew from its input "
+            f"(then the stages after it), or restore it from a backup")
+
+
+def _unreadable(folder: Path, path: Path, error: Exception) -> PartitionUnreadable:
+    return PartitionUnreadable(f"{path} is not a readable Parquet file ({type(error).__name__}: {error}): "
+                               f"{_rewrite_hint(folder)}")
+
+
 def count_rows(folder: Path) -> int:
-    """Rows in a partition's Parquet files, from their footers (no Spark job, no data read)."""
+    """Rows in a partition's Parquet files, from their footers (no Spark job, no data read); a file whose
+    footer cannot be read raises :class:`PartitionUnreadable`."""
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(folder.glob("*.parquet")))
+    rows = 0
+    for path in sorted(folder.glob("*.parquet")):
+        try:
+            rows += pq.ParquetFile(path).metadata.num_rows
+        except (OSError, ValueError) as error:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
+            raise _unreadable(folder, path, error) from error
+    return rows
+
+
+def read_table(folder: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """A partition's rows as one Arrow table (``columns`` only, when given), or :class:`PartitionUnreadable`
+    naming the damaged file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for path in sorted(folder.glob("*.parquet")):
+        try:
+            tables.append(pq.read_table(path, columns=columns))
+        except (OSError, ValueError) as error:
+            raise _unreadable(folder, path, error) from error
+    if not tables:
+        return pq.read_table(folder, columns=columns)  # an empty folder: what pyarrow itself makes of it
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def read_partition(spark: SparkSession, root: Path, stage: str, source: str, dt: str) -> DataFrame:
-    """One stage partition with ``source`` and ``dt`` added as columns (as a whole-table read has them)."""
+    """One stage partition with ``source`` and ``dt`` added as columns (as a whole-table read has them);
+    :class:`PartitionUnreadable` if a file's footer is damaged."""
     from pyspark.sql import functions as F
 
     path = partition_dir(root, stage, source, dt)
     if not path.is_dir():
         raise FileNotFoundError(f"no {stage} partition for source={source} dt={dt} at {path}")
+    count_rows(path)  # every footer readable: a damaged file is named here, not deep in a Spark stack trace
     return spark.read.parquet(str(path)).withColumn("source", F.lit(source)).withColumn("dt", F.lit(dt))

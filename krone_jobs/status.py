@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from krone_jobs.partitions import dated_files, source_format, source_timezone, stage_dir, state_dir
+from krone_jobs.partitions import (
+    PartitionUnreadable,
+    count_rows,
+    dated_files,
+    source_format,
+    source_timezone,
+    stage_dir,
+    state_dir,
+)
 
 UNSCORED_SHOWN = 5
 
@@ -28,12 +36,16 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
     parsed = list(dated_files(stage_dir(root, "kseqs", source)))
     status: dict[str, Any] = {"source": source, "format": None, "timezone": None, "days_parsed": len(parsed),
                               "first_day": parsed[0] if parsed else None, "last_day": parsed[-1] if parsed else None,
-                              "open_sessions_after_last_day": _open_sessions(root, source, parsed),
+                              "open_sessions_after_last_day": None,
                               "days_scored": None, "last_scored": None, "unscored": None, "champion": None,
                               "problems": []}
     try:
         status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
     except FileNotFoundError as exc:
+        status["problems"].append(str(exc))
+    try:
+        status["open_sessions_after_last_day"] = _open_sessions(root, source, parsed)
+    except PartitionUnreadable as exc:
         status["problems"].append(str(exc))
     _scored(status, source, parsed, warehouse_url)
     _champion(status, source, tracking_uri)
@@ -42,12 +54,10 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
 
 def _open_sessions(root: Path, source: str, parsed: list[str]) -> int | None:
     """Events of sessions still open after the last parsed day (carried into the next one)."""
-    import pyarrow.parquet as pq
-
     folder = state_dir(root, source) / "open" / f"dt={parsed[-1]}" if parsed else None
     if folder is None or not folder.is_dir():
         return None
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(folder.glob("*.parquet")))
+    return count_rows(folder)
 
 
 def _scored(status: dict[str, Any], source: str, parsed: list[str], url: str | None) -> None:

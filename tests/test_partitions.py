@@ -6,9 +6,17 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
 from krone_jobs.logformats import SessionSpec
 from krone_jobs.partitions import (
+    PartitionUnreadable,
+    count_rows,
     ignored_raw_files,
+    partition_dir,
+    read_table,
     raw_files,
     record_source_format,
     source_format,
@@ -44,3 +52,36 @@ def test_raw_files_take_log_files_at_any_depth_and_name_the_others(tmp_path: Pat
     skipped = [p.relative_to(day).as_posix() for p in ignored_raw_files(tmp_path, "app", "2026-11-20")]
     assert skipped == ["hour=13/e.csv", "notes.txt"]
     assert raw_files(tmp_path, "app", "2026-11-21") == ignored_raw_files(tmp_path, "app", "2026-11-21") == []
+
+
+def _two_files(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = [folder / "part-00000.parquet", folder / "part-00001.parquet"]
+    pq.write_table(pa.table({"session_id": ["a", "b"], "n": [1, 2]}), paths[0])
+    pq.write_table(pa.table({"session_id": ["c"], "n": [3]}), paths[1])
+    return paths
+
+
+def test_a_partition_reads_as_its_files_in_order(tmp_path: Path) -> None:
+    folder = partition_dir(tmp_path, "sessions", "app", "2026-11-20")
+    _two_files(folder)
+    assert count_rows(folder) == 3
+    assert read_table(folder, ["session_id"]).to_pydict() == {"session_id": ["a", "b", "c"]}
+    assert read_table(folder).equals(pq.read_table(folder))
+
+
+@pytest.mark.parametrize(("where", "writes_it"), [
+    (("sessions", "source=app"), "krone sessionize --source app --date 2026-11-20` again"),
+    (("parsed", "source=app"), "krone parse --source app --date 2026-11-20 --format <the source's format>`"),
+    (("state", "app", "open"), "krone sessionize --source app --date 2026-11-20` again"),
+])
+def test_a_damaged_file_is_named_with_the_run_that_writes_it_again(
+        tmp_path: Path, where: tuple[str, ...], writes_it: str) -> None:
+    folder = tmp_path.joinpath(*where, "dt=2026-11-20")
+    damaged = _two_files(folder)[1]
+    damaged.write_bytes(damaged.read_bytes()[:-20])  # a copy cut short: no footer
+    for read in (count_rows, read_table):
+        with pytest.raises(PartitionUnreadable) as err:
+            read(folder)
+        assert str(err.value).startswith(f"{damaged} is not a readable Parquet file (ArrowInvalid: ")
+        assert writes_it in str(err.value)

@@ -54,6 +54,19 @@ def test_a_warehouse_that_does_not_answer_is_a_problem_not_a_crash(tmp_path: Pat
     assert "problem: warehouse:" in render(s)
 
 
+def test_a_damaged_open_session_file_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    _source(tmp_path)
+    damaged = tmp_path / "state" / "web" / "open" / f"dt={DAYS[-1]}" / "part-00000.parquet"
+    damaged.write_bytes(b"PAR1 cut short")
+    s = source_status(tmp_path, "web", warehouse_url=f"duckdb:///{tmp_path / 'w.duckdb'}",
+                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert s["open_sessions_after_last_day"] is None and s["days_parsed"] == 3
+    [problem] = s["problems"]
+    assert problem.startswith(f"{damaged} is not a readable Parquet file (ArrowInvalid: ")
+    assert problem.endswith(f"run `krone sessionize --source web --date {DAYS[-1]}` again to write it anew from its "
+                            "input (then the stages after it), or restore it from a backup")
+
+
 def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'w.duckdb'}")
     monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -31,6 +31,7 @@ from krone_jobs.partitions import (
     count_rows,
     partition_dir,
     read_partition,
+    read_table,
     write_partition,
 )
 
@@ -90,7 +91,6 @@ def run_kseqs(
     source: str, date: str, *, data_root: str | Path | None = None, spark: SparkSession | None = None
 ) -> KseqMetrics:
     """Cut one day's sessions into KRONE Seqs and overwrite the ``kseqs/`` partition with the distinct ones."""
-    import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
     from krone_jobs.spark import get_spark
@@ -120,7 +120,7 @@ def run_kseqs(
                     for r in chunks.filter(~cut).orderBy("session_id").limit(5).collect()] if stats[1] else []
     finally:
         chunks.unpersist()
-    levels = pq.read_table(kseqs_dir, columns=["level"]).column("level").to_pylist()
+    levels = read_table(kseqs_dir, columns=["level"]).column("level").to_pylist()
     return KseqMetrics(
         source=source, dt=date, sessions=count_rows(sessions_dir), sessions_unknown_template=stats[1],
         chunks=stats[0] or 0, distinct=dict(sorted(Counter(levels).items())), unknown_examples=examples,

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from krone_jobs.config import settings
 from krone_jobs.hierarchy.kseqs import LEVELS, Decomposition, UnknownTemplateError, decompose
 from krone_jobs.hierarchy.model import Hierarchy
-from krone_jobs.partitions import check_date, check_source, count_rows, partition_dir
+from krone_jobs.partitions import check_date, check_source, count_rows, partition_dir, read_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -478,9 +478,7 @@ def _walk_spark(spark: SparkSession, payload: str, root: Path, source: str, date
 
 
 def _walk_local(payload: str, root: Path, source: str, date: str) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(partition_dir(root, "sessions", source, date), columns=list(_WALK_INPUT))
+    table = read_table(partition_dir(root, "sessions", source, date), columns=list(_WALK_INPUT))
     walker = _walker(SimpleNamespace(value=payload))
     return [row for batch in walker(table.to_batches()) for row in batch.to_pylist()]
 

@@ -45,7 +45,7 @@ import numpy as np
 from krone_jobs.config import GATE_FP_BOUND, GATE_MIN_HELDOUT, GATE_TOLERANCE, settings
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, load_overrides
-from krone_jobs.partitions import check_date, check_source, latest_before, partition_dir
+from krone_jobs.partitions import check_date, check_source, latest_before, partition_dir, read_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -336,8 +336,8 @@ def read_window(root: Path, source: str, dates: Sequence[str]) -> tuple[tuple[st
         where = partition_dir(root, "sessions", source, "*")
         raise NoTrainingData(f"no sessions partition for source={source} in {dates[0]}..{dates[-1]} ({where}): "
                              f"run `krone sessionize` for those days or pick another --end/--days")
-    frames = [pd.read_parquet(partition_dir(root, "sessions", source, dt), columns=["session_id", "template_ids"])
-              .assign(dt=dt) for dt in found]
+    frames = [read_table(partition_dir(root, "sessions", source, dt), columns=["session_id", "template_ids"])
+              .to_pandas().assign(dt=dt) for dt in found]
     frame = pd.concat(frames, ignore_index=True).sort_values("session_id", kind="stable", ignore_index=True)
     return found, frame
 

@@ -107,6 +107,28 @@ def test_every_task_retries_with_exponential_backoff(bag: Any) -> None:
         assert task.max_retry_delay is not None, (dag_id, task.task_id)
 
 
+def test_stage_tasks_fail_at_once_on_what_no_retry_mends(bag: Any) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from krone_common import fail_fast
+    from krone_jobs.partitions import PartitionUnreadable
+    from krone_jobs.warehouse import WarehouseUnavailable
+
+    stages = {(d, t) for d in PARSE_IDS for t in ("parse", "sessionize", "hierarchy", "kseqs", "retention")}
+    stages |= {(d, "train") for d in TRAIN_IDS} | {("krone_score", "partition.score"),
+                                                  ("krone_score", "partition.night_report")}
+    wrapped = {(dag_id, t.task_id) for dag_id, t in tasks(bag) if hasattr(t.python_callable, "__wrapped__")}
+    assert wrapped == stages
+
+    def failing(error: Exception) -> None:
+        raise error
+
+    with pytest.raises(AirflowFailException, match=r"PartitionUnreadable \(not retried\): part-00000.parquet"):
+        fail_fast(failing)(PartitionUnreadable("part-00000.parquet is not a readable Parquet file"))
+    with pytest.raises(WarehouseUnavailable):  # may pass on a retry: keeps its retries
+        fail_fast(failing)(WarehouseUnavailable("warehouse down"))
+
+
 def test_spark_and_llm_tasks_are_capped_by_their_pools(bag: Any) -> None:
     pools = {(dag_id, t.task_id): t.pool for dag_id, t in tasks(bag)}
     assert {k: pools[k] for k in SPARK_TASKS} == dict.fromkeys(SPARK_TASKS, "krone_spark")

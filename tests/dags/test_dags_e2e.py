@@ -237,3 +237,28 @@ def assert_catch_up_reads_the_backlog(world: World) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KRONE_WAREHOUSE_URL", "postgresql+psycopg://krone@127.0.0.1:9/nowhere")  # nothing listens
         assert backlog_partitions([(SOURCE, None, None)], [], "r") == []
+
+
+@pytest.mark.skipif(missing_stage() is not None, reason=str(missing_stage()))
+def test_a_damaged_partition_fails_its_score_task_at_once_not_after_retries(
+        world: World, parsed: dict[str, Any]) -> None:
+    """Retries (2 here, with a 1 s delay) are spent on failures that may pass; a damaged sessions file fails
+    the first try, its message in the task's failure."""
+    from datetime import timedelta
+
+    from krone_jobs.partitions import partition_dir
+
+    task = world.dags["krone_score"].get_task("partition.score")
+    part = sorted(partition_dir(world.root, "sessions", SOURCE, DAYS[0]).glob("*.parquet"))[0]
+    intact = part.read_bytes()
+    saved = (task.retries, task.retry_delay, task.retry_exponential_backoff)
+    try:
+        part.write_bytes(intact[: len(intact) // 2])
+        task.retries, task.retry_delay, task.retry_exponential_backoff = 2, timedelta(seconds=1), 0
+        dr = world.dags["krone_score"].test(logical_date=datetime(2026, 11, 3, tzinfo=timezone.utc),
+                                            run_conf={"source": SOURCE, "dt": DAYS[0]})
+    finally:
+        part.write_bytes(intact)
+        task.retries, task.retry_delay, task.retry_exponential_backoff = saved
+    [ti] = [ti for ti in dr.get_task_instances() if ti.task_id == "partition.score"]
+    assert (str(dr.state), str(ti.state), ti.try_number) == ("failed", "failed", 1)

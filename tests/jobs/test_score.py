@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +20,10 @@ from sqlalchemy import text
 from krone_jobs.feedback import record_feedback
 from krone_jobs.jobs.hierarchy_job import load_hierarchy
 from krone_jobs.jobs.score import ScoreMetrics, run_score
+from krone_jobs.jobs.sessionize import run_sessionize
 from krone_jobs.jobs.train import train
 from krone_jobs.miner_state import latest_templates
-from krone_jobs.partitions import partition_dir
+from krone_jobs.partitions import PartitionUnreadable, partition_dir
 from krone_jobs.warehouse import Warehouse, WarehouseUnavailable
 from tests.jobs.conftest import Pipeline
 from tests.llm.fake_server import FakeLLM
@@ -131,6 +134,21 @@ def test_warehouse_down_fails_clearly_and_writes_nothing(pipeline: Pipeline, spa
         score(pipeline, spark, warehouse_url=down)
     assert "secret" not in str(err.value)
     assert score(pipeline, spark).anomalies > 0  # the next run (warehouse back) succeeds
+
+
+def test_a_damaged_sessions_file_is_named_and_writing_it_again_as_told_restores_the_day(
+        pipeline: Pipeline, spark: Any, warehouse: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(pipeline.root, root)
+    part = sorted(partition_dir(root, "sessions", SOURCE, DAYS[1]).glob("*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # a restore that stopped half-way
+    with pytest.raises(PartitionUnreadable, match=f"{re.escape(str(part))} is not a readable Parquet file") as err:
+        run_score(SOURCE, DAYS[1], data_root=root, spark=spark)
+    assert f"krone sessionize --source {SOURCE} --date {DAYS[1]}" in str(err.value)
+    assert rows(warehouse, "SELECT COUNT(*) FROM run_metrics WHERE stage = 'score'") == [(0,)]
+
+    run_sessionize(SOURCE, DAYS[1], data_root=root, spark=spark)  # what the message says to do
+    assert run_score(SOURCE, DAYS[1], data_root=root, spark=spark).anomalies == score(pipeline, spark).anomalies
 
 
 def test_llm_decides_uncertain_chunks_within_its_budget(
