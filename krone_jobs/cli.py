@@ -340,13 +340,13 @@ def _operational_errors() -> tuple[type[BaseException], ...]:
     from krone_jobs.hierarchy.model import HierarchyError
     from krone_jobs.jobs.parse import ReconciliationError
     from krone_jobs.jobs.train import NoTrainingData
-    from krone_jobs.model_registry import NoChampion
+    from krone_jobs.model_registry import ModelUnloadable, NoChampion
     from krone_jobs.partitions import PartitionUnreadable
     from krone_jobs.quality import QualityGateError
     from krone_jobs.templates import TemplateStateError
     from krone_jobs.warehouse import WarehouseUnavailable
 
-    return (QualityGateError, ReconciliationError, WarehouseUnavailable, NoTrainingData, NoChampion,
+    return (QualityGateError, ReconciliationError, WarehouseUnavailable, NoTrainingData, NoChampion, ModelUnloadable,
             HierarchyError, TemplateStateError, PartitionUnreadable, FileNotFoundError)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -46,6 +47,8 @@ from krone_jobs.evaluate import confusion
 from krone_jobs.hierarchy.kseqs import LEVELS
 from krone_jobs.hierarchy.model import Hierarchy
 from krone_jobs.templates import TemplateStore
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 MODEL_NAME = "model"  # the pyfunc's name inside its run
@@ -156,9 +159,13 @@ class KroneModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         self._detector_path = context.artifacts["detector"]
-        self.detector = RoutedDetector.load(self._detector_path)
         miner = context.artifacts.get("miner")
-        self.templates = TemplateStore.from_json(Path(miner).read_text(encoding="utf-8")) if miner else None
+        try:
+            self.detector = RoutedDetector.load(self._detector_path)
+            self.templates = TemplateStore.from_json(Path(miner).read_text(encoding="utf-8")) if miner else None
+        except Exception as exc:  # whatever a damaged file makes torch, JSON or the miner raise
+            raise ModelUnloadable(f"its artifacts ({Path(self._detector_path).parent}) cannot be read back: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         self._lock = threading.Lock()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -308,10 +315,35 @@ def champion_hierarchy(client: MlflowClient, source: str) -> tuple[Hierarchy | N
         return Hierarchy.load_csv(path), version
 
 
+class ModelUnloadable(RuntimeError):
+    """A registered version whose artifacts are there but cannot be read back (a damaged weights file, a
+    miner state cut short): it can neither score nor be compared with, so a gate treats it as no champion
+    and the next trained or promoted version that passes replaces it."""
+
+
+def load_version(source: str, version: str) -> mlflow.pyfunc.PyFuncModel:
+    """``models:/krone-<source>/<version>`` (or ``@<alias>``); :class:`ModelUnloadable` names the version."""
+    name = registered_name(source)
+    alias = version.startswith("@")
+    try:
+        return mlflow.pyfunc.load_model(f"models:/{name}{version}" if alias else f"models:/{name}/{version}")
+    except ModelUnloadable as exc:
+        raise ModelUnloadable(f"{name} {version if alias else f'v{version}'}: {exc}") from exc
+
+
 def load_champion(source: str, tracking_uri: str | None = None) -> mlflow.pyfunc.PyFuncModel:
     """What scoring uses: ``models:/krone-<source>@champion``."""
     connect(tracking_uri)
-    return mlflow.pyfunc.load_model(f"models:/{registered_name(source)}@{CHAMPION}")
+    return load_version(source, f"@{CHAMPION}")
+
+
+def _comparable_champion(source: str, current: str) -> tuple[Predictor | None, str | None]:
+    """The champion a gate compares with, or ``(None, why not)`` when its artifacts cannot be read back."""
+    try:
+        return pyfunc_predictor(load_version(source, current)), None
+    except ModelUnloadable as exc:
+        log.warning("gate: the champion cannot be loaded, so nothing is compared with it: %s", exc)
+        return None, f"champion {exc}"
 
 
 def log_gate_sessions(heldout: Sequence[Sequence[str]], validation: Validation | None = None) -> None:
@@ -401,10 +433,12 @@ def gate(
     fp_bound: float = GATE_FP_BOUND,
     tolerance: float = GATE_TOLERANCE,
     min_heldout: int = GATE_MIN_HELDOUT,
+    champion_unloadable: str | None = None,
 ) -> GateVerdict:
     """Judge a candidate on held-out *normal* sessions (and optional labelled ones), against the champion
     evaluated on the very same sessions, so the comparison measures the models and not the data. Fewer
-    than ``min_heldout`` held-out sessions fail the gate: a rate measured on them says nothing."""
+    than ``min_heldout`` held-out sessions fail the gate: a rate measured on them says nothing.
+    ``champion_unloadable`` says why a champion there is cannot be compared with (its reason in the verdict)."""
     reasons: list[str] = []
     ok = True
 
@@ -423,7 +457,8 @@ def gate(
               f"({round(cand_fp * n)} of {n} sessions; 95 % upper bound {fp_upper_bound(cand_fp, n):.4f})")
     champ_fp = _fp_rate(champion, heldout) if champion is not None else None
     if champ_fp is None:
-        reasons.append("ok: no champion yet, nothing to regress against")
+        reasons.append(f"ok: nothing to regress against: {champion_unloadable}" if champion_unloadable else
+                       "ok: no champion yet, nothing to regress against")
     elif not math.isnan(cand_fp):
         check(cand_fp <= champ_fp + tolerance, f"false-positive rate {cand_fp:.4f} vs champion v{champion_version} "
               f"{champ_fp:.4f} + tolerance {tolerance:.4f} on the same {len(heldout)} sessions")
@@ -456,11 +491,12 @@ def promote_if_better(
     model-version tags) and move ``champion`` to ``version`` only if it passed."""
     name = registered_name(source)
     current = champion_version(client, source)
-    champion = None
+    champion, unloadable = None, None
     if current is not None and current != version:
-        champion = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{current}"))
+        champion, unloadable = _comparable_champion(source, current)
     verdict = gate(candidate, heldout, champion=champion, champion_version=current if champion else None,
-                   validation=validation, fp_bound=fp_bound, tolerance=tolerance, min_heldout=min_heldout)
+                   validation=validation, fp_bound=fp_bound, tolerance=tolerance, min_heldout=min_heldout,
+                   champion_unloadable=unloadable)
     _record(client, run_id, name, version, verdict)
     if verdict.passed:
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -531,10 +567,11 @@ def regate(
     tol = tolerance if tolerance is not None else float(params.get("gate_tolerance", GATE_TOLERANCE))
     least = min_heldout if min_heldout is not None else int(params.get("gate_min_heldout", GATE_MIN_HELDOUT))
     current = champion_version(client, source)
-    champion = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{current}")) if current else None
-    candidate = pyfunc_predictor(mlflow.pyfunc.load_model(f"models:/{name}/{target.version}"))
-    return gate(candidate, heldout, champion=champion, champion_version=current, validation=validation,
-                fp_bound=bound, tolerance=tol, min_heldout=least)
+    champion, unloadable = _comparable_champion(source, current) if current else (None, None)
+    candidate = pyfunc_predictor(load_version(source, str(target.version)))
+    return gate(candidate, heldout, champion=champion, champion_version=current if champion else None,
+                validation=validation, fp_bound=bound, tolerance=tol, min_heldout=least,
+                champion_unloadable=unloadable)
 
 
 def promoted_by() -> str:

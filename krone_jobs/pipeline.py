@@ -28,18 +28,20 @@ if TYPE_CHECKING:
 def permanent_failures() -> tuple[type[BaseException], ...]:
     """Failures that running the same task again cannot mend, only a person can: the day's data failed its
     quality gate, a stage file is damaged, the hierarchy or the miner state is broken, the day before was
-    skipped, a line was lost, the training window holds nothing. The DAGs fail these at once instead of
-    spending retries (each a rerun of a Spark stage, hours on a large day) and their backoff on them."""
+    skipped, a line was lost, the training window holds nothing, the champion's artifacts are damaged. The
+    DAGs fail these at once instead of spending retries (each a rerun of a Spark stage, hours on a large day)
+    and their backoff on them."""
     from krone_jobs.hierarchy.model import HierarchyError
     from krone_jobs.jobs.parse import ReconciliationError
     from krone_jobs.jobs.sessionize import SkippedDayError
     from krone_jobs.jobs.train import NoTrainingData
+    from krone_jobs.model_registry import ModelUnloadable
     from krone_jobs.partitions import PartitionUnreadable
     from krone_jobs.quality import QualityGateError
     from krone_jobs.templates import TemplateStateError
 
     return (QualityGateError, PartitionUnreadable, HierarchyError, TemplateStateError, SkippedDayError,
-            ReconciliationError, NoTrainingData)
+            ReconciliationError, NoTrainingData, ModelUnloadable)
 
 
 def numeric_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

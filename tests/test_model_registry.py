@@ -24,6 +24,7 @@ from krone_jobs.hierarchy.offline import OfflineExtractor
 from krone_jobs.logformats import KRONE
 from krone_jobs.model_registry import (
     CHAMPION,
+    ModelUnloadable,
     Predictor,
     PromotionRefused,
     Validation,
@@ -34,6 +35,7 @@ from krone_jobs.model_registry import (
     fp_upper_bound,
     gate,
     load_champion,
+    load_version,
     log_gate_sessions,
     log_krone_model,
     main_promote,
@@ -318,3 +320,27 @@ def test_promote_reruns_the_gate_on_the_versions_held_out_sessions(client: Mlflo
     assert champion(client, "regate") == newer
     assert client.get_model_version("krone-regate", newer).tags["krone.promote_mode"] == "gate"
     assert promote("regate", newer) is None  # already the champion: nothing to do
+
+
+def test_a_champion_whose_artifacts_are_damaged_is_named_and_replaced_by_the_next_version_that_passes(
+        client: MlflowClient, detector: RoutedDetector) -> None:
+    heldout = [s.template_keys for s in generate_sessions(60, seed=12, anomaly_rate=0.0)]
+    run1, v1 = log_version(client, detector, "damaged", heldout)
+    assert promote_if_better(client, "damaged", v1, detector.predict, heldout, run_id=run1).passed
+    stored = client.get_model_version_download_uri("krone-damaged", v1).removeprefix("file://")
+    [weights] = Path(stored).rglob("detector.pt")
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy cut short
+    for load in (lambda: load_version("damaged", v1), lambda: load_champion("damaged")):
+        with pytest.raises(ModelUnloadable, match=r"krone-damaged (v1|@champion): its artifacts \(.*\) cannot be "
+                                                  r"read back: RuntimeError: PytorchStreamReader"):
+            load()
+
+    run2, v2 = log_version(client, detector, "damaged", heldout)
+    verdict = promote_if_better(client, "damaged", v2, detector.predict, heldout, run_id=run2)
+    assert verdict.passed and verdict.champion_version is None and champion(client, "damaged") == v2
+    assert verdict.reasons[1].startswith("ok: nothing to regress against: champion krone-damaged v1: its artifacts")
+
+    _, v3 = log_version(client, detector, "damaged", heldout)
+    client.set_registered_model_alias("krone-damaged", CHAMPION, v1)  # a rollback to the damaged one, by hand
+    rerun = promote("damaged", v3)  # the gate re-runs without --force: nothing to compare with
+    assert rerun is not None and rerun.passed and champion(client, "damaged") == v3

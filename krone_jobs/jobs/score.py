@@ -272,11 +272,15 @@ class Champion:
         if version is None:
             raise registry.NoChampion(f"no champion for {registry.registered_name(source)}: run `krone train` "
                                       "first (or `krone promote` a registered version)")
-        import mlflow
-
         # By the version the alias pointed at, so the verdict cache read for it is this model's even if
         # the alias moves meanwhile.
-        kmodel = mlflow.pyfunc.load_model(f"models:/{registry.registered_name(source)}/{version}").unwrap_python_model()
+        try:
+            kmodel = registry.load_version(source, version).unwrap_python_model()
+        except registry.ModelUnloadable as exc:
+            raise registry.ModelUnloadable(
+                f"the champion {str(exc).rstrip('.')}. Promote a version that loads (`krone promote --source {source} --version N`) "
+                f"or train a new one (`krone train --source {source} --end <day>`): a damaged champion is not "
+                "compared with, so a new version that passes its bounds replaces it") from exc
         texts = {t.template_id: t.template for t in kmodel.templates.templates()} if kmodel.templates else {}
         return cls(kmodel.detector, version, kmodel.templates, texts)
 

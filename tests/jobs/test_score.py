@@ -23,6 +23,7 @@ from krone_jobs.jobs.score import ScoreMetrics, run_score
 from krone_jobs.jobs.sessionize import run_sessionize
 from krone_jobs.jobs.train import train
 from krone_jobs.miner_state import latest_templates
+from krone_jobs.model_registry import ModelUnloadable
 from krone_jobs.partitions import PartitionUnreadable, partition_dir
 from krone_jobs.warehouse import Warehouse, WarehouseUnavailable
 from tests.jobs.conftest import Pipeline
@@ -149,6 +150,22 @@ def test_a_damaged_sessions_file_is_named_and_writing_it_again_as_told_restores_
 
     run_sessionize(SOURCE, DAYS[1], data_root=root, spark=spark)  # what the message says to do
     assert run_score(SOURCE, DAYS[1], data_root=root, spark=spark).anomalies == score(pipeline, spark).anomalies
+
+
+def test_a_champion_that_cannot_be_loaded_fails_the_day_with_what_to_do(
+        pipeline: Pipeline, spark: Any, warehouse: str, champion: Path) -> None:
+    [weights] = (champion / "artifacts").rglob("detector.pt")
+    intact = weights.read_bytes()
+    try:
+        weights.write_bytes(intact[:100])
+        with pytest.raises(ModelUnloadable) as err:
+            score(pipeline, spark)
+    finally:
+        weights.write_bytes(intact)
+    assert str(err.value).startswith("the champion krone-syn v1: its artifacts (")
+    assert f"`krone promote --source {SOURCE} --version N`" in str(err.value)
+    assert rows(warehouse, "SELECT COUNT(*) FROM run_metrics WHERE stage = 'score'") == [(0,)]
+    assert score(pipeline, spark).anomalies > 0  # the file back: the day scores
 
 
 def test_llm_decides_uncertain_chunks_within_its_budget(
