@@ -375,8 +375,10 @@ def run() -> None:
     skipped."""
     try:
         code = main()
-    except SystemExit as stop:  # --help and argparse's usage errors, their message already printed
+    except SystemExit as stop:  # --help, argparse's usage errors, and a stage's SystemExit("krone ...: why")
         code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        if not isinstance(stop.code, int | None):
+            print(stop.code, file=sys.stderr)  # what the interpreter would print at its exit
     except BaseException as failure:  # an unexpected failure: its traceback, then the same quiet exit
         traceback.print_exc()
         code = 130 if isinstance(failure, KeyboardInterrupt) else 1

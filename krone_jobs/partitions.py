@@ -197,17 +197,19 @@ class PartitionUnreadable(RuntimeError):
     their own half-written files; the message names the file and the stage run that writes it again."""
 
 
-_WRITTEN_BY = {"parsed": "parse", "quarantine": "parse", "sessions": "sessionize", "kseqs": "kseqs", "open": "sessionize"}
+_WRITTEN_BY = {"parsed": "parse", "quarantine": "parse", "sessions": "sessionize", "kseqs": "kseqs",
+               "open": "sessionize", "templates": "parse"}
 
 
-def _rewrite_hint(folder: Path) -> str:
-    """How to write ``folder`` (``<stage>/source=S/dt=D`` or ``state/S/open/dt=D``) again from its input."""
-    day, parent = folder.name.removeprefix("dt="), folder.parent
-    if parent.name == "open":
-        stage, source = "open", parent.parent.name
+def rewrite_hint(path: Path) -> str:
+    """How to write ``path`` again from its input: a stage partition ``<stage>/source=S/dt=D`` or a dated state
+    entry ``state/S/<kind>/dt=D[.json]`` (open sessions, miner state)."""
+    day, parent = _DT.match(path.name).group(1), path.parent  # type: ignore[union-attr]
+    if parent.name.startswith("source="):
+        written, source = parent.parent.name, parent.name.removeprefix("source=")
     else:
-        stage, source = parent.parent.name, parent.name.removeprefix("source=")
-    command = _WRITTEN_BY.get(stage)
+        written, source = parent.name, parent.parent.name
+    command = _WRITTEN_BY.get(written)
     if command is None:
         return "remove it, or restore it from a backup"
     extra = " --format <the source's format>" if command == "parse" else ""
@@ -217,7 +219,7 @@ def _rewrite_hint(folder: Path) -> str:
 
 def _unreadable(folder: Path, path: Path, error: Exception) -> PartitionUnreadable:
     return PartitionUnreadable(f"{path} is not a readable Parquet file ({type(error).__name__}: {error}): "
-                               f"{_rewrite_hint(folder)}")
+                               f"{rewrite_hint(folder)}")
 
 
 def count_rows(folder: Path) -> int:

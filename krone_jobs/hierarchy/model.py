@@ -134,9 +134,20 @@ class Hierarchy(Mapping[str, TemplateNode]):
 
     @classmethod
     def load_csv(cls, path: str | Path) -> Hierarchy:
-        """Load our own CSV format (the columns of :data:`FIELDS`)."""
+        """Load our own CSV format (the columns of :data:`FIELDS`); a row that lacks a placement or has more
+        fields than the header (a file cut short or pasted into) raises :class:`HierarchyError` naming its line,
+        instead of placing a template under nodes called "None"."""
+        nodes = []
         with open(path, newline="", encoding="utf-8") as fh:
-            return cls(_node_from_row(row) for row in csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            for row in reader:
+                try:
+                    if None in row:
+                        raise HierarchyError("more fields than the header names")
+                    nodes.append(_node_from_row(row))
+                except HierarchyError as exc:
+                    raise HierarchyError(f"{path}, line {reader.line_num}: {exc}: the file is damaged") from exc
+        return cls(nodes)
 
     def to_json(self) -> str:
         return json.dumps([n.as_row() for n in sorted(self._nodes.values(), key=lambda n: n.template_id)])
@@ -150,7 +161,13 @@ def _placement(node: TemplateNode) -> tuple[str, ...]:
     return (node.entity, node.action, node.status, node.entity_node, node.action_node, node.status_node)
 
 
+_PLACEMENT = ("template_id", "entity", "action", "status", "entity_node", "action_node", "status_node")
+
+
 def _node_from_row(row: Mapping[str, object]) -> TemplateNode:
+    missing = [field for field in _PLACEMENT if row.get(field) in (None, "")]
+    if missing:
+        raise HierarchyError(f"no {', '.join(missing)}")
     return TemplateNode(
         template_id=str(row["template_id"]),
         template=str(row.get("template", "") or ""),

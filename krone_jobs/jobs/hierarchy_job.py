@@ -17,10 +17,9 @@ from typing import Any
 
 from krone_jobs.config import settings
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
-from krone_jobs.hierarchy.model import Hierarchy, load_overrides
-from krone_jobs.miner_state import templates_dir
+from krone_jobs.hierarchy.model import Hierarchy, HierarchyError, load_overrides
+from krone_jobs.miner_state import read_state, templates_dir
 from krone_jobs.partitions import check_date, check_source, latest_before, state_dir, temp_dir_for
-from krone_jobs.templates import TemplateStore
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,17 @@ def load_hierarchy(root: Path, source: str) -> Hierarchy:
     path = hierarchy_path(root, source)
     if not path.is_file():
         raise FileNotFoundError(f"no hierarchy at {path}: run `krone hierarchy --source {source}` first")
-    return Hierarchy.load_csv(path)
+    return _load_current(root, source)
+
+
+def _load_current(root: Path, source: str) -> Hierarchy:
+    """The source's hierarchy; a damaged file names the newest dated copy the stage kept to put back."""
+    try:
+        return Hierarchy.load_csv(hierarchy_path(root, source))
+    except HierarchyError as exc:
+        copy = latest_before(state_dir(root, source) / "hierarchy", "9999-12-31", inclusive=True)
+        raise HierarchyError(f"{exc}: put back {copy} (the stage's copy of its last day) or a backup" if copy else
+                             f"{exc}: put back a backup") from exc
 
 
 def hierarchy_at(root: Path, source: str, dt: str) -> Hierarchy | None:
@@ -78,9 +87,9 @@ def run_hierarchy(
         from krone_jobs.hierarchy.offline import OfflineExtractor
 
         extractor = OfflineExtractor()
-    store = TemplateStore.from_json(state.read_text(encoding="utf-8"))
+    store = read_state(state)
     path = hierarchy_path(root, source)
-    base = Hierarchy.load_csv(path) if path.is_file() else None
+    base = _load_current(root, source) if path.is_file() else None
     grown = build_hierarchy({t.template_id: t.template for t in store.templates()}, extractor, base)
     overrides_path = state_dir(root, source) / "overrides.csv"
     overrides = load_overrides(overrides_path, grown) if overrides_path.is_file() else []

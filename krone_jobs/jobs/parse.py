@@ -79,7 +79,7 @@ from krone_jobs.logformats import (
     get_format,
     parse_line,
 )
-from krone_jobs.miner_state import templates_dir, templates_path
+from krone_jobs.miner_state import parse_state, templates_dir, templates_path
 from krone_jobs.partitions import (
     RAW_SUFFIXES,
     atomic_write_text,
@@ -817,7 +817,7 @@ def run_parse(
                     "|*".join(RAW_SUFFIXES), names)
     seed_path = latest_before(templates_dir(root, source), date)
     seed = seed_path.read_text(encoding="utf-8") if seed_path else None
-    store = TemplateStore.from_json(seed) if seed else TemplateStore(fmt.miner)
+    store = parse_state(seed, seed_path) if seed_path else TemplateStore(fmt.miner)
     parsed_dir = partition_dir(root, "parsed", source, date)
     quarantine_dir = partition_dir(root, "quarantine", source, date)
     units = [{"file_index": i, "path": os.fsencode(path.resolve()), "file": _text(path.relative_to(root).as_posix()),

@@ -436,15 +436,16 @@ def select_normal(
                           int(flagged.sum()), reported is not None)
 
 
-def _miner_state(root: Path, source: str, end: str) -> tuple[str, str]:
-    """(miner state JSON as the parse job wrote it, its day): the newest at or before ``end``."""
-    from krone_jobs.miner_state import templates_dir
+def _miner_state(root: Path, source: str, end: str) -> tuple[str, TemplateStore, str]:
+    """(miner state JSON as the parse job wrote it, its store, its day): the newest at or before ``end``."""
+    from krone_jobs.miner_state import parse_state, templates_dir
 
     path = latest_before(templates_dir(root, source), end, inclusive=True)
     if path is None:
         raise FileNotFoundError(f"no miner state for source={source} at or before {end} under "
                                 f"{templates_dir(root, source)}: run `krone parse` first")
-    return path.read_text(encoding="utf-8"), path.stem.removeprefix("dt=")
+    text = path.read_text(encoding="utf-8")
+    return text, parse_state(text, path), path.stem.removeprefix("dt=")
 
 
 def train_partitions(
@@ -472,7 +473,6 @@ def train_partitions(
     operators' "normal" feedback joins the knowledge base. The warehouse is optional: if it cannot answer,
     nothing is excluded and no feedback is applied (both logged)."""
     from krone_jobs.jobs.hierarchy_job import load_hierarchy
-    from krone_jobs.templates import TemplateStore
 
     check_source(source)
     root = Path(data_root) if data_root is not None else settings().data_root
@@ -484,8 +484,7 @@ def train_partitions(
         log.warning("the training window (%d days) is longer than KRONE_RETAIN_DAYS=%d: training on the %d of its "
                     "days that are left", days, keep, len(found))
     hierarchy = load_hierarchy(root, source)
-    state, state_dt = _miner_state(root, source, end)
-    store = TemplateStore.from_json(state)
+    state, store, state_dt = _miner_state(root, source, end)
     reported = reported_sessions(url, source, dates[0], dates[-1]) if exclude_reported else None
     window = select_normal(frame, dates, found, source=source, store=store, labels=labels,
                            reported=reported)

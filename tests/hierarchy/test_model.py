@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +63,19 @@ def test_csv_and_json_round_trip(toy: Hierarchy, tmp_path: Path) -> None:
     toy.save_csv(tmp_path / "h.csv")
     assert Hierarchy.load_csv(tmp_path / "h.csv") == toy
     assert Hierarchy.from_json(toy.to_json()) == toy
+
+
+@pytest.mark.parametrize(("damage", "complaint"), [
+    (lambda text: text[: text.rindex(",E:")], "no entity_node, action_node, status_node"),  # cut short
+    (lambda text: text.replace(",offline,1\n", ",offline,1,extra\n", 1), "more fields than the header names"),
+    (lambda text: re.sub(r",S:[^,]*,", ",,", text, count=1), "no status_node"),  # a value lost
+])
+def test_a_damaged_csv_is_refused_with_its_line(toy: Hierarchy, tmp_path: Path, damage: Any, complaint: str) -> None:
+    path = tmp_path / "h.csv"
+    toy.save_csv(path)
+    path.write_text(damage(path.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(HierarchyError, match=rf"h\.csv, line \d+: {complaint}: the file is damaged"):
+        Hierarchy.load_csv(path)
 
 
 @pytest.mark.shared_data

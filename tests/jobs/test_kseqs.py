@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 
 from krone_jobs.hierarchy.kseqs import decompose
-from krone_jobs.hierarchy.model import Hierarchy
-from krone_jobs.jobs.hierarchy_job import hierarchy_path, run_hierarchy
+from krone_jobs.hierarchy.model import Hierarchy, HierarchyError
+from krone_jobs.jobs.hierarchy_job import hierarchy_path, load_hierarchy, run_hierarchy
 from krone_jobs.miner_state import latest_templates
 from krone_jobs.partitions import partition_dir, state_dir
 
@@ -64,3 +66,19 @@ def test_hierarchy_grows_only_and_overrides_win_once(pipeline: Any, tmp_path: Pa
     assert run_hierarchy(SOURCE, data_root=root).overrides_applied == 0 and path.read_bytes() == with_override
     unchanged = {k: v for k, v in Hierarchy.load_csv(path).items() if k != target}
     assert unchanged == {k: v for k, v in old_rows.items() if k != target}  # existing node ids never move
+
+
+def test_a_damaged_hierarchy_is_refused_with_the_copy_to_put_back(pipeline: Any, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(state_dir(pipeline.root, SOURCE), state_dir(root, SOURCE))
+    path = hierarchy_path(root, SOURCE)
+    damaged = path.read_bytes()[: path.stat().st_size // 2]  # a row cut inside: its placement is lost
+    path.write_bytes(damaged)
+    copy = state_dir(root, SOURCE) / "hierarchy" / f"dt={DAYS[-1]}.csv"
+    for run in (lambda: load_hierarchy(root, SOURCE), lambda: run_hierarchy(SOURCE, data_root=root)):
+        with pytest.raises(HierarchyError, match=rf"hierarchy\.csv, line \d+: no .*: the file is damaged: put back "
+                                                 rf"{re.escape(str(copy))} \(the stage's copy of its last day\)"):
+            run()
+    assert path.read_bytes() == damaged  # the stage did not build on it
+    shutil.copyfile(copy, path)
+    assert load_hierarchy(root, SOURCE) == Hierarchy.load_csv(hierarchy_path(pipeline.root, SOURCE))
