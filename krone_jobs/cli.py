@@ -341,13 +341,13 @@ def _operational_errors() -> tuple[type[BaseException], ...]:
     from krone_jobs.jobs.parse import ReconciliationError
     from krone_jobs.jobs.train import NoTrainingData
     from krone_jobs.model_registry import ModelUnloadable, NoChampion
-    from krone_jobs.partitions import PartitionUnreadable
+    from krone_jobs.partitions import PartitionUnreadable, SourceRecordError
     from krone_jobs.quality import QualityGateError
     from krone_jobs.templates import TemplateStateError
     from krone_jobs.warehouse import WarehouseUnavailable
 
     return (QualityGateError, ReconciliationError, WarehouseUnavailable, NoTrainingData, NoChampion, ModelUnloadable,
-            HierarchyError, TemplateStateError, PartitionUnreadable, FileNotFoundError)
+            HierarchyError, TemplateStateError, PartitionUnreadable, SourceRecordError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

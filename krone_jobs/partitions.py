@@ -107,11 +107,23 @@ def latest_before(folder: Path, dt: str, *, inclusive: bool = False) -> Path | N
     return hits[-1] if hits else None
 
 
+class SourceRecordError(ValueError):
+    """``state/<source>/source.json`` cannot be read (damaged, or edited by hand into something else)."""
+
+
 def _source_record(root: Path, source: str) -> dict[str, Any]:
     path = state_dir(root, source) / "source.json"
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: parse the source first (or pass its format)")
-    return dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or not isinstance(record.get("format"), str):
+            raise ValueError("not an object with a format")
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise SourceRecordError(f"{path} is not a readable source record ({exc}): each parse run writes it, so "
+                                f"run `krone parse --source {source} --date <its last day> --format <its format>` "
+                                "again, or restore it from a backup") from exc
+    return record
 
 
 def source_format(root: Path, source: str) -> str:

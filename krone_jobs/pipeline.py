@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------------------------------ metrics
 def permanent_failures() -> tuple[type[BaseException], ...]:
     """Failures that running the same task again cannot mend, only a person can: the day's data failed its
-    quality gate, a stage file is damaged, the hierarchy or the miner state is broken, the day before was
+    quality gate, a stage file is damaged, the hierarchy, the miner state or the source record is broken, the day before was
     skipped, a line was lost, the training window holds nothing, the champion's artifacts are damaged. The
     DAGs fail these at once instead of spending retries (each a rerun of a Spark stage, hours on a large day)
     and their backoff on them."""
@@ -36,12 +36,12 @@ def permanent_failures() -> tuple[type[BaseException], ...]:
     from krone_jobs.jobs.sessionize import SkippedDayError
     from krone_jobs.jobs.train import NoTrainingData
     from krone_jobs.model_registry import ModelUnloadable
-    from krone_jobs.partitions import PartitionUnreadable
+    from krone_jobs.partitions import PartitionUnreadable, SourceRecordError
     from krone_jobs.quality import QualityGateError
     from krone_jobs.templates import TemplateStateError
 
     return (QualityGateError, PartitionUnreadable, HierarchyError, TemplateStateError, SkippedDayError,
-            ReconciliationError, NoTrainingData, ModelUnloadable)
+            ReconciliationError, NoTrainingData, ModelUnloadable, SourceRecordError)
 
 
 def numeric_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

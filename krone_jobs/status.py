@@ -12,6 +12,7 @@ from typing import Any
 
 from krone_jobs.partitions import (
     PartitionUnreadable,
+    SourceRecordError,
     count_rows,
     dated_files,
     source_format,
@@ -41,7 +42,7 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
                               "problems": []}
     try:
         status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, SourceRecordError) as exc:
         status["problems"].append(str(exc))
     try:
         status["open_sessions_after_last_day"] = _open_sessions(root, source, parsed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from krone_jobs.logformats import SessionSpec
 from krone_jobs.partitions import (
     PartitionUnreadable,
+    SourceRecordError,
     count_rows,
     ignored_raw_files,
     partition_dir,
@@ -21,6 +23,7 @@ from krone_jobs.partitions import (
     record_source_format,
     source_format,
     source_session,
+    source_timezone,
     state_dir,
 )
 
@@ -38,6 +41,17 @@ def test_a_record_from_before_session_rules_were_kept_has_none(tmp_path: Path) -
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"format": "hdfs"}), encoding="utf-8")
     assert (source_format(tmp_path, "hdfs"), source_session(tmp_path, "hdfs")) == ("hdfs", None)
+
+
+@pytest.mark.parametrize("text", ['{"format": "kro', '["krone"]', '{"session": null}'])
+def test_a_damaged_source_record_says_which_run_writes_it(tmp_path: Path, text: str) -> None:
+    path = state_dir(tmp_path, "gw") / "source.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(text, encoding="utf-8")
+    for read in (source_format, source_session, source_timezone):
+        with pytest.raises(SourceRecordError, match=rf"^{re.escape(str(path))} is not a readable source record \(.*\): "
+                                                    r"each parse run writes it, so run `krone parse --source gw "):
+            read(tmp_path, "gw")
 
 
 def test_raw_files_take_log_files_at_any_depth_and_name_the_others(tmp_path: Path) -> None:
