@@ -300,9 +300,9 @@ def _cmd_status(a: argparse.Namespace) -> int:
     if not sources:
         print(f"krone status: no source has state under {root / 'state'} yet", file=sys.stderr)
         return 1
-    found = [source_status(root, s) for s in sources]
+    found = [source_status(root, s, check=a.check) for s in sources]
     print(json.dumps(found) if a.json else "\n".join(render(s) for s in found))
-    return 0
+    return 1 if a.check and any(s["problems"] for s in found) else 0
 
 
 def _add_operations(sub: argparse._SubParsersAction) -> None:
@@ -317,6 +317,9 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
                    "with state under the data root)")
     p.add_argument("--data-root", type=Path, default=None, help="default: $KRONE_DATA_ROOT or <home>/data")
     p.add_argument("--json", action="store_true", help="one JSON list")
+    p.add_argument("--check", action="store_true", help="also read every partition file whole, every miner state "
+                   "and hierarchy file, and load the champion; exit 1 on any problem (after a disk incident or "
+                   "a restore)")
     p.set_defaults(func=_cmd_status)
     p = sub.add_parser("promote", help="move the champion alias to a registered version (gate, or --force)")
     add_promote_arguments(p)

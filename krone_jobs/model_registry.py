@@ -163,6 +163,8 @@ class KroneModel(mlflow.pyfunc.PythonModel):
         try:
             self.detector = RoutedDetector.load(self._detector_path)
             self.templates = TemplateStore.from_json(Path(miner).read_text(encoding="utf-8")) if miner else None
+        except MemoryError:
+            raise  # the machine, not the model: may pass on a retry
         except Exception as exc:  # whatever a damaged file makes torch, JSON or the miner raise
             raise ModelUnloadable(f"its artifacts ({Path(self._detector_path).parent}) cannot be read back: "
                                   f"{type(exc).__name__}: {exc}") from exc

@@ -216,14 +216,15 @@ _WRITTEN_BY = {"parsed": "parse", "quarantine": "parse", "sessions": "sessionize
 def rewrite_hint(path: Path) -> str:
     """How to write ``path`` again from its input: a stage partition ``<stage>/source=S/dt=D`` or a dated state
     entry ``state/S/<kind>/dt=D[.json]`` (open sessions, miner state)."""
-    day, parent = _DT.match(path.name).group(1), path.parent  # type: ignore[union-attr]
+    dated, parent = _DT.match(path.name), path.parent
     if parent.name.startswith("source="):
         written, source = parent.parent.name, parent.name.removeprefix("source=")
     else:
         written, source = parent.name, parent.parent.name
-    command = _WRITTEN_BY.get(written)
-    if command is None:
+    command = _WRITTEN_BY.get(written) if dated else None
+    if dated is None or command is None:
         return "remove it, or restore it from a backup"
+    day = dated.group(1)
     extra = " --format <the source's format>" if command == "parse" else ""
     return (f"run `krone {command} --source {source} --date {day}{extra}` again to write it anew from its input "
             f"(then the stages after it), or restore it from a backup")
@@ -234,18 +235,35 @@ def _unreadable(folder: Path, path: Path, error: Exception) -> PartitionUnreadab
                                f"{rewrite_hint(folder)}")
 
 
+def _footer_rows(folder: Path, path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except (OSError, ValueError) as error:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
+        raise _unreadable(folder, path, error) from error
+
+
 def count_rows(folder: Path) -> int:
     """Rows in a partition's Parquet files, from their footers (no Spark job, no data read); a file whose
     footer cannot be read raises :class:`PartitionUnreadable`."""
+    return sum(_footer_rows(folder, path) for path in sorted(folder.glob("*.parquet")))
+
+
+def damaged_files(folder: Path) -> tuple[int, list[str]]:
+    """(Parquet files in ``folder``, what is wrong with each that cannot be read whole). Every page is read
+    and decompressed, in batches: a damaged page behind an intact footer is found too."""
     import pyarrow.parquet as pq
 
-    rows = 0
-    for path in sorted(folder.glob("*.parquet")):
+    paths = sorted(folder.glob("*.parquet"))
+    problems = []
+    for path in paths:
         try:
-            rows += pq.ParquetFile(path).metadata.num_rows
-        except (OSError, ValueError) as error:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
-            raise _unreadable(folder, path, error) from error
-    return rows
+            for _ in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+                pass
+        except (OSError, ValueError) as error:
+            problems.append(str(_unreadable(folder, path, error)))
+    return len(paths), problems
 
 
 def read_table(folder: Path, columns: Sequence[str] | None = None) -> pa.Table:

@@ -24,13 +24,13 @@ from krone_jobs.config import settings
 if TYPE_CHECKING:
     from krone_jobs.hierarchy.extractor import HierarchyExtractor
 
-# ------------------------------------------------------------------------------------------ metrics
+# ----------------------------------------------------------------------------------------- failures
 def permanent_failures() -> tuple[type[BaseException], ...]:
     """Failures that running the same task again cannot mend, only a person can: the day's data failed its
-    quality gate, a stage file is damaged, the hierarchy, the miner state or the source record is broken, the day before was
-    skipped, a line was lost, the training window holds nothing, the champion's artifacts are damaged. The
-    DAGs fail these at once instead of spending retries (each a rerun of a Spark stage, hours on a large day)
-    and their backoff on them."""
+    quality gate, a stage file is damaged, the hierarchy, the miner state or the source record is broken, the
+    day before was skipped, a line was lost, the training window holds nothing, the champion's artifacts are
+    damaged. The DAGs fail these at once instead of spending retries (each a rerun of a Spark stage, hours on
+    a large day) and their backoff on them."""
     from krone_jobs.hierarchy.model import HierarchyError
     from krone_jobs.jobs.parse import ReconciliationError
     from krone_jobs.jobs.sessionize import SkippedDayError
@@ -44,6 +44,7 @@ def permanent_failures() -> tuple[type[BaseException], ...]:
             ReconciliationError, NoTrainingData, ModelUnloadable, SourceRecordError)
 
 
+# ------------------------------------------------------------------------------------------ metrics
 def numeric_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Finite numbers of a (nested) metrics dict, flattened as ``outer.inner``: ``run_metrics`` holds
     doubles only, so names, paths and lists stay in the XCom and the logs."""

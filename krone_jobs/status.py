@@ -3,6 +3,9 @@ before a backfill: which days are parsed, which are scored, which wait for a mod
 
 Every part is read where it lives (partitions on disk, ``run_metrics`` in the warehouse, the registry in MLflow)
 and fails soft: a warehouse or tracking server that does not answer is reported as such, the rest still shows.
+
+``--check`` also reads every file a night would read (:func:`check_files`) and loads the champion, so that after
+a disk incident or a restore every damaged file is named at once, not one failed night at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from krone_jobs.partitions import (
     PartitionUnreadable,
     SourceRecordError,
     count_rows,
+    damaged_files,
     dated_files,
     source_format,
     source_timezone,
@@ -22,6 +26,7 @@ from krone_jobs.partitions import (
 )
 
 UNSCORED_SHOWN = 5
+CHECKED_STAGES = ("parsed", "quarantine", "sessions", "kseqs")
 
 
 def known_sources(root: Path) -> list[str]:
@@ -31,9 +36,10 @@ def known_sources(root: Path) -> list[str]:
 
 
 def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
-                  tracking_uri: str | None = None) -> dict[str, Any]:
+                  tracking_uri: str | None = None, check: bool = False) -> dict[str, Any]:
     """One source's figures (see the module docstring); ``None`` where a store did not answer, with the reason
-    under ``problems``."""
+    under ``problems``. With ``check``, every file is read too (``checked_files``, damaged ones under
+    ``problems``) and the champion is loaded."""
     parsed = list(dated_files(stage_dir(root, "kseqs", source)))
     status: dict[str, Any] = {"source": source, "format": None, "timezone": None, "days_parsed": len(parsed),
                               "first_day": parsed[0] if parsed else None, "last_day": parsed[-1] if parsed else None,
@@ -49,8 +55,38 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
     except PartitionUnreadable as exc:
         status["problems"].append(str(exc))
     _scored(status, source, parsed, warehouse_url)
-    _champion(status, source, tracking_uri)
+    _champion(status, source, tracking_uri, load=check)
+    if check:
+        status["checked_files"], damaged = check_files(root, source)
+        status["problems"] += damaged
     return status
+
+
+def check_files(root: Path, source: str) -> tuple[int, list[str]]:
+    """(Files read, what is wrong with those that could not be): every Parquet file of the source's
+    partitions and open sessions, read whole, every miner state, the hierarchy and its dated copies."""
+    from krone_jobs.hierarchy.model import Hierarchy, HierarchyError
+    from krone_jobs.miner_state import read_state, templates_dir
+    from krone_jobs.templates import TemplateStateError
+
+    folders = [p for stage in CHECKED_STAGES for p in dated_files(stage_dir(root, stage, source)).values()]
+    folders += dated_files(state_dir(root, source) / "open").values()
+    read, problems = 0, []
+    for folder in folders:
+        files, damaged = damaged_files(folder)
+        read, problems = read + files, problems + damaged
+    state = state_dir(root, source)
+    hierarchies = [state / "hierarchy.csv", *dated_files(state / "hierarchy").values()]
+    loads: list[tuple[Any, type[Exception], Path]] = [
+        *((read_state, TemplateStateError, p) for p in dated_files(templates_dir(root, source)).values()),
+        *((Hierarchy.load_csv, HierarchyError, p) for p in hierarchies if p.is_file())]
+    for load, error, path in loads:
+        read += 1
+        try:
+            load(path)
+        except error as exc:
+            problems.append(str(exc))
+    return read, problems
 
 
 def _open_sessions(root: Path, source: str, parsed: list[str]) -> int | None:
@@ -76,11 +112,15 @@ def _scored(status: dict[str, Any], source: str, parsed: list[str], url: str | N
     status["unscored"] = [dt for dt in parsed if dt not in done]
 
 
-def _champion(status: dict[str, Any], source: str, tracking_uri: str | None) -> None:
+def _champion(status: dict[str, Any], source: str, tracking_uri: str | None, *, load: bool = False) -> None:
     from krone_jobs import model_registry as registry
 
     try:
         status["champion"] = registry.champion_version(registry.connect(tracking_uri), source)
+        if load and status["champion"] is not None:
+            registry.load_version(source, status["champion"])
+    except registry.ModelUnloadable as exc:
+        status["problems"].append(f"the champion {exc}")
     except Exception as exc:  # noqa: BLE001 - any failure of the tracking server is reported, not raised
         status["problems"].append(f"MLflow: {type(exc).__name__}: {exc}")
 
@@ -100,6 +140,8 @@ def render(status: dict[str, Any]) -> str:
                      + (f"{_days(len(waiting))} parsed but not scored: {shown}" if waiting else "every parsed day scored"))
     lines.append(f"  champion: krone-{s['source']} v{s['champion']}" if s["champion"] else
                  f"  champion: none yet (`krone train --source {s['source']} --end <day>`)")
+    if "checked_files" in s:
+        lines.append(f"  checked {s['checked_files']:,} files" + ("" if s["problems"] else ": every one readable"))
     lines += [f"  problem: {p}" for p in s["problems"]]
     return "\n".join(lines)
 

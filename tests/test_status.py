@@ -76,3 +76,41 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeyp
     assert main(["status", "--data-root", str(tmp_path), "--json"]) == 0
     (found,) = json.loads(capsys.readouterr().out)
     assert found["source"] == "web" and found["unscored"] == list(DAYS)
+
+
+def test_check_reads_every_file_and_names_each_damaged_one(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from krone_jobs.hierarchy.model import Hierarchy, make_node
+    from krone_jobs.miner_state import templates_path
+    from krone_jobs.templates import TemplateStore
+
+    monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'w.duckdb'}")
+    monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _source(tmp_path)
+    sessions = tmp_path / "sessions" / "source=web" / f"dt={DAYS[0]}" / "part-00000.parquet"
+    sessions.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"session_id": [f"s{i}" for i in range(50_000)]}), sessions)
+    store = TemplateStore()
+    store.mine("job 1 started on node 3")
+    for dt in DAYS[:2]:
+        templates_path(tmp_path, "web", dt).parent.mkdir(parents=True, exist_ok=True)
+        templates_path(tmp_path, "web", dt).write_text(store.to_json(), encoding="utf-8")
+    Hierarchy([make_node("T1", "job <*> started", "job", "start", "none", "offline")]).save_csv(
+        tmp_path / "state" / "web" / "hierarchy.csv")
+    argv = ["status", "--data-root", str(tmp_path), "--check"]
+    assert main(argv) == 0
+    assert "checked 5 files: every one readable" in capsys.readouterr().out  # 2 Parquet, 2 states, 1 hierarchy
+
+    page = bytearray(sessions.read_bytes())  # a damaged page behind an intact footer
+    page[len(page) // 3: len(page) // 3 + 64] = bytes(b ^ 0xFF for b in page[len(page) // 3: len(page) // 3 + 64])
+    sessions.write_bytes(bytes(page))
+    templates_path(tmp_path, "web", DAYS[1]).write_text("", encoding="utf-8")
+    hierarchy = tmp_path / "state" / "web" / "hierarchy.csv"
+    hierarchy.write_text(hierarchy.read_text(encoding="utf-8").rsplit(",", 4)[0], encoding="utf-8")
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "checked 5 files\n" in out
+    assert f"problem: {sessions} is not a readable Parquet file (OSError: Corrupt snappy compressed data" in out
+    assert f"problem: {templates_path(tmp_path, 'web', DAYS[1])}: malformed template state" in out
+    assert f"problem: {hierarchy}, line 2: no action_node, status_node: the file is damaged" in out
+    assert main(["status", "--data-root", str(tmp_path)]) == 0  # without --check: the footer is intact

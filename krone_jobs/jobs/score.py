@@ -278,9 +278,10 @@ class Champion:
             kmodel = registry.load_version(source, version).unwrap_python_model()
         except registry.ModelUnloadable as exc:
             raise registry.ModelUnloadable(
-                f"the champion {str(exc).rstrip('.')}. Promote a version that loads (`krone promote --source {source} --version N`) "
-                f"or train a new one (`krone train --source {source} --end <day>`): a damaged champion is not "
-                "compared with, so a new version that passes its bounds replaces it") from exc
+                f"the champion {str(exc).rstrip('.')}. Promote a version that loads "
+                f"(`krone promote --source {source} --version N`) or train a new one (`krone train --source "
+                f"{source} --end <day>`): a damaged champion is not compared with, so a new version that passes "
+                "its bounds replaces it") from exc
         texts = {t.template_id: t.template for t in kmodel.templates.templates()} if kmodel.templates else {}
         return cls(kmodel.detector, version, kmodel.templates, texts)
 
