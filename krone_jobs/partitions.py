@@ -266,6 +266,17 @@ def damaged_files(folder: Path) -> tuple[int, list[str]]:
     return len(paths), problems
 
 
+def raise_if_damaged(error: Exception, *folders: Path) -> None:
+    """Spark work that read the partitions in ``folders`` failed with ``error``: if one of their files cannot
+    be read whole (a damaged page behind an intact footer, which Spark meets only mid-job), raise
+    :class:`PartitionUnreadable` naming it and the run that writes it again, instead of Spark's page of Java
+    trace. The files are read only then; otherwise this returns and the caller re-raises ``error``."""
+    for folder in folders:
+        if folder.is_dir() and (damaged := damaged_files(folder)[1]):
+            more = f" ({len(damaged) - 1} more file(s) of the partition too)" if len(damaged) > 1 else ""
+            raise PartitionUnreadable(damaged[0] + more) from error
+
+
 def read_table(folder: Path, columns: Sequence[str] | None = None) -> pa.Table:
     """A partition's rows as one Arrow table (``columns`` only, when given), or :class:`PartitionUnreadable`
     naming the damaged file."""

@@ -18,6 +18,7 @@ from krone_jobs.partitions import (
     count_rows,
     ignored_raw_files,
     partition_dir,
+    raise_if_damaged,
     read_table,
     raw_files,
     record_source_format,
@@ -99,3 +100,19 @@ def test_a_damaged_file_is_named_with_the_run_that_writes_it_again(
             read(folder)
         assert str(err.value).startswith(f"{damaged} is not a readable Parquet file (ArrowInvalid: ")
         assert writes_it in str(err.value)
+
+
+def test_a_failure_is_put_on_a_damaged_page_only_when_there_is_one(tmp_path: Path) -> None:
+    folder = partition_dir(tmp_path, "sessions", "app", "2026-11-20")
+    folder.mkdir(parents=True)
+    path = folder / "part-00000.parquet"
+    pq.write_table(pa.table({"session_id": [f"s{i}" for i in range(50_000)]}), path)
+    failure = RuntimeError("Spark: [FAILED_READ_FILE.NO_HINT] ...")
+    raise_if_damaged(failure, folder, tmp_path / "absent")  # every file reads: the caller's error stands
+    page = bytearray(path.read_bytes())
+    page[len(page) // 3: len(page) // 3 + 64] = bytes(64)  # a page behind an intact footer
+    path.write_bytes(bytes(page))
+    assert count_rows(folder) == 50_000
+    with pytest.raises(PartitionUnreadable, match=f"^{re.escape(str(path))} is not a readable Parquet file") as err:
+        raise_if_damaged(failure, tmp_path / "absent", folder)
+    assert err.value.__cause__ is failure

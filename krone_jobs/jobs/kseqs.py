@@ -30,6 +30,7 @@ from krone_jobs.partitions import (
     check_source,
     count_rows,
     partition_dir,
+    raise_if_damaged,
     read_partition,
     read_table,
     write_partition,
@@ -118,6 +119,9 @@ def run_kseqs(
         write_partition(distinct.select(*KSEQ_COLUMNS), kseqs_dir, sort_by=["level", "key", "cache_key"], files=1)
         examples = [f"{r['session_id']}: {r['key']}"
                     for r in chunks.filter(~cut).orderBy("session_id").limit(5).collect()] if stats[1] else []
+    except Exception as exc:
+        raise_if_damaged(exc, sessions_dir)
+        raise
     finally:
         chunks.unpersist()
     levels = read_table(kseqs_dir, columns=["level"]).column("level").to_pylist()

@@ -472,12 +472,15 @@ def run_score(
 def _walk_spark(spark: SparkSession, payload: str, root: Path, source: str, date: str) -> list[Any]:
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from krone_jobs.partitions import read_partition
+    from krone_jobs.partitions import raise_if_damaged, read_partition
 
     sessions = read_partition(spark, root, "sessions", source, date).select(*_WALK_INPUT)
     shared = spark.sparkContext.broadcast(payload)
     try:
         return sessions.mapInArrow(_walker(shared), from_arrow_schema(_walk_schema())).collect()
+    except Exception as exc:
+        raise_if_damaged(exc, partition_dir(root, "sessions", source, date))
+        raise
     finally:
         shared.unpersist()
 

@@ -51,6 +51,7 @@ from krone_jobs.partitions import (
     count_rows,
     dated_files,
     partition_dir,
+    raise_if_damaged,
     read_partition,
     source_format,
     source_session,
@@ -257,6 +258,9 @@ def run_sessionize(
         first_piece = F.col("piece") == 0
         n_open, n_cut, n_split = sessions.agg(F.sum(is_open.cast("long")), F.sum((cut & first_piece).cast("long")),
                                               F.sum((F.col("split") & first_piece).cast("long"))).first()
+    except Exception as exc:
+        raise_if_damaged(exc, partition_dir(root, "parsed", source, date), carried_path)
+        raise
     finally:
         sessions.unpersist()
 

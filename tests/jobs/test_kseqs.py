@@ -82,3 +82,24 @@ def test_a_damaged_hierarchy_is_refused_with_the_copy_to_put_back(pipeline: Any,
     assert path.read_bytes() == damaged  # the stage did not build on it
     shutil.copyfile(copy, path)
     assert load_hierarchy(root, SOURCE) == Hierarchy.load_csv(hierarchy_path(pipeline.root, SOURCE))
+
+
+def test_a_damaged_page_spark_meets_mid_job_is_named(pipeline: Any, spark: Any, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from krone_jobs.jobs.kseqs import run_kseqs
+    from krone_jobs.partitions import PartitionUnreadable
+
+    root = tmp_path / "root"
+    shutil.copytree(state_dir(pipeline.root, SOURCE), state_dir(root, SOURCE))
+    shutil.copytree(partition_dir(pipeline.root, "sessions", SOURCE, DAYS[0]), partition_dir(root, "sessions", SOURCE, DAYS[0]))
+    [part] = partition_dir(root, "sessions", SOURCE, DAYS[0]).glob("*.parquet")
+    chunk = next(c for c in (pq.ParquetFile(part).metadata.row_group(0).column(j) for j in range(6))
+                 if c.path_in_schema.startswith("template_ids"))  # a column the job reads
+    data = bytearray(part.read_bytes())
+    middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+    data[middle: middle + 32] = bytes(b ^ 0xFF for b in data[middle: middle + 32])
+    part.write_bytes(bytes(data))
+    with pytest.raises(PartitionUnreadable, match=rf"{re.escape(str(part))} is not a readable Parquet file .*"
+                                                  rf"krone sessionize --source {SOURCE} --date {DAYS[0]}`"):
+        run_kseqs(SOURCE, DAYS[0], data_root=root, spark=spark)
