@@ -154,11 +154,20 @@ def record_source_format(root: Path, source: str, fmt_name: str, session: dict[s
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small state file so readers see the old or the new content, never a torn one."""
+    """Write a small state file so readers see the old or the new content, never a torn one: the new content
+    reaches the disk (fsync) before it replaces the old, so a power cut cannot leave an empty file behind,
+    and a write that fails (a full disk) leaves no temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"_tmp_{path.name}_{uuid.uuid4().hex}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def temp_dir_for(target: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +16,7 @@ from krone_jobs.logformats import SessionSpec
 from krone_jobs.partitions import (
     PartitionUnreadable,
     SourceRecordError,
+    atomic_write_text,
     count_rows,
     ignored_raw_files,
     partition_dir,
@@ -116,3 +118,18 @@ def test_a_failure_is_put_on_a_damaged_page_only_when_there_is_one(tmp_path: Pat
     with pytest.raises(PartitionUnreadable, match=f"^{re.escape(str(path))} is not a readable Parquet file") as err:
         raise_if_damaged(failure, tmp_path / "absent", folder)
     assert err.value.__cause__ is failure
+
+
+def test_a_state_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = state_dir(tmp_path, "app") / "source.json"
+    atomic_write_text(path, "old\r\n")
+    assert path.read_bytes() == b"old\r\n"  # written as given
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(path, "new")
+    assert path.read_bytes() == b"old\r\n" and [p.name for p in path.parent.iterdir()] == ["source.json"]

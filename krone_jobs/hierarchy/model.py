@@ -10,6 +10,7 @@ KRONE Seq cut relies on it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -125,12 +126,17 @@ class Hierarchy(Mapping[str, TemplateNode]):
         return Hierarchy(merged.values())
 
     # Persistence --------------------------------------------------------------------------------
+    def csv_text(self) -> str:
+        """Our own CSV format: a header of :data:`FIELDS`, then one row per template by id."""
+        out = io.StringIO(newline="")
+        writer = csv.DictWriter(out, fieldnames=FIELDS)
+        writer.writeheader()
+        for node in sorted(self._nodes.values(), key=lambda n: n.template_id):
+            writer.writerow(node.as_row())
+        return out.getvalue()
+
     def save_csv(self, path: str | Path) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=FIELDS)
-            writer.writeheader()
-            for node in sorted(self._nodes.values(), key=lambda n: n.template_id):
-                writer.writerow(node.as_row())
+        Path(path).write_text(self.csv_text(), encoding="utf-8", newline="")
 
     @classmethod
     def load_csv(cls, path: str | Path) -> Hierarchy:
@@ -140,6 +146,8 @@ class Hierarchy(Mapping[str, TemplateNode]):
         nodes = []
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not set(_PLACEMENT) <= set(reader.fieldnames):
+                raise HierarchyError(f"{path}: no header naming {', '.join(_PLACEMENT)}: the file is empty or damaged")
             for row in reader:
                 try:
                     if None in row:

@@ -10,7 +10,6 @@ the version a run of that day used. No Spark: the hierarchy has one row per temp
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from krone_jobs.config import settings
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, HierarchyError, load_overrides
 from krone_jobs.miner_state import read_state, templates_dir
-from krone_jobs.partitions import check_date, check_source, latest_before, state_dir, temp_dir_for
+from krone_jobs.partitions import atomic_write_text, check_date, check_source, latest_before, state_dir
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,7 @@ def hierarchy_at(root: Path, source: str, dt: str) -> Hierarchy | None:
 
 
 def _save(hierarchy: Hierarchy, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = temp_dir_for(path)
-    hierarchy.save_csv(staged)
-    os.replace(staged, path)
+    atomic_write_text(path, hierarchy.csv_text())
 
 
 def run_hierarchy(

@@ -78,6 +78,14 @@ def test_a_damaged_csv_is_refused_with_its_line(toy: Hierarchy, tmp_path: Path, 
         Hierarchy.load_csv(path)
 
 
+@pytest.mark.parametrize("text", ["", "template_id,template\n"])
+def test_a_csv_without_the_placement_header_is_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "h.csv"  # an empty file had loaded as an empty hierarchy, and every placement was redone
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(HierarchyError, match=r"h\.csv: no header naming template_id, entity, .*: the file is empty"):
+        Hierarchy.load_csv(path)
+
+
 @pytest.mark.shared_data
 def test_official_node_tables_load(shared_data: Path) -> None:
     official = shared_data / "krone_demo" / "official"
