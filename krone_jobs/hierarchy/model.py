@@ -235,14 +235,21 @@ def load_overrides(path: str | Path, base: Hierarchy | None = None) -> list[Temp
     """Read a human overrides CSV: ``template_id,entity,action[,status]``.
 
     Node ids are derived with :func:`node_ids`, so an override that names an existing entity/action joins
-    that node instead of creating a look-alike.
+    that node instead of creating a look-alike. People write this file: a missing column or value raises
+    :class:`HierarchyError` naming the line.
     """
     out: list[TemplateNode] = []
     with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            tid = str(row["template_id"]).strip()
-            entity = row["entity"].strip()
-            action = row["action"].strip()
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"template_id", "entity", "action"} <= set(reader.fieldnames):
+            raise HierarchyError(f"{path}: the header must name template_id,entity,action[,status]")
+        for row in reader:
+            values = {k: (row.get(k) or "").strip() for k in ("template_id", "entity", "action")}
+            missing = [k for k, v in values.items() if not v]
+            if None in row or missing:
+                wrong = "more fields than the header" if None in row else f"no {', '.join(missing)}"
+                raise HierarchyError(f"{path}, line {reader.line_num}: {wrong}")
+            tid, entity, action = values["template_id"], values["entity"], values["action"]
             status = (row.get("status") or "none").strip()
             template = base[tid].template if base is not None and tid in base else str(row.get("template", ""))
             out.append(make_node(tid, template, entity, action, status, "override"))

@@ -86,6 +86,19 @@ def test_a_csv_without_the_placement_header_is_refused(tmp_path: Path, text: str
         Hierarchy.load_csv(path)
 
 
+@pytest.mark.parametrize(("text", "complaint"), [
+    ("template_id,entity\nT1,disk\n", r"o\.csv: the header must name template_id,entity,action\[,status\]"),
+    ("template_id,entity,action\nT1,,flush\n", r"o\.csv, line 2: no entity"),
+    ("template_id,entity,action\nT1,disk\n", r"o\.csv, line 2: no action"),
+    ("template_id,entity,action\nT1,disk,flush,failed\n", r"o\.csv, line 2: more fields than the header"),
+])
+def test_an_overrides_file_with_a_gap_is_refused_with_its_line(tmp_path: Path, text: str, complaint: str) -> None:
+    path = tmp_path / "o.csv"  # people write it: a missing value had been a traceback or an empty node name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(HierarchyError, match=complaint):
+        load_overrides(path)
+
+
 @pytest.mark.shared_data
 def test_official_node_tables_load(shared_data: Path) -> None:
     official = shared_data / "krone_demo" / "official"
