@@ -38,8 +38,8 @@ def known_sources(root: Path) -> list[str]:
 def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
                   tracking_uri: str | None = None, check: bool = False) -> dict[str, Any]:
     """One source's figures (see the module docstring); ``None`` where a store did not answer, with the reason
-    under ``problems``. With ``check``, every file is read too (``checked_files``, damaged ones under
-    ``problems``) and the champion is loaded."""
+    under ``problems``. With ``check``, every file is read too (``checked_files``, ``damaged_files``, what is
+    wrong with them under ``problems``) and the champion is loaded."""
     parsed = list(dated_files(stage_dir(root, "kseqs", source)))
     status: dict[str, Any] = {"source": source, "format": None, "timezone": None, "days_parsed": len(parsed),
                               "first_day": parsed[0] if parsed else None, "last_day": parsed[-1] if parsed else None,
@@ -58,7 +58,8 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
     _champion(status, source, tracking_uri, load=check)
     if check:
         status["checked_files"], damaged = check_files(root, source)
-        status["problems"] += damaged
+        status["damaged_files"] = len(damaged)
+        status["problems"] += [p for p in damaged if p not in status["problems"]]  # an open state's is there
     return status
 
 
@@ -141,7 +142,8 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"  champion: krone-{s['source']} v{s['champion']}" if s["champion"] else
                  f"  champion: none yet (`krone train --source {s['source']} --end <day>`)")
     if "checked_files" in s:
-        lines.append(f"  checked {s['checked_files']:,} files" + ("" if s["problems"] else ": every one readable"))
+        lines.append(f"  checked {s['checked_files']:,} files: " + (f"{s['damaged_files']} damaged (below)"
+                                                                   if s["damaged_files"] else "every one readable"))
     lines += [f"  problem: {p}" for p in s["problems"]]
     return "\n".join(lines)
 

@@ -65,6 +65,9 @@ def test_a_damaged_open_session_file_is_a_problem_not_a_crash(tmp_path: Path) ->
     assert problem.startswith(f"{damaged} is not a readable Parquet file (ArrowInvalid: ")
     assert problem.endswith(f"run `krone sessionize --source web --date {DAYS[-1]}` again to write it anew from its "
                             "input (then the stages after it), or restore it from a backup")
+    checked = source_status(tmp_path, "web", warehouse_url=f"duckdb:///{tmp_path / 'w.duckdb'}",
+                            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", check=True)
+    assert checked["problems"] == [problem] and (checked["checked_files"], checked["damaged_files"]) == (1, 1)
 
 
 def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,7 +112,7 @@ def test_check_reads_every_file_and_names_each_damaged_one(tmp_path: Path, capsy
     hierarchy.write_text(hierarchy.read_text(encoding="utf-8").rsplit(",", 4)[0], encoding="utf-8")
     assert main(argv) == 1
     out = capsys.readouterr().out
-    assert "checked 5 files\n" in out
+    assert "checked 5 files: 3 damaged (below)\n" in out
     assert f"problem: {sessions} is not a readable Parquet file (OSError: Corrupt snappy compressed data" in out
     assert f"problem: {templates_path(tmp_path, 'web', DAYS[1])}: malformed template state" in out
     assert f"problem: {hierarchy}, line 2: no action_node, status_node: the file is damaged" in out
