@@ -247,7 +247,10 @@ def test_a_damaged_partition_fails_its_score_task_at_once_not_after_retries(
     from datetime import timedelta
 
     from krone_jobs.partitions import partition_dir
+    from krone_jobs.pipeline import has_champion
 
+    if not has_champion(SOURCE):
+        pytest.skip("needs the champion test_train_then_score_then_rescore_changes_nothing promotes (run the module)")
     task = world.dags["krone_score"].get_task("partition.score")
     part = sorted(partition_dir(world.root, "sessions", SOURCE, DAYS[0]).glob("*.parquet"))[0]
     intact = part.read_bytes()
