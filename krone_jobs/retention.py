@@ -10,7 +10,10 @@ removes, for its source only:
   the oldest kept day is rerun from the miner state, open sessions and hierarchy of the day before it, so a
   rerun of any kept day gives what it gave (``tests/test_retention.py`` reruns it and compares);
 * raw logs ``raw/S/dt=...`` only with a raw window of their own (``KRONE_RETAIN_RAW_DAYS``): they are the
-  input everything else can be rebuilt from, and log shippers often manage them.
+  input everything else can be rebuilt from, and log shippers often manage them;
+* staging a killed job left beside those entries (``_tmp_...``, ``_old_...``: a task that hit its timeout,
+  the OOM killer) that nothing touched for :data:`LEFTOVER_AGE_S`, whatever its day. Readers skip these names,
+  so they were never data, only disk that no run would free.
 
 Windows shorter than 2 days are refused: sessionize carries open sessions from the day before, and the
 parse stage reads the day before's raw files to find a log that is never rotated. The warehouse (reports,
@@ -38,6 +41,10 @@ from krone_jobs.partitions import check_date, check_source, dated_files, stage_d
 STAGES = ("parsed", "quarantine", "sessions", "kseqs")
 STATE_FOLDERS = ("templates", "open", "hierarchy")
 MIN_DAYS = 2
+LEFTOVER_PREFIXES = ("_tmp_", "_old_")  # what partitions.temp_dir_for, swap_in and atomic_write_text name
+LEFTOVER_AGE_S = 86_400.0
+"""Staging untouched for this long is a killed job's: a job still writing touches it within minutes, and a task
+times out after 6 hours."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,20 +108,36 @@ def _older(folder: Path, start: str, kind: str, *, keep_newest: bool = False) ->
     return [Removal(kind, d, p, _size(p)) for d, p in old]
 
 
+def _leftovers(folder: Path, now: float) -> list[Removal]:
+    """Killed jobs' staging in ``folder`` that nothing touched for :data:`LEFTOVER_AGE_S` (newest time inside)."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(LEFTOVER_PREFIXES) and not path.is_symlink():
+            inside = [Path(d) / n for d, dirs, files in os.walk(path) for n in dirs + files] if path.is_dir() else []
+            with contextlib.suppress(OSError):
+                if max(p.lstat().st_mtime for p in [path, *inside]) < now - LEFTOVER_AGE_S:
+                    found.append(Removal("leftover", "", path, _size(path)))
+    return found
+
+
 def plan_retention(root: Path, source: str, dt: str, keep_days: int, keep_raw_days: int | None = None) -> list[Removal]:
     """What a retention run for ``source`` on day ``dt`` removes (see the module docstring), oldest first."""
     check_source(source)
     check_date(dt)
     start = _window_start(dt, keep_days, "the retention window")
-    found = [r for stage in STAGES for r in _older(stage_dir(root, stage, source), start, stage)]
     quality = root / "quality"
     suites = sorted(p.name for p in quality.iterdir() if p.is_dir() and not p.is_symlink()) if quality.is_dir() else []
-    found += [r for suite in suites for r in _older(stage_dir(quality, suite, source), start, f"quality/{suite}")]
-    found += _older(root / "reports" / source, start, "reports")
-    found += [r for name in STATE_FOLDERS
-              for r in _older(state_dir(root, source) / name, start, f"state/{name}", keep_newest=True)]
+    folders = [(stage_dir(root, stage, source), stage, False) for stage in STAGES]
+    folders += [(stage_dir(quality, suite, source), f"quality/{suite}", False) for suite in suites]
+    folders += [(root / "reports" / source, "reports", False)]
+    folders += [(state_dir(root, source) / name, f"state/{name}", True) for name in STATE_FOLDERS]
+    found = [r for folder, kind, keep_newest in folders for r in _older(folder, start, kind, keep_newest=keep_newest)]
     if keep_raw_days is not None:
         found += _older(root / "raw" / source, _window_start(dt, keep_raw_days, "the raw retention window"), "raw")
+    now = time.time()
+    found += [r for folder in [*(f for f, _, _ in folders), state_dir(root, source)] for r in _leftovers(folder, now)]
     return sorted(found, key=lambda r: (r.dt, r.kind))
 
 

@@ -3,12 +3,14 @@ kept day needs, leaves raw logs alone unless told, and never follows a link."""
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 
-from krone_jobs.retention import STAGES, plan_retention, run_retention
+from krone_jobs.retention import LEFTOVER_AGE_S, STAGES, plan_retention, run_retention
 
 SRC = "web"
 DAYS = [(date(2026, 11, 1) + timedelta(days=i)).isoformat() for i in range(6)]  # 11-01 .. 11-06
@@ -109,3 +111,27 @@ def test_an_entry_the_system_keeps_is_reported_and_the_rest_still_go(tmp_path: P
     m = run_retention(SRC, DAYS[-1], data_root=tmp_path, keep_days=5)
     assert m.failed == 1 and m.errors == [f"{stuck}: Permission denied"] and stuck.is_dir()
     assert _days(tmp_path / "kseqs" / f"source={SRC}") == DAYS[1:] and str(stuck) not in m.paths
+
+
+def test_staging_a_killed_job_left_is_swept_once_nothing_touched_it_for_a_day(tmp_path: Path) -> None:
+    _layout(tmp_path)
+    old = time.time() - LEFTOVER_AGE_S - 60
+    staged = tmp_path / "parsed" / f"source={SRC}" / f"_tmp_dt={DAYS[-1]}_0f3a"  # a day inside the window
+    _touch(staged / "_temporary" / "0" / "part-00000.parquet", 1000)
+    swapped = tmp_path / "state" / SRC / "open" / f"_old_dt={DAYS[-2]}_9c1e"
+    _touch(swapped / "part-00000.parquet", 100)
+    state = tmp_path / "state" / SRC / "_tmp_source.json_77aa"
+    _touch(state, 5)
+    for path in (staged, swapped, state):
+        for p in [path, *path.rglob("*")]:
+            os.utime(p, (old, old), follow_symlinks=False)
+    running = tmp_path / "sessions" / f"source={SRC}" / f"_tmp_dt={DAYS[-1]}_b2c4"  # a job still writing
+    _touch(running / "part-00000.parquet")
+    os.utime(running, (old, old))  # its folder is old, but a file inside was written just now
+
+    assert run_retention(SRC, DAYS[-1], data_root=tmp_path, keep_days=None).removed == 0  # off: nothing at all
+    assert staged.exists()
+    m = run_retention(SRC, DAYS[-1], data_root=tmp_path, keep_days=3)
+    assert m.by_kind["leftover"] == 3 and not staged.exists() and not swapped.exists() and not state.exists()
+    assert running.exists() and (tmp_path / "parsed" / f"source={SRC}" / "_tmp-rerun").exists()
+    assert m.bytes_freed >= 1105 and m.failed == 0
