@@ -340,17 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _operational_errors() -> tuple[type[BaseException], ...]:
     """Failures an operator fixes from the message alone (a failed gate, missing input, a service down):
     the console script prints them as one line with the stage named, not as a traceback."""
-    from krone_jobs.hierarchy.model import HierarchyError
-    from krone_jobs.jobs.parse import ReconciliationError
-    from krone_jobs.jobs.train import NoTrainingData
-    from krone_jobs.model_registry import ModelUnloadable, NoChampion
-    from krone_jobs.partitions import PartitionUnreadable, SourceRecordError
-    from krone_jobs.quality import QualityGateError
-    from krone_jobs.templates import TemplateStateError
+    from krone_jobs.model_registry import NoChampion
+    from krone_jobs.pipeline import permanent_failures
     from krone_jobs.warehouse import WarehouseUnavailable
 
-    return (QualityGateError, ReconciliationError, WarehouseUnavailable, NoTrainingData, NoChampion, ModelUnloadable,
-            HierarchyError, TemplateStateError, PartitionUnreadable, SourceRecordError, FileNotFoundError)
+    return (*permanent_failures(), WarehouseUnavailable, NoChampion, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
+STAGES = ("parsed", "quarantine", "sessions", "kseqs")
+"""The stages that write day partitions ``<stage>/source=S/dt=D``."""
 RAW_SUFFIXES = (".log", ".log.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 """What a raw partition's log files are called; other files there are listed by :func:`ignored_raw_files`."""
 _DT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})(?:\.\w+)?$")

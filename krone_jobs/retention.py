@@ -36,9 +36,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from krone_jobs.partitions import check_date, check_source, dated_files, stage_dir, state_dir
+from krone_jobs.partitions import STAGES, check_date, check_source, dated_files, stage_dir, state_dir
 
-STAGES = ("parsed", "quarantine", "sessions", "kseqs")
 STATE_FOLDERS = ("templates", "open", "hierarchy")
 MIN_DAYS = 2
 LEFTOVER_PREFIXES = ("_tmp_", "_old_")  # what partitions.temp_dir_for, swap_in and atomic_write_text name

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from krone_jobs.partitions import (
+    STAGES,
     PartitionUnreadable,
     SourceRecordError,
     count_rows,
@@ -26,7 +27,6 @@ from krone_jobs.partitions import (
 )
 
 UNSCORED_SHOWN = 5
-CHECKED_STAGES = ("parsed", "quarantine", "sessions", "kseqs")
 
 
 def known_sources(root: Path) -> list[str]:
@@ -70,7 +70,7 @@ def check_files(root: Path, source: str) -> tuple[int, list[str]]:
     from krone_jobs.miner_state import read_state, templates_dir
     from krone_jobs.templates import TemplateStateError
 
-    folders = [p for stage in CHECKED_STAGES for p in dated_files(stage_dir(root, stage, source)).values()]
+    folders = [p for stage in STAGES for p in dated_files(stage_dir(root, stage, source)).values()]
     folders += dated_files(state_dir(root, source) / "open").values()
     read, problems = 0, []
     for folder in folders:
