@@ -14,7 +14,8 @@ names starting with ``_``), then swaps it in with two renames: a reader never se
 partition (only, for the instant between the renames, none), and a rerun replaces the partition instead
 of adding to it. Part files are renamed to
 ``part-NNNNN.parquet`` in task order and Spark's ``.crc`` side files dropped, so a rerun on the same input
-and configuration leaves the same file names and the same rows.
+and configuration leaves the same file names and the same rows. Each partition is sealed with a manifest of
+its files (:mod:`krone_jobs.manifests`), and readers refuse one changed since (:class:`PartitionMismatch`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from krone_jobs.manifests import differences, seal
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -177,8 +180,10 @@ def temp_dir_for(target: Path) -> Path:
     return target.parent / f"_tmp_{target.name}_{uuid.uuid4().hex}"
 
 
-def swap_in(staged: Path, target: Path) -> None:
-    """Replace ``target`` by ``staged`` (two renames; the old copy is removed last)."""
+def swap_in(staged: Path, target: Path, inputs: dict[str, Any] | None = None) -> None:
+    """Replace ``target`` by ``staged`` (two renames; the old copy is removed last), sealed with its manifest
+    first (:mod:`krone_jobs.manifests`; ``inputs``: what it was built from, :func:`krone_jobs.lineage.inputs`)."""
+    seal(staged, target, inputs)
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.parent / f"_old_{target.name}_{uuid.uuid4().hex}"
     if target.exists():
@@ -197,8 +202,10 @@ def _normalise_parts(folder: Path) -> None:
         p.rename(folder / f"part-{i:05d}.parquet")
 
 
-def write_partition(frame: DataFrame, target: Path, *, sort_by: Sequence[str], files: int | None = None) -> None:
-    """Overwrite ``target`` with ``frame``, rows sorted by ``sort_by`` inside each file.
+def write_partition(frame: DataFrame, target: Path, *, sort_by: Sequence[str], files: int | None = None,
+                    inputs: dict[str, Any] | None = None) -> None:
+    """Overwrite ``target`` with ``frame``, rows sorted by ``sort_by`` inside each file (see :func:`swap_in` for
+    ``inputs``).
 
     ``files`` fixes the file count (hash-partitioned on ``sort_by``); ``None`` keeps the frame's own
     partitioning (no shuffle), which is deterministic for a given input and configuration.
@@ -209,7 +216,7 @@ def write_partition(frame: DataFrame, target: Path, *, sort_by: Sequence[str], f
     try:
         frame.sortWithinPartitions(*sort_by).write.mode("overwrite").parquet(str(staged))
         _normalise_parts(staged)
-        swap_in(staged, target)
+        swap_in(staged, target, inputs)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
@@ -241,6 +248,23 @@ def rewrite_hint(path: Path) -> str:
             f"(then the stages after it), or restore it from a backup")
 
 
+class PartitionMismatch(PartitionUnreadable):
+    """A partition is not what the run that wrote it wrote (its manifest says so): a file missing, added,
+    resized or, to ``krone status --check``, rewritten; or the folder of another day. Each file may read
+    fine, so without this a partial restore would be scored as a smaller day."""
+
+
+def _mismatch(folder: Path, found: list[str]) -> str:
+    return f"{folder} is not the partition that was written: {'; '.join(found)}: {rewrite_hint(folder)}"
+
+
+def check_written(folder: Path) -> None:
+    """:class:`PartitionMismatch` if ``folder``'s files are not the ones its manifest lists (names and sizes:
+    a ``stat`` per file); nothing where it matches or has no manifest."""
+    if found := differences(folder):
+        raise PartitionMismatch(_mismatch(folder, found))
+
+
 def _unreadable(folder: Path, path: Path, error: Exception) -> PartitionUnreadable:
     return PartitionUnreadable(f"{path} is not a readable Parquet file ({type(error).__name__}: {error}): "
                                f"{rewrite_hint(folder)}")
@@ -257,23 +281,29 @@ def _footer_rows(folder: Path, path: Path) -> int:
 
 def count_rows(folder: Path) -> int:
     """Rows in a partition's Parquet files, from their footers (no Spark job, no data read); a file whose
-    footer cannot be read raises :class:`PartitionUnreadable`."""
+    footer cannot be read raises :class:`PartitionUnreadable`, a partition changed since it was written
+    :class:`PartitionMismatch`."""
+    check_written(folder)
     return sum(_footer_rows(folder, path) for path in sorted(folder.glob("*.parquet")))
 
 
 def damaged_files(folder: Path) -> tuple[int, list[str]]:
-    """(Parquet files in ``folder``, what is wrong with each that cannot be read whole). Every page is read
-    and decompressed, in batches: a damaged page behind an intact footer is found too."""
+    """(Parquet files in ``folder``, what is wrong with each that cannot be read whole, and with the partition
+    where it differs from its manifest, content hashes included). Every page is read and decompressed, in
+    batches: a damaged page behind an intact footer is found too."""
     import pyarrow.parquet as pq
 
     paths = sorted(folder.glob("*.parquet"))
-    problems = []
+    problems, damaged = [], set()
     for path in paths:
         try:
             for _ in pq.ParquetFile(path).iter_batches(batch_size=65_536):
                 pass
         except (OSError, ValueError) as error:
             problems.append(str(_unreadable(folder, path, error)))
+            damaged.add(path.name)
+    if found := differences(folder, content=True, damaged=damaged):
+        problems.insert(0, _mismatch(folder, found))
     return len(paths), problems
 
 
@@ -290,10 +320,11 @@ def raise_if_damaged(error: Exception, *folders: Path) -> None:
 
 def read_table(folder: Path, columns: Sequence[str] | None = None) -> pa.Table:
     """A partition's rows as one Arrow table (``columns`` only, when given), or :class:`PartitionUnreadable`
-    naming the damaged file."""
+    naming the damaged file (:class:`PartitionMismatch`: a partition changed since it was written)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_written(folder)
     tables = []
     for path in sorted(folder.glob("*.parquet")):
         try:
@@ -307,7 +338,7 @@ def read_table(folder: Path, columns: Sequence[str] | None = None) -> pa.Table:
 
 def read_partition(spark: SparkSession, root: Path, stage: str, source: str, dt: str) -> DataFrame:
     """One stage partition with ``source`` and ``dt`` added as columns (as a whole-table read has them);
-    :class:`PartitionUnreadable` if a file's footer is damaged."""
+    :class:`PartitionUnreadable` if a file's footer is damaged or the partition changed since it was written."""
     from pyspark.sql import functions as F
 
     path = partition_dir(root, stage, source, dt)

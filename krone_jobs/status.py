@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from krone_jobs.lineage import stale_partitions
+from krone_jobs.manifests import MANIFEST
 from krone_jobs.partitions import (
     STAGES,
     PartitionUnreadable,
@@ -27,6 +29,7 @@ from krone_jobs.partitions import (
 )
 
 UNSCORED_SHOWN = 5
+STALE_SHOWN = 10
 
 
 def known_sources(root: Path) -> list[str]:
@@ -45,7 +48,7 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
                               "first_day": parsed[0] if parsed else None, "last_day": parsed[-1] if parsed else None,
                               "open_sessions_after_last_day": None,
                               "days_scored": None, "last_scored": None, "unscored": None, "champion": None,
-                              "problems": []}
+                              "stale": [], "rerun_from": None, "problems": []}
     try:
         status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
     except (FileNotFoundError, SourceRecordError) as exc:
@@ -54,18 +57,21 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
         status["open_sessions_after_last_day"] = _open_sessions(root, source, parsed)
     except PartitionUnreadable as exc:
         status["problems"].append(str(exc))
+    _stale(status, root, source)
     _scored(status, source, parsed, warehouse_url)
     _champion(status, source, tracking_uri, load=check)
     if check:
-        status["checked_files"], damaged = check_files(root, source)
+        status["checked_files"], damaged, status["partitions_without_manifest"] = check_files(root, source)
         status["damaged_files"] = len(damaged)
         status["problems"] += [p for p in damaged if p not in status["problems"]]  # an open state's is there
     return status
 
 
-def check_files(root: Path, source: str) -> tuple[int, list[str]]:
-    """(Files read, what is wrong with those that could not be): every Parquet file of the source's
-    partitions and open sessions, read whole, every miner state, the hierarchy and its dated copies."""
+def check_files(root: Path, source: str) -> tuple[int, list[str], int]:
+    """(Files read, what is wrong with those that could not be, partitions without a manifest): every Parquet
+    file of the source's partitions and open sessions, read whole and each partition compared with its
+    manifest (:mod:`krone_jobs.manifests`, content hashes included), every miner state, the hierarchy and its
+    dated copies."""
     from krone_jobs.hierarchy.model import Hierarchy, HierarchyError
     from krone_jobs.miner_state import read_state, templates_dir
     from krone_jobs.templates import TemplateStateError
@@ -73,6 +79,7 @@ def check_files(root: Path, source: str) -> tuple[int, list[str]]:
     folders = [p for stage in STAGES for p in dated_files(stage_dir(root, stage, source)).values()]
     folders += dated_files(state_dir(root, source) / "open").values()
     read, problems = 0, []
+    unsealed = sum(not (folder / MANIFEST).exists() for folder in folders)
     for folder in folders:
         files, damaged = damaged_files(folder)
         read, problems = read + files, problems + damaged
@@ -87,7 +94,21 @@ def check_files(root: Path, source: str) -> tuple[int, list[str]]:
             load(path)
         except error as exc:
             problems.append(str(exc))
-    return read, problems
+    return read, problems, unsealed
+
+
+def _stale(status: dict[str, Any], root: Path, source: str) -> None:
+    """Partitions whose inputs changed since they were written (:mod:`krone_jobs.lineage`): listed, and as
+    problems, with the run that brings them up to date (from the earliest such day to the last parsed one)."""
+    stale = stale_partitions(root, source)
+    status["stale"] = [str(s) for s in stale]
+    if stale:
+        status["rerun_from"] = stale[0].dt
+        status["problems"].append(
+            f"{len(stale)} partition{'s are' if len(stale) > 1 else ' is'} stale (their inputs changed since they "
+            f"were written: a late log file, a day run again): run `krone night --source {source} --format "
+            f"{status['format'] or '<format>'} --date {stale[0].dt} --end {max(status['last_day'] or '', stale[-1].dt)}` "
+            f"(or clear the krone_parse_{source} runs from {stale[0].dt} on): each day builds on the one before")
 
 
 def _open_sessions(root: Path, source: str, parsed: list[str]) -> int | None:
@@ -142,8 +163,14 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"  champion: krone-{s['source']} v{s['champion']}" if s["champion"] else
                  f"  champion: none yet (`krone train --source {s['source']} --end <day>`)")
     if "checked_files" in s:
-        lines.append(f"  checked {s['checked_files']:,} files: " + (f"{s['damaged_files']} damaged (below)"
-                                                                   if s["damaged_files"] else "every one readable"))
+        lines.append(f"  checked {s['checked_files']:,} files: " + (
+            f"{s['damaged_files']} damaged or not as written (below)" if s["damaged_files"] else "every one readable"))
+        if unsealed := s["partitions_without_manifest"]:
+            lines.append(f"  {unsealed:,} partition{'s' if unsealed != 1 else ''} without a manifest (written before "
+                         "manifests, by hand, or copied without it): read, not compared with what was written")
+    lines += [f"  stale: {p}" for p in s["stale"][:STALE_SHOWN]]
+    if len(s["stale"]) > STALE_SHOWN:
+        lines.append(f"  stale: ... {len(s['stale']) - STALE_SHOWN} more (--json lists them all)")
     lines += [f"  problem: {p}" for p in s["problems"]]
     return "\n".join(lines)
 

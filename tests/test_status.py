@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from krone_jobs.cli import main
-from krone_jobs.partitions import record_source_format
+from krone_jobs.partitions import partition_dir, record_source_format, swap_in, temp_dir_for
 from krone_jobs.status import known_sources, render, source_status
 from krone_jobs.warehouse import Warehouse
 
@@ -90,9 +90,14 @@ def test_check_reads_every_file_and_names_each_damaged_one(tmp_path: Path, capsy
     monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'w.duckdb'}")
     monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     _source(tmp_path)
-    sessions = tmp_path / "sessions" / "source=web" / f"dt={DAYS[0]}" / "part-00000.parquet"
-    sessions.parent.mkdir(parents=True)
-    pq.write_table(pa.table({"session_id": [f"s{i}" for i in range(50_000)]}), sessions)
+    for dt in DAYS[:2]:  # as the sessionize job leaves them: staged, then swapped in with a manifest
+        target = partition_dir(tmp_path, "sessions", "web", dt)
+        staged = temp_dir_for(target)
+        staged.mkdir(parents=True)
+        pq.write_table(pa.table({"session_id": [f"s{i}" for i in range(50_000)]}), staged / "part-00000.parquet")
+        pq.write_table(pa.table({"session_id": ["t"]}), staged / "part-00001.parquet")
+        swap_in(staged, target)
+    sessions = partition_dir(tmp_path, "sessions", "web", DAYS[0]) / "part-00000.parquet"
     store = TemplateStore()
     store.mine("job 1 started on node 3")
     for dt in DAYS[:2]:
@@ -102,17 +107,23 @@ def test_check_reads_every_file_and_names_each_damaged_one(tmp_path: Path, capsy
         tmp_path / "state" / "web" / "hierarchy.csv")
     argv = ["status", "--data-root", str(tmp_path), "--check"]
     assert main(argv) == 0
-    assert "checked 5 files: every one readable" in capsys.readouterr().out  # 2 Parquet, 2 states, 1 hierarchy
+    out = capsys.readouterr().out
+    assert "checked 8 files: every one readable" in out  # 5 Parquet, 2 states, 1 hierarchy
+    assert "  4 partitions without a manifest (written before manifests, by hand, or copied without it)" in out
 
     page = bytearray(sessions.read_bytes())  # a damaged page behind an intact footer
     page[len(page) // 3: len(page) // 3 + 64] = bytes(b ^ 0xFF for b in page[len(page) // 3: len(page) // 3 + 64])
     sessions.write_bytes(bytes(page))
+    lost = partition_dir(tmp_path, "sessions", "web", DAYS[1]) / "part-00001.parquet"
+    lost.unlink()  # a restore that missed a file: every file left reads
     templates_path(tmp_path, "web", DAYS[1]).write_text("", encoding="utf-8")
     hierarchy = tmp_path / "state" / "web" / "hierarchy.csv"
     hierarchy.write_text(hierarchy.read_text(encoding="utf-8").rsplit(",", 4)[0], encoding="utf-8")
     assert main(argv) == 1
     out = capsys.readouterr().out
-    assert "checked 5 files: 3 damaged (below)\n" in out
+    assert "checked 7 files: 4 damaged or not as written (below)\n" in out
+    assert (f"problem: {lost.parent} is not the partition that was written: part-00001.parquet is missing (1 row): "
+            f"run `krone sessionize --source web --date {DAYS[1]}` again") in out
     assert f"problem: {sessions} is not a readable Parquet file (OSError: Corrupt snappy compressed data" in out
     assert f"problem: {templates_path(tmp_path, 'web', DAYS[1])}: malformed template state" in out
     assert f"problem: {hierarchy}, line 2: no action_node, status_node: the file is damaged" in out

@@ -24,6 +24,7 @@ from krone_jobs.config import settings
 from krone_jobs.hierarchy.kseqs import UnknownTemplateError, decompose
 from krone_jobs.hierarchy.model import Hierarchy
 from krone_jobs.jobs.hierarchy_job import load_hierarchy
+from krone_jobs.lineage import inputs
 from krone_jobs.miner_state import latest_templates
 from krone_jobs.partitions import (
     check_date,
@@ -116,7 +117,8 @@ def run_kseqs(
             F.first("parent").alias("parent"), F.first("nodes").alias("nodes"), F.count("*").alias("count"),
             F.min("session_id").alias("example_session_id"))
         kseqs_dir = partition_dir(root, "kseqs", source, date)
-        write_partition(distinct.select(*KSEQ_COLUMNS), kseqs_dir, sort_by=["level", "key", "cache_key"], files=1)
+        write_partition(distinct.select(*KSEQ_COLUMNS), kseqs_dir, sort_by=["level", "key", "cache_key"], files=1,
+                        inputs=inputs(root, partitions=[sessions_dir]))
         examples = [f"{r['session_id']}: {r['key']}"
                     for r in chunks.filter(~cut).orderBy("session_id").limit(5).collect()] if stats[1] else []
     except Exception as exc:

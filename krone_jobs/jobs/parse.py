@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
+from krone_jobs.lineage import inputs
 from krone_jobs.logfiles import DEFAULT_MAX_LINE_BYTES, LogReadError, OversizedLine, iter_lines
 from krone_jobs.logformats import (
     MAX_SESSION_KEY_CHARS,
@@ -816,6 +817,7 @@ def run_parse(
         log.warning("%s %s: skipped %d file(s) not named *%s: %s", source, date, len(ignored),
                     "|*".join(RAW_SUFFIXES), names)
     seed_path = latest_before(templates_dir(root, source), date)
+    built_from = inputs(root, files=[seed_path], raw=raw_files(root, source, date))
     seed = seed_path.read_text(encoding="utf-8") if seed_path else None
     store = parse_state(seed, seed_path) if seed_path else TemplateStore(fmt.miner)
     parsed_dir = partition_dir(root, "parsed", source, date)
@@ -873,8 +875,8 @@ def run_parse(
         if not units:
             pq.write_table(parsed_schema().empty_table(), parsed_out / "part-00000.parquet")
         reasons = _finish_quarantine(staging, quarantine_out)
-        swap_in(parsed_out, parsed_dir)
-        swap_in(quarantine_out, quarantine_dir)
+        swap_in(parsed_out, parsed_dir, built_from)
+        swap_in(quarantine_out, quarantine_dir, built_from)
         steps["pass2"] = time.perf_counter() - t0 - sum(steps.values())
     finally:
         for folder in (staging, parsed_out, quarantine_out):

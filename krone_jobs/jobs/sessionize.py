@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
+from krone_jobs.lineage import inputs
 from krone_jobs.logformats import NodeWindowSessionKey, SessionSpec, get_format
 from krone_jobs.partitions import (
     check_date,
@@ -214,6 +215,7 @@ def run_sessionize(
     if not carried_path.is_dir():
         _check_carry(root, source, previous)
     carried_events = count_rows(carried_path) if carried_path.is_dir() else 0
+    built_from = inputs(root, partitions=[partition_dir(root, "parsed", source, date), carried_path])
     events = today
     if carried_events:
         carried = spark.read.parquet(str(carried_path)).select(*EVENT_COLUMNS)
@@ -250,11 +252,11 @@ def run_sessionize(
             F.transform("ev", lambda e: F.concat(e["file"], F.lit(":"), e["line_no"].cast("string"))).alias("lines"),
         )
         sessions_dir = partition_dir(root, "sessions", source, date)
-        write_partition(closed, sessions_dir, sort_by=["first_ts", "session_id"], files=1)
+        write_partition(closed, sessions_dir, sort_by=["first_ts", "session_id"], files=1, inputs=built_from)
         still_open = sessions.filter(is_open).select(F.explode("ev").alias("e")).select(
             *(F.col("e")[c].alias(c) for c in EVENT_COLUMNS))
         write_partition(still_open, open_dir(root, source, date), sort_by=["key", "timestamp", "file", "line_no"],
-                        files=1)
+                        files=1, inputs=built_from)
         first_piece = F.col("piece") == 0
         n_open, n_cut, n_split = sessions.agg(F.sum(is_open.cast("long")), F.sum((cut & first_piece).cast("long")),
                                               F.sum((F.col("split") & first_piece).cast("long"))).first()

@@ -93,3 +93,41 @@ def test_a_retention_window_removes_old_days_and_the_oldest_kept_day_reruns_the_
     run_night(SOURCE, "krone", days[1], data_root=tmp_path, score=False, say=said.append)
     for old, new in zip(before, outputs()):
         assert old.astype(str).equals(new.astype(str))
+    from krone_jobs.status import source_status
+
+    assert source_status(tmp_path, SOURCE)["stale"] == []  # what retention removed was never an input of a kept day
+
+
+def test_a_late_log_file_leaves_its_day_stale_until_the_days_from_it_run_again(
+        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The stages record what they read: a night run again on the same input makes nothing stale (same bytes);
+    a log file delivered after its day was parsed makes that day stale, taking it in makes the next day stale,
+    and the run `krone status` names brings it up to date."""
+    from krone_jobs.partitions import raw_dir
+    from krone_jobs.status import source_status
+
+    monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    generate(tmp_path, days=2, sessions_per_day=40, seed=11, start_date=DAYS[0], source=SOURCE)
+    run_night(SOURCE, "krone", *DAYS, data_root=tmp_path, score=False, say=lambda _: None)
+    assert source_status(tmp_path, SOURCE)["stale"] == []
+    run_night(SOURCE, "krone", DAYS[0], data_root=tmp_path, score=False, say=lambda _: None)
+    assert source_status(tmp_path, SOURCE)["stale"] == []  # the first day again, alone: the second is not behind
+
+    late = raw_dir(tmp_path, SOURCE, DAYS[0]) / "late.log"
+    late.write_text("2026-11-01 23:10:00.000 INFO [node-07] worker: job_999999 started on node-07\n", encoding="utf-8")
+    status = source_status(tmp_path, SOURCE)
+    delivered = f"1 raw file delivered after it was parsed: raw/{SOURCE}/dt={DAYS[0]}/late.log"
+    assert status["stale"] == [f"{stage}/source={SOURCE}/dt={DAYS[0]} is stale: {delivered}"
+                               for stage in ("parsed", "quarantine")]
+    assert f"--format krone --date {DAYS[0]} --end {DAYS[1]}` (or clear the" in status["problems"][-1]
+    run_night(SOURCE, "krone", DAYS[0], data_root=tmp_path, score=False, say=lambda _: None)  # that day only
+    status = source_status(tmp_path, SOURCE)  # the next day was seeded and carried from what is gone now
+    assert status["rerun_from"] == DAYS[1] and f"parsed/source={SOURCE}/dt={DAYS[1]} is stale: state/{SOURCE}/" \
+        f"templates/dt={DAYS[0]}.json was written anew after it" in status["stale"]
+    rerun = f"krone night --source {SOURCE} --format krone --date {DAYS[1]} --end {DAYS[1]}"
+    assert rerun in status["problems"][-1]
+    argv = [*rerun.split()[1:], "--no-score", "--data-root", str(tmp_path)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert source_status(tmp_path, SOURCE)["stale"] == []

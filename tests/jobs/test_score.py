@@ -142,8 +142,11 @@ def test_a_damaged_sessions_file_is_named_and_writing_it_again_as_told_restores_
     root = tmp_path / "root"
     shutil.copytree(pipeline.root, root)
     part = sorted(partition_dir(root, "sessions", SOURCE, DAYS[1]).glob("*.parquet"))[0]
-    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # a restore that stopped half-way
-    with pytest.raises(PartitionUnreadable, match=f"{re.escape(str(part))} is not a readable Parquet file") as err:
+    written = part.stat().st_size
+    part.write_bytes(part.read_bytes()[: written // 2])  # a restore that stopped half-way
+    cut_short = (f"{part.parent} is not the partition that was written: {part.name} is {written // 2:,} bytes where "
+                 f"{written:,} were written")
+    with pytest.raises(PartitionUnreadable, match=re.escape(cut_short)) as err:
         run_score(SOURCE, DAYS[1], data_root=root, spark=spark)
     assert f"krone sessionize --source {SOURCE} --date {DAYS[1]}" in str(err.value)
     assert rows(warehouse, "SELECT COUNT(*) FROM run_metrics WHERE stage = 'score'") == [(0,)]

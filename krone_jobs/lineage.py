@@ -1,0 +1,136 @@
+"""Lineage: which inputs a partition was built from, so that one whose input changed since is called stale.
+
+Each stage records in its partitions' manifests (:mod:`krone_jobs.manifests`) what it read, as found when it
+ran: the raw log files of the day with their sizes (parse), the miner state it was seeded from (parse), the
+partitions it read by their content (sessionize: the day's parsed rows and the sessions the day before left
+open; kseqs: the day's sessions). A partition is *stale* when one of those is no longer what it was:
+
+* a log file delivered after the day was parsed (or one grown or shrunk) was never read (one compressed in
+  place does not count);
+* the day before was run again with another result, so this day was seeded or carried from what is gone;
+* a partition was restored from a backup older than the ones built from it.
+
+Inputs removed since (by retention, a log shipper) do not make anything stale: what was built from them stands.
+
+Nothing is rebuilt on its own: ``krone status`` names the stale partitions and the run that brings them up to
+date. Days build on the day before (miner state, open sessions), so that run starts at the earliest stale day.
+A rerun that writes the same bytes leaves the same content ids, so it makes nothing stale. Inputs that were
+written before manifests existed are not compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from krone_jobs.manifests import file_sha256, read_manifest
+from krone_jobs.partitions import STAGES, dated_files, raw_files, stage_dir, state_dir
+
+UNSEALED = "unsealed"
+"""The content id of a partition without a manifest: not compared."""
+
+
+def content_id(folder: Path) -> str | None:
+    """A partition's content, as one hash of its manifest's file hashes; ``None`` where there is no partition,
+    :data:`UNSEALED` where it has no manifest (or one that cannot be read)."""
+    if not folder.is_dir():
+        return None
+    try:
+        manifest = read_manifest(folder)
+    except ValueError:
+        return UNSEALED
+    if manifest is None:
+        return UNSEALED
+    files = {name: f["sha256"] for name, f in sorted(manifest["files"].items())}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def _file_id(path: Path) -> str | None:
+    return file_sha256(path) if path.is_file() else None
+
+
+def inputs(root: Path, *, partitions: Iterable[Path] = (), files: Iterable[Path | None] = (),
+           raw: Iterable[Path] | None = None) -> dict[str, Any]:
+    """What a stage read, for its manifest: ``partitions`` by content id, state ``files`` by SHA-256 (``None``:
+    there was none), and for the parse stage the day's ``raw`` log files by size (the whole list: a file
+    delivered later is then one it did not read). Paths are kept relative to ``root``, so a moved data root
+    keeps its lineage."""
+
+    def rel(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
+    read: dict[str, Any] = {"partitions": {rel(p): content_id(p) for p in partitions},
+                            "files": {rel(p): _file_id(p) for p in files if p is not None}}
+    if raw is not None:
+        read["raw"] = _sizes(root, raw)
+    return read
+
+
+def _sizes(root: Path, raw: Iterable[Path]) -> dict[str, int | None]:
+    return {p.relative_to(root).as_posix(): p.stat().st_size if p.exists() else None for p in raw}
+
+
+def _changed(what: str, recorded: str | None, now: str | None) -> str | None:
+    """Why an input that was ``recorded`` and is ``now`` makes a partition stale, or ``None``. An input removed
+    since does not (retention removes a day's inputs with or before it; nothing newer is left to build from)."""
+    if now is None or UNSEALED in (recorded, now) or recorded == now:
+        return None
+    return f"{what} was written after it" if recorded is None else f"{what} was written anew after it"
+
+
+def _raw_changes(recorded: dict[str, int | None], now: dict[str, int | None]) -> list[str]:
+    """Raw files delivered or resized since the parse. Files removed since are not: raw logs are removed on
+    purpose (retention, log shippers) without changing what was parsed from them; nor is ``X.gz`` where ``X``
+    was read and is gone (compressed in place)."""
+    compressed = {f"{name}.gz" for name in recorded.keys() - now.keys()}
+    added = sorted(now.keys() - recorded.keys() - compressed)
+    resized = sorted(k for k in recorded.keys() & now.keys() if recorded[k] != now[k])
+    found = []
+    for paths, how in ((added, "delivered after it was parsed"), (resized, "changed size after it was parsed")):
+        if paths:
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            found.append(f"{len(paths)} raw file{'s' if len(paths) > 1 else ''} {how}: {shown}")
+    return found
+
+
+def stale_reasons(root: Path, folder: Path, source: str, dt: str) -> list[str]:
+    """Why the partition ``folder`` (of ``source``, day ``dt``) no longer matches its inputs; empty where it
+    does, or where its manifest records none."""
+    try:
+        manifest = read_manifest(folder)
+    except ValueError:
+        return []  # a damaged manifest is the readers' and --check's to name
+    recorded = (manifest or {}).get("inputs")
+    if not isinstance(recorded, dict):
+        return []
+    changes = [_changed(rel, was, content_id(root / rel)) for rel, was in sorted(recorded.get("partitions", {}).items())]
+    changes += [_changed(rel, was, _file_id(root / rel)) for rel, was in sorted(recorded.get("files", {}).items())]
+    found = [c for c in changes if c is not None]
+    if isinstance(recorded.get("raw"), dict):
+        found += _raw_changes(recorded["raw"], _sizes(root, raw_files(root, source, dt)))
+    return found
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A partition whose inputs changed since it was written, and how."""
+
+    dt: str
+    partition: str
+    reasons: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.partition} is stale: {'; '.join(self.reasons)}"
+
+
+def stale_partitions(root: Path, source: str) -> list[Stale]:
+    """Every partition of ``source`` (stages and open sessions) whose inputs changed since, by day."""
+    folders = [(stage, dt, p) for stage in STAGES for dt, p in dated_files(stage_dir(root, stage, source)).items()]
+    folders += [("open", dt, p) for dt, p in dated_files(state_dir(root, source) / "open").items()]
+    found = [Stale(dt, folder.relative_to(root).as_posix(), tuple(reasons))
+             for _, dt, folder in folders if (reasons := stale_reasons(root, folder, source, dt))]
+    return sorted(found, key=lambda s: (s.dt, s.partition))

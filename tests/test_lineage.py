@@ -1,0 +1,80 @@
+"""Lineage: a partition is stale when what it was built from changed since, and only then."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from krone_jobs.lineage import UNSEALED, content_id, inputs, stale_partitions, stale_reasons
+from krone_jobs.manifests import MANIFEST
+from krone_jobs.partitions import partition_dir, raw_dir, swap_in, temp_dir_for
+
+SOURCE, DAY = "app", "2026-11-20"
+
+
+def _write(target: Path, rows: list[str], built_from: dict | None = None) -> Path:
+    """A partition as a stage leaves it: staged, then swapped in with its manifest."""
+    staged = temp_dir_for(target)
+    staged.mkdir(parents=True)
+    pq.write_table(pa.table({"session_id": rows}), staged / "part-00000.parquet")
+    swap_in(staged, target, built_from)
+    return target
+
+
+def _day(root: Path) -> tuple[Path, Path, Path]:
+    """raw -> parsed (seeded from a miner state) -> sessions, each recording what it read."""
+    raw = raw_dir(root, SOURCE, DAY)
+    raw.mkdir(parents=True)
+    (raw / "a.log").write_text("line 1\nline 2\n", encoding="utf-8")
+    seed = root / "state" / SOURCE / "templates" / "dt=2026-11-19.json"
+    seed.parent.mkdir(parents=True)
+    seed.write_text("{}", encoding="utf-8")
+    parsed = _write(partition_dir(root, "parsed", SOURCE, DAY), ["l1", "l2"],
+                    inputs(root, files=[seed, None], raw=sorted(raw.glob("*.log"))))
+    sessions = _write(partition_dir(root, "sessions", SOURCE, DAY), ["s1"], inputs(root, partitions=[parsed]))
+    return raw, parsed, sessions
+
+
+def test_nothing_is_stale_while_every_input_is_as_it_was_read(tmp_path: Path) -> None:
+    _, parsed, sessions = _day(tmp_path)
+    assert stale_partitions(tmp_path, SOURCE) == []
+    _write(parsed, ["l1", "l2"], inputs(tmp_path, files=[tmp_path / "state" / SOURCE / "templates" / "dt=2026-11-19.json"],
+                                        raw=sorted(raw_dir(tmp_path, SOURCE, DAY).glob("*.log"))))
+    assert stale_partitions(tmp_path, SOURCE) == []  # a rerun that writes the same bytes makes nothing stale
+
+
+def test_a_late_log_file_makes_the_parsed_day_stale_and_then_what_was_built_from_it(tmp_path: Path) -> None:
+    raw, parsed, sessions = _day(tmp_path)
+    (raw / "late.log").write_text("line 3\n", encoding="utf-8")
+    (raw / "a.log").write_text("line 1\nline 2\nline 2b\n", encoding="utf-8")
+    [stale] = stale_partitions(tmp_path, SOURCE)
+    assert (stale.dt, stale.partition) == (DAY, f"parsed/source={SOURCE}/dt={DAY}")
+    assert str(stale) == (f"parsed/source={SOURCE}/dt={DAY} is stale: 1 raw file delivered after it was parsed: "
+                          f"raw/{SOURCE}/dt={DAY}/late.log; 1 raw file changed size after it was parsed: "
+                          f"raw/{SOURCE}/dt={DAY}/a.log")
+    _write(parsed, ["l1", "l2", "l2b", "l3"],
+           inputs(tmp_path, files=[tmp_path / "state" / SOURCE / "templates" / "dt=2026-11-19.json"],
+                  raw=sorted(raw.glob("*.log"))))  # parsed again: now the sessions are behind
+    assert [str(s) for s in stale_partitions(tmp_path, SOURCE)] == [
+        f"sessions/source={SOURCE}/dt={DAY} is stale: parsed/source={SOURCE}/dt={DAY} was written anew after it"]
+    _write(sessions, ["s1", "s2"], inputs(tmp_path, partitions=[parsed]))
+    assert stale_partitions(tmp_path, SOURCE) == []
+
+
+def test_a_changed_seed_or_input_partition_is_named_but_not_inputs_removed_since(tmp_path: Path) -> None:
+    raw, parsed, sessions = _day(tmp_path)
+    (tmp_path / "state" / SOURCE / "templates" / "dt=2026-11-19.json").write_text('{"x": 1}', encoding="utf-8")
+    (raw / "a.log").rename(raw / "a.log.gz")  # compressed in place (the size is not compared), then removed
+    assert stale_reasons(tmp_path, parsed, SOURCE, DAY) == [
+        f"state/{SOURCE}/templates/dt=2026-11-19.json was written anew after it"]
+    (raw / "a.log.gz").unlink()  # retention or a log shipper: what was parsed from it stands
+    assert len(stale_reasons(tmp_path, parsed, SOURCE, DAY)) == 1
+    (parsed / MANIFEST).unlink()  # an input without a manifest (from before manifests) is not compared
+    assert content_id(parsed) == UNSEALED and stale_reasons(tmp_path, sessions, SOURCE, DAY) == []
+    _write(parsed, ["l1"])
+    assert stale_reasons(tmp_path, sessions, SOURCE, DAY) == [f"parsed/source={SOURCE}/dt={DAY} was written anew after it"]
+    shutil.rmtree(parsed)  # removed (retention): what was built from it stands
+    assert stale_reasons(tmp_path, sessions, SOURCE, DAY) == []
