@@ -24,12 +24,15 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from krone_jobs.manifests import file_sha256, read_manifest
 from krone_jobs.partitions import STAGES, dated_files, raw_files, stage_dir, state_dir
 
+LATE_WINDOW_DAYS = 7
+"""How many days before its own a parse run looks at for stale partitions (``krone status`` looks at all)."""
 UNSEALED = "unsealed"
 """The content id of a partition without a manifest: not compared."""
 
@@ -127,10 +130,18 @@ class Stale:
         return f"{self.partition} is stale: {'; '.join(self.reasons)}"
 
 
-def stale_partitions(root: Path, source: str) -> list[Stale]:
-    """Every partition of ``source`` (stages and open sessions) whose inputs changed since, by day."""
-    folders = [(stage, dt, p) for stage in STAGES for dt, p in dated_files(stage_dir(root, stage, source)).items()]
-    folders += [("open", dt, p) for dt, p in dated_files(state_dir(root, source) / "open").items()]
-    found = [Stale(dt, folder.relative_to(root).as_posix(), tuple(reasons))
-             for _, dt, folder in folders if (reasons := stale_reasons(root, folder, source, dt))]
+def stale_partitions(root: Path, source: str, *, since: str = "", before: str = "9999-12-31") -> list[Stale]:
+    """Every partition of ``source`` (stages and open sessions) of the days ``since <= dt < before`` whose inputs
+    changed since it was written, by day."""
+    folders = [(dt, p) for stage in STAGES for dt, p in dated_files(stage_dir(root, stage, source)).items()]
+    folders += list(dated_files(state_dir(root, source) / "open").items())
+    found = [Stale(dt, folder.relative_to(root).as_posix(), tuple(reasons)) for dt, folder in folders
+             if since <= dt < before and (reasons := stale_reasons(root, folder, source, dt))]
     return sorted(found, key=lambda s: (s.dt, s.partition))
+
+
+def stale_before(root: Path, source: str, dt: str) -> list[Stale]:
+    """The stale partitions of the :data:`LATE_WINDOW_DAYS` days before ``dt``: what a parse run of ``dt`` looks
+    at, so that a log file delivered for a day already parsed is said the next night, in Airflow too."""
+    since = (date.fromisoformat(dt) - timedelta(days=LATE_WINDOW_DAYS)).isoformat()
+    return stale_partitions(root, source, since=since, before=dt)

@@ -12,6 +12,7 @@ Every stage module is imported inside the function that needs it, for the same r
 from __future__ import annotations
 
 import json
+import logging
 import math
 import uuid
 from datetime import date
@@ -23,6 +24,8 @@ from krone_jobs.config import settings
 
 if TYPE_CHECKING:
     from krone_jobs.hierarchy.extractor import HierarchyExtractor
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------- failures
 def permanent_failures() -> tuple[type[BaseException], ...]:
@@ -101,12 +104,20 @@ def _path(value: str | Path | None, root: Path) -> Path | None:
 # ------------------------------------------------------------------------------------------ daily stages
 def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
                 run_id: str | None = None, **options: Any) -> dict[str, Any]:
-    """Parse one raw day (its ``parsed`` quality gate runs inside, before the miner state is saved);
-    ``options`` go to :func:`~krone_jobs.jobs.parse.run_parse` (``partitions``, ``max_quarantine_ratio``,
-    ``max_new_templates``)."""
+    """Parse one raw day (its ``parsed`` quality gate runs inside, before the miner state is saved), and say
+    which partitions of the days before are stale (``stale_earlier_days``: a log file delivered late, see
+    :mod:`krone_jobs.lineage`); ``options`` go to :func:`~krone_jobs.jobs.parse.run_parse` (``partitions``,
+    ``max_quarantine_ratio``, ``max_new_templates``)."""
     from krone_jobs.jobs.parse import run_parse
+    from krone_jobs.lineage import stale_before
 
     metrics = run_parse(source, dt, fmt, data_root=data_root, **options).to_dict()
+    stale = stale_before(_root(data_root), source, dt)
+    if stale:
+        log.warning("%s %s: %d partition(s) of the days before are stale, from %s (`krone status --source %s` says "
+                    "how to bring them up to date): %s", source, dt, len(stale), stale[0].dt, source,
+                    "; ".join(map(str, stale[:5])))
+    metrics |= {"stale_earlier_days": len({s.dt for s in stale}), "stale_partitions": [str(s) for s in stale]}
     return _recorded("parse", source, dt, run_id, metrics)
 
 

@@ -422,7 +422,8 @@ def quarantine_note(figures: Mapping[str, Any]) -> str:
 def delivery_note(figures: Mapping[str, Any]) -> str:
     """How the parse stage read the raw files, where it did not simply read them whole: duplicate deliveries
     skipped, logs never rotated read after the lines their copy of the day before held, and local-time lines
-    of an hour the clocks turned back over read as its second run (``", ..."``, or empty)."""
+    of an hour the clocks turned back over read as its second run; and earlier days found stale, as a file
+    delivered late for a day already parsed leaves it (``", ..."``, or empty)."""
     note = ""
     if n := figures.get("duplicate_files"):
         note += f", duplicate files skipped {_fmt(n)} ({_fmt(figures.get('duplicate_lines'))} lines)"
@@ -430,6 +431,8 @@ def delivery_note(figures: Mapping[str, Any]) -> str:
         note += f", files continued from the day before {_fmt(n)} ({_fmt(figures.get('continued_lines'))} lines read then)"
     if n := figures.get("repeated_hour_lines"):
         note += f", lines in the second run of a repeated hour {_fmt(n)}"
+    if n := figures.get("stale_earlier_days"):
+        note += f", earlier days stale {_fmt(n)} (a log file delivered late? `krone status` says what to run)"
     return note
 
 
@@ -440,7 +443,8 @@ def parse_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
             **{key: metrics.get(key, 0) for key in DELIVERY_KEYS}}
 
 
-DELIVERY_KEYS = ("duplicate_files", "duplicate_lines", "continued_files", "continued_lines", "repeated_hour_lines")
+DELIVERY_KEYS = ("duplicate_files", "duplicate_lines", "continued_files", "continued_lines", "repeated_hour_lines",
+                 "stale_earlier_days")
 
 
 def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:
@@ -579,7 +583,8 @@ def _figures_html(figures: Mapping[str, Any]) -> str:
               if figures[key] is not None]
     cards += [(label, figures[key]) for label, key in
               (("duplicate files skipped", "duplicate_files"), ("lines in them", "duplicate_lines"),
-               ("files continued from the day before", "continued_files"), ("lines read then", "continued_lines"))
+               ("files continued from the day before", "continued_files"), ("lines read then", "continued_lines"),
+               ("earlier days stale (krone status)", "stale_earlier_days"))
               if figures[key]]
     share = figures["quarantined_byte_share"]
     shown = [(label, _fmt(v)) for label, v in cards]

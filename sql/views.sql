@@ -96,7 +96,8 @@ GROUP BY source, dt;
 
 -- One row per source and day: how its night went, stage by stage (NULL: that stage has not recorded the
 -- day). scored is false for a day with KRONE Seqs but no score run (parsed before the source's first model,
--- or a score that failed): krone_score takes such days up on its next run of the source.
+-- or a score that failed): krone_score takes such days up on its next run of the source. earlier_days_stale:
+-- how many of the week before this day's parse found stale (a log file delivered late; `krone status`).
 CREATE OR REPLACE VIEW v_daily_pipeline AS
 WITH day AS (
     SELECT source,
@@ -115,6 +116,7 @@ WITH day AS (
            SUM(CASE WHEN stage IN ('parse', 'sessionize', 'kseqs') AND metric = 'seconds' THEN value END)
                                                                                            AS parse_seconds,
            MAX(CASE WHEN stage = 'score' AND metric = 'seconds' THEN value END)            AS score_seconds,
+           MAX(CASE WHEN stage = 'parse' AND metric = 'stale_earlier_days' THEN value END) AS earlier_days_stale,
            COUNT(CASE WHEN stage = 'kseqs' THEN 1 END) > 0                                 AS kseqs_written,
            COUNT(CASE WHEN stage = 'score' THEN 1 END) > 0                                 AS scored
     FROM run_metrics
@@ -139,5 +141,6 @@ SELECT source,
        llm_calls,
        model_version,
        parse_seconds,
-       score_seconds
+       score_seconds,
+       earlier_days_stale
 FROM day;

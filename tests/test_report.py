@@ -52,7 +52,8 @@ def root(tmp_path: Path) -> Iterator[Path]:
                                                      "quarantine_reasons.continuation": 10, "raw_bytes": 10**6,
                                                      "quarantined_bytes": 3 * 10**5, "duplicate_files": 2,
                                                      "duplicate_lines": 4000, "continued_files": 1,
-                                                     "continued_lines": 77668, "repeated_hour_lines": 360})
+                                                     "continued_lines": 77668, "repeated_hour_lines": 360,
+                                                     "stale_earlier_days": 1})
     wh.upsert_templates(SRC, [
         {"template_id": "T9", "template": "disk <*> on fire <img src=x>", "first_seen_dt": date(2026, 11, 3),
          "last_seen_dt": date(2026, 11, 3), "count": 4},
@@ -73,8 +74,10 @@ def test_page_has_figures_plots_chunks_and_excerpts(root: Path) -> None:
     assert f["continuation_lines"] == 10 and "of them continuation lines" in page
     assert ("quarantined lines 12 (10 of them continuation lines; 30% of the day's bytes), duplicate files skipped 2 "
             "(4,000 lines), files continued from the day before 1 (77,668 lines read then), lines in the second run of "
-            "a repeated hour 360,") in rep.summary.splitlines()[1]
+            "a repeated hour 360, earlier days stale 1 (a log file delivered late? `krone status` says what to run),"
+            ) in rep.summary.splitlines()[1]
     assert "duplicate files skipped" in page and "of the day&#x27;s bytes quarantined" in page
+    assert "earlier days stale (krone status)" in page
     assert "files continued from the day before" in page
     assert f["model_versions"] == ["7"] and f["run_ids"] == ["run-1"]
     assert f["anomalies_per_day"]["2026-11-02"]["status"] == 1 and len(f["anomalies_per_day"]) == 7
@@ -123,9 +126,9 @@ def test_a_day_without_anomalies_still_names_the_model_that_scored_it(root: Path
 
 def test_rerun_overwrites_and_out_is_honoured(root: Path) -> None:
     first = write_night_report(SRC, DT, data_root=root)
-    first.path.write_text("stale", encoding="utf-8")
+    first.path.write_text("an older page", encoding="utf-8")
     again = write_night_report(SRC, DT, data_root=root)
-    assert again.path == first.path and "stale" not in again.path.read_text(encoding="utf-8")
+    assert again.path == first.path and "an older page" not in again.path.read_text(encoding="utf-8")
     assert [p.name for p in again.path.parent.iterdir()] == ["night_report.html"]
     out = write_night_report(SRC, DT, data_root=root, out=root / "elsewhere" / "r.html")
     assert out.path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

@@ -260,17 +260,17 @@ def test_views_answer_the_operators_questions(wh: Warehouse) -> None:
 def test_the_daily_pipeline_view_shows_each_night_and_the_days_not_scored(wh: Warehouse) -> None:
     for dt in (D1, D2):
         wh.write_run_metrics("hdfs", dt, "parse", "p", {"raw_lines": 1000, "quarantined": 10, "new_templates": 2,
-                                                       "seconds": 4.0})
+                                                       "seconds": 4.0, "stale_earlier_days": int(dt == D2)})
         wh.write_run_metrics("hdfs", dt, "sessionize", "p", {"sessions": 90, "open_sessions": 5, "seconds": 1.0})
         wh.write_run_metrics("hdfs", dt, "kseqs", "p", {"chunks": 700, "seconds": 0.5})
     wh.write_run_metrics("hdfs", D1, "score", "s", {"sessions": 90, "anomalies": 9, "routed_sessions": 12,
                                                      "llm_calls": 1, "model_version": 3, "seconds": 2.0})
     wh.write_run_metrics("hdfs", D2, "train", "t", {"n_train_sessions": 180})  # not a night's stage
     rows = query(wh, "SELECT dt, raw_lines, quarantine_ratio, sessions_closed, kseqs, kseqs_written, scored, "
-                     "anomalies, anomaly_rate, model_version, parse_seconds, score_seconds "
+                     "anomalies, anomaly_rate, model_version, parse_seconds, score_seconds, earlier_days_stale "
                      "FROM v_daily_pipeline WHERE source = 'hdfs' ORDER BY dt")
-    assert rows == [(D1, 1000.0, 0.01, 90.0, 700.0, True, True, 9.0, 0.1, 3.0, 5.5, 2.0),
-                    (D2, 1000.0, 0.01, 90.0, 700.0, True, False, None, None, None, 5.5, None)]
+    assert rows == [(D1, 1000.0, 0.01, 90.0, 700.0, True, True, 9.0, 0.1, 3.0, 5.5, 2.0, 0.0),
+                    (D2, 1000.0, 0.01, 90.0, 700.0, True, False, None, None, None, 5.5, None, 1.0)]
 
 
 def test_unreachable_postgres_raises_quickly_without_the_password() -> None:

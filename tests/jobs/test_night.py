@@ -116,8 +116,12 @@ def test_a_late_log_file_leaves_its_day_stale_until_the_days_from_it_run_again(
 
     late = raw_dir(tmp_path, SOURCE, DAYS[0]) / "late.log"
     late.write_text("2026-11-01 23:10:00.000 INFO [node-07] worker: job_999999 started on node-07\n", encoding="utf-8")
-    status = source_status(tmp_path, SOURCE)
     delivered = f"1 raw file delivered after it was parsed: raw/{SOURCE}/dt={DAYS[0]}/late.log"
+    said: list[str] = []
+    [out] = run_night(SOURCE, "krone", DAYS[1], data_root=tmp_path, score=False, say=said.append)
+    assert out["parse"]["metrics"]["stale_earlier_days"] == 1  # the next night's parse says so, in Airflow too
+    assert "earlier days stale 1 (a log file delivered late? `krone status` says what to run)" in said[0]
+    status = source_status(tmp_path, SOURCE)
     assert status["stale"] == [f"{stage}/source={SOURCE}/dt={DAYS[0]} is stale: {delivered}"
                                for stage in ("parsed", "quarantine")]
     assert f"--format krone --date {DAYS[0]} --end {DAYS[1]}` (or clear the" in status["problems"][-1]
