@@ -156,8 +156,9 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
                        "(champion model, verdict cache, routed detection)")
     day = p.add_mutually_exclusive_group(required=True)
     day.add_argument("--date", help="YYYY-MM-DD")
-    day.add_argument("--unscored", action="store_true", help="every day with KRONE Seqs but no score run, oldest "
-                     "first, each with its night report (what a first champion catches up on; see krone status)")
+    day.add_argument("--unscored", action="store_true", help="every day with KRONE Seqs but no score run (or one "
+                     "scored before its sessions were written anew), oldest first, each with its night report (what a "
+                     "first champion catches up on; see krone status)")
     p.add_argument("--engine", default="auto", choices=["auto", "spark", "local"],
                    help="where the per-session walk runs (auto: this process up to 50,000 sessions, else Spark)")
     p.add_argument("--json", action="store_true", help="print the run's figures as one JSON object")
@@ -282,7 +283,7 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
     days = unscored_days(a.source, data_root=a.data_root) if a.unscored else [a.date]
     if not days:
-        print(f"krone score: every day of {a.source} with KRONE Seqs is scored")
+        print(f"krone score: every day of {a.source} with KRONE Seqs is scored, as it stands")
     for dt in days:
         m = run_score(a.source, dt, data_root=a.data_root, engine=a.engine)
         print(json.dumps(m.to_dict()) if a.json else summary_line(m))

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from krone_jobs.manifests import file_sha256, read_manifest
-from krone_jobs.partitions import STAGES, dated_files, raw_files, stage_dir, state_dir
+from krone_jobs.partitions import STAGES, dated_files, partition_dir, raw_files, stage_dir, state_dir
 
 LATE_WINDOW_DAYS = 7
 """How many days before its own a parse run looks at for stale partitions (``krone status`` looks at all)."""
@@ -50,6 +50,21 @@ def content_id(folder: Path) -> str | None:
         return UNSEALED
     files = {name: f["sha256"] for name, f in sorted(manifest["files"].items())}
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def content_number(folder: Path) -> float | None:
+    """:func:`content_id` as a number a ``run_metrics`` row can hold (its first 52 bits, exact in a double);
+    ``None`` where there is no partition or no manifest."""
+    found = content_id(folder)
+    return None if found in (None, UNSEALED) else float(int(found[:13], 16))  # type: ignore[index]
+
+
+def scored_from_older(scored: dict[str, float], root: Path, source: str) -> list[str]:
+    """Days whose score run (``scored``: the :func:`content_number` of the sessions it read, by day) read
+    sessions that have been written anew since: its reports are of rows that are gone. A day whose sessions are
+    gone (retention) or were never sealed is not."""
+    return sorted(dt for dt, number in scored.items()
+                  if (now := content_number(partition_dir(root, "sessions", source, dt))) is not None and now != number)
 
 
 def _file_id(path: Path) -> str | None:

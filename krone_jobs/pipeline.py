@@ -268,16 +268,22 @@ def score_day(source: str, dt: str, *, data_root: str | Path | None = None) -> d
 
 
 def unscored_days(source: str, *, data_root: str | Path | None = None) -> list[str]:
-    """Days with KRONE Seqs that no score run has recorded, oldest first: what a source's first champion (or
-    one after days that could not be scored) has to catch up on."""
+    """Days with KRONE Seqs that are not scored as they stand, oldest first: no score run has recorded them
+    (what a source's first champion, or one after days that could not be scored, has to catch up on), or their
+    sessions were written anew after it (:func:`krone_jobs.lineage.scored_from_older`: a stage run again by
+    hand, without scoring, after a late log file)."""
+    from krone_jobs.lineage import scored_from_older
     from krone_jobs.partitions import dated_files, stage_dir
     from krone_jobs.warehouse import Warehouse
 
-    written = dated_files(stage_dir(_root(data_root), "kseqs", source))
+    root = _root(data_root)
+    written = dated_files(stage_dir(root, "kseqs", source))
     with Warehouse() as wh:
         wh.ensure_schema()  # a warehouse no stage wrote to yet has no run_metrics table
         scored = wh.stage_days(source, "score")
-    return [dt for dt in written if dt not in scored]
+        content = wh.stage_metric(source, "score", "sessions_content")
+    again = set(scored_from_older({dt: n for dt, n in content.items() if dt in written}, root, source))
+    return [dt for dt in written if dt not in scored or dt in again]
 
 
 def has_champion(source: str) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from krone_jobs.lineage import stale_partitions
+from krone_jobs.lineage import scored_from_older, stale_partitions
 from krone_jobs.manifests import MANIFEST
 from krone_jobs.partitions import (
     STAGES,
@@ -47,7 +47,8 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
     status: dict[str, Any] = {"source": source, "format": None, "timezone": None, "days_parsed": len(parsed),
                               "first_day": parsed[0] if parsed else None, "last_day": parsed[-1] if parsed else None,
                               "open_sessions_after_last_day": None,
-                              "days_scored": None, "last_scored": None, "unscored": None, "champion": None,
+                              "days_scored": None, "last_scored": None, "unscored": None, "scored_from_older": None,
+                              "champion": None,
                               "stale": [], "rerun_from": None, "problems": []}
     try:
         status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
@@ -58,7 +59,7 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
     except PartitionUnreadable as exc:
         status["problems"].append(str(exc))
     _stale(status, root, source)
-    _scored(status, source, parsed, warehouse_url)
+    _scored(status, root, source, parsed, warehouse_url)
     _champion(status, source, tracking_uri, load=check)
     if check:
         status["checked_files"], damaged, status["partitions_without_manifest"] = check_files(root, source)
@@ -119,19 +120,21 @@ def _open_sessions(root: Path, source: str, parsed: list[str]) -> int | None:
     return count_rows(folder)
 
 
-def _scored(status: dict[str, Any], source: str, parsed: list[str], url: str | None) -> None:
+def _scored(status: dict[str, Any], root: Path, source: str, parsed: list[str], url: str | None) -> None:
     from krone_jobs.warehouse import Warehouse, WarehouseUnavailable
 
     try:
         with Warehouse(url) as wh:
             wh.ensure_schema()  # a warehouse no stage wrote to yet has no run_metrics table
             scored = sorted(wh.stage_days(source, "score"))
+            content = wh.stage_metric(source, "score", "sessions_content")
     except WarehouseUnavailable as exc:
         status["problems"].append(f"warehouse: {exc}")
         return
     status["days_scored"], status["last_scored"] = len(scored), scored[-1] if scored else None
     done = set(scored)
     status["unscored"] = [dt for dt in parsed if dt not in done]
+    status["scored_from_older"] = scored_from_older(content, root, source)
 
 
 def _champion(status: dict[str, Any], source: str, tracking_uri: str | None, *, load: bool = False) -> None:
@@ -160,6 +163,10 @@ def render(status: dict[str, Any]) -> str:
         shown = ", ".join(waiting[:UNSCORED_SHOWN]) + (" ..." if len(waiting) > UNSCORED_SHOWN else "")
         lines.append(f"  {_days(s['days_scored'])} scored (last {s['last_scored'] or '-'}); "
                      + (f"{_days(len(waiting))} parsed but not scored: {shown}" if waiting else "every parsed day scored"))
+    if again := s["scored_from_older"]:
+        shown = ", ".join(again[:UNSCORED_SHOWN]) + (" ..." if len(again) > UNSCORED_SHOWN else "")
+        lines.append(f"  {_days(len(again))} scored from sessions written anew since (scored again by the next "
+                     f"catch-up, or `krone score --source {s['source']} --unscored`): {shown}")
     lines.append(f"  champion: krone-{s['source']} v{s['champion']}" if s["champion"] else
                  f"  champion: none yet (`krone train --source {s['source']} --end <day>`)")
     if "checked_files" in s:

@@ -92,6 +92,7 @@ _REPORTED = text(
     "SELECT DISTINCT session_id FROM anomaly_reports WHERE source = :source AND dt BETWEEN :start AND :end"
 )
 _STAGE_DAYS = text("SELECT DISTINCT dt FROM run_metrics WHERE source = :source AND stage = :stage")
+_STAGE_METRIC = text("SELECT dt, value FROM run_metrics WHERE source = :source AND stage = :stage AND metric = :metric")
 _LOAD_CACHE = text(
     "SELECT cache_key, level, kseq_key, verdict, score, detector, reason, hits, first_seen, last_seen "
     "FROM kseq_cache WHERE source = :source AND model_version = :model_version"
@@ -206,6 +207,12 @@ class Warehouse:
         """The days (``YYYY-MM-DD``) on which ``stage`` ran for ``source`` and recorded its metrics."""
         with self._begin() as conn:
             return {_day(d).isoformat() for d in conn.execute(_STAGE_DAYS, {"source": source, "stage": stage}).scalars()}
+
+    def stage_metric(self, source: str, stage: str, metric: str) -> dict[str, float]:
+        """One metric of ``stage`` by day (``YYYY-MM-DD``), where the stage recorded it."""
+        with self._begin() as conn:
+            params = {"source": source, "stage": stage, "metric": metric}
+            return {_day(d).isoformat(): float(v) for d, v in conn.execute(_STAGE_METRIC, params)}
 
     def load_cache(self, source: str, model_version: str) -> dict[str, dict[str, Any]]:
         """All cached verdicts of one model version, in one query (the scorer looks up in memory)."""

@@ -156,6 +156,9 @@ def test_run_metrics_replace_one_stage_only(wh: Warehouse) -> None:
         ("score", "llm_calls", 3.0, "run-2")]
     assert wh.stage_days("hdfs", "score") == {D1.isoformat()} and wh.stage_days("hdfs", "train") == set()
     assert wh.stage_days("other", "parse") == set()
+    wh.write_run_metrics("hdfs", D2, "score", "run-3", {"sessions_content": float(2**52 - 1)})  # exact in a double
+    assert wh.stage_metric("hdfs", "score", "sessions_content") == {D2.isoformat(): float(2**52 - 1)}
+    assert wh.stage_metric("hdfs", "score", "llm_calls") == {D1.isoformat(): 3.0}
 
 
 def test_replace_partition_only_takes_partitioned_tables(wh: Warehouse) -> None:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from krone_jobs.config import settings
 from krone_jobs.hierarchy.kseqs import LEVELS, Decomposition, UnknownTemplateError, decompose
 from krone_jobs.hierarchy.model import Hierarchy
+from krone_jobs.lineage import content_number
 from krone_jobs.partitions import check_date, check_source, count_rows, partition_dir, read_table
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ class ScoreMetrics:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     """``load`` (warehouse, model, cache), ``walk`` (Spark pass), ``route`` (driver), ``gate`` (GX suite); the
     final write is not in ``seconds`` (the metrics go into the warehouse in that same transaction)."""
+    sessions_content: float | None = None
+    """The sessions partition scored (:func:`krone_jobs.lineage.content_number`): a day whose sessions are
+    written anew after its score run is scored again by the next catch-up."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -393,6 +397,7 @@ def run_score(
 
         phases = {"load": time.perf_counter() - t0}
         n_sessions = count_rows(partition_dir(root, "sessions", source, date))
+        scored_content = content_number(partition_dir(root, "sessions", source, date))
         payload = json.dumps({
             "hierarchy": detector.hierarchy_.to_json(), "to_model": model_ids(store, champion.store),
             "known": sorted(set(_knowledge_keys(detector)) | feedback),
@@ -455,6 +460,7 @@ def run_score(
             llm_tokens=int(llm_counters.get("prompt_tokens", 0) + llm_counters.get("completion_tokens", 0)),
             llm_invalid=int(llm_counters.get("invalid", 0)), llm_failures=int(llm_counters.get("failures", 0)),
             llm_fraction=round(int(llm_counters.get("calls", 0)) / n_sessions, 6) if n_sessions else 0.0,
+            sessions_content=scored_content,
         )
         _gate(reports, root, source, date)
         phases["gate"] = time.perf_counter() - t0 - sum(phases.values())

@@ -64,6 +64,19 @@ def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
     assert main(["score", "--source", SOURCE, "--unscored", "--data-root", str(tmp_path)]) == 0
     assert "every day of nightly with KRONE Seqs is scored" in capsys.readouterr().out
 
+    # a late log file taken in by hand, without scoring: the day's reports are of sessions that are gone now
+    from krone_jobs.partitions import raw_dir
+    from krone_jobs.status import source_status
+
+    (raw_dir(tmp_path, SOURCE, DAYS[0]) / "late.log").write_text(
+        "2026-11-01 23:10:00.000 INFO [node-07] worker: job_999999 started on node-07\n", encoding="utf-8")
+    run_night(SOURCE, "krone", DAYS[0], data_root=tmp_path, score=False, say=lambda _: None)
+    assert pipeline.unscored_days(SOURCE, data_root=tmp_path) == [DAYS[0]]  # the next catch-up scores it again
+    assert source_status(tmp_path, SOURCE, warehouse_url=url)["scored_from_older"] == [DAYS[0]]
+    assert main(["score", "--source", SOURCE, "--unscored", "--data-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{SOURCE} {DAYS[0]}: ")
+    assert pipeline.unscored_days(SOURCE, data_root=tmp_path) == []
+
 
 def test_a_retention_window_removes_old_days_and_the_oldest_kept_day_reruns_the_same(
         spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
