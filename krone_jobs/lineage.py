@@ -77,19 +77,19 @@ def inputs(root: Path, *, partitions: Iterable[Path] = (), files: Iterable[Path 
     there was none), and for the parse stage the day's ``raw`` log files by size (the whole list: a file
     delivered later is then one it did not read). Paths are kept relative to ``root``, so a moved data root
     keeps its lineage."""
-
-    def rel(path: Path) -> str:
-        return path.relative_to(root).as_posix()
-
-    read: dict[str, Any] = {"partitions": {rel(p): content_id(p) for p in partitions},
-                            "files": {rel(p): _file_id(p) for p in files if p is not None}}
+    read: dict[str, Any] = {"partitions": {_rel(root, p): content_id(p) for p in partitions},
+                            "files": {_rel(root, p): _file_id(p) for p in files if p is not None}}
     if raw is not None:
         read["raw"] = _sizes(root, raw)
     return read
 
 
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
 def _sizes(root: Path, raw: Iterable[Path]) -> dict[str, int | None]:
-    return {p.relative_to(root).as_posix(): p.stat().st_size if p.exists() else None for p in raw}
+    return {_rel(root, p): p.stat().st_size if p.exists() else None for p in raw}
 
 
 def _changed(what: str, recorded: str | None, now: str | None) -> str | None:
@@ -150,7 +150,7 @@ def stale_partitions(root: Path, source: str, *, since: str = "", before: str = 
     changed since it was written, by day."""
     folders = [(dt, p) for stage in STAGES for dt, p in dated_files(stage_dir(root, stage, source)).items()]
     folders += list(dated_files(state_dir(root, source) / "open").items())
-    found = [Stale(dt, folder.relative_to(root).as_posix(), tuple(reasons)) for dt, folder in folders
+    found = [Stale(dt, _rel(root, folder), tuple(reasons)) for dt, folder in folders
              if since <= dt < before and (reasons := stale_reasons(root, folder, source, dt))]
     return sorted(found, key=lambda s: (s.dt, s.partition))
 
