@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from krone_jobs.manifests import file_sha256, read_manifest
-from krone_jobs.partitions import STAGES, dated_files, partition_dir, raw_files, stage_dir, state_dir
+from krone_jobs.partitions import day_partitions, partition_dir, raw_files
 
 LATE_WINDOW_DAYS = 7
 """How many days before its own a parse run looks at for stale partitions (``krone status`` looks at all)."""
@@ -148,9 +148,7 @@ class Stale:
 def stale_partitions(root: Path, source: str, *, since: str = "", before: str = "9999-12-31") -> list[Stale]:
     """Every partition of ``source`` (stages and open sessions) of the days ``since <= dt < before`` whose inputs
     changed since it was written, by day."""
-    folders = [(dt, p) for stage in STAGES for dt, p in dated_files(stage_dir(root, stage, source)).items()]
-    folders += list(dated_files(state_dir(root, source) / "open").items())
-    found = [Stale(dt, _rel(root, folder), tuple(reasons)) for dt, folder in folders
+    found = [Stale(dt, _rel(root, folder), tuple(reasons)) for dt, folder in day_partitions(root, source)
              if since <= dt < before and (reasons := stale_reasons(root, folder, source, dt))]
     return sorted(found, key=lambda s: (s.dt, s.partition))
 

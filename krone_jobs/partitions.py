@@ -106,6 +106,13 @@ def dated_files(folder: Path) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def day_partitions(root: Path, source: str) -> list[tuple[str, Path]]:
+    """(day, folder) of every Parquet partition of ``source``: the stages' (:data:`STAGES`) and the open
+    sessions' (``state/S/open/dt=D``), stage by stage, days in order."""
+    folders = [(dt, p) for stage in STAGES for dt, p in dated_files(stage_dir(root, stage, source)).items()]
+    return folders + list(dated_files(state_dir(root, source) / "open").items())
+
+
 def latest_before(folder: Path, dt: str, *, inclusive: bool = False) -> Path | None:
     """The newest ``dt=`` entry strictly before ``dt`` (or at ``dt`` with ``inclusive``)."""
     hits = [p for d, p in dated_files(folder).items() if d < dt or inclusive and d == dt]

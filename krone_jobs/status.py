@@ -16,12 +16,14 @@ from typing import Any
 from krone_jobs.lineage import scored_from_older, stale_partitions
 from krone_jobs.manifests import MANIFEST
 from krone_jobs.partitions import (
-    STAGES,
+    PartitionMismatch,
     PartitionUnreadable,
     SourceRecordError,
+    check_written,
     count_rows,
     damaged_files,
     dated_files,
+    day_partitions,
     source_format,
     source_timezone,
     stage_dir,
@@ -54,10 +56,13 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
         status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
     except (FileNotFoundError, SourceRecordError) as exc:
         status["problems"].append(str(exc))
+    if not check:  # --check compares every partition with its manifest, hashes included
+        status["problems"] += _not_as_written(root, source)
     try:
         status["open_sessions_after_last_day"] = _open_sessions(root, source, parsed)
     except PartitionUnreadable as exc:
-        status["problems"].append(str(exc))
+        if str(exc) not in status["problems"]:
+            status["problems"].append(str(exc))
     _stale(status, root, source)
     _scored(status, root, source, parsed, warehouse_url)
     _champion(status, source, tracking_uri, load=check)
@@ -77,8 +82,7 @@ def check_files(root: Path, source: str) -> tuple[int, list[str], int]:
     from krone_jobs.miner_state import read_state, templates_dir
     from krone_jobs.templates import TemplateStateError
 
-    folders = [p for stage in STAGES for p in dated_files(stage_dir(root, stage, source)).values()]
-    folders += dated_files(state_dir(root, source) / "open").values()
+    folders = [folder for _, folder in day_partitions(root, source)]
     read, problems = 0, []
     unsealed = sum(not (folder / MANIFEST).exists() for folder in folders)
     for folder in folders:
@@ -96,6 +100,17 @@ def check_files(root: Path, source: str) -> tuple[int, list[str], int]:
         except error as exc:
             problems.append(str(exc))
     return read, problems, unsealed
+
+
+def _not_as_written(root: Path, source: str) -> list[str]:
+    """Partitions whose files are not the ones their manifest lists (names and sizes: a ``stat`` per file)."""
+    found = []
+    for _, folder in day_partitions(root, source):
+        try:
+            check_written(folder)
+        except PartitionMismatch as exc:
+            found.append(str(exc))
+    return found
 
 
 def _stale(status: dict[str, Any], root: Path, source: str) -> None:

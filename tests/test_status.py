@@ -127,4 +127,7 @@ def test_check_reads_every_file_and_names_each_damaged_one(tmp_path: Path, capsy
     assert f"problem: {sessions} is not a readable Parquet file (OSError: Corrupt snappy compressed data" in out
     assert f"problem: {templates_path(tmp_path, 'web', DAYS[1])}: malformed template state" in out
     assert f"problem: {hierarchy}, line 2: no action_node, status_node: the file is damaged" in out
-    assert main(["status", "--data-root", str(tmp_path)]) == 0  # without --check: the footer is intact
+    assert main(["status", "--data-root", str(tmp_path)]) == 0  # without --check: the footer is intact ...
+    out = capsys.readouterr().out
+    assert "part-00001.parquet is missing (1 row)" in out  # ... but a file gone is a stat away
+    assert "Corrupt snappy" not in out and "holds other bytes" not in out
