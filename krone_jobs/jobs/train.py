@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import random
@@ -45,7 +46,7 @@ import numpy as np
 from krone_jobs.config import GATE_FP_BOUND, GATE_MIN_HELDOUT, GATE_TOLERANCE, settings
 from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, load_overrides
-from krone_jobs.partitions import check_date, check_source, latest_before, partition_dir, read_table
+from krone_jobs.partitions import check_date, check_source, latest_before, partition_dir, read_table, stage_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -189,6 +190,7 @@ def train(
     normal_keys: Sequence[str] = (),
     extra_params: Mapping[str, Any] | None = None,
     extra_metrics: Mapping[str, float] | None = None,
+    data: TrainingData | None = None,
 ) -> TrainResult:
     """Train on ``sessions`` (normal ones: template-id sequences), log and register ``krone-<source>``,
     and promote it to ``champion`` if the gate passes (see the module docstring).
@@ -231,6 +233,8 @@ def train(
         mlflow.log_params({"source": source, "seed": seed, "holdout": holdout, "miner_state": miner_state is not None,
                            "hierarchy_base_version": base_version or "none", **params, **(extra_params or {})})
         mlflow.log_metrics(metrics)
+        if data is not None:
+            data.log()
         info = registry.log_krone_model(detector, miner_state=miner_state)
         registry.log_gate_sessions(heldout, checked)
         version = registry.register(run_id, source)
@@ -324,6 +328,43 @@ def window_dates(end: str, days: int) -> list[str]:
         raise ValueError(f"days must be at least 1, got {days}")
     last = date.fromisoformat(check_date(end))
     return [(last - timedelta(days=i)).isoformat() for i in range(days - 1, -1, -1)]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Which partitions a pipeline training run read, for its MLflow run: one dataset input (context
+    ``training``) named ``krone-<source>-sessions``, whose source is the sessions folder and whose digest is
+    made of the partitions' content ids (:func:`krone_jobs.lineage.content_id`), so two runs on the same data
+    show the same digest; and ``training_partitions.json``, each day's content id and rows."""
+
+    source: str
+    folder: Path
+    partitions: Mapping[str, Mapping[str, Any]]
+
+    @classmethod
+    def of(cls, root: Path, source: str, days: Sequence[str], rows: Mapping[str, int]) -> TrainingData:
+        from krone_jobs.lineage import content_id
+
+        return cls(source, stage_dir(root, "sessions", source),
+                   {dt: {"content_id": content_id(partition_dir(root, "sessions", source, dt)), "rows": rows[dt]}
+                    for dt in days})
+
+    @property
+    def digest(self) -> str:
+        ids = {dt: p["content_id"] for dt, p in sorted(self.partitions.items())}
+        return hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
+
+    def log(self) -> None:
+        """Log both to the active MLflow run."""
+        import mlflow
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        dataset = MetaDataset(LocalArtifactDatasetSource(self.folder.resolve().as_uri()),
+                              name=f"krone-{self.source}-sessions", digest=self.digest)
+        mlflow.log_input(dataset, context="training")
+        mlflow.log_dict({"folder": str(self.folder), "digest": self.digest, "partitions": dict(self.partitions)},
+                        "training_partitions.json")
 
 
 def read_window(root: Path, source: str, dates: Sequence[str]) -> tuple[tuple[str, ...], pd.DataFrame]:
@@ -495,6 +536,7 @@ def train_partitions(
         validation=validation, days=window.days, seed=seed, nested_params=nested_params, holdout=holdout, fp_bound=fp_bound,
         tolerance=tolerance, min_heldout=min_heldout, miner_state=state, tracking_uri=tracking_uri,
         artifact_root=artifact_root, normal_keys=feedback_normal_keys(url, source), extra_params=params, extra_metrics=window.metrics(),
+        data=TrainingData.of(root, source, found, frame["dt"].value_counts().to_dict()),
     )
 
 

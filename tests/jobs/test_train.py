@@ -303,6 +303,18 @@ def test_train_partitions_registers_a_champion_without_the_labelled_anomalies(wi
     assert model.templates.to_json() == shipped.to_json()
     assert "gate/heldout.parquet" in {a.path for a in client.list_artifacts(result.run_id, "gate")}
 
+    # the partitions it read, as the run's training dataset: their content ids make the digest
+    from krone_jobs.lineage import content_id
+
+    [used] = client.get_run(result.run_id).inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.source_type) == (f"krone-{SOURCE}-sessions", "local")
+    assert [t.value for t in used.tags if t.key == "mlflow.data.context"] == ["training"]
+    read = json.loads(Path(client.download_artifacts(result.run_id, "training_partitions.json")).read_text())
+    assert read["digest"] == used.dataset.digest
+    folders = {d: partition_dir(pipeline.root, "sessions", SOURCE, d) for d in DAYS}
+    assert read["partitions"] == {d: {"content_id": content_id(f), "rows": len(pd.read_parquet(f))}
+                                  for d, f in folders.items()}
+
 
 def test_feedback_joins_the_knowledge_base_and_reported_sessions_are_left_out(window: Window) -> None:
     first, frame = window.first, window.sessions
