@@ -125,7 +125,8 @@ def stale_reasons(root: Path, folder: Path, source: str, dt: str) -> list[str]:
     recorded = (manifest or {}).get("inputs")
     if not isinstance(recorded, dict):
         return []
-    changes = [_changed(rel, was, content_id(root / rel)) for rel, was in sorted(recorded.get("partitions", {}).items())]
+    changes = [_changed(rel, was, content_id(root / rel))
+               for rel, was in sorted(recorded.get("partitions", {}).items())]
     changes += [_changed(rel, was, _file_id(root / rel)) for rel, was in sorted(recorded.get("files", {}).items())]
     found = [c for c in changes if c is not None]
     if isinstance(recorded.get("raw"), dict):

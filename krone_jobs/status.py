@@ -1,5 +1,7 @@
 """``krone status``: where each source stands, for an operator without the Airflow UI (``krone night`` users) or
-before a backfill: which days are parsed, which are scored, which wait for a model, which model is champion.
+before a backfill: which days are parsed, which are scored, which wait for a model, which model is champion;
+which partitions are not what their run wrote (:mod:`krone_jobs.manifests`), which are stale and which days
+were scored from sessions written anew since (:mod:`krone_jobs.lineage`), with the run that mends each.
 
 Every part is read where it lives (partitions on disk, ``run_metrics`` in the warehouse, the registry in MLflow)
 and fails soft: a warehouse or tracking server that does not answer is reported as such, the rest still shows.
@@ -119,12 +121,13 @@ def _stale(status: dict[str, Any], root: Path, source: str) -> None:
     stale = stale_partitions(root, source)
     status["stale"] = [str(s) for s in stale]
     if stale:
-        status["rerun_from"] = stale[0].dt
+        first, last = stale[0].dt, max(status["last_day"] or "", stale[-1].dt)
+        status["rerun_from"] = first
         status["problems"].append(
             f"{len(stale)} partition{'s are' if len(stale) > 1 else ' is'} stale (their inputs changed since they "
             f"were written: a late log file, a day run again): run `krone night --source {source} --format "
-            f"{status['format'] or '<format>'} --date {stale[0].dt} --end {max(status['last_day'] or '', stale[-1].dt)}` "
-            f"(or clear the krone_parse_{source} runs from {stale[0].dt} on): each day builds on the one before")
+            f"{status['format'] or '<format>'} --date {first} --end {last}` (or clear the krone_parse_{source} "
+            f"runs from {first} on): each day builds on the one before")
 
 
 def _open_sessions(root: Path, source: str, parsed: list[str]) -> int | None:

@@ -39,10 +39,11 @@ def _day(root: Path) -> tuple[Path, Path, Path]:
 
 
 def test_nothing_is_stale_while_every_input_is_as_it_was_read(tmp_path: Path) -> None:
-    _, parsed, sessions = _day(tmp_path)
+    _, parsed, _ = _day(tmp_path)
     assert stale_partitions(tmp_path, SOURCE) == []
-    _write(parsed, ["l1", "l2"], inputs(tmp_path, files=[tmp_path / "state" / SOURCE / "templates" / "dt=2026-11-19.json"],
-                                        raw=sorted(raw_dir(tmp_path, SOURCE, DAY).glob("*.log"))))
+    seed = tmp_path / "state" / SOURCE / "templates" / "dt=2026-11-19.json"
+    raw = sorted(raw_dir(tmp_path, SOURCE, DAY).glob("*.log"))
+    _write(parsed, ["l1", "l2"], inputs(tmp_path, files=[seed], raw=raw))
     assert stale_partitions(tmp_path, SOURCE) == []  # a rerun that writes the same bytes makes nothing stale
 
 
@@ -75,6 +76,7 @@ def test_a_changed_seed_or_input_partition_is_named_but_not_inputs_removed_since
     (parsed / MANIFEST).unlink()  # an input without a manifest (from before manifests) is not compared
     assert content_id(parsed) == UNSEALED and stale_reasons(tmp_path, sessions, SOURCE, DAY) == []
     _write(parsed, ["l1"])
-    assert stale_reasons(tmp_path, sessions, SOURCE, DAY) == [f"parsed/source={SOURCE}/dt={DAY} was written anew after it"]
+    assert stale_reasons(tmp_path, sessions, SOURCE, DAY) == [
+        f"parsed/source={SOURCE}/dt={DAY} was written anew after it"]
     shutil.rmtree(parsed)  # removed (retention): what was built from it stands
     assert stale_reasons(tmp_path, sessions, SOURCE, DAY) == []
