@@ -18,6 +18,10 @@ Every task overwrites exactly its own partition, so reruns and backfills are saf
 in date order (parse seeds from the previous day's miner state; sessionize reads its open sessions):
 `max_active_runs=1` and `depends_on_past`. `catchup` reaches back to `KRONE_START_DATE`.
 
+A log file delivered for a day already parsed is never read by that day's run: the next parse runs name the
+day as stale (a warning in the `parse` task's log, `stale_earlier_days` in `run_metrics`, the night report);
+clear this DAG's runs from that day on to take it in (`krone status` prints the day).
+
 Params: `source` (fixed: the DAG's own), `format` (krone | hdfs | bgl | thunderbird, or a format of
 `KRONE_FORMATS_FILE`; default: the one `KRONE_SOURCES` names), `data_root` (default `KRONE_DATA_ROOT`),
 `dt` (reprocess one day on a manual run). Settings come from `KRONE_*`
