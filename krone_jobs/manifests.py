@@ -28,9 +28,9 @@ _HASH_CHUNK = 1 << 20
 
 
 def data_files(folder: Path) -> list[Path]:
-    """The files a reader takes as the partition's data, sorted: every name but hidden and ``_`` ones, as
-    Spark lists a folder."""
-    return sorted(p for p in folder.iterdir() if not p.name.startswith((".", "_")))
+    """The files a reader takes as the partition's data, sorted: every file but hidden and ``_`` ones, as
+    Spark lists a folder (the stages write no sub-folders)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith((".", "_")) and p.is_file())
 
 
 def identity(folder: Path) -> str:
