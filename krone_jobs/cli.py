@@ -306,6 +306,23 @@ def _cmd_status(a: argparse.Namespace) -> int:
     return 1 if a.check and any(s["problems"] for s in found) else 0
 
 
+def _cmd_seal(a: argparse.Namespace) -> int:
+    from krone_jobs.config import settings
+    from krone_jobs.partitions import seal_unsealed
+    from krone_jobs.status import known_sources
+
+    root = a.data_root or settings().data_root
+    refused_any = False
+    for source in a.source or known_sources(root):
+        sealed, refused = seal_unsealed(root, source)
+        print(f"{source}: {len(sealed):,} partition{'s' if len(sealed) != 1 else ''} sealed"
+              + (f", {len(refused):,} not (below): write them again first" if refused else ""))
+        for problem in refused:
+            print(f"  not sealed: {problem}")
+        refused_any = refused_any or bool(refused)
+    return 1 if refused_any else 0
+
+
 def _add_operations(sub: argparse._SubParsersAction) -> None:
     from krone_jobs.feedback import add_feedback_arguments
     from krone_jobs.model_registry import add_promote_arguments, main_promote
@@ -322,6 +339,12 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
                    "and hierarchy file, and load the champion; exit 1 on any problem (after a disk incident or "
                    "a restore)")
     p.set_defaults(func=_cmd_status)
+    p = sub.add_parser("seal", help="give the partitions written before manifests one, after reading them whole, "
+                       "so that readers compare them from then on")
+    p.add_argument("--source", action="append", default=None, help="this source (repeatable; default: every one "
+                   "with state under the data root)")
+    p.add_argument("--data-root", type=Path, default=None, help="default: $KRONE_DATA_ROOT or <home>/data")
+    p.set_defaults(func=_cmd_seal)
     p = sub.add_parser("promote", help="move the champion alias to a registered version (gate, or --force)")
     add_promote_arguments(p)
     p.set_defaults(func=main_promote)

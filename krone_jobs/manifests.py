@@ -55,17 +55,21 @@ def _rows(path: Path) -> int | None:
 
 
 def seal(staged: Path, target: Path, inputs: Mapping[str, Any] | None = None) -> None:
-    """Write the manifest of the partition staged in ``staged`` that is about to become ``target``, with what it
-    was built from (``inputs``, :func:`krone_jobs.lineage.inputs`) where the stage says."""
+    """Write the manifest of the partition staged in ``staged`` that is about to become ``target`` (or is
+    ``target``: a partition written before manifests, sealed in place), with what it was built from
+    (``inputs``, :func:`krone_jobs.lineage.inputs`) where the stage says. The manifest replaces nothing half
+    written: a reader sees none or all of it."""
     files = {p.name: {"bytes": p.stat().st_size, "rows": _rows(p), "sha256": file_sha256(p)}
              for p in data_files(staged)}
     manifest = {"partition": identity(target), "rows": sum(f["rows"] or 0 for f in files.values()), "files": files}
     if inputs is not None:
         manifest["inputs"] = inputs
-    with open(staged / MANIFEST, "w", encoding="utf-8") as fh:
+    tmp = staged / f"_tmp{MANIFEST}"
+    with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    os.replace(tmp, staged / MANIFEST)
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:

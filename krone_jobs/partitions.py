@@ -30,7 +30,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from krone_jobs.manifests import differences, seal
+from krone_jobs.manifests import MANIFEST, differences, seal
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -312,6 +312,22 @@ def damaged_files(folder: Path) -> tuple[int, list[str]]:
     if found := differences(folder, content=True, damaged=damaged):
         problems.insert(0, _mismatch(folder, found))
     return len(paths), problems
+
+
+def seal_unsealed(root: Path, source: str) -> tuple[list[str], list[str]]:
+    """Seal, in place, the partitions of ``source`` that have no manifest (written before manifests) and read
+    whole, so that readers compare them from then on; (partitions sealed, what is wrong with those that do
+    not read whole: they are left unsealed, for the run that writes them again)."""
+    sealed, refused = [], []
+    for _, folder in day_partitions(root, source):
+        if (folder / MANIFEST).exists():
+            continue
+        if damaged := damaged_files(folder)[1]:
+            refused += damaged
+            continue
+        seal(folder, folder)
+        sealed.append(folder.relative_to(root).as_posix())
+    return sealed, refused
 
 
 def raise_if_damaged(error: Exception, *folders: Path) -> None:

@@ -192,7 +192,8 @@ def render(status: dict[str, Any]) -> str:
             f"{s['damaged_files']} damaged or not as written (below)" if s["damaged_files"] else "every one readable"))
         if unsealed := s["partitions_without_manifest"]:
             lines.append(f"  {unsealed:,} partition{'s' if unsealed != 1 else ''} without a manifest (written before "
-                         "manifests, by hand, or copied without it): read, not compared with what was written")
+                         "manifests, by hand, or copied without it): read, not compared with what was written "
+                         f"(`krone seal --source {s['source']}` gives them one)")
     lines += [f"  stale: {p}" for p in s["stale"][:STALE_SHOWN]]
     if len(s["stale"]) > STALE_SHOWN:
         lines.append(f"  stale: ... {len(s['stale']) - STALE_SHOWN} more (--json lists them all)")

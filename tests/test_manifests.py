@@ -102,3 +102,27 @@ def test_a_partition_without_a_manifest_reads_as_before(tmp_path: Path) -> None:
     (folder / "part-00001.parquet").unlink()
     assert read_manifest(folder) is None and differences(folder) == []
     assert count_rows(folder) == 1 and damaged_files(folder) == (1, [])
+
+
+def test_krone_seal_gives_partitions_written_before_manifests_one_unless_they_do_not_read_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from krone_jobs.cli import main
+
+    legacy, damaged = (partition_dir(tmp_path, "sessions", "app", dt) for dt in (DAY, OTHER_DAY))
+    for folder in (legacy, damaged):
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"session_id": ["a", "b"]}), folder / "part-00000.parquet")
+    (damaged / "part-00000.parquet").write_bytes((damaged / "part-00000.parquet").read_bytes()[:-20])
+    sealed = _written(tmp_path, "2026-11-22")
+    before = (sealed / MANIFEST).read_bytes()
+    argv = ["seal", "--source", "app", "--data-root", str(tmp_path)]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("app: 1 partition sealed, 1 not (below): write them again first\n")
+    assert f"  not sealed: {damaged / 'part-00000.parquet'} is not a readable Parquet file" in out
+    assert read_manifest(damaged) is None and (sealed / MANIFEST).read_bytes() == before  # the others untouched
+    assert read_manifest(legacy)["rows"] == 2 and count_rows(legacy) == 2  # type: ignore[index]
+    (legacy / "part-00000.parquet").unlink()  # from now on a file gone is named
+    with pytest.raises(PartitionMismatch, match="part-00000.parquet is missing"):
+        count_rows(legacy)
+    assert sorted(p.name for p in legacy.iterdir()) == [MANIFEST]  # no temporary file left
