@@ -9,7 +9,8 @@ Just before the swap, the staged folder is sealed with :data:`MANIFEST`: the par
 (``<stage>/source=S/dt=D``, or ``S/open/dt=D`` for open sessions: the last three parts of its path), and every
 data file with its bytes, rows and SHA-256. Readers check names and sizes (a ``stat`` per file, no data read);
 ``krone status --check``, which reads every byte anyway, checks the hashes too. A partition without a
-manifest (written before manifests, by hand, or copied by a tool that drops ``_`` files) is read as before.
+manifest (written before manifests, by hand, or copied by a tool that drops ``_`` files) is read as before;
+``krone seal`` gives one to each that reads whole.
 
 Manifests hold no time of writing: a rerun that writes the same bytes writes the same manifest.
 """
