@@ -383,6 +383,12 @@ def _metrics_by_stage(rows: Iterable[tuple[str, str, float, str]]) -> dict[str, 
     return out
 
 
+def _shown(metric: str, value: int | float) -> str:
+    """A metric as the table shows it: ``sessions_content`` (which sessions a score run read) as the hex start
+    of their content id, as ``training_partitions.json`` of a training run spells it, not as a count."""
+    return f"{int(value):013x}" if metric == "sessions_content" else _fmt(value)
+
+
 def _history_grid(history: Iterable[tuple[date, str, int]], day: date, days: int) -> dict[str, dict[str, int]]:
     """Anomalies per day and level over the window, zero-filled so the plot has every day."""
     grid = {(day - timedelta(days=i)).isoformat(): dict.fromkeys(LEVELS, 0) for i in reversed(range(days))}
@@ -671,7 +677,7 @@ def _offenders_html(data: _DayData) -> str:
 
 
 def _metrics_html(figures: Mapping[str, Any]) -> str:
-    rows = [(_e(stage), _e(metric), _e(_fmt(value)))
+    rows = [(_e(stage), _e(metric), _e(_shown(metric, value)))
             for stage, metrics in figures["metrics"].items() for metric, value in metrics.items()]
     if not rows:
         return "<h2>Run metrics</h2><p class=\"meta\">No run metrics recorded for this day.</p>"

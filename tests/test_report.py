@@ -47,7 +47,8 @@ def root(tmp_path: Path) -> Iterator[Path]:
                kseq_key="action|E:disk|A:disk/write", detector="nested"),
         report("s3", "entity", 0.5, [], kseq_key="entity||E:disk,E:net"),
     ])
-    wh.write_run_metrics(SRC, DT, "score", "run-1", {"sessions": 1482, "cache_hits": 5120, "llm_calls": 0})
+    wh.write_run_metrics(SRC, DT, "score", "run-1", {"sessions": 1482, "cache_hits": 5120, "llm_calls": 0,
+                                                     "sessions_content": float(0x0123456789abc)})
     wh.write_run_metrics(SRC, DT, "parse", "run-p", {"raw_lines": 9000, "quarantined": 12,
                                                      "quarantine_reasons.continuation": 10, "raw_bytes": 10**6,
                                                      "quarantined_bytes": 3 * 10**5, "duplicate_files": 2,
@@ -78,6 +79,7 @@ def test_page_has_figures_plots_chunks_and_excerpts(root: Path) -> None:
             ) in rep.summary.splitlines()[1]
     assert "duplicate files skipped" in page and "of the day&#x27;s bytes quarantined" in page
     assert "earlier days stale (krone status)" in page
+    assert "<td>sessions_content</td><td class=\"num\">0123456789abc</td>" in page  # a content id, not a count
     assert "files continued from the day before" in page
     assert f["model_versions"] == ["7"] and f["run_ids"] == ["run-1"]
     assert f["anomalies_per_day"]["2026-11-02"]["status"] == 1 and len(f["anomalies_per_day"]) == 7
