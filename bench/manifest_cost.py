@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from krone_jobs.lineage import inputs, stale_before, stale_partitions
-from krone_jobs.manifests import differences, seal
-from krone_jobs.partitions import check_written, partition_dir, raw_dir, read_table, swap_in, temp_dir_for
+from krone_jobs.manifests import differences
+from krone_jobs.partitions import check_written, partition_dir, raw_dir, read_table, seal, swap_in, temp_dir_for
 
 SOURCE = "bench"
 

@@ -48,8 +48,12 @@ def content_id(folder: Path) -> str | None:
         return UNSEALED
     if manifest is None:
         return UNSEALED
-    files = {name: f["sha256"] for name, f in sorted(manifest["files"].items())}
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return json_digest({name: f["sha256"] for name, f in manifest["files"].items()})
+
+
+def json_digest(value: Any) -> str:
+    """SHA-256 of ``value`` as canonical JSON (sorted keys): one id for a mapping of ids."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def content_number(folder: Path) -> float | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,22 +54,16 @@ def _rows(path: Path) -> int | None:
     return int(pq.ParquetFile(path).metadata.num_rows)
 
 
-def seal(staged: Path, target: Path, inputs: Mapping[str, Any] | None = None) -> None:
-    """Write the manifest of the partition staged in ``staged`` that is about to become ``target`` (or is
-    ``target``: a partition written before manifests, sealed in place), with what it was built from
-    (``inputs``, :func:`krone_jobs.lineage.inputs`) where the stage says. The manifest replaces nothing half
-    written: a reader sees none or all of it."""
+def manifest_text(staged: Path, target: Path, inputs: Mapping[str, Any] | None = None) -> str:
+    """The manifest of the partition staged in ``staged`` that is about to become ``target`` (or is ``target``:
+    a partition written before manifests, sealed in place), with what it was built from (``inputs``,
+    :func:`krone_jobs.lineage.inputs`) where the stage says; :func:`krone_jobs.partitions.seal` writes it."""
     files = {p.name: {"bytes": p.stat().st_size, "rows": _rows(p), "sha256": file_sha256(p)}
              for p in data_files(staged)}
     manifest = {"partition": identity(target), "rows": sum(f["rows"] or 0 for f in files.values()), "files": files}
     if inputs is not None:
         manifest["inputs"] = inputs
-    tmp = staged / f"_tmp{MANIFEST}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, staged / MANIFEST)
+    return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from krone_jobs.manifests import MANIFEST, differences, seal
+from krone_jobs.manifests import MANIFEST, differences, manifest_text
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -185,6 +185,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 def temp_dir_for(target: Path) -> Path:
     """A hidden, unique sibling of ``target`` for staging its replacement."""
     return target.parent / f"_tmp_{target.name}_{uuid.uuid4().hex}"
+
+
+def seal(staged: Path, target: Path, inputs: dict[str, Any] | None = None) -> None:
+    """Write the manifest of ``staged``, about to become (or being) ``target``: a reader sees none or all of it."""
+    atomic_write_text(staged / MANIFEST, manifest_text(staged, target, inputs))
 
 
 def swap_in(staged: Path, target: Path, inputs: dict[str, Any] | None = None) -> None:

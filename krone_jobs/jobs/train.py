@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import random
@@ -351,8 +350,9 @@ class TrainingData:
 
     @property
     def digest(self) -> str:
-        ids = {dt: p["content_id"] for dt, p in sorted(self.partitions.items())}
-        return hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
+        from krone_jobs.lineage import json_digest
+
+        return json_digest({dt: p["content_id"] for dt, p in self.partitions.items()})[:16]
 
     def log(self) -> None:
         """Log both to the active MLflow run."""
