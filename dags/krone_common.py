@@ -268,7 +268,8 @@ def catch_up_requests(context: Mapping[str, Any]) -> list[tuple[str, str | None,
     ``krone_kseqs`` events named, those older than its oldest named day. Later days are left alone: their
     own events may still be queued for the next run. So a day whose scoring failed or was skipped (no
     champion yet, or one promoted by ``krone promote``, which emits no asset event) is scored by the next
-    run of its source. A manual run for one ``dt`` catches up only on promoted sources."""
+    run of its source, unless it failed for good and nothing it is scored from changed since
+    (:mod:`krone_jobs.score_failures`). A manual run for one ``dt`` catches up only on promoted sources."""
     promoted = promoted_sources(context)
     requests: list[tuple[str, str | None, str | None]] = [(source, root, None) for source, root in promoted]
     if context["params"].get("dt"):

@@ -9,7 +9,10 @@ asset `krone_model`: when a source's model becomes champion, every day of that s
 no score run is scored, so the days parsed before a source's first model are not left out. A run that a
 source's KRONE Seqs trigger also scores that source's earlier days with no score run, once it has a
 champion: a day whose scoring failed after its retries, or was skipped before a model promoted with
-`krone promote` (which emits no asset event), is taken up by the next night of its source.
+`krone promote` (which emits no asset event), is taken up by the next night of its source. A day whose score
+failed for good (a damaged sessions file, the reports gate) is set aside, with a warning in the `partitions`
+log, until what it is scored from changes (its sessions written again, its hierarchy, a new champion):
+`krone status` names it; a manual run with its `dt` scores it at any time.
 
 `partitions` (which (source, dt) to score: the triggering events; on a manual run the `dt` param, else
 the day of its logical date, else the day before the run), then per partition (a mapped task group

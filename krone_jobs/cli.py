@@ -158,7 +158,11 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     day.add_argument("--date", help="YYYY-MM-DD")
     day.add_argument("--unscored", action="store_true", help="every day with KRONE Seqs but no score run (or one "
                      "scored before its sessions were written anew), oldest first, each with its night report (what a "
-                     "first champion catches up on; see krone status)")
+                     "first champion catches up on; see krone status); a day that fails for good is named and the "
+                     "others go on (exit 1)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --unscored: also the days set aside because their score failed for good and nothing "
+                        "they are scored from changed since (after mending what `krone status` names)")
     p.add_argument("--engine", default="auto", choices=["auto", "spark", "local"],
                    help="where the per-session walk runs (auto: this process up to 50,000 sessions, else Spark)")
     p.add_argument("--json", action="store_true", help="print the run's figures as one JSON object")
@@ -279,17 +283,32 @@ def _cmd_night(a: argparse.Namespace) -> int:
 
 def _cmd_score(a: argparse.Namespace) -> int:
     from krone_jobs.jobs.score import run_score, summary_line
-    from krone_jobs.pipeline import night_report, unscored_days
+    from krone_jobs.pipeline import night_report, permanent_failures, set_aside, unscored_days
 
-    days = unscored_days(a.source, data_root=a.data_root) if a.unscored else [a.date]
-    if not days:
-        print(f"krone score: every day of {a.source} with KRONE Seqs is scored, as it stands")
-    for dt in days:
-        m = run_score(a.source, dt, data_root=a.data_root, engine=a.engine)
+    if not a.unscored:
+        m = run_score(a.source, a.date, data_root=a.data_root, engine=a.engine)
         print(json.dumps(m.to_dict()) if a.json else summary_line(m))
-        if a.unscored:
-            night_report(a.source, dt, data_root=a.data_root)
-    return 0
+        return 0
+    days = unscored_days(a.source, data_root=a.data_root)
+    aside = {} if a.retry_failed else set_aside(a.source, days, data_root=a.data_root)
+    for dt, failure in aside.items():
+        print(f"krone score: {a.source} {dt} set aside: its score failed for good ({failure.error}, "
+              f"{failure.attempts} time(s), last {failure.failed_at}) on what it would be scored from now; "
+              "`krone status` says why; after mending it, --retry-failed (or --date) scores it again", file=sys.stderr)
+    days = [dt for dt in days if dt not in aside]
+    if not days and not aside:
+        print(f"krone score: every day of {a.source} with KRONE Seqs is scored, as it stands")
+    failed = 0
+    for dt in days:  # a day that fails for good does not hold up the days after it
+        try:
+            m = run_score(a.source, dt, data_root=a.data_root, engine=a.engine)
+        except permanent_failures() as exc:
+            print(f"krone score: {a.source} {dt}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(json.dumps(m.to_dict()) if a.json else summary_line(m))
+        night_report(a.source, dt, data_root=a.data_root)
+    return 1 if failed else 0
 
 
 def _cmd_status(a: argparse.Namespace) -> int:

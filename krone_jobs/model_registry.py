@@ -320,7 +320,11 @@ def champion_hierarchy(client: MlflowClient, source: str) -> tuple[Hierarchy | N
 class ModelUnloadable(RuntimeError):
     """A registered version whose artifacts are there but cannot be read back (a damaged weights file, a
     miner state cut short): it can neither score nor be compared with, so a gate treats it as no champion
-    and the next trained or promoted version that passes replaces it."""
+    and the next trained or promoted version that passes replaces it. ``version``: which one, where known."""
+
+    def __init__(self, message: str, version: str | None = None) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 def load_version(source: str, version: str) -> mlflow.pyfunc.PyFuncModel:

@@ -16,7 +16,7 @@ import logging
 import math
 import uuid
 from datetime import date
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from krone_jobs.config import settings
 
 if TYPE_CHECKING:
     from krone_jobs.hierarchy.extractor import HierarchyExtractor
+    from krone_jobs.score_failures import ScoreFailure
 
 log = logging.getLogger(__name__)
 
@@ -288,19 +289,46 @@ def unscored_days(source: str, *, data_root: str | Path | None = None) -> list[s
 
 def has_champion(source: str) -> bool:
     """Whether ``krone-<source>`` has a ``champion`` to score with (the configured MLflow store)."""
-    from krone_jobs.model_registry import champion_version, connect
-
-    return champion_version(connect(), source) is not None
+    return _champion_version(source) is not None
 
 
-def backlog(source: str, *, before: str | None = None, data_root: str | Path | None = None) -> list[str]:
+def set_aside(source: str, days: Iterable[str], *, data_root: str | Path | None = None,
+              model_version: str | None = None) -> dict[str, ScoreFailure]:
+    """Of ``days``, those whose score failed for good on what they would be scored from now (the champion
+    ``model_version``, looked up when not given): the catch-up leaves them to a person
+    (:mod:`krone_jobs.score_failures`)."""
+    from krone_jobs.score_failures import recorded, set_aside as unchanged
+    from krone_jobs.warehouse import Warehouse
+
+    with Warehouse() as wh:
+        failures = recorded(wh, source)
+    version = model_version if model_version is not None else _champion_version(source)
+    return unchanged(failures, _root(data_root), source, days, version)
+
+
+def backlog(source: str, *, before: str | None = None, data_root: str | Path | None = None,
+            retry_failed: bool = False) -> list[str]:
     """The days a scoring run catches up on for ``source``: its :func:`unscored_days` (those before
     ``before`` only, when given), or none while the source has no champion (they would only be skipped).
     Covers the days parsed before a first model, a promotion by ``krone promote`` (which emits no Airflow
-    asset event) and days whose scoring failed or was skipped."""
-    if not has_champion(source):
+    asset event) and days whose scoring failed or was skipped. A day whose score failed for good is
+    :func:`set_aside` (logged) unless ``retry_failed``."""
+    version = _champion_version(source)
+    if version is None:
         return []
-    return [dt for dt in unscored_days(source, data_root=data_root) if before is None or dt < before]
+    days = [dt for dt in unscored_days(source, data_root=data_root) if before is None or dt < before]
+    aside = {} if retry_failed else set_aside(source, days, data_root=data_root, model_version=version)
+    for dt, failure in aside.items():
+        log.warning("%s %s set aside: its score failed for good (%s, %d time(s), last %s) on what it would be "
+                    "scored from now; after mending it: `krone score --source %s --date %s`", source, dt,
+                    failure.error, failure.attempts, failure.failed_at, source, dt)
+    return [dt for dt in days if dt not in aside]
+
+
+def _champion_version(source: str) -> str | None:
+    from krone_jobs.model_registry import champion_version, connect
+
+    return champion_version(connect(), source)
 
 
 def night_report(source: str, dt: str, *, data_root: str | Path | None = None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """``krone status``: where each source stands, for an operator without the Airflow UI (``krone night`` users) or
 before a backfill: which days are parsed, which are scored, which wait for a model, which model is champion;
 which partitions are not what their run wrote (:mod:`krone_jobs.manifests`), which are stale and which days
-were scored from sessions written anew since (:mod:`krone_jobs.lineage`), with the run that mends each.
+were scored from sessions written anew since (:mod:`krone_jobs.lineage`), which days' score failed for good
+and are set aside by the catch-up (:mod:`krone_jobs.score_failures`), with the run that mends each.
 
 Every part is read where it lives (partitions on disk, ``run_metrics`` in the warehouse, the registry in MLflow)
 and fails soft: a warehouse or tracking server that does not answer is reported as such, the rest still shows.
@@ -17,6 +18,7 @@ from typing import Any
 
 from krone_jobs.lineage import scored_from_older, stale_partitions
 from krone_jobs.manifests import MANIFEST
+from krone_jobs.score_failures import ScoreFailure, recorded, set_aside
 from krone_jobs.partitions import (
     PartitionMismatch,
     PartitionUnreadable,
@@ -52,7 +54,7 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
                               "first_day": parsed[0] if parsed else None, "last_day": parsed[-1] if parsed else None,
                               "open_sessions_after_last_day": None,
                               "days_scored": None, "last_scored": None, "unscored": None, "scored_from_older": None,
-                              "champion": None,
+                              "champion": None, "score_failures": [],
                               "stale": [], "rerun_from": None, "problems": []}
     try:
         status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
@@ -66,8 +68,9 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
         if str(exc) not in status["problems"]:
             status["problems"].append(str(exc))
     _stale(status, root, source)
-    _scored(status, root, source, parsed, warehouse_url)
+    failures = _scored(status, root, source, parsed, warehouse_url)
     _champion(status, source, tracking_uri, load=check)
+    _failed(status, root, source, failures)
     if check:
         status["checked_files"], damaged, status["partitions_without_manifest"] = check_files(root, source)
         status["damaged_files"] = len(damaged)
@@ -138,7 +141,9 @@ def _open_sessions(root: Path, source: str, parsed: list[str]) -> int | None:
     return count_rows(folder)
 
 
-def _scored(status: dict[str, Any], root: Path, source: str, parsed: list[str], url: str | None) -> None:
+def _scored(status: dict[str, Any], root: Path, source: str, parsed: list[str],
+            url: str | None) -> dict[str, ScoreFailure]:
+    """Days scored, unscored and scored from older sessions; returns the recorded score failures."""
     from krone_jobs.warehouse import Warehouse, WarehouseUnavailable
 
     try:
@@ -146,13 +151,27 @@ def _scored(status: dict[str, Any], root: Path, source: str, parsed: list[str], 
             wh.ensure_schema()  # a warehouse no stage wrote to yet has no run_metrics table
             scored = sorted(wh.stage_days(source, "score"))
             content = wh.stage_metric(source, "score", "sessions_content")
+            failures = recorded(wh, source)
     except WarehouseUnavailable as exc:
         status["problems"].append(f"warehouse: {exc}")
-        return
+        return {}
     status["days_scored"], status["last_scored"] = len(scored), scored[-1] if scored else None
     done = set(scored)
     status["unscored"] = [dt for dt in parsed if dt not in done]
     status["scored_from_older"] = scored_from_older(content, root, source)
+    return failures
+
+
+def _failed(status: dict[str, Any], root: Path, source: str, failures: dict[str, ScoreFailure]) -> None:
+    """Days whose last score run failed for good (:mod:`krone_jobs.score_failures`); those the catch-up sets
+    aside (nothing they are scored from changed since) are problems, with what to run after mending them."""
+    aside = set_aside(failures, root, source, failures, status["champion"])
+    status["score_failures"] = [{**f.to_dict(), "set_aside": f.dt in aside} for f in failures.values()]
+    for f in aside.values():
+        status["problems"].append(
+            f"the score of {f.dt} failed for good ({f.attempts} time(s), last {f.failed_at}): {f.error}: "
+            f"{_first_line(f.message)}. The catch-up sets it aside until its sessions, hierarchy or champion "
+            f"change; after mending it: `krone score --source {source} --date {f.dt}`")
 
 
 def _champion(status: dict[str, Any], source: str, tracking_uri: str | None, *, load: bool = False) -> None:
@@ -185,6 +204,10 @@ def render(status: dict[str, Any]) -> str:
         shown = ", ".join(again[:UNSCORED_SHOWN]) + (" ..." if len(again) > UNSCORED_SHOWN else "")
         lines.append(f"  {_days(len(again))} scored from sessions written anew since (scored again by the next "
                      f"catch-up, or `krone score --source {s['source']} --unscored`): {shown}")
+    if again := [f["dt"] for f in s["score_failures"] if not f["set_aside"]]:
+        lines.append(f"  {_days(len(again))} whose score failed for good, with what they are scored from changed "
+                     f"since (the next catch-up tries them again): {', '.join(again[:UNSCORED_SHOWN])}"
+                     + (" ..." if len(again) > UNSCORED_SHOWN else ""))
     lines.append(f"  champion: krone-{s['source']} v{s['champion']}" if s["champion"] else
                  f"  champion: none yet (`krone train --source {s['source']} --end <day>`)")
     if "checked_files" in s:
@@ -199,6 +222,11 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  stale: ... {len(s['stale']) - STALE_SHOWN} more (--json lists them all)")
     lines += [f"  problem: {p}" for p in s["problems"]]
     return "\n".join(lines)
+
+
+def _first_line(message: str, most: int = 300) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line if len(line) <= most else line[:most] + " ..."
 
 
 def _days(n: int) -> str:

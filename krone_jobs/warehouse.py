@@ -80,6 +80,11 @@ _MERGES = {
             score = excluded.score, detector = excluded.detector, reason = excluded.reason,
             hits = kseq_cache.hits + excluded.hits,
             last_seen = GREATEST(kseq_cache.last_seen, excluded.last_seen)""",
+    "score_failures": """
+        INSERT INTO score_failures SELECT * FROM krone_stage_score_failures
+        ON CONFLICT (source, dt) DO UPDATE SET
+            run_id = excluded.run_id, error = excluded.error, message = excluded.message, inputs = excluded.inputs,
+            attempts = score_failures.attempts + excluded.attempts, failed_at = excluded.failed_at""",
 }
 """Upsert statements per table; the stage table is a column-for-column copy, hence ``SELECT *``."""
 
@@ -93,6 +98,10 @@ _REPORTED = text(
 )
 _STAGE_DAYS = text("SELECT DISTINCT dt FROM run_metrics WHERE source = :source AND stage = :stage")
 _STAGE_METRIC = text("SELECT dt, value FROM run_metrics WHERE source = :source AND stage = :stage AND metric = :metric")
+_SCORE_FAILURES = text(
+    "SELECT dt, run_id, error, message, inputs, attempts, first_failed_at, failed_at FROM score_failures "
+    "WHERE source = :source ORDER BY dt"
+)
 _LOAD_CACHE = text(
     "SELECT cache_key, level, kseq_key, verdict, score, detector, reason, hits, first_seen, last_seen "
     "FROM kseq_cache WHERE source = :source AND model_version = :model_version"
@@ -178,7 +187,23 @@ class Warehouse:
             n = _replace(conn, "anomaly_reports", {"source": source, "dt": day}, _reports(source, day, run_id, reports))
             _merge(conn, "kseq_cache", _cache_rows(source, model_version, cache))
             _replace(conn, "run_metrics", keys, _metric_rows(keys, run_id, metrics))
+            _replace(conn, "score_failures", {"source": source, "dt": day}, [])
         return n
+
+    def record_score_failure(self, source: str, dt: str | date, *, run_id: str, error: str, message: str,
+                             inputs: str) -> None:
+        """Record a score run's failure of the day (one row per day: attempts add up, the first time stays)."""
+        now = _now()
+        row = {"source": source, "dt": _day(dt), "run_id": run_id, "error": error, "message": self._scrub(message),
+               "inputs": inputs, "attempts": 1, "first_failed_at": now, "failed_at": now}
+        with self._begin() as conn:
+            _merge(conn, "score_failures", [row])
+
+    def score_failures(self, source: str) -> list[dict[str, Any]]:
+        """The recorded score failures of ``source``, oldest day first (``dt`` as ``YYYY-MM-DD``)."""
+        with self._begin() as conn:
+            return [{**row._mapping, "dt": _day(row.dt).isoformat()}
+                    for row in conn.execute(_SCORE_FAILURES, {"source": source})]
 
     def upsert_templates(self, source: str, rows: Iterable[Row]) -> int:
         """Insert or update templates. ``count`` is the miner's running total and replaces the stored one;

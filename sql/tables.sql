@@ -88,6 +88,22 @@ CREATE TABLE IF NOT EXISTS run_metrics (
     PRIMARY KEY (source, dt, stage, metric)
 );
 
+-- Per partition: the last score failure that no retry mends (a damaged file, the reports gate), with an id of
+-- what the day was scored from; the catch-up sets the day aside while that is unchanged. A successful score
+-- of the day removes the row (krone_jobs/score_failures.py).
+CREATE TABLE IF NOT EXISTS score_failures (
+    source          TEXT    NOT NULL,
+    dt              DATE    NOT NULL,
+    run_id          TEXT    NOT NULL,
+    error           TEXT    NOT NULL,
+    message         TEXT    NOT NULL,
+    inputs          TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    first_failed_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    failed_at       TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (source, dt)
+);
+
 -- Operators' verdicts on cached KRONE Seqs (append-only log: the latest verdict per cache_key counts).
 -- Keyed by cache_key, not model version, so feedback outlives a retrain.
 CREATE TABLE IF NOT EXISTS feedback (

@@ -27,7 +27,7 @@ from krone_jobs.warehouse import CONNECT_TIMEOUT_S, Warehouse, WarehouseUnavaila
 
 PG_URL = os.environ.get("KRONE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 HOSTILE = "x'); DROP TABLE anomaly_reports; --"
-TABLES = ("templates", "hierarchy", "kseq_cache", "anomaly_reports", "run_metrics", "feedback")
+TABLES = ("templates", "hierarchy", "kseq_cache", "anomaly_reports", "run_metrics", "feedback", "score_failures")
 VIEWS = (
     "v_anomalies_per_day", "v_top_anomalous_nodes", "v_new_templates_per_day", "v_repeat_offenders",
     "v_llm_spend_per_day", "v_daily_pipeline",
@@ -145,6 +145,20 @@ def test_score_output_is_one_transaction(wh: Warehouse) -> None:
     assert query(wh, "SELECT session_id, run_id FROM anomaly_reports") == [("s1", "run-1")]
     assert query(wh, "SELECT cache_key FROM kseq_cache") == [("k1",)]
     assert query(wh, "SELECT value FROM run_metrics WHERE stage = 'score'") == [(10.0,)]
+
+
+def test_a_score_failure_counts_attempts_and_a_successful_score_of_the_day_removes_it(wh: Warehouse) -> None:
+    wh.record_score_failure("hdfs", D1, run_id="run-1", error="QualityGateError", message="first", inputs="a")
+    wh.record_score_failure("hdfs", D2, run_id="run-2", error="PartitionUnreadable", message=HOSTILE, inputs="b")
+    wh.record_score_failure("hdfs", D1, run_id="run-3", error="PartitionUnreadable", message="again", inputs="c")
+    first, second = wh.score_failures("hdfs")
+    assert (first["dt"], first["run_id"], first["error"], first["message"], first["inputs"], first["attempts"]) == (
+        D1.isoformat(), "run-3", "PartitionUnreadable", "again", "c", 2)
+    assert first["first_failed_at"] < first["failed_at"]  # the first failure's time stays
+    assert (second["dt"], second["message"], second["attempts"]) == (D2.isoformat(), HOSTILE, 1)
+    assert wh.score_failures("other") == []
+    wh.write_score("hdfs", D1, "run-4", model_version="1", reports=[], cache=[], metrics={"sessions": 1})
+    assert [f["dt"] for f in wh.score_failures("hdfs")] == [D2.isoformat()]
 
 
 def test_run_metrics_replace_one_stage_only(wh: Warehouse) -> None:

@@ -29,6 +29,10 @@ make a day's reports depend on which session was scored first; with this key a r
 A report names the session, the level and index of the first anomalous chunk, its level key and cache key
 (what ``krone feedback --key`` takes), its template ids and raw lines (``file:line``), the detector, the
 score and the reason, the model version and the run id.
+
+A failure no retry mends (a damaged sessions file, the reports gate, a damaged champion) is recorded in
+``score_failures`` with what the day was scored from, so that the catch-up sets the day aside instead of
+failing on it every night (:mod:`krone_jobs.score_failures`); the next successful run of the day removes it.
 """
 
 from __future__ import annotations
@@ -285,7 +289,7 @@ class Champion:
                 f"the champion {str(exc).rstrip('.')}. Promote a version that loads "
                 f"(`krone promote --source {source} --version N`) or train a new one (`krone train --source "
                 f"{source} --end <day>`): a damaged champion is not compared with, so a new version that passes "
-                "its bounds replaces it") from exc
+                "its bounds replaces it", version) from exc
         texts = {t.template_id: t.template for t in kmodel.templates.templates()} if kmodel.templates else {}
         return cls(kmodel.detector, version, kmodel.templates, texts)
 
@@ -368,8 +372,10 @@ def run_score(
     ``llm``: a :class:`~krone_jobs.detectors.router.ChunkJudge` to use instead of the one built from
     ``KRONE_LLM_*`` (evaluation harnesses pass theirs). ``engine``: where the per-session walk runs
     (``spark``, ``local`` = this process, ``auto`` = local up to :data:`LOCAL_MAX_SESSIONS` sessions)."""
+    from krone_jobs import score_failures
     from krone_jobs.jobs.hierarchy_job import hierarchy_at
     from krone_jobs.miner_state import latest_templates
+    from krone_jobs.pipeline import permanent_failures
     from krone_jobs.spark import get_spark
     from krone_jobs.warehouse import Warehouse
 
@@ -383,6 +389,7 @@ def run_score(
         raise FileNotFoundError(f"no sessions partition for source={source} dt={date}: run `krone sessionize` first")
     run_id = uuid.uuid4().hex
     wh = Warehouse(warehouse_url)
+    champion: Champion | None = None
     try:
         wh.ensure_schema()  # the warehouse must answer before any work: nothing is half-done when it is down
         champion = Champion.load(source, tracking_uri)
@@ -471,6 +478,10 @@ def run_score(
         if say is not None:
             say(summary_line(metrics))
         return metrics
+    except permanent_failures() as exc:  # the catch-up sets the day aside until what it is scored from changes
+        version = champion.version if champion is not None else getattr(exc, "version", None)
+        score_failures.record(wh, root, source, date, run_id, exc, version)
+        raise
     finally:
         wh.close()
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
+from krone_jobs import pipeline as pipeline_api
+from krone_jobs.cli import main
 from krone_jobs.feedback import record_feedback
 from krone_jobs.jobs.hierarchy_job import load_hierarchy
 from krone_jobs.jobs.score import ScoreMetrics, run_score
@@ -25,6 +28,7 @@ from krone_jobs.jobs.train import train
 from krone_jobs.miner_state import latest_templates
 from krone_jobs.model_registry import ModelUnloadable
 from krone_jobs.partitions import PartitionUnreadable, partition_dir
+from krone_jobs.status import source_status
 from krone_jobs.warehouse import Warehouse, WarehouseUnavailable
 from tests.jobs.conftest import Pipeline
 from tests.llm.fake_server import FakeLLM
@@ -150,9 +154,40 @@ def test_a_damaged_sessions_file_is_named_and_writing_it_again_as_told_restores_
         run_score(SOURCE, DAYS[1], data_root=root, spark=spark)
     assert f"krone sessionize --source {SOURCE} --date {DAYS[1]}" in str(err.value)
     assert rows(warehouse, "SELECT COUNT(*) FROM run_metrics WHERE stage = 'score'") == [(0,)]
+    assert rows(warehouse, "SELECT dt, error, attempts FROM score_failures") == [
+        (date.fromisoformat(DAYS[1]), "PartitionMismatch", 1)]
+
+    # the catch-up sets the day aside instead of failing on it every night; `krone status` says why and what to do
+    assert pipeline_api.backlog(SOURCE, data_root=root) == [DAYS[0]]
+    assert pipeline_api.backlog(SOURCE, data_root=root, retry_failed=True) == list(DAYS)
+    [problem] = [p for p in source_status(root, SOURCE)["problems"] if "failed for good" in p]
+    assert problem.startswith(f"the score of {DAYS[1]} failed for good (1 time(s), last ")
+    assert cut_short in problem and f"`krone score --source {SOURCE} --date {DAYS[1]}`" in problem
 
     run_sessionize(SOURCE, DAYS[1], data_root=root, spark=spark)  # what the message says to do
+    assert pipeline_api.backlog(SOURCE, data_root=root) == list(DAYS)  # its sessions changed: taken up again
     assert run_score(SOURCE, DAYS[1], data_root=root, spark=spark).anomalies == score(pipeline, spark).anomalies
+    assert rows(warehouse, "SELECT COUNT(*) FROM score_failures") == [(0,)]
+
+
+def test_unscored_days_go_on_past_a_day_that_fails_for_good_which_is_then_set_aside(
+        pipeline: Pipeline, warehouse: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(pipeline.root, root)
+    first = sorted(partition_dir(root, "sessions", SOURCE, DAYS[0]).glob("*.parquet"))[0]
+    first.write_bytes(first.read_bytes()[:100])
+    unscored = ["score", "--source", SOURCE, "--unscored", "--engine", "local", "--data-root", str(root)]
+    assert main(unscored) == 1
+    out, err = capsys.readouterr()
+    assert f"krone score: {SOURCE} {DAYS[0]}: {first.parent} is not the partition that was written" in err
+    assert out.startswith(f"{SOURCE} {DAYS[1]}: ")  # the day after it is scored all the same
+
+    assert main(unscored) == 0  # the next night: set aside, said, not failed on again
+    out, err = capsys.readouterr()
+    assert err.startswith(f"krone score: {SOURCE} {DAYS[0]} set aside: its score failed for good "
+                          "(PartitionMismatch, 1 time(s), last ") and not out
+    assert main([*unscored, "--retry-failed"]) == 1  # asked for: tried again (still damaged)
+    assert rows(warehouse, "SELECT attempts FROM score_failures") == [(2,)]
 
 
 def test_a_champion_that_cannot_be_loaded_fails_the_day_with_what_to_do(
@@ -168,7 +203,9 @@ def test_a_champion_that_cannot_be_loaded_fails_the_day_with_what_to_do(
     assert str(err.value).startswith("the champion krone-syn v1: its artifacts (")
     assert f"`krone promote --source {SOURCE} --version N`" in str(err.value)
     assert rows(warehouse, "SELECT COUNT(*) FROM run_metrics WHERE stage = 'score'") == [(0,)]
-    assert score(pipeline, spark).anomalies > 0  # the file back: the day scores
+    assert DAYS[1] in pipeline_api.set_aside(SOURCE, DAYS, data_root=pipeline.root)  # until another champion
+    assert score(pipeline, spark).anomalies > 0  # the file back: the day scores (named, not caught up on)
+    assert pipeline_api.set_aside(SOURCE, DAYS, data_root=pipeline.root) == {}
 
 
 def test_llm_decides_uncertain_chunks_within_its_budget(
