@@ -168,10 +168,12 @@ def _failed(status: dict[str, Any], root: Path, source: str, failures: dict[str,
     aside = set_aside(failures, root, source, failures, status["champion"])
     status["score_failures"] = [{**f.to_dict(), "set_aside": f.dt in aside} for f in failures.values()]
     for f in aside.values():
+        line = f.message.strip().splitlines()[0] if f.message.strip() else ""
+        said = any(line and line in p for p in status["problems"])  # a damaged partition is named above
         status["problems"].append(
             f"the score of {f.dt} failed for good ({f.attempts} time(s), last {f.failed_at}): {f.error}: "
-            f"{_first_line(f.message)}. The catch-up sets it aside until its sessions, hierarchy or champion "
-            f"change; after mending it: `krone score --source {source} --date {f.dt}`")
+            f"{'as above' if said else _shortened(line)}. The catch-up sets it aside until its sessions, hierarchy "
+            f"or champion change; after mending it: `krone score --source {source} --date {f.dt}`")
 
 
 def _champion(status: dict[str, Any], source: str, tracking_uri: str | None, *, load: bool = False) -> None:
@@ -205,8 +207,8 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  {_days(len(again))} scored from sessions written anew since (scored again by the next "
                      f"catch-up, or `krone score --source {s['source']} --unscored`): {shown}")
     if again := [f["dt"] for f in s["score_failures"] if not f["set_aside"]]:
-        lines.append(f"  {_days(len(again))} whose score failed for good, with what they are scored from changed "
-                     f"since (the next catch-up tries them again): {', '.join(again[:UNSCORED_SHOWN])}"
+        lines.append(f"  score failed for good, but what it reads changed since (the next catch-up tries again): "
+                     f"{', '.join(again[:UNSCORED_SHOWN])}"
                      + (" ..." if len(again) > UNSCORED_SHOWN else ""))
     lines.append(f"  champion: krone-{s['source']} v{s['champion']}" if s["champion"] else
                  f"  champion: none yet (`krone train --source {s['source']} --end <day>`)")
@@ -224,8 +226,7 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _first_line(message: str, most: int = 300) -> str:
-    line = message.strip().splitlines()[0] if message.strip() else ""
+def _shortened(line: str, most: int = 300) -> str:
     return line if len(line) <= most else line[:most] + " ..."
 
 

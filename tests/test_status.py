@@ -43,6 +43,31 @@ def test_a_source_with_one_day_scored_and_no_model(tmp_path: Path) -> None:
     assert "champion: none yet (`krone train --source web --end <day>`)" in text
 
 
+def test_a_day_whose_score_failed_for_good_is_named_with_the_command_until_its_inputs_change(tmp_path: Path) -> None:
+    from krone_jobs.score_failures import record
+
+    _source(tmp_path)
+    url = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    gate = "reports gate failed: 2 of 9 expectations\nexpect_column_values_to_not_be_null(reason): 3 rows"
+    with Warehouse(url) as wh:
+        wh.ensure_schema()
+        record(wh, tmp_path, "web", DAYS[0], "run-1", RuntimeError(gate), None)
+    mlflow = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    s = source_status(tmp_path, "web", warehouse_url=url, tracking_uri=mlflow)
+    [problem] = s["problems"]
+    assert problem.startswith(f"the score of {DAYS[0]} failed for good (1 time(s), last ")
+    assert ": RuntimeError: reports gate failed: 2 of 9 expectations. The catch-up sets it aside until " in problem
+    assert [(f["dt"], f["error"], f["set_aside"]) for f in s["score_failures"]] == [(DAYS[0], "RuntimeError", True)]
+
+    sessions = partition_dir(tmp_path, "sessions", "web", DAYS[0])
+    sessions.mkdir(parents=True)
+    pq.write_table(pa.table({"session_id": ["s1"]}), sessions / "part-00000.parquet")  # its sessions written since
+    s = source_status(tmp_path, "web", warehouse_url=url, tracking_uri=mlflow)
+    assert s["problems"] == [] and s["score_failures"][0]["set_aside"] is False
+    assert (f"score failed for good, but what it reads changed since (the next catch-up tries again): "
+            f"{DAYS[0]}") in render(s)
+
+
 def test_a_warehouse_that_does_not_answer_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     _source(tmp_path)
     broken = tmp_path / "w.duckdb"

@@ -160,9 +160,11 @@ def test_a_damaged_sessions_file_is_named_and_writing_it_again_as_told_restores_
     # the catch-up sets the day aside instead of failing on it every night; `krone status` says why and what to do
     assert pipeline_api.backlog(SOURCE, data_root=root) == [DAYS[0]]
     assert pipeline_api.backlog(SOURCE, data_root=root, retry_failed=True) == list(DAYS)
-    [problem] = [p for p in source_status(root, SOURCE)["problems"] if "failed for good" in p]
+    damaged, problem = source_status(root, SOURCE)["problems"]
+    assert damaged.startswith(cut_short)
     assert problem.startswith(f"the score of {DAYS[1]} failed for good (1 time(s), last ")
-    assert cut_short in problem and f"`krone score --source {SOURCE} --date {DAYS[1]}`" in problem
+    assert ": PartitionMismatch: as above. " in problem  # not the long message twice
+    assert problem.endswith(f"after mending it: `krone score --source {SOURCE} --date {DAYS[1]}`")
 
     run_sessionize(SOURCE, DAYS[1], data_root=root, spark=spark)  # what the message says to do
     assert pipeline_api.backlog(SOURCE, data_root=root) == list(DAYS)  # its sessions changed: taken up again
