@@ -98,6 +98,8 @@ GROUP BY source, dt;
 -- day). scored is false for a day with KRONE Seqs but no score run (parsed before the source's first model,
 -- or a score that failed): krone_score takes such days up on its next run of the source. earlier_days_stale:
 -- how many of the week before this day's parse found stale (a log file delivered late; `krone status`).
+-- score_failure: the error of the day's last score run, where it failed for good and the day has not scored
+-- since (score_failures holds the message; the catch-up sets such a day aside until what it reads changes).
 CREATE OR REPLACE VIEW v_daily_pipeline AS
 WITH day AS (
     SELECT source,
@@ -142,5 +144,6 @@ SELECT source,
        model_version,
        parse_seconds,
        score_seconds,
-       earlier_days_stale
+       earlier_days_stale,
+       (SELECT f.error FROM score_failures f WHERE f.source = day.source AND f.dt = day.dt) AS score_failure
 FROM day;

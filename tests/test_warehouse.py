@@ -283,11 +283,13 @@ def test_the_daily_pipeline_view_shows_each_night_and_the_days_not_scored(wh: Wa
     wh.write_run_metrics("hdfs", D1, "score", "s", {"sessions": 90, "anomalies": 9, "routed_sessions": 12,
                                                      "llm_calls": 1, "model_version": 3, "seconds": 2.0})
     wh.write_run_metrics("hdfs", D2, "train", "t", {"n_train_sessions": 180})  # not a night's stage
+    wh.record_score_failure("hdfs", D2, run_id="s2", error="QualityGateError", message="reports gate", inputs="i")
+    wh.record_score_failure("other", D1, run_id="s3", error="PartitionMismatch", message="a file", inputs="i")
     rows = query(wh, "SELECT dt, raw_lines, quarantine_ratio, sessions_closed, kseqs, kseqs_written, scored, "
-                     "anomalies, anomaly_rate, model_version, parse_seconds, score_seconds, earlier_days_stale "
-                     "FROM v_daily_pipeline WHERE source = 'hdfs' ORDER BY dt")
-    assert rows == [(D1, 1000.0, 0.01, 90.0, 700.0, True, True, 9.0, 0.1, 3.0, 5.5, 2.0, 0.0),
-                    (D2, 1000.0, 0.01, 90.0, 700.0, True, False, None, None, None, 5.5, None, 1.0)]
+                     "anomalies, anomaly_rate, model_version, parse_seconds, score_seconds, earlier_days_stale, "
+                     "score_failure FROM v_daily_pipeline WHERE source = 'hdfs' ORDER BY dt")
+    assert rows == [(D1, 1000.0, 0.01, 90.0, 700.0, True, True, 9.0, 0.1, 3.0, 5.5, 2.0, 0.0, None),
+                    (D2, 1000.0, 0.01, 90.0, 700.0, True, False, None, None, None, 5.5, None, 1.0, "QualityGateError")]
 
 
 def test_unreachable_postgres_raises_quickly_without_the_password() -> None:
