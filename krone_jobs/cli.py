@@ -276,9 +276,9 @@ def _cmd_night(a: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"krone night: {exc}", file=sys.stderr)
         return 2
-    run_night(a.source, a.format, a.date, a.end, data_root=a.data_root, score=not a.no_score,
-              max_quarantine_ratio=a.max_quarantine_ratio)
-    return 0
+    results = run_night(a.source, a.format, a.date, a.end, data_root=a.data_root, score=not a.no_score,
+                        max_quarantine_ratio=a.max_quarantine_ratio)
+    return 1 if any("score_failed" in out for out in results) else 0
 
 
 def _cmd_score(a: argparse.Namespace) -> int:

@@ -5,10 +5,14 @@ hierarchy, KRONE Seqs) and, when ``krone-<source>`` has a champion, what ``krone
 report): the same :mod:`krone_jobs.pipeline` functions, so run_metrics, reports and the verdict cache are
 exactly those of the DAGs. Days run in order because sessionize carries a day's open sessions into the
 next one; the first failing day stops the run (the next day would read its carry-over), and as every stage
-overwrites its own partition, running the range again resumes cleanly. When it scores, it ends by naming the
-earlier days that have KRONE Seqs but no score run (``pipeline.backlog``: days parsed before the first
-model, a score that failed), which ``krone score --unscored`` takes up; ``krone_score`` scores them on its
-own. For a backfill before the first training, or on a machine where Airflow is not (yet) deployed.
+overwrites its own partition, running the range again resumes cleanly. A score that fails for good
+(``pipeline.permanent_failures``: the reports gate, a damaged sessions file) does not stop it: no later day
+reads a day's score, so, as under Airflow, it holds up no other day; it is said, recorded for the catch-up
+(:mod:`krone_jobs.score_failures`) and in the day's result (``score_failed``), and ``krone night`` exits 1.
+When it scores, it ends by naming the earlier days that have KRONE Seqs but no score run
+(``pipeline.backlog``: days parsed before the first model, a score that failed), which ``krone score
+--unscored`` takes up; ``krone_score`` scores them on its own. For a backfill before the first training, or
+on a machine where Airflow is not (yet) deployed.
 """
 
 from __future__ import annotations
@@ -65,9 +69,14 @@ def run_night(
                 f"({r['bytes_freed'] / 2**20:,.1f} MiB)" + (f"; {r['failed']:,} could not be: {r['errors'][0]}"
                                                              if r["failed"] else ""))
         if scoring:
-            out["score"] = pipeline.score_day(source, dt, data_root=data_root)
-            out["report"] = pipeline.night_report(source, dt, data_root=data_root)
-            say(f"  {out['report']['summary'].splitlines()[0]}")
+            try:
+                out["score"] = pipeline.score_day(source, dt, data_root=data_root)
+            except pipeline.permanent_failures() as exc:  # the next days' parse does not read a day's score
+                out["score_failed"] = f"{type(exc).__name__}: {exc}"
+                say(f"  {source} {dt}: the score failed for good, the range goes on: {out['score_failed']}")
+            else:
+                out["report"] = pipeline.night_report(source, dt, data_root=data_root)
+                say(f"  {out['report']['summary'].splitlines()[0]}")
         results.append(out)
     if scoring and (earlier := pipeline.backlog(source, before=days[0], data_root=data_root)):
         say(f"{len(earlier)} earlier day(s) of {source} have KRONE Seqs but no score run ({earlier[0]} .. "

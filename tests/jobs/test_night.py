@@ -78,6 +78,36 @@ def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
     assert pipeline.unscored_days(SOURCE, data_root=tmp_path) == []
 
 
+def test_a_score_that_fails_for_good_holds_up_no_other_day_of_the_range(
+        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A damaged champion fails every day's score; each day is still parsed, each failure said and recorded (the
+    catch-up sets those days aside while the champion is the same), and the command exits 1."""
+    from krone_jobs.partitions import partition_dir
+
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    monkeypatch.setenv("KRONE_WAREHOUSE_URL", url)
+    monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("KRONE_MLFLOW_ARTIFACTS", (tmp_path / "artifacts").as_uri())
+    generate(tmp_path, days=2, sessions_per_day=60, seed=4, start_date=DAYS[0], source=SOURCE)
+    run_night(SOURCE, "krone", DAYS[0], data_root=tmp_path, score=False, say=lambda _: None)
+    pipeline.train_window(SOURCE, DAYS[0], days=1, data_root=tmp_path, fp_bound=1.0, min_heldout=0)
+    [weights] = (tmp_path / "artifacts").rglob("detector.pt")
+    weights.write_bytes(weights.read_bytes()[:100])
+
+    night = ["night", "--source", SOURCE, "--format", "krone", "--date", DAYS[0], "--end", DAYS[1],
+             "--data-root", str(tmp_path)]
+    assert main(night) == 1
+    out = capsys.readouterr().out
+    for dt in DAYS:
+        assert f"  {SOURCE} {dt}: the score failed for good, the range goes on: ModelUnloadable: the champion " in out
+        assert partition_dir(tmp_path, "kseqs", SOURCE, dt).is_dir()  # the day after a failed score is parsed
+    with Warehouse(url) as wh, wh.engine.connect() as conn:
+        assert conn.execute(text("SELECT error, COUNT(*) FROM score_failures GROUP BY error")).all() == [
+            ("ModelUnloadable", 2)]
+    assert pipeline.backlog(SOURCE, data_root=tmp_path) == []  # set aside until another champion
+    assert pipeline.backlog(SOURCE, data_root=tmp_path, retry_failed=True) == list(DAYS)
+
+
 def test_a_retention_window_removes_old_days_and_the_oldest_kept_day_reruns_the_same(
         spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three days with KRONE_RETAIN_DAYS=2: the first day's partitions go, its state stays (it seeds the second
