@@ -70,7 +70,7 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
     _stale(status, root, source)
     failures = _scored(status, root, source, parsed, warehouse_url)
     _champion(status, source, tracking_uri, load=check)
-    _failed(status, root, source, failures)
+    _failed(status, root, source, {dt: f for dt, f in failures.items() if dt in parsed})  # not removed since
     if check:
         status["checked_files"], damaged, status["partitions_without_manifest"] = check_files(root, source)
         status["damaged_files"] = len(damaged)

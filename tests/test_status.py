@@ -52,6 +52,7 @@ def test_a_day_whose_score_failed_for_good_is_named_with_the_command_until_its_i
     with Warehouse(url) as wh:
         wh.ensure_schema()
         record(wh, tmp_path, "web", DAYS[0], "run-1", RuntimeError(gate), None)
+        record(wh, tmp_path, "web", "2026-10-01", "run-0", RuntimeError(gate), None)  # a day retention removed
     mlflow = f"sqlite:///{tmp_path / 'mlflow.db'}"
     s = source_status(tmp_path, "web", warehouse_url=url, tracking_uri=mlflow)
     [problem] = s["problems"]
