@@ -44,7 +44,8 @@ OFFENDERS_SHOWN = 20
 NODES_SHOWN = 10
 SUMMARY_REASON_CHARS = 120
 REPORT_NAME = "night_report.html"
-REQUIRED_TABLES = ("anomaly_reports", "run_metrics", "templates")
+REQUIRED_TABLES = ("anomaly_reports", "run_metrics", "templates", "score_failures")
+FAILED_DAYS_SHOWN = 5
 NO_FILE = "(raw file not available)"
 NO_LINE = "(line not found in the raw file)"
 BAD_REF = "(bad line reference)"
@@ -54,6 +55,8 @@ TOP_IN_FIGURES = 5  # the top chunks callers get back with the figures (the page
 _METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.DOTALL)  # RDF boilerplate of matplotlib's SVG
 
 _Q = {
+    "failed_days": text(
+        "SELECT dt, error FROM score_failures WHERE source = :source AND dt < :dt ORDER BY dt"),
     "per_level": text(
         "SELECT level, COUNT(*) AS n FROM anomaly_reports WHERE source = :source AND dt = :dt GROUP BY level"),
     "per_detector": text(
@@ -129,6 +132,7 @@ class _DayData:
     new_templates: list[dict[str, Any]]
     offenders: list[dict[str, Any]]
     nodes: list[dict[str, Any]]
+    failed_days: list[tuple[date, str]]
     excerpts: list[list[Excerpt]] = field(default_factory=list)
 
 
@@ -227,6 +231,7 @@ def _read_day(url: str, source: str, day: date, days: int) -> _DayData:
                 _Q["new_templates"], {**p, "limit": NEW_TEMPLATES_SHOWN})],
             offenders=[dict(r._mapping) for r in conn.execute(_Q["offenders"], {**p, "limit": OFFENDERS_SHOWN})],
             nodes=[dict(r._mapping) for r in conn.execute(_Q["nodes"], {**p, "limit": NODES_SHOWN})],
+            failed_days=[(_as_date(r.dt), r.error) for r in conn.execute(_Q["failed_days"], p)],
         )
 
 
@@ -354,6 +359,7 @@ def _figures(source: str, day: date, days: int, data: _DayData) -> dict[str, Any
         "seconds": _metric(data.metrics, ("seconds",)),
         "new_templates": data.new_template_count,
         "repeat_offenders": len(data.offenders),
+        "earlier_days_failed": [{"dt": d.isoformat(), "error": error} for d, error in data.failed_days],
         "anomalies_per_day": _history_grid(data.history, day, days),
         "metrics": _metrics_by_stage(data.metrics),
         "top_chunks": [{"session_id": r["session_id"], "level": r["level"], "kseq_key": r["kseq_key"],
@@ -464,6 +470,10 @@ def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:
         f"{quarantine_note(figures)}{delivery_note(figures)}, "
         f"repeat offenders {figures['repeat_offenders']:,}, model {', '.join(figures['model_versions']) or 'n/a'}",
     ]
+    if failed := figures["earlier_days_failed"]:
+        shown = ", ".join(f"{f['dt']} ({f['error']})" for f in failed[:FAILED_DAYS_SHOWN])
+        lines.append(f"  earlier days whose score failed for good and that have not scored since: {shown}"
+                     + (" ..." if len(failed) > FAILED_DAYS_SHOWN else "") + " (`krone status` says what to do)")
     if data.top:
         top = data.top[0]
         reason = printable(top["reason"])[:SUMMARY_REASON_CHARS]
@@ -592,6 +602,8 @@ def _figures_html(figures: Mapping[str, Any]) -> str:
                ("files continued from the day before", "continued_files"), ("lines read then", "continued_lines"),
                ("earlier days stale (krone status)", "stale_earlier_days"))
               if figures[key]]
+    if failed := figures["earlier_days_failed"]:
+        cards.append(("earlier days failed for good (krone status)", len(failed)))
     share = figures["quarantined_byte_share"]
     shown = [(label, _fmt(v)) for label, v in cards]
     if share is not None and share >= BYTE_SHARE_NOTE:
