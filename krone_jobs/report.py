@@ -56,7 +56,7 @@ _METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.DOTALL)  # RDF boilerp
 
 _Q = {
     "failed_days": text(
-        "SELECT dt, error FROM score_failures WHERE source = :source AND dt < :dt ORDER BY dt"),
+        "SELECT dt, error FROM score_failures WHERE source = :source AND dt >= :start AND dt < :dt ORDER BY dt"),
     "per_level": text(
         "SELECT level, COUNT(*) AS n FROM anomaly_reports WHERE source = :source AND dt = :dt GROUP BY level"),
     "per_detector": text(
@@ -231,7 +231,8 @@ def _read_day(url: str, source: str, day: date, days: int) -> _DayData:
                 _Q["new_templates"], {**p, "limit": NEW_TEMPLATES_SHOWN})],
             offenders=[dict(r._mapping) for r in conn.execute(_Q["offenders"], {**p, "limit": OFFENDERS_SHOWN})],
             nodes=[dict(r._mapping) for r in conn.execute(_Q["nodes"], {**p, "limit": NODES_SHOWN})],
-            failed_days=[(_as_date(r.dt), r.error) for r in conn.execute(_Q["failed_days"], p)],
+            failed_days=[(_as_date(r.dt), r.error) for r in conn.execute(
+                _Q["failed_days"], {**p, "start": day - timedelta(days=days - 1)})],
         )
 
 

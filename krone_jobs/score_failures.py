@@ -14,8 +14,8 @@ What the inputs do not cover (a quality-gate bound changed, operators' feedback)
 --date D``, a manual ``krone_score`` run for the day, or ``krone score --unscored --retry-failed``. A successful
 score run of the day removes its record in the transaction that writes its reports.
 
-The inputs are compared by file names, sizes and modification times, not content: a file put back with the bytes
-it had when it was written is still a change worth another try.
+The inputs are compared by file names, sizes, modification times and inodes, not content: a file put back with
+the bytes it had when it was written is still a change worth another try.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ class ScoreFailure:
 
 def score_inputs(root: Path, source: str, dt: str, model_version: str | None) -> str:
     """An id of what a score run of ``dt`` reads that a person may mend: the sessions partition's files and
-    the dated hierarchy in force for the day (names, sizes, modification times), and the champion's version."""
+    the dated hierarchy in force for the day (names, sizes, modification times, inodes), and the champion's
+    version."""
     sessions = partition_dir(root, "sessions", source, dt)
     files = sorted(p for p in sessions.iterdir() if p.is_file()) if sessions.is_dir() else []
     hierarchy = latest_before(state_dir(root, source) / "hierarchy", dt, inclusive=True)

@@ -18,7 +18,6 @@ from typing import Any
 
 from krone_jobs.lineage import scored_from_older, stale_partitions
 from krone_jobs.manifests import MANIFEST
-from krone_jobs.score_failures import ScoreFailure, recorded, set_aside
 from krone_jobs.partitions import (
     PartitionMismatch,
     PartitionUnreadable,
@@ -33,6 +32,7 @@ from krone_jobs.partitions import (
     stage_dir,
     state_dir,
 )
+from krone_jobs.score_failures import ScoreFailure, recorded, set_aside
 
 UNSCORED_SHOWN = 5
 STALE_SHOWN = 10

@@ -57,6 +57,7 @@ def root(tmp_path: Path) -> Iterator[Path]:
                                                      "stale_earlier_days": 1})
     wh.record_score_failure(SRC, "2026-11-01", run_id="run-f", error="QualityGateError", message="gate", inputs="i")
     wh.record_score_failure(SRC, "2026-11-05", run_id="run-g", error="PartitionMismatch", message="later", inputs="i")
+    wh.record_score_failure(SRC, "2026-10-01", run_id="run-h", error="PartitionMismatch", message="old", inputs="i")
     wh.upsert_templates(SRC, [
         {"template_id": "T9", "template": "disk <*> on fire <img src=x>", "first_seen_dt": date(2026, 11, 3),
          "last_seen_dt": date(2026, 11, 3), "count": 4},
@@ -81,7 +82,7 @@ def test_page_has_figures_plots_chunks_and_excerpts(root: Path) -> None:
             ) in rep.summary.splitlines()[1]
     assert "duplicate files skipped" in page and "of the day&#x27;s bytes quarantined" in page
     assert "earlier days stale (krone status)" in page
-    assert f["earlier_days_failed"] == [{"dt": "2026-11-01", "error": "QualityGateError"}]  # not the later day
+    assert f["earlier_days_failed"] == [{"dt": "2026-11-01", "error": "QualityGateError"}]  # in the report's week
     assert rep.summary.splitlines()[2] == ("  earlier days whose score failed for good and that have not scored since: "
                                            "2026-11-01 (QualityGateError) (`krone status` says what to do)")
     assert "earlier days failed for good (krone status)" in page
