@@ -2,7 +2,7 @@
 """``krone_score`` under a real Airflow scheduler, triggered by real asset events: does a night take up the
 earlier days of its source that no score run recorded, and does a promotion take up all of them?
 
-    .venv/bin/python bench/airflow_catch_up_check.py [--via event|parse|train] [--timeout 900]
+    .venv/bin/python bench/airflow_catch_up_check.py [--via event|parse|train|failed] [--timeout 900]
                                                       [--dags-folder DIR] [--keep-home]
 
 What it does, in a throw-away home (``airflow standalone`` as ``bench/airflow_standalone_check.py`` starts it,
@@ -20,12 +20,17 @@ SQLite metadata, DuckDB warehouse, SQLite MLflow store), with the three days bef
      makes two runs) and ``krone_score``: the whole chain, each parse run's event triggering a score run;
    * ``--via train``: unpauses ``krone_train_syn`` and ``krone_score`` and triggers a training run on the first
      day over the REST API: its promotion's ``krone_model`` event triggers the score run;
+   * ``--via failed``: as ``event``, with the second day's sessions file cut in half first (a restore that
+     stopped half-way). The first run must fail that day only, at its first try; a second event for the third
+     day must start a run that sets the second day aside (it maps the third day only) and succeeds; after
+     ``krone sessionize`` of the second day (what its error says to run), a third event's run must take it up
+     again by itself;
 4. waits until no run is left and prints each run, the partitions each ``krone_score`` run scored (its
    ``partitions`` XCom), the task instances that failed or needed a retry, and the days the warehouse has
    score runs for.
 
-Exit 0 when every run succeeded with no task retried and all three days are scored, 1 otherwise (2 when
-Airflow never came up). Prints the seconds of each step.
+Exit 0 when every run succeeded with no task retried and all three days are scored (``--via failed``: the
+runs went as said there), 1 otherwise (2 when Airflow never came up). Prints the seconds of each step.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ MODES: dict[str, dict[str, Any]] = {
     "event": {"unpause": ("krone_score",), "expect": {"krone_score": 1}},
     "parse": {"unpause": ("krone_parse_syn", "krone_score"), "expect": {"krone_parse_syn": 2, "krone_score": 1}},
     "train": {"unpause": ("krone_train_syn", "krone_score"), "expect": {"krone_train_syn": 1, "krone_score": 1}},
+    "failed": {"unpause": ("krone_score",), "expect": {"krone_score": 1}},
 }
 """Per ``--via``: the DAGs to unpause and the runs to wait for."""
 
@@ -96,11 +102,56 @@ def scored_days(env: dict[str, str]) -> list[str]:
         return sorted(wh.stage_days(SOURCE, "score"))
 
 
+def post_kseqs_event(api: Api, asset_id: Any, env: dict[str, str], dt: str) -> None:
+    """The event a ``krone_parse_syn`` run of ``dt`` emits."""
+    extra = {"source": SOURCE, "dt": dt, "data_root": env["KRONE_DATA_ROOT"]}
+    status, payload = api.call("POST", "/api/v2/assets/events", {"asset_id": asset_id, "extra": extra})
+    assert status in (200, 201), f"asset event: HTTP {status}: {payload}"
+    print(f"posted a krone_kseqs event {extra}", flush=True)
+
+
+def scored_by(api: Api, run: dict[str, Any]) -> list[str]:
+    """The days a ``krone_score`` run mapped (its ``partitions`` XCom)."""
+    base = f"/api/v2/dags/krone_score/dagRuns/{run['dag_run_id']}"
+    return [p["dt"] for p in api.get(f"{base}/taskInstances/partitions/xcomEntries/return_value").get("value") or []]
+
+
+def not_clean(api: Api, dag: str, run: dict[str, Any]) -> list[tuple[str, int, str, int]]:
+    """``(task, map index, state, try)`` of the run's task instances that did not succeed (or skip) at once."""
+    tis = api.get(f"/api/v2/dags/{dag}/dagRuns/{run['dag_run_id']}/taskInstances?limit=100").get("task_instances", [])
+    return [(ti["task_id"], int(ti.get("map_index", -1)), ti["state"], int(ti.get("try_number") or 1)) for ti in tis
+            if ti["state"] not in ("success", "skipped") or int(ti.get("try_number") or 1) > 1]
+
+
+def check_set_aside(api: Api, asset_id: Any, env: dict[str, str], days: list[str], deadline: float) -> bool:
+    """``--via failed`` once the first run is over (module docstring): True when every run went as expected."""
+    ok = True
+    first = runs_of(api, "krone_score")[-1]
+    bad = not_clean(api, "krone_score", first)
+    print(f"run 1: {first['state']}; mapped {scored_by(api, first)}; not clean {bad}")
+    ok &= first["state"] == "failed" and scored_by(api, first) == days
+    ok &= {(task, index) for task, index, _, _ in bad} <= {(f"partition.{t}", 1)
+                                                          for t in ("score", "reports_gate", "night_report")}
+    ok &= ("partition.score", 1, "failed", 1) in bad  # the damaged day failed at its first try
+    for n, step in ((2, "set aside"), (3, "taken up again")):
+        if n == 3:
+            krone(env, "sessionize", "--source", SOURCE, "--date", days[1])
+        post_kseqs_event(api, asset_id, env, days[-1])
+        run = wait_until_idle(api, {"krone_score": n}, deadline)["krone_score"][-1]
+        mapped, bad = scored_by(api, run), not_clean(api, "krone_score", run)
+        print(f"run {n} ({step}): {run['state']}; mapped {mapped}; not clean {bad}")
+        ok &= run["state"] == "success" and not bad and mapped == ([days[-1]] if n == 2 else days[1:])
+    after = scored_days(env)
+    print(f"after: days with a score run {after}")
+    return ok and after == days
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--via", choices=list(MODES), default="event",
                    help="event: post one krone_kseqs event; parse: let krone_parse_syn parse two days; train: trigger "
-                        "krone_train_syn (default: event)")
+                        "krone_train_syn; failed: a damaged day is failed once, then set aside, then taken up again "
+                        "once mended (default: event)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole check (default: 900)")
     p.add_argument("--dags-folder", type=Path, default=REPO / "dags",
                    help="DAG folder (default: the repo's dags/; another revision's, to compare)")
@@ -131,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                   "--fp-bound", "1.0", "--min-heldout", "0")
             timings["krone train (promoted, no asset event)"] = time.monotonic() - t0
         print(f"days {days}; before: days with a score run {scored_days(env)}", flush=True)
+        if a.via == "failed":
+            part = sorted((home / "data" / "sessions" / f"source={SOURCE}" / f"dt={days[1]}").glob("*.parquet"))[0]
+            part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+            print(f"cut {part} in half", flush=True)
 
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([str(airflow), "standalone"], cwd=home, env=env, stdout=log,
@@ -151,11 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             status, payload = api.call("PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
             assert status == 200, f"unpause {dag}: HTTP {status}: {payload}"
         timings["Airflow up, DAGs unpaused"] = time.monotonic() - t0
-        if a.via == "event":
-            extra = {"source": SOURCE, "dt": days[-1], "data_root": env["KRONE_DATA_ROOT"]}
-            status, payload = api.call("POST", "/api/v2/assets/events", {"asset_id": asset_id, "extra": extra})
-            assert status in (200, 201), f"asset event: HTTP {status}: {payload}"
-            print(f"posted a krone_kseqs event {extra}", flush=True)
+        if a.via in ("event", "failed"):
+            post_kseqs_event(api, asset_id, env, days[-1])
         if a.via == "train":
             conf = {"end": days[0], "days": 1, "labels": labels, "fp_bound": 1.0, "min_heldout": 0}
             status, payload = api.call("POST", "/api/v2/dags/krone_train_syn/dagRuns", {"logical_date": None, "conf": conf})
@@ -163,23 +215,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"triggered krone_train_syn {conf}", flush=True)
 
         runs = wait_until_idle(api, MODES[a.via]["expect"], deadline)
+        if a.via == "failed":
+            ok = check_set_aside(api, asset_id, env, days, deadline)
+            timings["all runs finished"] = time.monotonic() - t0
+            print("OK" if ok else "FAIL")
+            return 0 if ok else 1
         timings["all runs finished"] = time.monotonic() - t0
         ok = True
         for dag in DAGS:
             for run in runs[dag]:
                 ok &= run["state"] == "success"
-                base = f"/api/v2/dags/{dag}/dagRuns/{run['dag_run_id']}"
                 line = f"{dag} {run['dag_run_id']} ({run.get('run_type')}): {run['state']}"
-                if dag == "krone_score":
-                    parts = api.get(f"{base}/taskInstances/partitions/xcomEntries/return_value").get("value") or []
-                    line += f"; scored {[p['dt'] for p in parts]}"
-                print(line)
-                tis = api.get(f"{base}/taskInstances?limit=100").get("task_instances", [])
-                for ti in tis:
-                    tries = int(ti.get("try_number") or 1)
-                    if ti["state"] not in ("success", "skipped") or tries > 1:
-                        print(f"    {ti['task_id']}[{ti.get('map_index', -1)}]: {ti['state']}, try {tries}")
-                        ok &= tries <= 1  # a retry means a try failed (a warehouse lock, ...)
+                print(line + (f"; scored {scored_by(api, run)}" if dag == "krone_score" else ""))
+                for task, index, state, tries in not_clean(api, dag, run):
+                    print(f"    {task}[{index}]: {state}, try {tries}")
+                    ok &= tries <= 1  # a retry means a try failed (a warehouse lock, ...)
         after = scored_days(env)
         print(f"after: days with a score run {after}")
         ok &= after == days
