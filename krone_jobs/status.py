@@ -165,10 +165,12 @@ def _scored(status: dict[str, Any], root: Path, source: str, parsed: list[str],
 def _failed(status: dict[str, Any], root: Path, source: str, failures: dict[str, ScoreFailure]) -> None:
     """Days whose last score run failed for good (:mod:`krone_jobs.score_failures`); those the catch-up sets
     aside (nothing they are scored from changed since) are problems, with what to run after mending them."""
+    from krone_jobs.report import printable  # a gate's message may quote log text: no terminal control characters
+
     aside = set_aside(failures, root, source, failures, status["champion"])
     status["score_failures"] = [{**f.to_dict(), "set_aside": f.dt in aside} for f in failures.values()]
     for f in aside.values():
-        line = f.message.strip().splitlines()[0] if f.message.strip() else ""
+        line = printable(f.message.strip().splitlines()[0]) if f.message.strip() else ""
         said = any(line and line in p for p in status["problems"])  # a damaged partition is named above
         status["problems"].append(
             f"the score of {f.dt} failed for good ({f.attempts} time(s), last {f.failed_at}): {f.error}: "

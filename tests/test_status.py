@@ -48,7 +48,7 @@ def test_a_day_whose_score_failed_for_good_is_named_with_the_command_until_its_i
 
     _source(tmp_path)
     url = f"duckdb:///{tmp_path / 'w.duckdb'}"
-    gate = "reports gate failed: 2 of 9 expectations\nexpect_column_values_to_not_be_null(reason): 3 rows"
+    gate = "reports gate failed: 2 of 9 \x1b[2Jexpectations\nexpect_column_values_to_not_be_null(reason): 3 rows"
     with Warehouse(url) as wh:
         wh.ensure_schema()
         record(wh, tmp_path, "web", DAYS[0], "run-1", RuntimeError(gate), None)
@@ -57,7 +57,7 @@ def test_a_day_whose_score_failed_for_good_is_named_with_the_command_until_its_i
     s = source_status(tmp_path, "web", warehouse_url=url, tracking_uri=mlflow)
     [problem] = s["problems"]
     assert problem.startswith(f"the score of {DAYS[0]} failed for good (1 time(s), last ")
-    assert ": RuntimeError: reports gate failed: 2 of 9 expectations. The catch-up sets it aside until " in problem
+    assert ": RuntimeError: reports gate failed: 2 of 9 \ufffd[2Jexpectations. The catch-up sets it aside until " in problem
     assert [(f["dt"], f["error"], f["set_aside"]) for f in s["score_failures"]] == [(DAYS[0], "RuntimeError", True)]
 
     sessions = partition_dir(tmp_path, "sessions", "web", DAYS[0])
