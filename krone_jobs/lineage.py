@@ -8,6 +8,8 @@ open; kseqs: the day's sessions). A partition is *stale* when one of those is no
 * a log file delivered after the day was parsed (or one grown or shrunk) was never read (one compressed in
   place does not count);
 * the day before was run again with another result, so this day was seeded or carried from what is gone;
+* a day before it was parsed after it (a backfill of earlier days), so it was not seeded from that day's
+  miner state;
 * a partition was restored from a backup older than the ones built from it.
 
 Inputs removed since (by retention, a log shipper) do not make anything stale: what was built from them stands.
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from krone_jobs.manifests import file_sha256, read_manifest
-from krone_jobs.partitions import day_partitions, partition_dir, raw_files
+from krone_jobs.partitions import dated_files, day_partitions, latest_before, partition_dir, raw_files, stage_dir
 
 LATE_WINDOW_DAYS = 7
 """How many days before its own a parse run looks at for stale partitions (``krone status`` looks at all)."""
@@ -76,15 +78,20 @@ def _file_id(path: Path) -> str | None:
 
 
 def inputs(root: Path, *, partitions: Iterable[Path] = (), files: Iterable[Path | None] = (),
-           raw: Iterable[Path] | None = None) -> dict[str, Any]:
+           raw: Iterable[Path] | None = None, seed: tuple[Path, Path | None] | None = None) -> dict[str, Any]:
     """What a stage read, for its manifest: ``partitions`` by content id, state ``files`` by SHA-256 (``None``:
     there was none), and for the parse stage the day's ``raw`` log files by size (the whole list: a file
-    delivered later is then one it did not read). Paths are kept relative to ``root``, so a moved data root
-    keeps its lineage."""
+    delivered later is then one it did not read) and its ``seed``: (the miner states' folder, the newest state
+    before the day it was seeded from, or ``None``), so that a state written later for a day in between (a
+    backfill of earlier days) is one it was not seeded from. Paths are kept relative to ``root``, so a moved
+    data root keeps its lineage."""
     read: dict[str, Any] = {"partitions": {_rel(root, p): content_id(p) for p in partitions},
                             "files": {_rel(root, p): _file_id(p) for p in files if p is not None}}
     if raw is not None:
         read["raw"] = _sizes(root, raw)
+    if seed is not None:
+        folder, used = seed
+        read["seed"] = {"folder": _rel(root, folder), "file": _rel(root, used) if used is not None else None}
     return read
 
 
@@ -122,12 +129,8 @@ def _raw_changes(recorded: dict[str, int | None], now: dict[str, int | None]) ->
 def stale_reasons(root: Path, folder: Path, source: str, dt: str) -> list[str]:
     """Why the partition ``folder`` (of ``source``, day ``dt``) no longer matches its inputs; empty where it
     does, or where its manifest records none."""
-    try:
-        manifest = read_manifest(folder)
-    except ValueError:
-        return []  # a damaged manifest is the readers' and --check's to name
-    recorded = (manifest or {}).get("inputs")
-    if not isinstance(recorded, dict):
+    recorded = _recorded_inputs(folder)
+    if recorded is None:
         return []
     changes = [_changed(rel, was, content_id(root / rel))
                for rel, was in sorted(recorded.get("partitions", {}).items())]
@@ -135,7 +138,31 @@ def stale_reasons(root: Path, folder: Path, source: str, dt: str) -> list[str]:
     found = [c for c in changes if c is not None]
     if isinstance(recorded.get("raw"), dict):
         found += _raw_changes(recorded["raw"], _sizes(root, raw_files(root, source, dt)))
+    if isinstance(recorded.get("seed"), dict):
+        found += _seed_changes(root, recorded["seed"], dt)
     return found
+
+
+def _recorded_inputs(folder: Path) -> dict[str, Any] | None:
+    """The inputs a partition's manifest records; ``None`` without them (a damaged manifest is the readers' and
+    ``--check``'s to name)."""
+    try:
+        manifest = read_manifest(folder)
+    except ValueError:
+        return None
+    recorded = (manifest or {}).get("inputs")
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _seed_changes(root: Path, seed: dict[str, Any], dt: str) -> list[str]:
+    """A miner state newer than the one the day was seeded from, but still before the day: a day in between
+    (or before the first) parsed afterwards. A seed removed since (retention) does not count."""
+    newest = latest_before(root / seed["folder"], dt)
+    now = _rel(root, newest) if newest is not None else None
+    if now is None or now == seed.get("file") or (seed.get("file") or "") > now:
+        return []
+    was = f"seeded from {seed['file']}" if seed.get("file") else "parsed with no miner state before it"
+    return [f"it was {was}, and {now} was written after it (a day before it parsed later)"]
 
 
 @dataclass(frozen=True)
@@ -163,3 +190,15 @@ def stale_before(root: Path, source: str, dt: str) -> list[Stale]:
     at, so that a log file delivered for a day already parsed is said the next night, in Airflow too."""
     since = (date.fromisoformat(dt) - timedelta(days=LATE_WINDOW_DAYS)).isoformat()
     return stale_partitions(root, source, since=since, before=dt)
+
+
+def parsed_before(root: Path, source: str, dt: str) -> list[Stale]:
+    """The parsed partitions of days after ``dt`` that were parsed before a day up to ``dt`` was (a backfill of
+    earlier days): not seeded from its miner state, they are stale from there on."""
+    found = []
+    for day, folder in dated_files(stage_dir(root, "parsed", source)).items():
+        recorded = _recorded_inputs(folder) if day > dt else None
+        if recorded is not None and isinstance(recorded.get("seed"), dict):
+            if reasons := _seed_changes(root, recorded["seed"], day):
+                found.append(Stale(day, _rel(root, folder), tuple(reasons)))
+    return found

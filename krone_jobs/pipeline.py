@@ -107,18 +107,22 @@ def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None 
                 run_id: str | None = None, **options: Any) -> dict[str, Any]:
     """Parse one raw day (its ``parsed`` quality gate runs inside, before the miner state is saved), and say
     which partitions of the days before are stale (``stale_earlier_days``: a log file delivered late, see
-    :mod:`krone_jobs.lineage`); ``options`` go to :func:`~krone_jobs.jobs.parse.run_parse` (``partitions``,
-    ``max_quarantine_ratio``, ``max_new_templates``)."""
+    :mod:`krone_jobs.lineage`) and of the days after (``stale_later_days``: days parsed before this one, as
+    in a backfill of earlier days, were not seeded from it, ``lineage.parsed_before``); ``options`` go to
+    :func:`~krone_jobs.jobs.parse.run_parse` (``partitions``, ``max_quarantine_ratio``, ``max_new_templates``)."""
     from krone_jobs.jobs.parse import run_parse
-    from krone_jobs.lineage import stale_before
+    from krone_jobs.lineage import parsed_before, stale_before
 
     metrics = run_parse(source, dt, fmt, data_root=data_root, **options).to_dict()
     stale = stale_before(_root(data_root), source, dt)
-    if stale:
-        log.warning("%s %s: %d partition(s) of the days before are stale, from %s (`krone status --source %s` says "
-                    "how to bring them up to date): %s", source, dt, len(stale), stale[0].dt, source,
-                    "; ".join(map(str, stale[:5])))
-    metrics |= {"stale_earlier_days": len({s.dt for s in stale}), "stale_partitions": [str(s) for s in stale]}
+    later = parsed_before(_root(data_root), source, dt)
+    for found, which in ((stale, "the days before"), (later, "later days")):
+        if found:
+            log.warning("%s %s: %d partition(s) of %s are stale, from %s (`krone status --source %s` says how to "
+                        "bring them up to date): %s", source, dt, len(found), which, found[0].dt, source,
+                        "; ".join(map(str, found[:5])))
+    metrics |= {"stale_earlier_days": len({s.dt for s in stale}), "stale_later_days": len({s.dt for s in later}),
+                "stale_partitions": [str(s) for s in stale + later]}
     return _recorded("parse", source, dt, run_id, metrics)
 
 

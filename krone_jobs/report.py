@@ -436,7 +436,8 @@ def delivery_note(figures: Mapping[str, Any]) -> str:
     """How the parse stage read the raw files, where it did not simply read them whole: duplicate deliveries
     skipped, logs never rotated read after the lines their copy of the day before held, and local-time lines
     of an hour the clocks turned back over read as its second run; and earlier days found stale, as a file
-    delivered late for a day already parsed leaves it (``", ..."``, or empty)."""
+    delivered late for a day already parsed leaves it, and later days, parsed before this one (``", ..."``, or
+    empty)."""
     note = ""
     if n := figures.get("duplicate_files"):
         note += f", duplicate files skipped {_fmt(n)} ({_fmt(figures.get('duplicate_lines'))} lines)"
@@ -446,6 +447,9 @@ def delivery_note(figures: Mapping[str, Any]) -> str:
         note += f", lines in the second run of a repeated hour {_fmt(n)}"
     if n := figures.get("stale_earlier_days"):
         note += f", earlier days stale {_fmt(n)} (a log file delivered late? `krone status` says what to run)"
+    if n := figures.get("stale_later_days"):
+        note += (f", later days stale {_fmt(n)} (parsed before this day, not seeded from it: `krone status` says "
+                 "what to run)")
     return note
 
 
@@ -457,7 +461,7 @@ def parse_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 DELIVERY_KEYS = ("duplicate_files", "duplicate_lines", "continued_files", "continued_lines", "repeated_hour_lines",
-                 "stale_earlier_days")
+                 "stale_earlier_days", "stale_later_days")
 
 
 def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:
@@ -601,7 +605,8 @@ def _figures_html(figures: Mapping[str, Any]) -> str:
     cards += [(label, figures[key]) for label, key in
               (("duplicate files skipped", "duplicate_files"), ("lines in them", "duplicate_lines"),
                ("files continued from the day before", "continued_files"), ("lines read then", "continued_lines"),
-               ("earlier days stale (krone status)", "stale_earlier_days"))
+               ("earlier days stale (krone status)", "stale_earlier_days"),
+               ("later days stale (krone status)", "stale_later_days"))
               if figures[key]]
     if failed := figures["earlier_days_failed"]:
         cards.append(("earlier days failed for good (krone status)", len(failed)))

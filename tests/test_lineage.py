@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from krone_jobs.lineage import UNSEALED, content_id, inputs, stale_partitions, stale_reasons
+from krone_jobs.lineage import UNSEALED, content_id, inputs, parsed_before, stale_partitions, stale_reasons
 from krone_jobs.manifests import MANIFEST
 from krone_jobs.partitions import partition_dir, raw_dir, swap_in, temp_dir_for
 
@@ -80,3 +80,32 @@ def test_a_changed_seed_or_input_partition_is_named_but_not_inputs_removed_since
         f"parsed/source={SOURCE}/dt={DAY} was written anew after it"]
     shutil.rmtree(parsed)  # removed (retention): what was built from it stands
     assert stale_reasons(tmp_path, sessions, SOURCE, DAY) == []
+
+
+def test_a_miner_state_written_later_for_a_day_before_the_seed_or_the_first_day_makes_the_day_stale(
+        tmp_path: Path) -> None:
+    """A backfill of earlier days: the day was seeded from an older state (or none) than the newest before it."""
+    states = tmp_path / "state" / SOURCE / "templates"
+    states.mkdir(parents=True)
+    first = _write(partition_dir(tmp_path, "parsed", SOURCE, DAY), ["l1"], inputs(tmp_path, seed=(states, None)))
+    assert stale_reasons(tmp_path, first, SOURCE, DAY) == []
+    (states / f"dt={DAY}.json").write_text("{}", encoding="utf-8")  # its own state: not one before it
+    (states / "dt=2026-11-21.json").write_text("{}", encoding="utf-8")  # a later day's
+    assert stale_reasons(tmp_path, first, SOURCE, DAY) == []
+    (states / "dt=2026-11-18.json").write_text("{}", encoding="utf-8")  # a day before it, parsed afterwards
+    assert stale_reasons(tmp_path, first, SOURCE, DAY) == [
+        f"it was parsed with no miner state before it, and state/{SOURCE}/templates/dt=2026-11-18.json was written "
+        "after it (a day before it parsed later)"]
+    assert [s.partition for s in parsed_before(tmp_path, SOURCE, "2026-11-18")] == [f"parsed/source={SOURCE}/dt={DAY}"]
+    assert parsed_before(tmp_path, SOURCE, DAY) == []  # what the parse run of a day says of the days after it
+
+    seed = states / "dt=2026-11-18.json"
+    seeded = _write(first, ["l1"], inputs(tmp_path, files=[seed], seed=(states, seed)))  # parsed again from it
+    assert stale_reasons(tmp_path, seeded, SOURCE, DAY) == []
+    (states / "dt=2026-11-19.json").write_text("{}", encoding="utf-8")  # the day between, parsed afterwards
+    assert stale_reasons(tmp_path, seeded, SOURCE, DAY) == [
+        f"it was seeded from state/{SOURCE}/templates/dt=2026-11-18.json, and "
+        f"state/{SOURCE}/templates/dt=2026-11-19.json was written after it (a day before it parsed later)"]
+    for name in ("dt=2026-11-18.json", "dt=2026-11-19.json"):
+        (states / name).unlink()  # retention: what was parsed from them stands
+    assert stale_reasons(tmp_path, seeded, SOURCE, DAY) == []

@@ -817,7 +817,8 @@ def run_parse(
         log.warning("%s %s: skipped %d file(s) not named *%s: %s", source, date, len(ignored),
                     "|*".join(RAW_SUFFIXES), names)
     seed_path = latest_before(templates_dir(root, source), date)
-    built_from = inputs(root, files=[seed_path], raw=raw_files(root, source, date))
+    built_from = inputs(root, files=[seed_path], raw=raw_files(root, source, date),
+                        seed=(templates_dir(root, source), seed_path))
     seed = seed_path.read_text(encoding="utf-8") if seed_path else None
     store = parse_state(seed, seed_path) if seed_path else TemplateStore(fmt.miner)
     parsed_dir = partition_dir(root, "parsed", source, date)

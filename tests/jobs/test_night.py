@@ -108,6 +108,31 @@ def test_a_score_that_fails_for_good_holds_up_no_other_day_of_the_range(
     assert pipeline.backlog(SOURCE, data_root=tmp_path, retry_failed=True) == list(DAYS)
 
 
+def test_a_day_parsed_after_the_days_that_follow_it_leaves_them_stale_until_they_run_again(
+        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backfill of earlier days after the later ones: the later days were neither seeded from the earlier
+    days' miner state nor carried their open sessions. The backfilled day's parse says so; status names them."""
+    from krone_jobs.status import source_status
+
+    monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    generate(tmp_path, days=2, sessions_per_day=60, seed=6, start_date=DAYS[0], source=SOURCE)
+    said: list[str] = []
+    run_night(SOURCE, "krone", DAYS[1], data_root=tmp_path, score=False, say=said.append)
+    [backfill] = run_night(SOURCE, "krone", DAYS[0], data_root=tmp_path, score=False, say=said.append)
+    assert backfill["parse"]["metrics"]["stale_later_days"] == 1
+    assert "later days stale 1 (parsed before this day, not seeded from it: `krone status` says what to run)" in said[1]
+    status = source_status(tmp_path, SOURCE)
+    assert status["rerun_from"] == DAYS[1]
+    stale = dict(line.split(" is stale: ") for line in status["stale"])
+    seeded = (f"it was parsed with no miner state before it, and state/{SOURCE}/templates/dt={DAYS[0]}.json was "
+              "written after it (a day before it parsed later)")
+    carried = f"state/{SOURCE}/open/dt={DAYS[0]} was written after it"
+    assert stale == {f"parsed/source={SOURCE}/dt={DAYS[1]}": seeded, f"quarantine/source={SOURCE}/dt={DAYS[1]}": seeded,
+                     f"sessions/source={SOURCE}/dt={DAYS[1]}": carried, f"state/{SOURCE}/open/dt={DAYS[1]}": carried}
+    run_night(SOURCE, "krone", DAYS[1], data_root=tmp_path, score=False, say=said.append)  # what status says to run
+    assert source_status(tmp_path, SOURCE)["stale"] == []
+
+
 def test_a_retention_window_removes_old_days_and_the_oldest_kept_day_reruns_the_same(
         spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three days with KRONE_RETAIN_DAYS=2: the first day's partitions go, its state stays (it seeds the second
