@@ -291,10 +291,9 @@ def _cmd_score(a: argparse.Namespace) -> int:
         return 0
     days = unscored_days(a.source, data_root=a.data_root)
     aside = {} if a.retry_failed else set_aside(a.source, days, data_root=a.data_root)
-    for dt, failure in aside.items():
-        print(f"krone score: {a.source} {dt} set aside: its score failed for good ({failure.error}, "
-              f"{failure.attempts} time(s), last {failure.failed_at}) on what it would be scored from now; "
-              "`krone status` says why; after mending it, --retry-failed (or --date) scores it again", file=sys.stderr)
+    for failure in aside.values():
+        print(f"krone score: {failure.set_aside_line(a.source)}; `krone status` says why; after mending it, "
+              "--retry-failed (or --date) scores it again", file=sys.stderr)
     days = [dt for dt in days if dt not in aside]
     if not days and not aside:
         print(f"krone score: every day of {a.source} with KRONE Seqs is scored, as it stands")

@@ -323,9 +323,8 @@ def backlog(source: str, *, before: str | None = None, data_root: str | Path | N
     days = [dt for dt in unscored_days(source, data_root=data_root) if before is None or dt < before]
     aside = {} if retry_failed else set_aside(source, days, data_root=data_root, model_version=version)
     for dt, failure in aside.items():
-        log.warning("%s %s set aside: its score failed for good (%s, %d time(s), last %s) on what it would be "
-                    "scored from now; after mending it: `krone score --source %s --date %s`", source, dt,
-                    failure.error, failure.attempts, failure.failed_at, source, dt)
+        log.warning("%s; after mending it: `krone score --source %s --date %s`", failure.set_aside_line(source),
+                    source, dt)
     return [dt for dt in days if dt not in aside]
 
 

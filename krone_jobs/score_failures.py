@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +52,12 @@ class ScoreFailure:
     failed_at: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dt": self.dt, "run_id": self.run_id, "error": self.error, "message": self.message,
-                "attempts": self.attempts, "first_failed_at": self.first_failed_at, "failed_at": self.failed_at}
+        return {k: v for k, v in asdict(self).items() if k != "inputs"}
+
+    def set_aside_line(self, source: str) -> str:
+        """What the catch-up says of the day it leaves (the command line and the task log)."""
+        return (f"{source} {self.dt} set aside: its score failed for good ({self.error}, {self.attempts} time(s), "
+                f"last {self.failed_at}) on what it would be scored from now")
 
 
 def score_inputs(root: Path, source: str, dt: str, model_version: str | None) -> str:
