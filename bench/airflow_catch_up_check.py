@@ -2,7 +2,7 @@
 """``krone_score`` under a real Airflow scheduler, triggered by real asset events: does a night take up the
 earlier days of its source that no score run recorded, and does a promotion take up all of them?
 
-    .venv/bin/python bench/airflow_catch_up_check.py [--via event|parse|train|failed] [--timeout 900]
+    .venv/bin/python bench/airflow_catch_up_check.py [--via event|parse|train|failed|late] [--timeout 900]
                                                       [--dags-folder DIR] [--keep-home]
 
 What it does, in a throw-away home (``airflow standalone`` as ``bench/airflow_standalone_check.py`` starts it,
@@ -25,6 +25,10 @@ SQLite metadata, DuckDB warehouse, SQLite MLflow store), with the three days bef
      day must start a run that sets the second day aside (it maps the third day only) and succeeds; after
      ``krone sessionize`` of the second day (what its error says to run), a third event's run must take it up
      again by itself;
+   * ``--via late``: as ``parse``, with the third day's raw logs held back (not delivered yet). Its run's
+     ``raw_ready`` sensor must wait (``up_for_reschedule``, looking every ``KRONE_RAW_POKE_SECONDS`` = 30 s)
+     while its ``parse`` has not run and no partition of the day exists; once the logs are delivered, the run
+     must go on by itself and score the day;
 4. waits until no run is left and prints each run, the partitions each ``krone_score`` run scored (its
    ``partitions`` XCom), the task instances that failed or needed a retry, and the days the warehouse has
    score runs for.
@@ -54,6 +58,7 @@ MODES: dict[str, dict[str, Any]] = {
     "parse": {"unpause": ("krone_parse_syn", "krone_score"), "expect": {"krone_parse_syn": 2, "krone_score": 1}},
     "train": {"unpause": ("krone_train_syn", "krone_score"), "expect": {"krone_train_syn": 1, "krone_score": 1}},
     "failed": {"unpause": ("krone_score",), "expect": {"krone_score": 1}},
+    "late": {"unpause": ("krone_parse_syn", "krone_score"), "expect": {"krone_parse_syn": 2, "krone_score": 2}},
 }
 """Per ``--via``: the DAGs to unpause and the runs to wait for."""
 
@@ -63,7 +68,7 @@ def krone_env(home: Path, start: str) -> dict[str, str]:
     return {"KRONE_DATA_ROOT": str(home / "data"), "KRONE_WAREHOUSE_URL": f"duckdb:///{home / 'warehouse.duckdb'}",
             "KRONE_MLFLOW_URI": f"sqlite:///{home / 'mlflow.db'}",
             "KRONE_MLFLOW_ARTIFACTS": (home / "mlflow-artifacts").as_uri(), "KRONE_SOURCES": f"{SOURCE}:krone",
-            "KRONE_START_DATE": start}
+            "KRONE_START_DATE": start, "KRONE_RAW_GRACE_MINUTES": "0", "KRONE_RAW_POKE_SECONDS": "30"}
 
 
 def krone(env: dict[str, str], *args: str) -> None:
@@ -146,12 +151,34 @@ def check_set_aside(api: Api, asset_id: Any, env: dict[str, str], days: list[str
     return ok and after == days
 
 
+def check_late_day(api: Api, env: dict[str, str], held: Path, raw: Path, dt: str, deadline: float) -> bool:
+    """``--via late``, before the held-back logs of ``dt`` are delivered (module docstring): True when its run's
+    sensor waits, nothing of the day was parsed, and the logs are then moved into place."""
+    waiting: list[tuple[str, int, str, int]] = []
+    while not waiting and time.monotonic() < deadline:
+        run = next((r for r in runs_of(api, "krone_parse_syn") if str(r.get("data_interval_start")).startswith(dt)),
+                   None)
+        waiting = [t for t in not_clean(api, "krone_parse_syn", run) if t[0] == "raw_ready"] if run else []
+        waiting = [t for t in waiting if t[2] == "up_for_reschedule"]
+        time.sleep(3.0)
+    time.sleep(65.0)  # two more looks at the empty partition
+    states = {t[0]: t[2] for t in not_clean(api, "krone_parse_syn", run)} if run else {}
+    parsed = (Path(env["KRONE_DATA_ROOT"]) / "parsed" / f"source={SOURCE}" / f"dt={dt}").exists()
+    print(f"{dt} while its logs are held back: raw_ready {states.get('raw_ready')}, parse {states.get('parse')}, "
+          f"parsed partition {'exists' if parsed else 'none'}", flush=True)
+    ok = bool(waiting) and states.get("raw_ready") == "up_for_reschedule" and states.get("parse") in (None, "none") \
+        and not parsed
+    held.rename(raw)
+    print(f"delivered {raw}", flush=True)
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--via", choices=list(MODES), default="event",
                    help="event: post one krone_kseqs event; parse: let krone_parse_syn parse two days; train: trigger "
                         "krone_train_syn; failed: a damaged day is failed once, then set aside, then taken up again "
-                        "once mended (default: event)")
+                        "once mended; late: the last day's logs arrive after its run started (default: event)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole check (default: 900)")
     p.add_argument("--dags-folder", type=Path, default=REPO / "dags",
                    help="DAG folder (default: the repo's dags/; another revision's, to compare)")
@@ -174,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         krone(env, "generate", "--source", SOURCE, "--days", "3", "--sessions-per-day", "150", "--seed", "7",
               "--start-date", days[0])
         krone(env, "night", "--source", SOURCE, "--format", "krone", "--date", days[0],
-              *(["--end", days[-1]] if a.via != "parse" else []))
+              *(["--end", days[-1]] if a.via not in ("parse", "late") else []))
         timings["generate + krone night (parse only)"] = time.monotonic() - t0
         labels = str(home / "data" / "labels" / SOURCE / "labels.csv")
         if a.via != "train":
@@ -186,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             part = sorted((home / "data" / "sessions" / f"source={SOURCE}" / f"dt={days[1]}").glob("*.parquet"))[0]
             part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
             print(f"cut {part} in half", flush=True)
+        raw = home / "data" / "raw" / SOURCE / f"dt={days[-1]}"
+        held = home / "held-back"
+        if a.via == "late":
+            raw.rename(held)
+            print(f"held back {raw}", flush=True)
 
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([str(airflow), "standalone"], cwd=home, env=env, stdout=log,
@@ -214,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             assert status in (200, 201), f"trigger krone_train_syn: HTTP {status}: {payload}"
             print(f"triggered krone_train_syn {conf}", flush=True)
 
+        late_ok = check_late_day(api, env, held, raw, days[-1], deadline) if a.via == "late" else True
         runs = wait_until_idle(api, MODES[a.via]["expect"], deadline)
         if a.via == "failed":
             ok = check_set_aside(api, asset_id, env, days, deadline)
@@ -221,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             print("OK" if ok else "FAIL")
             return 0 if ok else 1
         timings["all runs finished"] = time.monotonic() - t0
-        ok = True
+        ok = late_ok
         for dag in DAGS:
             for run in runs[dag]:
                 ok &= run["state"] == "success"

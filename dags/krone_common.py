@@ -58,6 +58,25 @@ REPORTS_ASSET = Asset(name="krone_reports", uri="x-krone://reports", group="kron
 """Updated when a day's anomaly reports and night report are written."""
 
 
+def raw_poke_seconds() -> float:
+    """How often ``raw_ready`` looks at a day's raw partition (``KRONE_RAW_POKE_SECONDS``, default 300; a look
+    only lists the folder)."""
+    return _bounded("KRONE_RAW_POKE_SECONDS", os.environ.get("KRONE_RAW_POKE_SECONDS"), 300.0, 1.0, 86_400.0)
+
+
+def raw_wait_seconds() -> float:
+    """How long ``raw_ready`` waits for a day's logs before it fails the day (``KRONE_RAW_WAIT_HOURS``, default
+    24)."""
+    return _bounded("KRONE_RAW_WAIT_HOURS", os.environ.get("KRONE_RAW_WAIT_HOURS"), 24.0, 0.001, 24 * 14) * 3600
+
+
+def _bounded(name: str, value: str | None, default: float, low: float, high: float) -> float:
+    number = float(value) if value and value.strip() else default
+    if not low <= number <= high:  # NaN too
+        raise ValueError(f"{name} must lie between {low:g} and {high:g}, not {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class Partition:
     """One (source, day) a task works on, plus where the data lives (``None``: ``KRONE_DATA_ROOT``)."""

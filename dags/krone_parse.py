@@ -4,6 +4,10 @@
 One DAG per source of `KRONE_SOURCES` (`source:format,...`, default `synthetic:krone`). Per daily data
 interval (UTC midnight to midnight, `dt` = the interval's start day) of its source:
 
+`raw_ready` (a sensor, in reschedule mode: it waits, without holding a worker slot, until the day's raw logs
+are all there: the day's marker `KRONE_RAW_MARKER`, default `_SUCCESS`, or a log file once
+`KRONE_RAW_GRACE_MINUTES`, default 60, have passed since the day ended on the log's clock; a day with neither
+fails after `KRONE_RAW_WAIT_HOURS`, default 24, and the days after it wait) ->
 `parse` (Spark: fields, session keys, Drain3 template ids; bad lines to quarantine) ->
 `parsed_gate` (Great Expectations suite *parsed*) -> `sessionize` (Spark; sessions that cross midnight
 are carried to the next day) -> `sessions_gate` (suite *sessions*) -> `hierarchy` (new templates only,
@@ -30,11 +34,12 @@ variables and the `krone_warehouse` connection (see `krone_common`). Pool `krone
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import chain, dag, task
+from airflow.sdk import PokeReturnValue, chain, dag, task
 
 if str(Path(__file__).parent) not in sys.path:  # a plain DagBag or runpy does not add the dags folder
     sys.path.append(str(Path(__file__).parent))
@@ -48,9 +53,26 @@ from krone_common import (  # noqa: E402
     day_partition,
     fail_fast,
     format_param,
+    raw_poke_seconds,
+    raw_wait_seconds,
     source_dag_args,
     source_params,
 )
+
+log = logging.getLogger(__name__)
+
+
+@task.sensor(poke_interval=raw_poke_seconds(), timeout=raw_wait_seconds(), mode="reschedule")
+def raw_ready() -> PokeReturnValue:
+    """Wait until the day's raw logs are all there (``krone_jobs.raw_readiness``), so a night never parses a day
+    its shippers are still delivering; the reason is logged on every look."""
+    from krone_jobs import pipeline
+
+    context = begin_task()
+    p = day_partition(context)
+    verdict = pipeline.raw_ready(p.source, p.dt, context["params"]["format"], data_root=p.data_root)
+    log.info("%s", verdict["reason"])
+    return PokeReturnValue(is_done=verdict["ready"], xcom_value=verdict)
 
 
 @task(pool=SPARK_POOL)
@@ -141,7 +163,7 @@ def parse_dag(source: str, fmt: str) -> Any:
         tags=["krone", "spark", "parse"],
     )
     def krone_parse() -> None:
-        chain(parse(), parsed_gate(), sessionize(), sessions_gate(), hierarchy(), kseqs(), retention())
+        chain(raw_ready(), parse(), parsed_gate(), sessionize(), sessions_gate(), hierarchy(), kseqs(), retention())
 
     return krone_parse()
 

@@ -8,6 +8,7 @@ connections that the DAGs export into these variables.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,13 @@ FP_BUDGET = 0.002
 """Default of ``KRONE_FP_BUDGET``: the share of normal sessions each rule of the Nested-Aware model may flag,
 measured on held-out training days (its ``fp_budget``). Lower it for fewer false alarms, at the cost of the
 anomalies only the rules it turns off would catch."""
+
+RAW_MARKER = "_SUCCESS"
+"""Default of ``KRONE_RAW_MARKER``: the file a log shipper puts in a day's raw partition once the day is complete
+(the Hadoop/Spark convention); it starts with ``_``, so it is never read as data (``krone_jobs.raw_readiness``)."""
+RAW_GRACE_MINUTES = 60.0
+"""Default of ``KRONE_RAW_GRACE_MINUTES``: how long after a day ends its late log files are waited for before a
+scheduled run parses it without a marker."""
 
 
 def _env(name: str, default: str) -> str:
@@ -136,6 +144,27 @@ class Settings:
     def retain_raw_days(self) -> int | None:
         """Days of raw logs that retention keeps; unset: raw logs are never removed."""
         return _days("KRONE_RETAIN_RAW_DAYS")
+
+    @property
+    def raw_marker(self) -> str:
+        """The name of the marker file that says a day's raw partition is complete (``_`` or ``.`` first: a
+        marker must never be read as a log file)."""
+        value = _env("KRONE_RAW_MARKER", RAW_MARKER)
+        if not re.fullmatch(r"[_.][A-Za-z0-9_.-]{0,63}", value) or value in (".", ".."):
+            raise ValueError(f"KRONE_RAW_MARKER must be a file name that starts with '_' or '.', not {value!r}")
+        return value
+
+    @property
+    def raw_wait_for_marker(self) -> bool:
+        """Whether a day is parsed on its marker only (``KRONE_RAW_WAIT_FOR_MARKER``), not after the grace."""
+        return _env("KRONE_RAW_WAIT_FOR_MARKER", "false").strip().lower() in ("1", "true", "yes", "on")
+
+    @property
+    def raw_grace_minutes(self) -> float:
+        value = float(_env("KRONE_RAW_GRACE_MINUTES", str(RAW_GRACE_MINUTES)))
+        if not 0.0 <= value <= 7 * 24 * 60:
+            raise ValueError(f"KRONE_RAW_GRACE_MINUTES must lie between 0 and a week, not {value}")
+        return value
 
     @property
     def llm_band(self) -> float | None:

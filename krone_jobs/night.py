@@ -48,6 +48,10 @@ def run_night(
             f"{days[-1]}`)")
     results = []
     for dt in days:
+        ready = pipeline.raw_ready(source, dt, fmt, data_root=data_root)
+        if not ready["ready"] and ready["files"]:  # no files at all: the parse stage says what to do
+            say(f"{source} {dt}: parsed before its logs are all there ({ready['reason']}); a file delivered "
+                "later makes the day stale (krone status names it)")
         out: dict[str, Any] = pipeline.parse_day(source, dt, fmt, data_root=data_root, **parse_options)
         p, s, k = (out[step]["metrics"] for step in ("parse", "sessionize", "kseqs"))
         figures = parse_figures(p)

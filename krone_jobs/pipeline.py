@@ -103,6 +103,15 @@ def _path(value: str | Path | None, root: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------ daily stages
+def raw_ready(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None) -> dict[str, Any]:
+    """Whether the day's raw logs are all there to parse (:mod:`krone_jobs.raw_readiness`: the day's marker,
+    or a log file once the grace after the day's end on the format's clock has passed), and why."""
+    from krone_jobs.logformats import get_format
+    from krone_jobs.raw_readiness import raw_readiness
+
+    return raw_readiness(_root(data_root), source, dt, zone=get_format(fmt).timezone).to_dict()
+
+
 def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
                 run_id: str | None = None, **options: Any) -> dict[str, Any]:
     """Parse one raw day (its ``parsed`` quality gate runs inside, before the miner state is saved), and say

@@ -79,6 +79,13 @@ def local_to_utc(ts: datetime, zone: ZoneInfo) -> tuple[datetime, timedelta]:
     return ts - offset, later
 
 
+def day_end_utc(day: str, zone: str | None) -> datetime:
+    """Midnight after ``day`` on the log's clock (in ``zone``, an IANA name, when the format has one), as naive
+    UTC: where its sessions are cut, and from when its log files are waited for."""
+    midnight = datetime.fromisoformat(day) + timedelta(days=1)
+    return local_to_utc(midnight, zone_of(zone))[0] if zone is not None else midnight
+
+
 @lru_cache(maxsize=4096)
 def _offsets(minute: datetime, zone: ZoneInfo) -> tuple[timedelta, timedelta]:
     """UTC offset of the first reading of a wall-clock minute, and how much later its second reading is (cached:

@@ -89,6 +89,7 @@ from krone_jobs.partitions import (
     ignored_raw_files,
     latest_before,
     partition_dir,
+    raw_dir,
     raw_files,
     read_partition,
     record_source_format,
@@ -96,6 +97,7 @@ from krone_jobs.partitions import (
     temp_dir_for,
 )
 from krone_jobs.raw_duplicates import check_deliveries
+from krone_jobs.raw_readiness import NoLogFilesError, no_log_files
 from krone_jobs.templates import MinerSettings, TemplateStore, masker, template_id
 from krone_jobs.timestamps import local_to_utc, nearest_year, zone_of
 
@@ -136,10 +138,6 @@ one stripe run's stamps in an hour the clocks went back over, see :func:`repeate
 
 class ReconciliationError(RuntimeError):
     """Raw lines != parsed + quarantined: a line was lost or doubled (a bug, never bad input)."""
-
-
-class NoLogFilesError(FileNotFoundError):
-    """The raw partition has files, but none named as log files: an empty day would hide a naming mistake."""
 
 
 @dataclass(frozen=True)
@@ -792,6 +790,9 @@ def run_parse(
     spark = spark or get_spark()
     parts = partitions or spark.sparkContext.defaultParallelism
     files = raw_files(root, source, date)
+    marked = (raw_dir(root, source, date) / settings().raw_marker).is_file()
+    if not files and (not marked or ignored_raw_files(root, source, date)):
+        raise NoLogFilesError(f"{source} {date}: {no_log_files(root, source, date)}")
     yesterday = (date_cls.fromisoformat(date) - timedelta(days=1)).isoformat()
     deliveries = check_deliveries(files, read_before=raw_files(root, source, yesterday))
     duplicates = deliveries.duplicates
@@ -810,12 +811,8 @@ def run_parse(
                            f"({c.previous.relative_to(root).as_posix()})" for c in deliveries.continued[:10]))
     ignored = ignored_raw_files(root, source, date)
     if ignored:
-        names = ", ".join(p.relative_to(root).as_posix() for p in ignored[:10])
-        if not files:  # a day of only other files is a naming mistake, not a quiet day
-            raise NoLogFilesError(f"{source} {date}: the raw partition holds {len(ignored)} file(s) and none is "
-                                  f"named *{'|*'.join(RAW_SUFFIXES)}: {names}")
         log.warning("%s %s: skipped %d file(s) not named *%s: %s", source, date, len(ignored),
-                    "|*".join(RAW_SUFFIXES), names)
+                    "|*".join(RAW_SUFFIXES), ", ".join(p.relative_to(root).as_posix() for p in ignored[:10]))
     seed_path = latest_before(templates_dir(root, source), date)
     built_from = inputs(root, files=[seed_path], raw=raw_files(root, source, date),
                         seed=(templates_dir(root, source), seed_path))

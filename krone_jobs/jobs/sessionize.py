@@ -60,7 +60,7 @@ from krone_jobs.partitions import (
     state_dir,
     write_partition,
 )
-from krone_jobs.timestamps import local_to_utc, zone_of
+from krone_jobs.timestamps import day_end_utc
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -155,9 +155,7 @@ def _resolved(carried: DataFrame, root: Path, source: str, dt: str) -> DataFrame
 
 def _day_end(root: Path, source: str, fmt_name: str | None, date: str) -> datetime:
     """Midnight after ``date`` on the log's clock: in the format's zone, as naive UTC, when it has one."""
-    midnight = datetime.fromisoformat(date) + timedelta(days=1)
-    zone = get_format(fmt_name).timezone if fmt_name is not None else source_timezone(root, source)
-    return local_to_utc(midnight, zone_of(zone))[0] if zone is not None else midnight
+    return day_end_utc(date, get_format(fmt_name).timezone if fmt_name is not None else source_timezone(root, source))
 
 
 def _session_spec(root: Path, source: str, fmt_name: str | None) -> SessionSpec:

@@ -143,7 +143,7 @@ def test_parse_runs_days_in_order_and_catches_up(bag: Any) -> None:
     assert past.pop("retention") is False  # housekeeping: a failed one never holds up the next day
     assert all(past.values())  # sessionize carries open sessions day to day
     assert [t.task_id for t in dag.topological_sort()] == [
-        "parse", "parsed_gate", "sessionize", "sessions_gate", "hierarchy", "kseqs", "retention"]
+        "raw_ready", "parse", "parsed_gate", "sessionize", "sessions_gate", "hierarchy", "kseqs", "retention"]
     assert dag.params["format"] == "krone"
     fmt = dag.params.get_param("format")
     assert set(fmt.schema["examples"]) == {"krone", "hdfs", "bgl", "thunderbird"}  # proposals; file formats too

@@ -265,3 +265,32 @@ def test_a_damaged_partition_fails_its_score_task_at_once_not_after_retries(
         task.retries, task.retry_delay, task.retry_exponential_backoff = saved
     [ti] = [ti for ti in dr.get_task_instances() if ti.task_id == "partition.score"]
     assert (str(dr.state), str(ti.state), ti.try_number) == ("failed", "failed", 1)
+
+
+def test_a_day_whose_logs_never_came_fails_at_its_sensor_and_is_never_parsed(
+        world: World, parsed: dict[str, Any]) -> None:
+    """``raw_ready`` looks again and again (rescheduled, holding no worker slot) and fails the day when its wait
+    is over; ``parse`` never runs, where it used to read an empty day and close every session still running.
+    Here it looks every second for 3 seconds instead of every 5 minutes for 24 hours."""
+    from airflow.models.taskreschedule import TaskReschedule
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    day = "2026-11-04"  # generated: 11-01 and 11-02 only
+    task = world.dags[f"krone_parse_{SOURCE}"].get_task("raw_ready")
+    assert (task.mode, task.poke_interval, task.timeout) == ("reschedule", 300, 24 * 3600)
+    saved = (task.poke_interval, task.timeout)
+    try:
+        task.poke_interval, task.timeout = 1, 3
+        dr = world.dags[f"krone_parse_{SOURCE}"].test(
+            logical_date=datetime.fromisoformat(next_day(day)).replace(tzinfo=timezone.utc),
+            run_conf={"data_root": str(world.root), "dt": day})
+    finally:
+        task.poke_interval, task.timeout = saved
+    states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+    assert (str(dr.state), states["raw_ready"], states["parse"]) == ("failed", "failed", "upstream_failed"), states
+    [sensor] = [ti for ti in dr.get_task_instances() if ti.task_id == "raw_ready"]
+    with create_session() as session:
+        looks = session.scalar(select(func.count()).select_from(TaskReschedule).where(TaskReschedule.ti_id == sensor.id))
+    assert looks >= 1 and sensor.try_number == 1  # looked again without spending a try
+    assert not (world.root / "parsed" / f"source={SOURCE}" / f"dt={day}").exists()

@@ -177,7 +177,13 @@ def test_a_late_log_file_leaves_its_day_stale_until_the_days_from_it_run_again(
     monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
     monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     generate(tmp_path, days=2, sessions_per_day=40, seed=11, start_date=DAYS[0], source=SOURCE)
-    run_night(SOURCE, "krone", *DAYS, data_root=tmp_path, score=False, say=lambda _: None)
+    first: list[str] = []
+    with monkeypatch.context() as mp:  # as if the shipper had not said yet that the days are complete
+        mp.setenv("KRONE_RAW_WAIT_FOR_MARKER", "true")
+        run_night(SOURCE, "krone", *DAYS, data_root=tmp_path, score=False, say=first.append)
+    assert first[0] == (f"{SOURCE} {DAYS[0]}: parsed before its logs are all there (raw/{SOURCE}/dt={DAYS[0]}: waiting "
+                        "for the marker _SUCCESS (KRONE_RAW_WAIT_FOR_MARKER), 1 log file(s) so far); a file delivered "
+                        "later makes the day stale (krone status names it)")
     assert source_status(tmp_path, SOURCE)["stale"] == []
     run_night(SOURCE, "krone", DAYS[0], data_root=tmp_path, score=False, say=lambda _: None)
     assert source_status(tmp_path, SOURCE)["stale"] == []  # the first day again, alone: the second is not behind

@@ -21,7 +21,6 @@ from krone_jobs.jobs.parse import (
     ORPHAN_MESSAGE,
     QUARANTINE_BATCH,
     TEMPLATE_FLOOD,
-    NoLogFilesError,
     group_units,
     mine_texts,
     orphan_continuations,
@@ -45,6 +44,7 @@ from krone_jobs.logformats import (
 from krone_jobs.miner_state import latest_templates
 from krone_jobs.partitions import partition_dir, state_dir
 from krone_jobs.quality import QualityGateError
+from krone_jobs.raw_readiness import NoLogFilesError
 from krone_jobs.synthetic import generate_sessions, json_line
 from krone_jobs.templates import MinerSettings, TemplateStore, masker
 
@@ -585,10 +585,23 @@ def test_unknown_format_is_a_clear_error(spark: Any, tmp_path: Path) -> None:
         run_parse("hdfs", "2008-11-09", "no-such-format", data_root=tmp_path, spark=spark)
 
 
+def test_a_day_without_log_files_or_marker_is_a_clear_error_not_an_empty_day(spark: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "raw" / "hdfs" / "dt=2008-11-09"
+    with pytest.raises(NoLogFilesError, match=r"no log file was delivered \(there is no folder .*dt=2008-11-09.*touch "
+                                              r".*dt=2008-11-09/_SUCCESS"):
+        run_parse("hdfs", "2008-11-09", "hdfs", data_root=tmp_path, spark=spark)
+    folder.mkdir(parents=True)
+    with pytest.raises(NoLogFilesError, match=r"its folder is empty"):
+        run_parse("hdfs", "2008-11-09", "hdfs", data_root=tmp_path, spark=spark)
+    assert not partition_dir(tmp_path, "parsed", "hdfs", "2008-11-09").exists()
+
+
 def test_empty_partitions_write_empty_outputs(spark: Any, tmp_path: Path) -> None:
     (tmp_path / "raw" / "hdfs" / "dt=2008-11-09").mkdir(parents=True)
     (tmp_path / "raw" / "hdfs" / "dt=2008-11-09" / "empty.log").write_bytes(b"")
-    for day, files in (("2008-11-09", 1), ("2008-11-10", 0)):  # an empty file; no folder at all
+    (tmp_path / "raw" / "hdfs" / "dt=2008-11-10").mkdir(parents=True)
+    (tmp_path / "raw" / "hdfs" / "dt=2008-11-10" / "_SUCCESS").touch()
+    for day, files in (("2008-11-09", 1), ("2008-11-10", 0)):  # an empty file; the marker of a day with no logs
         m = run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, gate=files == 1)
         assert (m.files, m.raw_lines, m.parsed, m.quarantined, m.templates) == (files, 0, 0, 0, 0)
         assert len(_frame(tmp_path, "parsed", "hdfs", day)) == 0

@@ -210,6 +210,9 @@ def test_a_day_after_one_never_sessionized_is_refused_while_sessions_are_open(sp
     folder.mkdir(parents=True)
     (folder / "a.log").write_text("".join(f"{_hdfs_line(datetime(2008, 11, 9, 23, 50, 0) + timedelta(minutes=i), 'blk_7')}\n"
                                           for i in range(5)))
+    for day in days[1:]:  # days without logs, as their markers say
+        (tmp_path / "raw" / "hdfs" / f"dt={day}").mkdir()
+        (tmp_path / "raw" / "hdfs" / f"dt={day}" / "_SUCCESS").touch()
     for day in days:
         run_parse("hdfs", day, "hdfs", data_root=tmp_path, spark=spark, gate=False)
     assert run_sessionize("hdfs", days[0], data_root=tmp_path, spark=spark, gate=False).open_sessions == 1
