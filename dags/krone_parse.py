@@ -7,7 +7,8 @@ interval (UTC midnight to midnight, `dt` = the interval's start day) of its sour
 `raw_ready` (a sensor, in reschedule mode: it waits, without holding a worker slot, until the day's raw logs
 are all there: the day's marker `KRONE_RAW_MARKER`, default `_SUCCESS`, or a log file once
 `KRONE_RAW_GRACE_MINUTES`, default 60, have passed since the day ended on the log's clock; a day with neither
-fails after `KRONE_RAW_WAIT_HOURS`, default 24, and the days after it wait) ->
+fails after `KRONE_RAW_WAIT_HOURS`, default 24, or at once when it was due longer ago than that, and the
+days after it wait) ->
 `parse` (Spark: fields, session keys, Drain3 template ids; bad lines to quarantine) ->
 `parsed_gate` (Great Expectations suite *parsed*) -> `sessionize` (Spark; sessions that cross midnight
 are carried to the next day) -> `sessions_gate` (suite *sessions*) -> `hierarchy` (new templates only,
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,14 @@ def raw_ready() -> PokeReturnValue:
     p = day_partition(context)
     verdict = pipeline.raw_ready(p.source, p.dt, context["params"]["format"], data_root=p.data_root)
     log.info("%s", verdict["reason"])
+    wait = context["task"].timeout
+    wait = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+    if not verdict["ready"] and datetime.now(timezone.utc) - datetime.fromisoformat(verdict["due"]) > timedelta(
+            seconds=wait):  # a catch-up over days nobody delivered: fail each at its first look
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{verdict['reason']}. Not waited for: it was due at {verdict['due']}, longer ago "
+                                   "than this sensor waits (KRONE_RAW_WAIT_HOURS)")
     return PokeReturnValue(is_done=verdict["ready"], xcom_value=verdict)
 
 

@@ -13,9 +13,10 @@ state lacks the day's templates, and when the files arrive that day and every da
   ``KRONE_RAW_GRACE_MINUTES`` ago (default 60) on the log's clock: midnight in the format's ``timezone``, so a
   source in New York is waited for until 06:00 UTC in winter, not 01:00.
 
-A day with neither a log file nor a marker is never ready: the sensor fails the day when it times out, and
-the later days wait for it (``depends_on_past``), where a parse would have read an empty day and closed every
-session still running. The parse stage refuses such a day too (:class:`NoLogFilesError`), from the command
+A day with neither a log file nor a marker is never ready: the sensor fails the day when it times out (at
+once, for a day due longer ago than it waits: a catch-up over days nobody delivered), and the later days wait
+for it (``depends_on_past``), where a parse would have read an empty day and closed every session still
+running. The parse stage refuses such a day too (:class:`NoLogFilesError`), from the command
 line as well: a raw folder named wrong or a shipper that delivered nothing must not pass as a quiet day.
 
 The check only lists the partition (``raw_files``: a ``stat`` per file); it reads no log.
@@ -46,6 +47,9 @@ class RawReadiness:
     files: int
     marker: bool
     reason: str
+    due: str
+    """When the grace after the day's end is over (ISO 8601, UTC): a day still not ready long after it will not
+    become ready by itself, so the sensor gives up on it at once instead of waiting its whole timeout."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,22 +65,25 @@ def raw_readiness(root: Path, source: str, dt: str, *, zone: str | None = None,
     where = folder.relative_to(root).as_posix()
     files = len(raw_files(root, source, dt))
     marker = (folder / marker_name).is_file()
-    if marker:
-        return RawReadiness(True, files, True, f"{where}: the marker {marker_name} is there ({files} log file(s))")
-    if config.raw_wait_for_marker:
-        return RawReadiness(False, files, False, f"{where}: waiting for the marker {marker_name} "
-                                                 f"(KRONE_RAW_WAIT_FOR_MARKER), {files} log file(s) so far")
-    if not files:
-        return RawReadiness(False, 0, False, f"{where}: {no_log_files(root, source, dt)}")
     end = day_end_utc(dt, zone).replace(tzinfo=timezone.utc)
     due = end + timedelta(minutes=config.raw_grace_minutes)
     now = now or datetime.now(timezone.utc)
+
+    def verdict(ready: bool, reason: str) -> RawReadiness:
+        return RawReadiness(ready, files, marker, f"{where}: {reason}", due.isoformat())
+
+    if marker:
+        return verdict(True, f"the marker {marker_name} is there ({files} log file(s))")
+    if config.raw_wait_for_marker:
+        return verdict(False, f"waiting for the marker {marker_name} (KRONE_RAW_WAIT_FOR_MARKER), {files} log file(s) "
+                              "so far")
+    if not files:
+        return verdict(False, no_log_files(root, source, dt))
     if now < due:
-        ends = "ended" if now >= end else "ends"
-        return RawReadiness(False, files, False, f"{where}: {files} log file(s); the day {ends} at {end:%Y-%m-%d %H:%M} "
-                                                 f"UTC and late files are waited for until {due:%Y-%m-%d %H:%M} UTC "
-                                                 f"(KRONE_RAW_GRACE_MINUTES), or until the marker {marker_name}")
-    return RawReadiness(True, files, False, f"{where}: {files} log file(s), {_minutes(now - end)} after the day ended")
+        return verdict(False, f"{files} log file(s); the day {'ended' if now >= end else 'ends'} at "
+                              f"{end:%Y-%m-%d %H:%M} UTC and late files are waited for until {due:%Y-%m-%d %H:%M} UTC "
+                              f"(KRONE_RAW_GRACE_MINUTES), or until the marker {marker_name}")
+    return verdict(True, f"{files} log file(s), {_minutes(now - end)} after the day ended")
 
 
 def no_log_files(root: Path, source: str, dt: str) -> str:

@@ -33,6 +33,7 @@ def test_a_day_with_log_files_is_ready_once_the_grace_after_its_end_has_passed(t
     assert "the day ended at 2026-01-16 00:00 UTC and late files are waited for until 2026-01-16 01:00 UTC" in early.reason
     late = raw_readiness(tmp_path, "web", DAY, now=_at("2026-01-16T01:00:00"))
     assert late.ready and late.reason == f"raw/web/dt={DAY}: 1 log file(s), 60 min after the day ended"
+    assert late.due == early.due == "2026-01-16T01:00:00+00:00"
 
 
 def test_the_grace_runs_from_midnight_on_the_logs_clock(tmp_path: Path, folder: Path) -> None:

@@ -267,30 +267,36 @@ def test_a_damaged_partition_fails_its_score_task_at_once_not_after_retries(
     assert (str(dr.state), str(ti.state), ti.try_number) == ("failed", "failed", 1)
 
 
-def test_a_day_whose_logs_never_came_fails_at_its_sensor_and_is_never_parsed(
+def test_a_day_whose_logs_do_not_come_fails_at_its_sensor_and_is_never_parsed(
         world: World, parsed: dict[str, Any]) -> None:
     """``raw_ready`` looks again and again (rescheduled, holding no worker slot) and fails the day when its wait
-    is over; ``parse`` never runs, where it used to read an empty day and close every session still running.
-    Here it looks every second for 3 seconds instead of every 5 minutes for 24 hours."""
+    is over; ``parse`` never runs, where it used to read an empty day and close every session still running. Here
+    it looks every second for 3 seconds instead of every 5 minutes for 24 hours. A day due longer ago than that
+    (a catch-up over days nobody delivered) fails at its first look, saying why."""
     from airflow.models.taskreschedule import TaskReschedule
     from airflow.utils.session import create_session
     from sqlalchemy import func, select
 
-    day = "2026-11-04"  # generated: 11-01 and 11-02 only
     task = world.dags[f"krone_parse_{SOURCE}"].get_task("raw_ready")
     assert (task.mode, task.poke_interval, task.timeout) == ("reschedule", 300, 24 * 3600)
-    saved = (task.poke_interval, task.timeout)
-    try:
-        task.poke_interval, task.timeout = 1, 3
-        dr = world.dags[f"krone_parse_{SOURCE}"].test(
-            logical_date=datetime.fromisoformat(next_day(day)).replace(tzinfo=timezone.utc),
-            run_conf={"data_root": str(world.root), "dt": day})
+    saved = (task.poke_interval, task.timeout, task.depends_on_past)
+    runs = {}
+    try:  # two runs of their own (logical dates no other test uses); the second does not wait for the first
+        task.poke_interval, task.timeout, task.depends_on_past = 1, 3, False
+        for n, day in enumerate((datetime.now(timezone.utc).date().isoformat(), "2026-11-04")):  # today; never made
+            runs[day] = world.dags[f"krone_parse_{SOURCE}"].test(
+                logical_date=datetime(2026, 11, 20 + n, tzinfo=timezone.utc),
+                run_conf={"data_root": str(world.root), "dt": day})
     finally:
-        task.poke_interval, task.timeout = saved
-    states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
-    assert (str(dr.state), states["raw_ready"], states["parse"]) == ("failed", "failed", "upstream_failed"), states
-    [sensor] = [ti for ti in dr.get_task_instances() if ti.task_id == "raw_ready"]
-    with create_session() as session:
-        looks = session.scalar(select(func.count()).select_from(TaskReschedule).where(TaskReschedule.ti_id == sensor.id))
-    assert looks >= 1 and sensor.try_number == 1  # looked again without spending a try
-    assert not (world.root / "parsed" / f"source={SOURCE}" / f"dt={day}").exists()
+        task.poke_interval, task.timeout, task.depends_on_past = saved
+    looks = []
+    for day, dr in runs.items():
+        states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+        assert (str(dr.state), states["raw_ready"], states["parse"]) == ("failed", "failed", "upstream_failed"), states
+        assert not (world.root / "parsed" / f"source={SOURCE}" / f"dt={day}").exists()
+        [sensor] = [ti for ti in dr.get_task_instances() if ti.task_id == "raw_ready"]
+        assert sensor.try_number == 1
+        with create_session() as session:
+            looks.append(session.scalar(select(func.count()).select_from(TaskReschedule)
+                                        .where(TaskReschedule.ti_id == sensor.id)))
+    assert looks[0] >= 1 and looks[1] == 0  # today's looked again without spending a try; the old day did not
