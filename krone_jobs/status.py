@@ -1,5 +1,6 @@
 """``krone status``: where each source stands, for an operator without the Airflow UI (``krone night`` users) or
-before a backfill: which days are parsed, which are scored, which wait for a model, which model is champion;
+before a backfill: which days are parsed (and which raw days are not yet, with whether their logs are all
+there: :mod:`krone_jobs.raw_readiness`), which are scored, which wait for a model, which model is champion;
 which partitions are not what their run wrote (:mod:`krone_jobs.manifests`), which are stale and which days
 were scored from sessions written anew since (:mod:`krone_jobs.lineage`), which days' score failed for good
 and are set aside by the catch-up (:mod:`krone_jobs.score_failures`), with the run that mends each.
@@ -32,6 +33,7 @@ from krone_jobs.partitions import (
     stage_dir,
     state_dir,
 )
+from krone_jobs.raw_readiness import raw_readiness
 from krone_jobs.score_failures import ScoreFailure, recorded, set_aside
 
 UNSCORED_SHOWN = 5
@@ -54,7 +56,7 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
                               "first_day": parsed[0] if parsed else None, "last_day": parsed[-1] if parsed else None,
                               "open_sessions_after_last_day": None,
                               "days_scored": None, "last_scored": None, "unscored": None, "scored_from_older": None,
-                              "champion": None, "score_failures": [],
+                              "unparsed": [], "champion": None, "score_failures": [],
                               "stale": [], "rerun_from": None, "problems": []}
     try:
         status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
@@ -67,6 +69,7 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
     except PartitionUnreadable as exc:
         if str(exc) not in status["problems"]:
             status["problems"].append(str(exc))
+    status["unparsed"] = _unparsed(root, source, parsed, status["timezone"])
     _stale(status, root, source)
     failures = _scored(status, root, source, parsed, warehouse_url)
     _champion(status, source, tracking_uri, load=check)
@@ -131,6 +134,15 @@ def _stale(status: dict[str, Any], root: Path, source: str) -> None:
             f"were written: a late log file, a day run again): run `krone night --source {source} --format "
             f"{status['format'] or '<format>'} --date {first} --end {last}` (or clear the krone_parse_{source} "
             f"runs from {first} on): each day builds on the one before")
+
+
+def _unparsed(root: Path, source: str, parsed: list[str], zone: str | None) -> list[dict[str, Any]]:
+    """Raw days delivered and not parsed (none before the first parsed day: retention's, or before the
+    pipeline's start), each with whether its logs are all there (:mod:`krone_jobs.raw_readiness`): what the next
+    night takes up, or a day whose parse failed."""
+    done = set(parsed)
+    days = [dt for dt in dated_files(root / "raw" / source) if dt not in done and (not parsed or dt > parsed[0])]
+    return [{"dt": dt, **raw_readiness(root, source, dt, zone=zone).to_dict()} for dt in days]
 
 
 def _open_sessions(root: Path, source: str, parsed: list[str]) -> int | None:
@@ -199,6 +211,12 @@ def render(status: dict[str, Any]) -> str:
              + f"; {days}"]
     if s["open_sessions_after_last_day"] is not None:
         lines.append(f"  {s['open_sessions_after_last_day']:,} events of open sessions carried past {s['last_day']}")
+    if unparsed := s["unparsed"]:
+        lines.append(f"  {_days(len(unparsed))} of raw logs not parsed yet:")
+        lines += [f"    {u['dt']}: {'ready' if u['ready'] else 'not ready'}: {_shortened(u['reason'])}"
+                  for u in unparsed[:UNSCORED_SHOWN]]
+        if len(unparsed) > UNSCORED_SHOWN:
+            lines.append(f"    ... {len(unparsed) - UNSCORED_SHOWN} more (--json lists them all)")
     if s["unscored"] is not None:
         waiting = s["unscored"]
         shown = ", ".join(waiting[:UNSCORED_SHOWN]) + (" ..." if len(waiting) > UNSCORED_SHOWN else "")

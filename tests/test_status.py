@@ -43,6 +43,24 @@ def test_a_source_with_one_day_scored_and_no_model(tmp_path: Path) -> None:
     assert "champion: none yet (`krone train --source web --end <day>`)" in text
 
 
+def test_raw_days_not_parsed_yet_are_listed_with_whether_their_logs_are_all_there(tmp_path: Path) -> None:
+    _source(tmp_path)
+    for dt, files in (("2026-10-31", ["a.log"]), (DAYS[1], ["a.log"]), ("2026-11-04", ["a.log", "_SUCCESS"]),
+                      ("2026-11-05", [])):  # before the first parsed day (retention's); parsed; delivered; empty
+        folder = tmp_path / "raw" / "web" / f"dt={dt}"
+        folder.mkdir(parents=True)
+        for name in files:
+            (folder / name).write_text("x\n")
+    s = source_status(tmp_path, "web", warehouse_url=f"duckdb:///{tmp_path / 'w.duckdb'}",
+                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [(u["dt"], u["ready"], u["files"], u["marker"]) for u in s["unparsed"]] == [
+        ("2026-11-04", True, 1, True), ("2026-11-05", False, 0, False)]
+    text = render(s)
+    assert "  2 days of raw logs not parsed yet:\n    2026-11-04: ready: raw/web/dt=2026-11-04: the marker _SUCCESS" in text
+    assert "    2026-11-05: not ready: raw/web/dt=2026-11-05: no log file was delivered (its folder is empty)" in text
+    assert s["problems"] == []
+
+
 def test_a_day_whose_score_failed_for_good_is_named_with_the_command_until_its_inputs_change(tmp_path: Path) -> None:
     from krone_jobs.score_failures import record
 
