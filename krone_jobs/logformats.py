@@ -400,6 +400,10 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
                                                      **common)
             else:
                 raise ValueError("'fields' must be a table of field = key, e.g. { content = \"message\" }")
+            if session.kind == "node_window" and not {"node", "timestamp"} <= formats[name].groups:
+                raise ValueError("session 'node_window' (the default) needs a 'node' and a 'timestamp': without them "
+                                 "every line is quarantined with no session key. For the log of one host, capture its "
+                                 "name as the node, or choose session 'id_pattern' or 'field'")
         except (ValueError, TypeError, re.error) as exc:
             raise ValueError(f"{where}: {exc}") from None
     return formats
