@@ -368,11 +368,23 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
         # optional: tag_content = true writes "<component>: <message>" as the content (see LineFormat)
 
     Every table is checked here (names, keys, regex groups or fields, session rule, Drain settings), so a
-    typo fails the run at its start with the file and format named, not on an executor.
+    typo fails the run at its start with the file and format named, not on an executor. Raises the first
+    table's error; :func:`read_formats_file` keeps the others.
     """
+    formats, broken = read_formats_file(path)
+    if broken:
+        raise ValueError(next(iter(broken.values())))
+    return formats
+
+
+def read_formats_file(path: str | os.PathLike[str]) -> tuple[dict[str, LineFormat], dict[str, str]]:
+    """The formats of the file that are sound, and the error of each that is not (by name), as
+    :func:`load_formats_file` checks them: one source's typo must not stop the nights of the other sources
+    whose formats share the file (a file TOML cannot read is an error of all of them)."""
     with open(path, "rb") as fh:
         tables = tomllib.load(fh)
     formats: dict[str, LineFormat] = {}
+    broken: dict[str, str] = {}
     for name, spec in tables.items():
         where = f"{os.fspath(path)}: format [{name}]"
         try:
@@ -405,22 +417,24 @@ def load_formats_file(path: str | os.PathLike[str]) -> dict[str, LineFormat]:
                                  "every line is quarantined with no session key. For the log of one host, capture its "
                                  "name as the node, or choose session 'id_pattern' or 'field'")
         except (ValueError, TypeError, re.error) as exc:
-            raise ValueError(f"{where}: {exc}") from None
-    return formats
+            formats.pop(name, None)
+            broken[name] = f"{where}: {exc}"
+    return formats, broken
 
 
 @lru_cache(maxsize=4)
-def _formats_file(path: str, mtime_ns: int) -> dict[str, LineFormat]:
-    return load_formats_file(path)
+def _formats_file(path: str, mtime_ns: int) -> tuple[dict[str, LineFormat], dict[str, str]]:
+    return read_formats_file(path)
 
 
-def user_formats() -> dict[str, LineFormat]:
-    """The formats of ``KRONE_FORMATS_FILE`` (none when it is unset); re-read when the file changes."""
+def user_formats() -> tuple[dict[str, LineFormat], dict[str, str]]:
+    """The formats of ``KRONE_FORMATS_FILE`` and the errors of its broken ones (none when it is unset);
+    re-read when the file changes."""
     from krone_jobs.config import settings
 
     path = settings().formats_file
     if path is None:
-        return {}
+        return {}, {}
     try:
         mtime = os.stat(path).st_mtime_ns
     except OSError as exc:
@@ -430,14 +444,17 @@ def user_formats() -> dict[str, LineFormat]:
 
 def get_format(name: str) -> LineFormat:
     """Format by case-insensitive name: a built-in one (``hdfs``, ``bgl``, ``thunderbird``, ``krone``),
-    else one of ``KRONE_FORMATS_FILE``."""
+    else one of ``KRONE_FORMATS_FILE`` (a broken one raises its own error, the others still load)."""
     key = name.lower()
     if key in FORMATS:
         return FORMATS[key]
-    user = user_formats()
+    user, broken = user_formats()
     if key in user:
         return user[key]
-    raise KeyError(f"unknown log format {name!r}; known: {sorted(FORMATS) + sorted(user)}")
+    if key in broken:
+        raise ValueError(broken[key])
+    raise KeyError(f"unknown log format {name!r}; known: {sorted(FORMATS) + sorted(user)}"
+                   + (f"; broken: {sorted(broken)}" if broken else ""))
 
 
 def _content_end(raw: bytes) -> int:

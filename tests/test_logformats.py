@@ -638,6 +638,21 @@ def test_formats_file_defines_formats_found_by_name(tmp_path: Path, monkeypatch:
         get_format("myapp")
 
 
+def test_a_broken_format_fails_its_own_sources_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One file serves every source of a deployment: a typo in a new source's table used to stop the nights of
+    all the others."""
+    path = tmp_path / "formats.toml"
+    path.write_text(MYAPP_TOML + "\n[zk]\nregex = '^(?P<timestamp>\\S+) (?P<content>.*)$'\ntimestamp_format = 'iso8601'\n")
+    monkeypatch.setenv("KRONE_FORMATS_FILE", str(path))
+    assert get_format("myapp").name == "myapp" and get_format("edge").name == "edge"
+    with pytest.raises(ValueError, match=r"formats.toml: format \[zk\]: session 'node_window' \(the default\) needs"):
+        get_format("zk")
+    with pytest.raises(KeyError, match=r"; broken: \['zk'\]"):
+        get_format("nginx")
+    with pytest.raises(ValueError, match=r"format \[zk\]"):  # the strict loader still refuses the file
+        load_formats_file(path)
+
+
 @pytest.mark.parametrize(
     ("table", "error"),
     [
