@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from krone_jobs.config import settings
 from krone_jobs.datasets import default_data_dir, load_demo, load_demo_templates, official_split
 from krone_jobs.evaluate import EvalConfig, confusion, make_detector
 from krone_jobs.hierarchy.extractor import build_hierarchy
@@ -52,7 +53,8 @@ TRAIN_PERCENTS = (80, 10, 1)
 
 
 def _link_raw(rendered: Path, root: Path, system: str) -> list[str]:
-    """Symlink the rendered day files into ``root/raw/<system>/dt=D/``; return the days plus one empty day."""
+    """Symlink the rendered day files into ``root/raw/<system>/dt=D/``; return the days plus one empty day (its
+    marker says the source logged nothing that day), which closes the sessions still open after the last."""
     days = sorted(p.name.removeprefix("dt=") for p in rendered.glob("dt=*"))
     for day in days:
         for src in (rendered / f"dt={day}").iterdir():
@@ -60,7 +62,10 @@ def _link_raw(rendered: Path, root: Path, system: str) -> list[str]:
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():
                 link.symlink_to(src)
-    return [*days, (date.fromisoformat(days[-1]) + timedelta(days=1)).isoformat()]
+    empty = (date.fromisoformat(days[-1]) + timedelta(days=1)).isoformat()
+    (root / "raw" / system / f"dt={empty}").mkdir(parents=True, exist_ok=True)
+    (root / "raw" / system / f"dt={empty}" / settings().raw_marker).touch()
+    return [*days, empty]
 
 
 def by_our_id(rendered: Path, system: str, column: str) -> dict[str, int]:
