@@ -99,4 +99,5 @@ def no_log_files(root: Path, source: str, dt: str) -> str:
 
 def _minutes(span: timedelta) -> str:
     minutes = span.total_seconds() / 60
-    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+    return (f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h" if minutes < 2880
+            else f"{minutes / 1440:,.0f} days")

@@ -41,9 +41,11 @@ STALE_SHOWN = 10
 
 
 def known_sources(root: Path) -> list[str]:
-    """Sources the pipeline has state for (``state/<source>/``), sorted."""
-    folder = root / "state"
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    """Sources the pipeline has state for (``state/<source>/``) or raw logs of (``raw/<source>/``: one whose first
+    parse failed, or that no run took up yet), sorted."""
+    found = {p.name for name in ("state", "raw") if (root / name).is_dir() for p in (root / name).iterdir()
+             if p.is_dir() and not p.name.startswith((".", "_"))}
+    return sorted(found)
 
 
 def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
@@ -60,7 +62,10 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
                               "stale": [], "rerun_from": None, "problems": []}
     try:
         status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
-    except (FileNotFoundError, SourceRecordError) as exc:
+    except FileNotFoundError as exc:
+        if parsed:  # a source never parsed has no record yet: its raw days are listed below
+            status["problems"].append(str(exc))
+    except SourceRecordError as exc:
         status["problems"].append(str(exc))
     if not check:  # --check compares every partition with its manifest, hashes included
         status["problems"] += _not_as_written(root, source)
@@ -217,7 +222,7 @@ def render(status: dict[str, Any]) -> str:
                   for u in unparsed[:UNSCORED_SHOWN]]
         if len(unparsed) > UNSCORED_SHOWN:
             lines.append(f"    ... {len(unparsed) - UNSCORED_SHOWN} more (--json lists them all)")
-    if s["unscored"] is not None:
+    if s["unscored"] is not None and s["days_parsed"]:
         waiting = s["unscored"]
         shown = ", ".join(waiting[:UNSCORED_SHOWN]) + (" ..." if len(waiting) > UNSCORED_SHOWN else "")
         lines.append(f"  {_days(s['days_scored'])} scored (last {s['last_scored'] or '-'}); "

@@ -59,6 +59,16 @@ def test_raw_days_not_parsed_yet_are_listed_with_whether_their_logs_are_all_ther
     assert "  2 days of raw logs not parsed yet:\n    2026-11-04: ready: raw/web/dt=2026-11-04: the marker _SUCCESS" in text
     assert "    2026-11-05: not ready: raw/web/dt=2026-11-05: no log file was delivered (its folder is empty)" in text
     assert s["problems"] == []
+    (tmp_path / "raw" / "new" / "dt=2026-11-04").mkdir(parents=True)  # a source no run took up yet
+    (tmp_path / "raw" / "new" / "dt=2026-11-04" / "a.log").write_text("x\n")
+    assert known_sources(tmp_path) == ["new", "web"]
+    new = source_status(tmp_path, "new", warehouse_url=f"duckdb:///{tmp_path / 'w.duckdb'}",
+                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert (new["days_parsed"], new["problems"], [u["dt"] for u in new["unparsed"]]) == (0, [], ["2026-11-04"])
+    first, second, third, *rest = render(new).splitlines()
+    assert (first, second) == ("new: format ?; 0 days parsed", "  1 day of raw logs not parsed yet:")
+    assert third.startswith("    2026-11-04: ready: raw/new/dt=2026-11-04: 1 log file(s), ")
+    assert third.endswith(" days after the day ended") and not any("scored" in line for line in rest)
 
 
 def test_a_day_whose_score_failed_for_good_is_named_with_the_command_until_its_inputs_change(tmp_path: Path) -> None:
