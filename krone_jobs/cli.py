@@ -317,7 +317,7 @@ def _cmd_status(a: argparse.Namespace) -> int:
     root = a.data_root or settings().data_root
     sources = a.source or known_sources(root)
     if not sources:
-        print(f"krone status: no source has state under {root / 'state'} yet", file=sys.stderr)
+        print(f"krone status: no source has raw logs or state under {root} yet (raw/<source>/dt=D/)", file=sys.stderr)
         return 1
     found = [source_status(root, s, check=a.check) for s in sources]
     print(json.dumps(found) if a.json else "\n".join(render(s) for s in found))

@@ -128,7 +128,7 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeyp
     monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'w.duckdb'}")
     monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert main(["status", "--data-root", str(tmp_path)]) == 1
-    assert "no source has state" in capsys.readouterr().err
+    assert "no source has raw logs or state" in capsys.readouterr().err
     _source(tmp_path)
     assert main(["status", "--data-root", str(tmp_path), "--json"]) == 0
     (found,) = json.loads(capsys.readouterr().out)
