@@ -187,6 +187,20 @@ def fail_fast(body: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
+def give_up_if_overdue(verdict: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+    """In a sensor: fail at once, saying why, when what it waits for (``verdict``: ``ready``, ``reason``, ``due``
+    as ISO 8601) was due longer ago than the sensor waits: a catch-up over days nobody delivered would otherwise
+    hold the DAG for the whole timeout of each."""
+    wait = context["task"].timeout
+    wait = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+    if not verdict["ready"] and datetime.now(timezone.utc) - datetime.fromisoformat(verdict["due"]) > timedelta(
+            seconds=wait):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{verdict['reason']}. Not waited for: it was due at {verdict['due']}, longer ago "
+                                   "than this sensor waits (KRONE_RAW_WAIT_HOURS)")
+
+
 def begin_task() -> Mapping[str, Any]:
     """Export connection settings into ``KRONE_*`` variables, then hand back the task's context."""
     export_connections()

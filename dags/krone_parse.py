@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from krone_common import (  # noqa: E402
     day_partition,
     fail_fast,
     format_param,
+    give_up_if_overdue,
     raw_poke_seconds,
     raw_wait_seconds,
     source_dag_args,
@@ -74,14 +74,7 @@ def raw_ready() -> PokeReturnValue:
     p = day_partition(context)
     verdict = pipeline.raw_ready(p.source, p.dt, context["params"]["format"], data_root=p.data_root)
     log.info("%s", verdict["reason"])
-    wait = context["task"].timeout
-    wait = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
-    if not verdict["ready"] and datetime.now(timezone.utc) - datetime.fromisoformat(verdict["due"]) > timedelta(
-            seconds=wait):  # a catch-up over days nobody delivered: fail each at its first look
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(f"{verdict['reason']}. Not waited for: it was due at {verdict['due']}, longer ago "
-                                   "than this sensor waits (KRONE_RAW_WAIT_HOURS)")
+    give_up_if_overdue(verdict, context)
     return PokeReturnValue(is_done=verdict["ready"], xcom_value=verdict)
 
 

@@ -3,7 +3,10 @@
 
 One DAG per source of `KRONE_SOURCES` (default `synthetic`).
 
-`train` fits the knowledge base and the Nested-Aware model on the normal sessions of the `days` days
+`window_ready` (a sensor in reschedule mode, looking every 10 minutes) waits until the window's last day has
+its sessions partition, so a run does not train on a week whose last day's logs are late; it fails after
+`KRONE_RAW_WAIT_HOURS` (24), or at once when that day's logs were due longer ago than that and are not
+there, and the previous champion stays. Then `train` fits the knowledge base and the Nested-Aware model on the normal sessions of the `days` days
 ending at `end` (default: the last day of the weekly data interval, i.e. the Sunday before the Monday
 06:00 UTC run), logs one MLflow run and registers a new version of `krone-<source>`. The validation gate
 runs inside the same call and moves the alias `champion` only when the candidate passes.
@@ -19,13 +22,14 @@ warehouse come from `KRONE_MLFLOW_URI` / `KRONE_WAREHOUSE_URL` (or the `krone_wa
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, PokeReturnValue, dag, task
 
 if str(Path(__file__).parent) not in sys.path:  # a plain DagBag or runpy does not add the dags folder
     sys.path.append(str(Path(__file__).parent))
@@ -37,9 +41,13 @@ from krone_common import (  # noqa: E402
     date_param,
     day_of,
     fail_fast,
+    give_up_if_overdue,
+    raw_wait_seconds,
     source_dag_args,
     source_params,
 )
+
+log = logging.getLogger(__name__)
 
 
 def window_end(context: Mapping[str, Any]) -> str:
@@ -50,6 +58,19 @@ def window_end(context: Mapping[str, Any]) -> str:
         return str(end)
     last = context.get("data_interval_end") or context["dag_run"].run_after
     return str(day_of(last - timedelta(days=1)))
+
+
+@task.sensor(poke_interval=600, timeout=raw_wait_seconds(), mode="reschedule")
+def window_ready() -> PokeReturnValue:
+    """Wait until the training window's last day is sessionized (``krone_jobs.pipeline.window_ready``)."""
+    from krone_jobs import pipeline
+
+    context = begin_task()
+    params = context["params"]
+    verdict = pipeline.window_ready(params["source"], window_end(context), data_root=params.get("data_root"))
+    log.info("%s", verdict["reason"])
+    give_up_if_overdue(verdict, context)
+    return PokeReturnValue(is_done=verdict["ready"], xcom_value=verdict)
 
 
 @task
@@ -102,7 +123,9 @@ def train_dag(source: str) -> Any:
         tags=["krone", "train", "mlflow"],
     )
     def krone_train() -> None:
-        promote(train())
+        trained = train()
+        window_ready() >> trained
+        promote(trained)
 
     return krone_train()
 

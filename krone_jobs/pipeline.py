@@ -112,6 +112,27 @@ def raw_ready(source: str, dt: str, fmt: str, *, data_root: str | Path | None = 
     return raw_readiness(_root(data_root), source, dt, zone=get_format(fmt).timezone).to_dict()
 
 
+def window_ready(source: str, end: str, *, data_root: str | Path | None = None) -> dict[str, Any]:
+    """Whether a training window's last day is parsed through sessionize, so that a weekly run does not train
+    on a window whose last day's logs are late; with the raw readiness of that day (``due``: when its logs
+    were due) while it is not."""
+    from krone_jobs.partitions import partition_dir, source_timezone
+    from krone_jobs.raw_readiness import raw_readiness
+
+    root = _root(data_root)
+    folder = partition_dir(root, "sessions", source, end)
+    try:
+        zone = source_timezone(root, source)
+    except FileNotFoundError:  # never parsed: no record of its format yet
+        zone = None
+    raw = raw_readiness(root, source, end, zone=zone)
+    if folder.is_dir():
+        return {**raw.to_dict(), "ready": True, "reason": f"{folder.relative_to(root).as_posix()} is there"}
+    why = (f"its logs are there and its krone_parse_{source} run has not got that far yet" if raw.ready
+           else raw.reason)
+    return {**raw.to_dict(), "ready": False, "reason": f"the window's last day {end} has no sessions partition: {why}"}
+
+
 def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
                 run_id: str | None = None, **options: Any) -> dict[str, Any]:
     """Parse one raw day (its ``parsed`` quality gate runs inside, before the miner state is saved), and say

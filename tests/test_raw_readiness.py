@@ -89,3 +89,16 @@ def test_a_grace_out_of_range_is_refused(value: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("KRONE_RAW_GRACE_MINUTES", value)
     with pytest.raises(ValueError, match="KRONE_RAW_GRACE_MINUTES"):
         settings().raw_grace_minutes
+
+
+def test_a_training_window_is_ready_once_its_last_day_is_sessionized(tmp_path: Path, folder: Path) -> None:
+    from krone_jobs.pipeline import window_ready
+
+    folder.mkdir(parents=True)
+    (folder / "a.log").write_text("x\n")
+    waiting = window_ready("web", DAY, data_root=tmp_path)
+    assert not waiting["ready"] and waiting["reason"] == (f"the window's last day {DAY} has no sessions partition: its "
+                                                          "logs are there and its krone_parse_web run has not got that "
+                                                          "far yet")
+    (tmp_path / "sessions" / "source=web" / f"dt={DAY}").mkdir(parents=True)
+    assert window_ready("web", DAY, data_root=tmp_path)["ready"]

@@ -166,6 +166,8 @@ def test_assets_chain_parse_to_score(bag: Any) -> None:
     assert score.get_task("partition.score").max_active_tis_per_dagrun == 1  # one day at a time, oldest first
     assert train.get_task("promote").outlets == [MODEL_ASSET]
     assert not train.catchup and train.timetable.expression == "0 6 * * 1"
+    assert [t.task_id for t in train.topological_sort()] == ["window_ready", "train", "promote"]
+    assert (train.get_task("window_ready").mode, train.get_task("window_ready").timeout) == ("reschedule", 24 * 3600)
 
 
 @pytest.mark.parametrize("target", [*(f"dags/{d}.py" for d in DAG_FILES), "krone_jobs.pipeline"])

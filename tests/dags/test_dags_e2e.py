@@ -300,3 +300,12 @@ def test_a_day_whose_logs_do_not_come_fails_at_its_sensor_and_is_never_parsed(
             looks.append(session.scalar(select(func.count()).select_from(TaskReschedule)
                                         .where(TaskReschedule.ti_id == sensor.id)))
     assert looks[0] >= 1 and looks[1] == 0  # today's looked again without spending a try; the old day did not
+
+
+def test_a_training_window_whose_last_day_never_came_fails_at_its_sensor(world: World, parsed: dict[str, Any]) -> None:
+    """``window_ready`` waits for the window's last day to be sessionized; a day whose logs were due longer ago
+    than it waits, and are not there, fails the run at the first look, and nothing is trained."""
+    dr = world.dags[f"krone_train_{SOURCE}"].test(logical_date=datetime(2026, 11, 22, tzinfo=timezone.utc),
+                                                  run_conf={"end": "2026-11-04", "days": 2})
+    states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+    assert (str(dr.state), states["window_ready"], states["train"]) == ("failed", "failed", "upstream_failed"), states
