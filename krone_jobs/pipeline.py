@@ -33,8 +33,9 @@ def permanent_failures() -> tuple[type[BaseException], ...]:
     """Failures that running the same task again cannot mend, only a person can: the day's data failed its
     quality gate, a stage file is damaged, the hierarchy, the miner state or the source record is broken, the
     day before was skipped, a line was lost, the training window holds nothing, the champion's artifacts are
-    damaged. The DAGs fail these at once instead of spending retries (each a rerun of a Spark stage, hours on
-    a large day) and their backoff on them."""
+    damaged, the day has no log file and no marker (in Airflow its ``raw_ready`` sensor has waited already).
+    The DAGs fail these at once instead of spending retries (each a rerun of a Spark stage, hours on a large
+    day) and their backoff on them."""
     from krone_jobs.hierarchy.model import HierarchyError
     from krone_jobs.jobs.parse import ReconciliationError
     from krone_jobs.jobs.sessionize import SkippedDayError
@@ -42,10 +43,11 @@ def permanent_failures() -> tuple[type[BaseException], ...]:
     from krone_jobs.model_registry import ModelUnloadable
     from krone_jobs.partitions import PartitionUnreadable, SourceRecordError
     from krone_jobs.quality import QualityGateError
+    from krone_jobs.raw_readiness import NoLogFilesError
     from krone_jobs.templates import TemplateStateError
 
     return (QualityGateError, PartitionUnreadable, HierarchyError, TemplateStateError, SkippedDayError,
-            ReconciliationError, NoTrainingData, ModelUnloadable, SourceRecordError)
+            ReconciliationError, NoTrainingData, ModelUnloadable, SourceRecordError, NoLogFilesError)
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -83,7 +83,7 @@ def raw_readiness(root: Path, source: str, dt: str, *, zone: str | None = None,
         return verdict(False, f"{files} log file(s); the day {'ended' if now >= end else 'ends'} at "
                               f"{end:%Y-%m-%d %H:%M} UTC and late files are waited for until {due:%Y-%m-%d %H:%M} UTC "
                               f"(KRONE_RAW_GRACE_MINUTES), or until the marker {marker_name}")
-    return verdict(True, f"{files} log file(s), {_minutes(now - end)} after the day ended")
+    return verdict(True, f"{files} log file(s), {_span(now - end)} after the day ended")
 
 
 def no_log_files(root: Path, source: str, dt: str) -> str:
@@ -97,7 +97,7 @@ def no_log_files(root: Path, source: str, dt: str) -> str:
             f"put the marker there (touch {folder / settings().raw_marker}) to parse it as an empty day")
 
 
-def _minutes(span: timedelta) -> str:
+def _span(span: timedelta) -> str:
     minutes = span.total_seconds() / 60
     return (f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h" if minutes < 2880
             else f"{minutes / 1440:,.0f} days")
