@@ -166,8 +166,8 @@ def check_late_day(api: Api, env: dict[str, str], held: Path, raw: Path, dt: str
     parsed = (Path(env["KRONE_DATA_ROOT"]) / "parsed" / f"source={SOURCE}" / f"dt={dt}").exists()
     print(f"{dt} while its logs are held back: raw_ready {states.get('raw_ready')}, parse {states.get('parse')}, "
           f"parsed partition {'exists' if parsed else 'none'}", flush=True)
-    ok = bool(waiting) and states.get("raw_ready") == "up_for_reschedule" and states.get("parse") in (None, "none") \
-        and not parsed
+    still = states.get("raw_ready") in ("up_for_reschedule", "scheduled", "queued", "running")  # a look may be on
+    ok = bool(waiting) and still and states.get("parse") in (None, "none") and not parsed
     held.rename(raw)
     print(f"delivered {raw}", flush=True)
     return ok
