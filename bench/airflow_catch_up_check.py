@@ -158,8 +158,8 @@ def check_late_day(api: Api, env: dict[str, str], held: Path, raw: Path, dt: str
     while not waiting and time.monotonic() < deadline:
         run = next((r for r in runs_of(api, "krone_parse_syn") if str(r.get("data_interval_start")).startswith(dt)),
                    None)
-        waiting = [t for t in not_clean(api, "krone_parse_syn", run) if t[0] == "raw_ready"] if run else []
-        waiting = [t for t in waiting if t[2] == "up_for_reschedule"]
+        tis = not_clean(api, "krone_parse_syn", run) if run else []
+        waiting = [t for t in tis if t[0] == "raw_ready" and t[2] == "up_for_reschedule"]
         time.sleep(3.0)
     time.sleep(65.0)  # two more looks at the empty partition
     states = {t[0]: t[2] for t in not_clean(api, "krone_parse_syn", run)} if run else {}

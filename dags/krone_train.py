@@ -7,8 +7,9 @@ One DAG per source of `KRONE_SOURCES` (default `synthetic`).
 its sessions partition, so a run does not train on a week whose last day's logs are late; it fails after
 `KRONE_RAW_WAIT_HOURS` (24), or at once when that day's logs were due longer ago than that and are not
 there, and the previous champion stays. Then `train` fits the knowledge base and the Nested-Aware model on
-the normal sessions of the `days` days ending at `end` (default: the last day of the weekly data interval, i.e. the Sunday before the Monday
-06:00 UTC run), logs one MLflow run and registers a new version of `krone-<source>`. The validation gate
+the normal sessions of the `days` days ending at `end` (default: the last day of the weekly data interval,
+i.e. the Sunday before the Monday 06:00 UTC run), logs one MLflow run and registers a new version of
+`krone-<source>`. The validation gate
 runs inside the same call and moves the alias `champion` only when the candidate passes.
 `promote` shows that verdict as its own step: it succeeds (and updates the asset `krone_model`) when the
 candidate became champion, and is *skipped*, with the gate's reasons in its log, when it was refused.
