@@ -15,6 +15,10 @@ Deployment notes (nothing of this lives in code):
   connection ``krone_llm`` exists, its host (or ``base_url`` extra), password and ``model`` extra become
   ``KRONE_LLM_BASE_URL``, ``KRONE_LLM_API_KEY`` and ``KRONE_LLM_MODEL``. Connections win over the
   environment, so secrets can stay in Airflow's secrets backend.
+* **Alerts** (:mod:`krone_jobs.alerts`) go to the targets of a connection ``krone_alerts`` (type ``apprise``:
+  ``{"config": {"path": "<Apprise URL>"}}`` in its extra, or a list of such) or else of ``KRONE_ALERT_URLS``:
+  every task that fails for good sends one (``on_failure_callback``), and ``krone_score`` ends with the
+  night's digest (``KRONE_ALERT_DIGEST``). With neither, nothing is sent.
 * **Start date** of the daily DAG (how far ``catchup`` reaches back) is ``KRONE_START_DATE``
   (``YYYY-MM-DD``, default :data:`DEFAULT_START_DATE`).
 * **Sources** are ``KRONE_SOURCES``: ``source:format`` entries separated by commas (format ``krone`` when
@@ -43,6 +47,10 @@ T = TypeVar("T")
 SPARK_POOL = "krone_spark"
 LLM_POOL = "krone_llm"
 OWNER = "krone"
+ALERTS_CONN = "krone_alerts"
+PARTITION_LABEL = "krone_partition"
+"""The context key a mapped task sets to ``"<source> <dt>"``: its ``map_index_template``, shown in the UI and
+in a failure alert instead of a bare map index."""
 FORMATS = ("krone", "hdfs", "bgl", "thunderbird")  # built-in; proposals in the trigger form, not the only ones
 FORMAT_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 DEFAULT_SOURCES = "synthetic:krone"
@@ -126,6 +134,7 @@ def default_args(**overrides: Any) -> dict[str, Any]:
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=6),
+        "on_failure_callback": alert_failure,
         **overrides,
     }
 
@@ -201,10 +210,47 @@ def give_up_if_overdue(verdict: Mapping[str, Any], context: Mapping[str, Any]) -
                                    "than this sensor waits (KRONE_RAW_WAIT_HOURS)")
 
 
-def begin_task() -> Mapping[str, Any]:
-    """Export connection settings into ``KRONE_*`` variables, then hand back the task's context."""
+def begin_task(part: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """Export connection settings into ``KRONE_*`` variables, then hand back the task's context; a mapped
+    task passes its ``part``, which labels its map index (:data:`PARTITION_LABEL`)."""
     export_connections()
-    return get_current_context()
+    context = get_current_context()
+    if part is not None:
+        context[PARTITION_LABEL] = f"{part['source']} {part['dt']}"  # type: ignore[index]
+    return context
+
+
+def alert_targets() -> Any | None:
+    """The alert targets (``apprise.Apprise``) of the ``krone_alerts`` connection (read the Apprise provider's
+    way), else of ``KRONE_ALERT_URLS``; ``None`` with neither."""
+    from krone_jobs.alerts import targets
+
+    conn = _connection(ALERTS_CONN)
+    if conn is None:
+        return targets()
+    from airflow.providers.apprise.hooks.apprise import AppriseHook
+
+    return targets(AppriseHook(ALERTS_CONN).get_config_from_conn(conn))
+
+
+def alert_failure(context: Mapping[str, Any]) -> None:
+    """``on_failure_callback`` of every krone task: one alert per task that failed for good (its retries spent,
+    or a failure no retry mends), naming the task, its day, the error and the log. An alert that cannot be sent
+    is logged; it never hides the task's own failure."""
+    ti = context["ti"]
+    task = f"{ti.dag_id}.{ti.task_id}"
+    try:
+        from krone_jobs.alerts import failure, send
+
+        to = alert_targets()
+        if to is None:
+            return
+        label = getattr(ti, "rendered_map_index", None) or (f"map index {ti.map_index}" if ti.map_index >= 0 else "")
+        day = label or context["params"].get("dt") or day_of(context.get("data_interval_start"))
+        send(failure(task, context.get("exception"), run=ti.run_id, day=day, attempt=f"try {ti.try_number}",
+                     log_url=getattr(ti, "log_url", None)), to)
+    except Exception:
+        log.exception("the failure alert of %s was not sent", task)
 
 
 def export_connections() -> list[str]:

@@ -267,6 +267,8 @@ def _cmd_retention(a: argparse.Namespace) -> int:
 
 
 def _cmd_night(a: argparse.Namespace) -> int:
+    from krone_jobs import alerts
+    from krone_jobs.config import settings
     from krone_jobs.night import day_range, run_night
 
     if _format_error("night", a.format):
@@ -276,9 +278,39 @@ def _cmd_night(a: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"krone night: {exc}", file=sys.stderr)
         return 2
-    results = run_night(a.source, a.format, a.date, a.end, data_root=a.data_root, score=not a.no_score,
-                        max_quarantine_ratio=a.max_quarantine_ratio)
-    return 1 if any("score_failed" in out for out in results) else 0
+    try:
+        policy = settings().alert_digest
+        alert_to = alerts.targets()
+    except ValueError as exc:  # checked first: a broken alert setting would otherwise show only after the night
+        print(f"krone night: alerts: {exc}", file=sys.stderr)
+        return 2
+    days = f"{a.date}..{a.end}" if a.end else a.date
+    try:
+        results = run_night(a.source, a.format, a.date, a.end, data_root=a.data_root, score=not a.no_score,
+                            max_quarantine_ratio=a.max_quarantine_ratio)
+    except Exception as exc:
+        if alert_to is not None:
+            _alert(alerts.failure(f"krone night --source {a.source}", exc, day=days), alert_to)
+        raise
+    code = 1 if any("score_failed" in out for out in results) else 0
+    if alert_to is not None:
+        scored = [out for out in results if "report" in out or "score_failed" in out]
+        note = alerts.digest([out["report"] for out in scored if "report" in out], expected=len(scored), policy=policy)
+        if note is not None and not _alert(note, alert_to):
+            code = 1
+    return code
+
+
+def _alert(alert: Any, to: Any) -> bool:
+    """Send an alert of a command; one not sent is said on stderr (the command's exit status shows it)."""
+    from krone_jobs.alerts import AlertNotSent, send
+
+    try:
+        send(alert, to)
+    except AlertNotSent as exc:
+        print(f"krone: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _cmd_score(a: argparse.Namespace) -> int:

@@ -43,6 +43,9 @@ RAW_MARKER = "_SUCCESS"
 """Default of ``KRONE_RAW_MARKER``: the file a log shipper puts in a day's raw partition once the day is complete
 (the Hadoop/Spark convention); it starts with ``_``, so it is never read as data (``krone_jobs.raw_readiness``)."""
 RAW_GRACE_MINUTES = 60.0
+ALERT_DIGESTS = ("anomalies", "always", "never")
+"""Values of ``KRONE_ALERT_DIGEST``, when a night's digest is sent (:mod:`krone_jobs.alerts`); the first is the
+default."""
 """Default of ``KRONE_RAW_GRACE_MINUTES``: how long after a day ends its late log files are waited for before a
 scheduled run parses it without a marker."""
 
@@ -164,6 +167,21 @@ class Settings:
         value = float(_env("KRONE_RAW_GRACE_MINUTES", str(RAW_GRACE_MINUTES)))
         if not 0.0 <= value <= 7 * 24 * 60:
             raise ValueError(f"KRONE_RAW_GRACE_MINUTES must lie between 0 and a week, not {value}")
+        return value
+
+    @property
+    def alert_urls(self) -> str | None:
+        """Where alerts go (``KRONE_ALERT_URLS``): Apprise URLs, separated by commas or spaces, as for Apprise's
+        own ``APPRISE_URLS``; unset: none are sent (in Airflow the ``krone_alerts`` connection wins)."""
+        return os.environ.get("KRONE_ALERT_URLS", "").strip() or None
+
+    @property
+    def alert_digest(self) -> str:
+        """When a night's digest is sent (``KRONE_ALERT_DIGEST``): ``anomalies`` (a day with anomalous sessions
+        or an earlier day whose score failed for good), ``always`` or ``never``. Failures are always sent."""
+        value = _env("KRONE_ALERT_DIGEST", ALERT_DIGESTS[0]).strip().lower()
+        if value not in ALERT_DIGESTS:
+            raise ValueError(f"KRONE_ALERT_DIGEST must be one of {', '.join(ALERT_DIGESTS)}, not {value!r}")
         return value
 
     @property

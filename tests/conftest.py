@@ -19,8 +19,11 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 import pytest  # noqa: E402
 
+from collections.abc import Iterator  # noqa: E402
+
 from krone_jobs.datasets import default_data_dir  # noqa: E402
 from krone_jobs.hierarchy.model import Hierarchy  # noqa: E402
+from tests.alert_inbox import AlertInbox  # noqa: E402
 from tests.toy import toy_hierarchy  # noqa: E402
 
 
@@ -37,3 +40,11 @@ def shared_data() -> Path:
 def toy() -> Hierarchy:
     """The tiny job/blob/worker hierarchy of :mod:`tests.toy`."""
     return toy_hierarchy()
+
+
+@pytest.fixture()
+def alert_inbox() -> Iterator[AlertInbox]:
+    """A webhook on 127.0.0.1 that keeps the alerts Apprise posts to its :attr:`~AlertInbox.url`."""
+    inbox = AlertInbox().start()
+    yield inbox
+    inbox.stop()

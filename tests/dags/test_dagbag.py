@@ -287,6 +287,34 @@ def test_connections_become_krone_settings(monkeypatch: pytest.MonkeyPatch) -> N
     assert (os.environ["KRONE_LLM_BASE_URL"], os.environ["KRONE_LLM_MODEL"]) == ("http://llm:8000/v1", "m")
 
 
+def test_every_task_alerts_when_it_fails_and_the_score_dag_ends_with_a_digest(bag: Any) -> None:
+    from krone_common import alert_failure
+
+    assert all(task.on_failure_callback == [alert_failure] for _, task in tasks(bag))
+    score = bag.dags["krone_score"]
+    notify = score.get_task("notify")
+    assert notify.is_teardown and not notify.on_failure_fail_dagrun  # days that failed or were skipped still
+    assert notify.trigger_rule == "all_done_setup_success"  # leave a digest, and the run's state stays theirs
+    assert notify.upstream_task_ids == {"partitions", "partition.night_report"}
+    assert {t.task_id: t.map_index_template for t in score.tasks if t.task_id.startswith("partition.")} == dict.fromkeys(
+        ("partition.score", "partition.reports_gate", "partition.night_report"), "{{ krone_partition }}")
+
+
+def test_alert_targets_come_from_the_krone_alerts_connection_before_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from krone_common import alert_targets
+
+    monkeypatch.delenv("AIRFLOW_CONN_KRONE_ALERTS", raising=False)
+    monkeypatch.delenv("KRONE_ALERT_URLS", raising=False)
+    assert alert_targets() is None
+    monkeypatch.setenv("KRONE_ALERT_URLS", "json://127.0.0.1:9/env")
+    assert [t.url(privacy=True).split("?")[0] for t in alert_targets()] == ["json://127.0.0.1:9/env"]
+    monkeypatch.setenv("AIRFLOW_CONN_KRONE_ALERTS", json.dumps({"conn_type": "apprise", "extra": {"config": [
+        {"path": "json://127.0.0.1:9/ops", "tag": "ops"}, {"path": "json://127.0.0.1:9/pager"}]}}))
+    assert [t.url(privacy=True).split("?")[0] for t in alert_targets()] == [
+        "json://127.0.0.1:9/ops", "json://127.0.0.1:9/pager"]
+
+
 def test_numeric_metrics_flatten_and_drop_non_numbers() -> None:
     from krone_jobs.pipeline import numeric_metrics
 

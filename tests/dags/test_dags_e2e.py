@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+
+from tests.alert_inbox import AlertInbox
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "syn"
@@ -185,14 +188,17 @@ def test_parse_dag_writes_each_day_records_metrics_and_announces_it(world: World
 
 
 @pytest.mark.skipif(missing_stage() is not None, reason=str(missing_stage()))
-def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dict[str, Any]) -> None:
+def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dict[str, Any], alert_inbox: AlertInbox,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
     from krone_jobs.pipeline import unscored_days
 
+    monkeypatch.setenv("AIRFLOW_CONN_KRONE_ALERTS", alert_inbox.connection())
     early = run_dag(world, "krone_score", DAYS[0], {"source": SOURCE, "dt": DAYS[0]})  # no model yet
     states = {ti.task_id: str(ti.state) for ti in early.get_task_instances()}
     assert states["partition.score"] == "skipped" and states["partition.night_report"] == "skipped", states
+    assert xcom(early, "notify") == {"sent": False, "reason": "nothing to send (KRONE_ALERT_DIGEST)", "reports": 0}
     assert unscored_days(SOURCE, data_root=world.root) == list(DAYS)  # what the first champion's run scores
 
     train = run_dag(world, f"krone_train_{SOURCE}", next_day(DAYS[1]), {
@@ -214,6 +220,11 @@ def test_train_then_score_then_rescore_changes_nothing(world: World, parsed: dic
         assert asset_extras(dr, "krone_reports") == [{"partitions": [{"source": SOURCE, "dt": day}]}]
     first = reports(world, DAYS[1])
     assert first, "day 2 holds injected anomalies: expected reports"
+    digest = next(m for m in alert_inbox.received if m["title"].endswith(f", {SOURCE} {DAYS[1]}"))
+    sessions = f"{len(first)} anomalous session{'s' if len(first) > 1 else ''}"
+    assert (digest["title"], digest["type"]) == (f"krone: {sessions}, {SOURCE} {DAYS[1]}", "warning")
+    assert digest["message"].startswith(f"{SOURCE} {DAYS[1]}: ") and "\n  top: " in digest["message"]
+    assert xcom(scored[DAYS[1]], "notify") == {"sent": True, "title": digest["title"], "targets": 1, "reports": 1}
     assert {r["model_version"] for r in first} == {str(champion.version)}
     metrics_before = stage_counts(world, DAYS[1])
 
@@ -241,9 +252,9 @@ def assert_catch_up_reads_the_backlog(world: World) -> None:
 
 @pytest.mark.skipif(missing_stage() is not None, reason=str(missing_stage()))
 def test_a_damaged_partition_fails_its_score_task_at_once_not_after_retries(
-        world: World, parsed: dict[str, Any]) -> None:
+        world: World, parsed: dict[str, Any], alert_inbox: AlertInbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries (2 here, with a 1 s delay) are spent on failures that may pass; a damaged sessions file fails
-    the first try, its message in the task's failure."""
+    the first try, its message in the task's failure and in the alert it sends, which names the day."""
     from datetime import timedelta
 
     from krone_jobs.partitions import partition_dir
@@ -255,6 +266,7 @@ def test_a_damaged_partition_fails_its_score_task_at_once_not_after_retries(
     part = sorted(partition_dir(world.root, "sessions", SOURCE, DAYS[0]).glob("*.parquet"))[0]
     intact = part.read_bytes()
     saved = (task.retries, task.retry_delay, task.retry_exponential_backoff)
+    monkeypatch.setenv("AIRFLOW_CONN_KRONE_ALERTS", alert_inbox.connection())
     try:
         part.write_bytes(intact[: len(intact) // 2])
         task.retries, task.retry_delay, task.retry_exponential_backoff = 2, timedelta(seconds=1), 0
@@ -265,10 +277,17 @@ def test_a_damaged_partition_fails_its_score_task_at_once_not_after_retries(
         task.retries, task.retry_delay, task.retry_exponential_backoff = saved
     [ti] = [ti for ti in dr.get_task_instances() if ti.task_id == "partition.score"]
     assert (str(dr.state), str(ti.state), ti.try_number) == ("failed", "failed", 1)
+    [alert] = alert_inbox.received  # the failure's; the digest has no report and no anomaly to tell
+    assert (alert["title"], alert["type"]) == (f"krone: krone_score.partition.score failed, {SOURCE} {DAYS[0]}", "failure")
+    said, error = alert["message"].splitlines()[:2]
+    assert said == f"krone_score.partition.score failed for {SOURCE} {DAYS[0]} (try 1)"
+    assert error.startswith("error: AirflowFailException: PartitionMismatch (not retried): "), error
+    assert f"run 'krone sessionize --source {SOURCE} --date {DAYS[0]}' again" in error
+    assert f"/dags/krone_score/runs/{quote(dr.run_id, safe='')}/tasks/partition.score/mapped/0" in alert["message"]
 
 
 def test_a_day_whose_logs_do_not_come_fails_at_its_sensor_and_is_never_parsed(
-        world: World, parsed: dict[str, Any]) -> None:
+        world: World, parsed: dict[str, Any], alert_inbox: AlertInbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """``raw_ready`` looks again and again (rescheduled, holding no worker slot) and fails the day when its wait
     is over; ``parse`` never runs, where it used to read an empty day and close every session still running. Here
     it looks every second for 3 seconds instead of every 5 minutes for 24 hours. A day due longer ago than that
@@ -281,6 +300,7 @@ def test_a_day_whose_logs_do_not_come_fails_at_its_sensor_and_is_never_parsed(
     assert (task.mode, task.poke_interval, task.timeout) == ("reschedule", 300, 24 * 3600)
     saved = (task.poke_interval, task.timeout, task.depends_on_past)
     runs = {}
+    monkeypatch.setenv("KRONE_ALERT_URLS", alert_inbox.url)  # no connection: the environment's targets
     try:  # two runs of their own (logical dates no other test uses); the second does not wait for the first
         task.poke_interval, task.timeout, task.depends_on_past = 1, 3, False
         for n, day in enumerate((datetime.now(timezone.utc).date().isoformat(), "2026-11-04")):  # today; never made
@@ -300,6 +320,9 @@ def test_a_day_whose_logs_do_not_come_fails_at_its_sensor_and_is_never_parsed(
             looks.append(session.scalar(select(func.count()).select_from(TaskReschedule)
                                         .where(TaskReschedule.ti_id == sensor.id)))
     assert looks[0] >= 1 and looks[1] == 0  # today's looked again without spending a try; the old day did not
+    assert [m["title"] for m in alert_inbox.received] == [f"krone: krone_parse_{SOURCE}.raw_ready failed, {day}"
+                                                          for day in runs]
+    assert "Not waited for: it was due at" in alert_inbox.received[1]["message"]
 
 
 def test_a_training_window_whose_last_day_never_came_fails_at_its_sensor(world: World, parsed: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from krone_jobs.cli import main
 from krone_jobs.night import day_range, run_night
 from krone_jobs.synthetic import generate
 from krone_jobs.warehouse import Warehouse
+from tests.alert_inbox import AlertInbox
 
 SOURCE = "nightly"
 DAYS = ("2026-11-01", "2026-11-02")
@@ -26,7 +27,8 @@ def test_day_range() -> None:
 
 
 def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
-        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        alert_inbox: AlertInbox) -> None:
     url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
     monkeypatch.setenv("KRONE_WAREHOUSE_URL", url)
     monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -76,6 +78,27 @@ def test_night_parses_a_range_in_order_then_scores_once_there_is_a_champion(
     assert main(["score", "--source", SOURCE, "--unscored", "--data-root", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith(f"{SOURCE} {DAYS[0]}: ")
     assert pipeline.unscored_days(SOURCE, data_root=tmp_path) == []
+    assert_night_alerts(tmp_path, alert_inbox, monkeypatch, capsys)
+
+
+def assert_night_alerts(root: Path, inbox: AlertInbox, monkeypatch: pytest.MonkeyPatch,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``krone night`` under cron: its digest and its failure reach the ``KRONE_ALERT_URLS`` targets, and a
+    target Apprise cannot read stops it before it starts."""
+    night = ["night", "--source", SOURCE, "--format", "krone", "--data-root", str(root), "--date"]
+    monkeypatch.setenv("KRONE_ALERT_URLS", "nosuch://host")
+    assert main([*night, DAYS[1]]) == 2
+    assert "krone night: alerts: alert target 1 of 1 (nosuch://...)" in capsys.readouterr().err
+    monkeypatch.setenv("KRONE_ALERT_URLS", inbox.url)
+    monkeypatch.setenv("KRONE_ALERT_DIGEST", "always")
+    assert main([*night, DAYS[1]]) == 0
+    [digest] = inbox.received
+    assert digest["title"].startswith("krone: ") and digest["title"].endswith(f", {SOURCE} {DAYS[1]}")
+    assert digest["message"].startswith(f"{SOURCE} {DAYS[1]}: ")
+    assert main([*night, "2026-11-05"]) == 1  # never delivered
+    assert "no log file" in capsys.readouterr().err
+    assert inbox.received[1]["title"] == f"krone: krone night --source {SOURCE} failed, 2026-11-05"
+    assert inbox.received[1]["message"].splitlines()[1].startswith("error: NoLogFilesError: ")
 
 
 def test_a_score_that_fails_for_good_holds_up_no_other_day_of_the_range(

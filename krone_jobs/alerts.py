@@ -1,0 +1,160 @@
+"""Alerts: a night's digest and a failed task, sent where the operators look (mail, chat, a pager, a webhook).
+
+One library, Apprise, reaches about a hundred services, each addressed by a URL (``mailto://``, ``slack://``,
+``msteams://``, ``pagerduty://``, ``json://`` for a plain webhook, ...). The targets come from the Airflow
+connection ``krone_alerts`` (type ``apprise``: the Apprise provider's format, ``{"path": URL, "tag": ...}`` or a
+list of them) or, outside Airflow, from ``KRONE_ALERT_URLS``. Both hold credentials, so neither lives in code;
+with neither, nothing is sent. A target Apprise cannot read is an error that names its position and scheme,
+never the URL (it may hold a password): an alert that silently goes nowhere is worse than none.
+
+Every alert is built here from figures (counts, levels, detector names, the report's path). Text that comes
+from logs (a KRONE Seq key, a reason, an error message) is redacted (:class:`~krone_jobs.llm.redact.Redactor`)
+and cut to plain ASCII (``×`` as ``x``, a backtick as ``'``), with ``<`` and ``@`` replaced by look-alikes. A log line can therefore neither
+carry a secret out nor address people (``@channel``, ``<!here>``) or inject markup in a chat.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from krone_jobs.config import settings
+from krone_jobs.llm.redact import Redactor
+
+if TYPE_CHECKING:
+    import apprise
+
+DAYS_SHOWN = 20
+"""Days a digest lists one by one; a catch-up over more says how many more."""
+TEXT_CHARS = 300
+"""The most characters of one piece of log-derived text (a reason, an error) an alert carries."""
+
+_LOOK_ALIKES = str.maketrans({"<": "\u2039", "@": "\uff20", "`": "'", "\u00d7": "x", "\u2192": "->"})
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 .,:;/#=+\-_()'\"%\[\]{}!?>\u2039\uff20]")
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One message: a title, a plain-text body and its kind (Apprise's notify types: ``info``, ``success``,
+    ``warning``, ``failure``; a service shows them as colours or icons)."""
+
+    title: str
+    body: str
+    kind: str = "info"
+
+
+class AlertNotSent(RuntimeError):
+    """A target did not take an alert (service down, credentials refused)."""
+
+
+def safe_text(value: object, limit: int = TEXT_CHARS) -> str:
+    """``value`` fit to leave the machine in an alert: redacted, on one line, plain characters only, at most
+    ``limit`` characters."""
+    text = _SPACE.sub(" ", Redactor()(str(value))).strip().translate(_LOOK_ALIKES)
+    text = _NOT_PLAIN.sub("?", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def targets(entries: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+            urls: str | None = None) -> apprise.Apprise | None:
+    """The alert targets: the ``entries`` of a ``krone_alerts`` connection when given, else ``urls`` (default
+    ``KRONE_ALERT_URLS``); ``None`` when neither names one. Raises ``ValueError`` for a target Apprise cannot
+    read."""
+    import apprise
+    from apprise.utils.parse import parse_urls
+
+    if isinstance(entries, Mapping):
+        entries = [entries]
+    if entries is None:
+        urls = urls if urls is not None else settings().alert_urls
+        entries = [{"path": url} for url in parse_urls(urls or "")]
+    if not entries:
+        return None
+    found = apprise.Apprise()
+    for n, entry in enumerate(entries, 1):
+        path = entry.get("path") if isinstance(entry, Mapping) else None
+        if not isinstance(path, str) or not found.add(path, tag=entry.get("tag")):
+            scheme = path.split("://", 1)[0] if isinstance(path, str) and "://" in path else "no scheme"
+            raise ValueError(f"alert target {n} of {len(entries)} ({scheme}://...) is not a URL Apprise can send to "
+                             "(https://github.com/caronc/apprise/wiki lists them)")
+    return found
+
+
+def send(alert: Alert, to: apprise.Apprise) -> int:
+    """Send ``alert`` to every target; returns how many took it. Raises :class:`AlertNotSent` when any did not."""
+    from apprise import NotifyFormat
+
+    result = to.notify(body=alert.body, title=alert.title, notify_type=alert.kind, body_format=NotifyFormat.TEXT)
+    if not result:
+        raise AlertNotSent(f"alert {alert.title!r} reached {result.success_count} of {len(to)} target(s): "
+                           f"{result.failed_count} failed (Apprise's log says which)")
+    return int(result.success_count)
+
+
+def digest(reports: Iterable[Mapping[str, Any]], *, expected: int | None = None,
+           policy: str | None = None) -> Alert | None:
+    """The digest of a night's reports (``pipeline.night_report`` results: ``source``, ``dt``, ``path`` and
+    ``figures``), or ``None`` when ``policy`` (default ``KRONE_ALERT_DIGEST``) says there is nothing to send.
+    ``expected``: how many days the run set out to report, so that those that did not (failed, skipped) are
+    counted."""
+    policy = policy or settings().alert_digest
+    reports = sorted(reports, key=lambda r: (str(r.get("dt")), str(r.get("source"))))
+    anomalous = sum(int(r["figures"].get("anomalies") or 0) for r in reports)
+    failed_before = any(r["figures"].get("earlier_days_failed") for r in reports)
+    if policy == "never" or (policy == "anomalies" and not anomalous and not failed_before):
+        return None
+    lines = [line for r in reports[:DAYS_SHOWN] for line in _day_lines(r)]
+    if len(reports) > DAYS_SHOWN:
+        lines.append(f"... and {len(reports) - DAYS_SHOWN} more day(s)")
+    if expected is not None and expected > len(reports):
+        lines.append(f"{expected - len(reports)} of {expected} day(s) have no report from this run (failed or "
+                     "skipped: the run says which)")
+    days = {(r.get("source"), r.get("dt")) for r in reports}
+    what = f"{anomalous:,} anomalous session{'s' if anomalous != 1 else ''}" if anomalous else "no anomalous sessions"
+    where = (f"{safe_text(reports[0].get('source'), 64)} {safe_text(reports[0].get('dt'), 10)}" if len(days) == 1
+             else f"{len(days)} days")
+    return Alert(title=f"krone: {what}, {where}", body="\n".join(lines) or "no day was reported",
+                 kind="warning" if anomalous or failed_before else "info")
+
+
+def _day_lines(report: Mapping[str, Any]) -> list[str]:
+    f = report["figures"]
+    levels = ", ".join(f"{level} {n:,}" for level, n in (f.get("per_level") or {}).items())
+    lines = [f"{safe_text(report.get('source'), 64)} {safe_text(report.get('dt'), 10)}: {_count(f.get('sessions'))} "
+             f"sessions, {_count(f.get('anomalies'))} anomalous ({levels}); new templates "
+             f"{_count(f.get('new_templates'))}, quarantined lines {_count(f.get('quarantined'))}; report: "
+             f"{safe_text(report.get('path'))}"]
+    if top := f.get("top_chunks"):
+        first = top[0]
+        lines.append(f"  top: {safe_text(first.get('level'), 16)} {safe_text(first.get('kseq_key'), 120)} "
+                     f"({safe_text(first.get('detector'), 32)}): {safe_text(first.get('reason'))}")
+    if failed := f.get("earlier_days_failed"):
+        shown = ", ".join(f"{safe_text(d.get('dt'), 10)} ({safe_text(d.get('error'), 120)})" for d in failed[:5])
+        lines.append(f"  earlier days whose score failed for good: {shown}"
+                     + (" ..." if len(failed) > 5 else "") + " (`krone status` says what to do)")
+    return lines
+
+
+def _count(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int | float) else "n/a"
+
+
+def failure(task: str, error: object, *, run: str | None = None, day: str | None = None,
+            attempt: str | None = None, log_url: str | None = None) -> Alert:
+    """The alert for a failed ``task`` (``dag.task`` or a command): its error, and where to look."""
+    lines = [f"{safe_text(task, 200)} failed" + (f" for {safe_text(day, 40)}" if day else "")
+             + (f" ({safe_text(attempt, 40)})" if attempt else ""),
+             f"error: {safe_text(_error_text(error), 600)}"]
+    lines += [f"run: {safe_text(run, 200)}"] if run else []
+    lines += [f"log: {safe_text(log_url, 500)}"] if log_url else []
+    return Alert(title=f"krone: {safe_text(task, 200)} failed" + (f", {safe_text(day, 40)}" if day else ""),
+                 body="\n".join(lines), kind="failure")
+
+
+def _error_text(error: object) -> str:
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return str(error) if error else "no error recorded"

@@ -1,0 +1,86 @@
+"""Alerts through the real Apprise to a webhook on 127.0.0.1: what is sent, when, and what never leaves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from krone_jobs.alerts import DAYS_SHOWN, Alert, AlertNotSent, digest, failure, safe_text, send, targets
+from tests.alert_inbox import AlertInbox
+
+
+def report(dt: str, anomalies: int, *, source: str = "web", **figures: Any) -> dict[str, Any]:
+    """A ``pipeline.night_report`` result, as the score DAG's XCom and ``krone night`` hold it."""
+    per_level = {"status": anomalies, "action": 0, "entity": 0}
+    top = [{"level": "status", "kseq_key": "S:job/start", "detector": "nested", "reason": "never seen"}]
+    return {"source": source, "dt": dt, "path": f"/data/reports/{source}/dt={dt}/night_report.html",
+            "figures": {"sessions": 1000, "anomalies": anomalies, "per_level": per_level, "new_templates": 2,
+                        "quarantined": 0, "top_chunks": top if anomalies else [], "earlier_days_failed": [],
+                        **figures}}
+
+
+def test_log_text_leaves_redacted_on_one_line_and_unable_to_address_anyone() -> None:
+    text = safe_text("login by bob@example.com from 10.1.2.3 via https://bob:hunter2@db.internal/x\n"
+                     "<!channel> @everyone `rm -rf` \x1b[31m\u202e")
+    for gone in ("bob@example.com", "10.1.2.3", "hunter2", "<!channel>", "@everyone", "`", "\x1b", "\u202e", "\n"):
+        assert gone not in text, (gone, text)
+    assert "\u2039!channel> \uff20everyone 'rm -rf'" in text
+    assert safe_text("x" * 500, 50) == "x" * 47 + "..."
+    assert safe_text("S:read/success \u00d75 \u2192 \u00e9t\u00e9") == "S:read/success x5 -> ?t?"
+
+
+def test_targets_come_from_a_connection_or_the_environment_and_a_bad_one_is_named_without_its_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KRONE_ALERT_URLS", raising=False)
+    assert targets() is None
+    monkeypatch.setenv("KRONE_ALERT_URLS", "json://127.0.0.1:9/a, mailto://u:pw@mail.example.com?to=a@b.c,d@e.f")
+    assert len(targets()) == 2  # type: ignore[arg-type]
+    assert len(targets({"path": "json://127.0.0.1:9/a", "tag": "ops"})) == 1  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"alert target 2 of 2 \(nosuch://\.\.\.\)") as caught:
+        targets([{"path": "json://127.0.0.1:9/a"}, {"path": "nosuch://user:s3cret@host/"}])
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(ValueError, match=r"alert target 1 of 1 \(no scheme://"):
+        targets([{"url": "json://127.0.0.1:9/a"}])
+
+
+def test_the_digest_is_sent_when_a_day_has_anomalies_or_always_or_never() -> None:
+    clean, flagged = report("2026-12-01", 0), report("2026-12-02", 3)
+    assert digest([clean], policy="anomalies") is None
+    assert digest([clean, flagged], policy="never") is None
+    calm = digest([clean], policy="always")
+    assert calm is not None and (calm.title, calm.kind) == ("krone: no anomalous sessions, web 2026-12-01", "info")
+    loud = digest([flagged, clean], expected=3, policy="anomalies")
+    assert loud is not None and (loud.title, loud.kind) == ("krone: 3 anomalous sessions, 2 days", "warning")
+    lines = loud.body.splitlines()
+    assert lines[0].startswith("web 2026-12-01: 1,000 sessions, 0 anomalous (status 0, action 0, entity 0)")
+    assert lines[2] == "  top: status S:job/start (nested): never seen"
+    assert lines[-1].startswith("1 of 3 day(s) have no report from this run")
+    failed = report("2026-12-03", 0, earlier_days_failed=[{"dt": "2026-11-30", "error": "DamagedPartition"}])
+    assert digest([failed], policy="anomalies").kind == "warning"  # type: ignore[union-attr]
+    many = digest([report(f"2026-11-{d:02d}", 1) for d in range(1, 31)], policy="anomalies")
+    assert many is not None and many.body.splitlines()[-1] == f"... and {30 - DAYS_SHOWN} more day(s)"
+
+
+def test_the_digest_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRONE_ALERT_DIGEST", "sometimes")
+    with pytest.raises(ValueError, match="KRONE_ALERT_DIGEST must be one of anomalies, always, never"):
+        digest([report("2026-12-01", 1)])
+    monkeypatch.setenv("KRONE_ALERT_DIGEST", "Never")
+    assert digest([report("2026-12-01", 1)]) is None
+
+
+def test_an_alert_reaches_the_webhook_and_one_not_taken_is_an_error(alert_inbox: AlertInbox) -> None:
+    note = failure("krone_parse_web.parse", ValueError("line from 10.0.0.7 broke it"), run="scheduled__x",
+                   day="web 2026-12-02", attempt="try 3", log_url="http://airflow:8080/dags/x")
+    assert send(note, targets(urls=alert_inbox.url)) == 1  # type: ignore[arg-type]
+    [got] = alert_inbox.received
+    assert (got["title"], got["type"]) == ("krone: krone_parse_web.parse failed, web 2026-12-02", "failure")
+    assert got["message"].splitlines() == [
+        "krone_parse_web.parse failed for web 2026-12-02 (try 3)",
+        "error: ValueError: line from ‹ip> broke it",
+        "run: scheduled__x",
+        "log: http://airflow:8080/dags/x"]
+    alert_inbox.status = 503
+    with pytest.raises(AlertNotSent, match=r"reached 0 of 1 target\(s\): 1 failed"):
+        send(Alert("t", "b"), targets(urls=alert_inbox.url))  # type: ignore[arg-type]
