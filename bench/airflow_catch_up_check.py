@@ -31,10 +31,13 @@ SQLite metadata, DuckDB warehouse, SQLite MLflow store), with the three days bef
      must go on by itself and score the day;
 4. waits until no run is left and prints each run, the partitions each ``krone_score`` run scored (its
    ``partitions`` XCom), the task instances that failed or needed a retry, and the days the warehouse has
-   score runs for.
+   score runs for;
+5. prints the alerts a webhook on 127.0.0.1 received (``KRONE_ALERT_URLS``, ``KRONE_ALERT_DIGEST=always``):
+   one digest per ``krone_score`` run, and no failure alert but, with ``--via failed``, the damaged day's.
 
-Exit 0 when every run succeeded with no task retried and all three days are scored (``--via failed``: the
-runs went as said there), 1 otherwise (2 when Airflow never came up). Prints the seconds of each step.
+Exit 0 when every run succeeded with no task retried, all three days are scored and the alerts are as said
+(``--via failed``: the runs went as said there), 1 otherwise (2 when Airflow never came up). Prints the
+seconds of each step.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ from typing import Any
 from airflow_standalone_check import Api, build_env, finish, free_port, get_token, stop, tail, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.alert_inbox import AlertInbox  # noqa: E402 (the webhook the alert tests use)
+
 SOURCE = "syn"
 DAGS = ("krone_parse_syn", "krone_train_syn", "krone_score")
 MODES: dict[str, dict[str, Any]] = {
@@ -126,6 +132,16 @@ def not_clean(api: Api, dag: str, run: dict[str, Any]) -> list[tuple[str, int, s
     tis = api.get(f"/api/v2/dags/{dag}/dagRuns/{run['dag_run_id']}/taskInstances?limit=100").get("task_instances", [])
     return [(ti["task_id"], int(ti.get("map_index", -1)), ti["state"], int(ti.get("try_number") or 1)) for ti in tis
             if ti["state"] not in ("success", "skipped") or int(ti.get("try_number") or 1) > 1]
+
+
+def check_alerts(inbox: AlertInbox, score_runs: int, failures: list[str]) -> bool:
+    """One digest per ``krone_score`` run, and the failure alerts titled ``failures``, nothing else."""
+    time.sleep(2.0)  # a teardown's post may trail its run's end
+    titles = [m["title"] for m in inbox.received]
+    for message in inbox.received:
+        print(f"alert ({message['type']}): {message['title']}\n    " + message["message"].replace("\n", "\n    "))
+    digests = [t for t in titles if not t.endswith(" failed") and " failed, " not in t]
+    return len(digests) == score_runs and sorted(set(titles) - set(digests)) == sorted(failures)
 
 
 def check_set_aside(api: Api, asset_id: Any, env: dict[str, str], days: list[str], deadline: float) -> bool:
@@ -219,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             raw.rename(held)
             print(f"held back {raw}", flush=True)
 
+        inbox = AlertInbox().start()
+        env |= {"KRONE_ALERT_URLS": inbox.url, "KRONE_ALERT_DIGEST": "always"}  # Airflow's tasks only
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([str(airflow), "standalone"], cwd=home, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -250,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = wait_until_idle(api, MODES[a.via]["expect"], deadline)
         if a.via == "failed":
             ok = check_set_aside(api, asset_id, env, days, deadline)
+            ok &= check_alerts(inbox, 3, [f"krone: krone_score.partition.score failed, {SOURCE} {days[1]}"])
             timings["all runs finished"] = time.monotonic() - t0
             print("OK" if ok else "FAIL")
             return 0 if ok else 1
@@ -266,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         after = scored_days(env)
         print(f"after: days with a score run {after}")
         ok &= after == days
+        ok &= check_alerts(inbox, len(runs["krone_score"]), [])
         print("OK" if ok else "FAIL")
         if not ok:
             print(f"last lines of {log_path}:\n{tail(log_path)}")

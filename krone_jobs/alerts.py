@@ -32,7 +32,7 @@ TEXT_CHARS = 300
 """The most characters of one piece of log-derived text (a reason, an error) an alert carries."""
 
 _LOOK_ALIKES = str.maketrans({"<": "\u2039", "@": "\uff20", "`": "'", "\u00d7": "x", "\u2192": "->"})
-_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 .,:;/#=+\-_()'\"%\[\]{}!?>\u2039\uff20]")
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 .,:;/#=+\-_()'\"%\[\]{}|!?>\u2039\uff20]")
 _SPACE = re.compile(r"\s+")
 
 
@@ -50,10 +50,11 @@ class AlertNotSent(RuntimeError):
     """A target did not take an alert (service down, credentials refused)."""
 
 
-def safe_text(value: object, limit: int = TEXT_CHARS) -> str:
-    """``value`` fit to leave the machine in an alert: redacted, on one line, plain characters only, at most
-    ``limit`` characters."""
-    text = _SPACE.sub(" ", Redactor()(str(value))).strip().translate(_LOOK_ALIKES)
+def safe_text(value: object, limit: int = TEXT_CHARS, *, redact: bool = True) -> str:
+    """``value`` fit to leave the machine in an alert: redacted (unless ``redact`` is false: for what is ours,
+    such as the link to a task's log, which the redactor would take for an address and a key), on one line,
+    plain characters only, at most ``limit`` characters."""
+    text = _SPACE.sub(" ", Redactor()(str(value)) if redact else str(value)).strip().translate(_LOOK_ALIKES)
     text = _NOT_PLAIN.sub("?", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -148,8 +149,8 @@ def failure(task: str, error: object, *, run: str | None = None, day: str | None
     lines = [f"{safe_text(task, 200)} failed" + (f" for {safe_text(day, 40)}" if day else "")
              + (f" ({safe_text(attempt, 40)})" if attempt else ""),
              f"error: {safe_text(_error_text(error), 600)}"]
-    lines += [f"run: {safe_text(run, 200)}"] if run else []
-    lines += [f"log: {safe_text(log_url, 500)}"] if log_url else []
+    lines += [f"run: {safe_text(run, 200, redact=False)}"] if run else []
+    lines += [f"log: {safe_text(log_url, 500, redact=False)}"] if log_url else []
     return Alert(title=f"krone: {safe_text(task, 200)} failed" + (f", {safe_text(day, 40)}" if day else ""),
                  body="\n".join(lines), kind="failure")
 
