@@ -9,8 +9,9 @@ never the URL (it may hold a password): an alert that silently goes nowhere is w
 
 Every alert is built here from figures (counts, levels, detector names, the report's path). Text that comes
 from logs (a KRONE Seq key, a reason, an error message) is redacted (:class:`~krone_jobs.llm.redact.Redactor`)
-and cut to plain ASCII (``×`` as ``x``, a backtick as ``'``), with ``<`` and ``@`` replaced by look-alikes. A log line can therefore neither
-carry a secret out nor address people (``@channel``, ``<!here>``) or inject markup in a chat.
+and cut to plain ASCII (``×`` as ``x``, a backtick as ``'``), with ``<`` and ``@`` replaced by look-alikes.
+A log line can therefore neither carry a secret out nor address people (``@channel``, ``<!here>``) or inject
+markup in a chat.
 """
 
 from __future__ import annotations

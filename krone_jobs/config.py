@@ -43,11 +43,11 @@ RAW_MARKER = "_SUCCESS"
 """Default of ``KRONE_RAW_MARKER``: the file a log shipper puts in a day's raw partition once the day is complete
 (the Hadoop/Spark convention); it starts with ``_``, so it is never read as data (``krone_jobs.raw_readiness``)."""
 RAW_GRACE_MINUTES = 60.0
+"""Default of ``KRONE_RAW_GRACE_MINUTES``: how long after a day ends its late log files are waited for before a
+scheduled run parses it without a marker."""
 ALERT_DIGESTS = ("anomalies", "always", "never")
 """Values of ``KRONE_ALERT_DIGEST``, when a night's digest is sent (:mod:`krone_jobs.alerts`); the first is the
 default."""
-"""Default of ``KRONE_RAW_GRACE_MINUTES``: how long after a day ends its late log files are waited for before a
-scheduled run parses it without a marker."""
 
 
 def _env(name: str, default: str) -> str:

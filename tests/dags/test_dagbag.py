@@ -296,8 +296,9 @@ def test_every_task_alerts_when_it_fails_and_the_score_dag_ends_with_a_digest(ba
     assert notify.is_teardown and not notify.on_failure_fail_dagrun  # days that failed or were skipped still
     assert notify.trigger_rule == "all_done_setup_success"  # leave a digest, and the run's state stays theirs
     assert notify.upstream_task_ids == {"partitions", "partition.night_report"}
-    assert {t.task_id: t.map_index_template for t in score.tasks if t.task_id.startswith("partition.")} == dict.fromkeys(
-        ("partition.score", "partition.reports_gate", "partition.night_report"), "{{ krone_partition }}")
+    labels = {t.task_id: t.map_index_template for t in score.tasks if t.task_id.startswith("partition.")}
+    assert labels == dict.fromkeys(("partition.score", "partition.reports_gate", "partition.night_report"),
+                                   "{{ krone_partition }}")
 
 
 def test_alert_targets_come_from_the_krone_alerts_connection_before_the_environment(
