@@ -27,8 +27,9 @@ SQLite metadata, DuckDB warehouse, SQLite MLflow store), with the three days bef
      again by itself;
    * ``--via late``: as ``parse``, with the third day's raw logs held back (not delivered yet). Its run's
      ``raw_ready`` sensor must wait (``up_for_reschedule``, looking every ``KRONE_RAW_POKE_SECONDS`` = 30 s)
-     while its ``parse`` has not run and no partition of the day exists; once the logs are delivered, the run
-     must go on by itself and score the day;
+     while its ``parse`` has not run and no partition of the day exists, and its deadline alert must come
+     (``KRONE_RUN_DEADLINE_HOURS`` = 0.03, 108 s); once the logs are delivered, the run must go on by itself
+     and score the day;
 4. waits until no run is left and prints each run, the partitions each ``krone_score`` run scored (its
    ``partitions`` XCom), the task instances that failed or needed a retry, and the days the warehouse has
    score runs for;
@@ -134,10 +135,15 @@ def not_clean(api: Api, dag: str, run: dict[str, Any]) -> list[tuple[str, int, s
             if ti["state"] not in ("success", "skipped") or int(ti.get("try_number") or 1) > 1]
 
 
+LATE = " not done by its deadline"
+"""How the title of a deadline alert ends."""
+
+
 def check_alerts(inbox: AlertInbox, score_runs: int, failures: list[str]) -> bool:
-    """One digest per ``krone_score`` run, and the failure alerts titled ``failures``, nothing else."""
+    """One digest per ``krone_score`` run, and the failure alerts titled ``failures``, besides deadline alerts
+    (those :func:`check_late_day` waits for)."""
     time.sleep(2.0)  # a teardown's post may trail its run's end
-    titles = [m["title"] for m in inbox.received]
+    titles = [m["title"] for m in inbox.received if not m["title"].endswith(LATE)]
     for message in inbox.received:
         print(f"alert ({message['type']}): {message['title']}\n    " + message["message"].replace("\n", "\n    "))
     digests = [t for t in titles if not t.endswith(" failed") and " failed, " not in t]
@@ -167,9 +173,11 @@ def check_set_aside(api: Api, asset_id: Any, env: dict[str, str], days: list[str
     return ok and after == days
 
 
-def check_late_day(api: Api, env: dict[str, str], held: Path, raw: Path, dt: str, deadline: float) -> bool:
+def check_late_day(api: Api, env: dict[str, str], held: Path, raw: Path, dt: str, deadline: float,
+                   inbox: AlertInbox) -> bool:
     """``--via late``, before the held-back logs of ``dt`` are delivered (module docstring): True when its run's
-    sensor waits, nothing of the day was parsed, and the logs are then moved into place."""
+    sensor waits, nothing of the day was parsed, the run's deadline alert came, and the logs are then moved
+    into place."""
     waiting: list[tuple[str, int, str, int]] = []
     while not waiting and time.monotonic() < deadline:
         run = next((r for r in runs_of(api, "krone_parse_syn") if str(r.get("data_interval_start")).startswith(dt)),
@@ -184,6 +192,12 @@ def check_late_day(api: Api, env: dict[str, str], held: Path, raw: Path, dt: str
           f"parsed partition {'exists' if parsed else 'none'}", flush=True)
     still = states.get("raw_ready") in ("up_for_reschedule", "scheduled", "queued", "running")  # a look may be on
     ok = bool(waiting) and still and states.get("parse") in (None, "none") and not parsed
+    late = []
+    while run and not late and time.monotonic() < deadline:
+        late = [m for m in inbox.received if m["title"].endswith(LATE) and run["dag_run_id"] in m["message"]]
+        time.sleep(3.0)
+    print(f"{dt}: the run's deadline alert {'came' if late else 'never came'}", flush=True)
+    ok &= bool(late)
     held.rename(raw)
     print(f"delivered {raw}", flush=True)
     return ok
@@ -237,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
 
         inbox = AlertInbox().start()
         env |= {"KRONE_ALERT_URLS": inbox.url, "KRONE_ALERT_DIGEST": "always"}  # Airflow's tasks only
+        if a.via == "late":  # the held-back day's run is overdue while it waits (about 3 minutes)
+            env["KRONE_RUN_DEADLINE_HOURS"] = "0.03"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([str(airflow), "standalone"], cwd=home, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -264,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             assert status in (200, 201), f"trigger krone_train_syn: HTTP {status}: {payload}"
             print(f"triggered krone_train_syn {conf}", flush=True)
 
-        late_ok = check_late_day(api, env, held, raw, days[-1], deadline) if a.via == "late" else True
+        late_ok = check_late_day(api, env, held, raw, days[-1], deadline, inbox) if a.via == "late" else True
         runs = wait_until_idle(api, MODES[a.via]["expect"], deadline)
         if a.via == "failed":
             ok = check_set_aside(api, asset_id, env, days, deadline)

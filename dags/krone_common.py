@@ -18,7 +18,9 @@ Deployment notes (nothing of this lives in code):
 * **Alerts** (:mod:`krone_jobs.alerts`) go to the targets of a connection ``krone_alerts`` (type ``apprise``:
   ``{"config": {"path": "<Apprise URL>"}}`` in its extra, or a list of such) or else of ``KRONE_ALERT_URLS``:
   every task that fails for good sends one (``on_failure_callback``), and ``krone_score`` ends with the
-  night's digest (``KRONE_ALERT_DIGEST``). With neither, nothing is sent.
+  night's digest (``KRONE_ALERT_DIGEST``). With neither, nothing is sent. A run not done
+  ``KRONE_RUN_DEADLINE_HOURS`` after it was queued sends one too (a deadline alert), to ``KRONE_ALERT_URLS``
+  only: the scheduler's executor runs it, and Airflow 3.3 denies such a callback the connections.
 * **Start date** of the daily DAG (how far ``catchup`` reaches back) is ``KRONE_START_DATE``
   (``YYYY-MM-DD``, default :data:`DEFAULT_START_DATE`).
 * **Sources** are ``KRONE_SOURCES``: ``source:format`` entries separated by commas (format ``krone`` when
@@ -39,7 +41,15 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, get_current_context
+from airflow.sdk import (
+    Asset,
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    SyncCallback,
+    get_current_context,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,6 +86,20 @@ def raw_wait_seconds() -> float:
     """How long ``raw_ready`` waits for a day's logs before it fails the day (``KRONE_RAW_WAIT_HOURS``, default
     24)."""
     return _bounded("KRONE_RAW_WAIT_HOURS", os.environ.get("KRONE_RAW_WAIT_HOURS"), 24.0, 0.001, 24 * 14) * 3600
+
+
+def run_deadline() -> DeadlineAlert | None:
+    """The deadline of every krone run (``KRONE_RUN_DEADLINE_HOURS``; unset or 0: none): a run not done this
+    long after it was queued sends an alert (:func:`run_overdue`). Sensors wait up to ``KRONE_RAW_WAIT_HOURS``
+    for late logs, and a task may be stuck or retrying; without it the operators would hear of a night that
+    never ends only when a timeout fails it. Counted from when the run was queued, so a catch-up's runs, queued
+    long after their day, are not overdue at once. Off unless set (the deployment sets 8): in Airflow 3.3.2,
+    ``airflow dags test`` and ``dag.test()`` fail at the end of a run of any DAG with a deadline alert."""
+    hours = _bounded("KRONE_RUN_DEADLINE_HOURS", os.environ.get("KRONE_RUN_DEADLINE_HOURS"), 0.0, 0.0, 24 * 14)
+    if not hours:
+        return None
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(hours=hours),
+                         callback=SyncCallback(run_overdue), name="krone run deadline")
 
 
 def _bounded(name: str, value: str | None, default: float, low: float, high: float) -> float:
@@ -146,7 +170,7 @@ def source_dag_args(kind: str, source: str, cron: str, doc: str, *, catchup: boo
     dag_id = f"krone_{kind}_{source}"
     return {"dag_id": dag_id, "schedule": CronDataIntervalTimetable(cron, timezone="UTC"), "start_date": start_date(),
             "catchup": catchup, "max_active_runs": 1, "default_args": default_args(**task_defaults),
-            "doc_md": f"{doc}\n\nThis DAG: `{dag_id}`, source `{source}`{note}."}
+            "deadline": run_deadline(), "doc_md": f"{doc}\n\nThis DAG: `{dag_id}`, source `{source}`{note}."}
 
 
 def source_params(fixed: str | None = None) -> dict[str, Param]:
@@ -251,6 +275,33 @@ def alert_failure(context: Mapping[str, Any]) -> None:
                      log_url=getattr(ti, "log_url", None)), to)
     except Exception:
         log.exception("the failure alert of %s was not sent", task)
+
+
+def run_overdue(context: Mapping[str, Any], **_: Any) -> None:
+    """The callback of :func:`run_deadline` (run by the scheduler's executor; ``context`` holds the run and the
+    deadline): an alert naming the run, what it may be waiting for and where to look, to the targets of
+    ``KRONE_ALERT_URLS``: Airflow 3.3 denies a callback the connections (``krone_alerts`` included). Not sent
+    is logged."""
+    run, deadline = context["dag_run"], context["deadline"]
+    try:
+        from urllib.parse import quote
+
+        from airflow.configuration import conf
+
+        from krone_jobs.alerts import late, send, targets
+
+        to = targets()
+        if to is None:
+            log.warning("%s %s is not done by its deadline; no alert sent: deadline alerts go to KRONE_ALERT_URLS "
+                        "of the scheduler (a callback may not read the %s connection)", run.get("dag_id"),
+                        run.get("dag_run_id"), ALERTS_CONN)
+            return
+        base = conf.get("api", "base_url", fallback="").rstrip("/")
+        link = f"{base}/dags/{run['dag_id']}/runs/{quote(run['dag_run_id'], safe='')}"
+        send(late(run["dag_id"], run["dag_run_id"], state=str(run.get("state")), queued=str(run.get("queued_at")),
+                  deadline=str(deadline["deadline_time"]), link=link), to)
+    except Exception:
+        log.exception("the deadline alert of %s %s was not sent", run.get("dag_id"), run.get("dag_run_id"))
 
 
 def export_connections() -> list[str]:

@@ -160,3 +160,14 @@ def _error_text(error: object) -> str:
     if isinstance(error, BaseException):
         return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return str(error) if error else "no error recorded"
+
+
+def late(dag_id: str, run_id: str, *, state: str, queued: str, deadline: str, link: str) -> Alert:
+    """The alert for a run still not done at its deadline: what it may be waiting for, and where to look."""
+    return Alert(title=f"krone: {safe_text(dag_id, 200)} not done by its deadline",
+                 body="\n".join([
+                     f"{safe_text(dag_id, 200)} run {safe_text(run_id, 200, redact=False)} is {safe_text(state, 20)}, "
+                     f"queued at {safe_text(queued, 40)}, due by {safe_text(deadline, 40)} (KRONE_RUN_DEADLINE_HOURS)",
+                     "it may wait for late logs (raw_ready, window_ready), retry a task, or find no worker free",
+                     f"run: {safe_text(link, 500, redact=False)}"]),
+                 kind="warning")

@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
+from tests.alert_inbox import AlertInbox
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -299,6 +301,35 @@ def test_every_task_alerts_when_it_fails_and_the_score_dag_ends_with_a_digest(ba
     labels = {t.task_id: t.map_index_template for t in score.tasks if t.task_id.startswith("partition.")}
     assert labels == dict.fromkeys(("partition.score", "partition.reports_gate", "partition.night_report"),
                                    "{{ krone_partition }}")
+
+
+def test_every_run_has_a_deadline_whose_miss_is_an_alert(bag: Any, monkeypatch: pytest.MonkeyPatch,
+                                                       alert_inbox: AlertInbox) -> None:
+    from airflow.sdk import DeadlineReference
+
+    from krone_common import run_deadline, run_overdue
+
+    assert all(dag.deadline is None for dag in bag.dags.values())  # off unless set: dag.test() fails with one
+    monkeypatch.setenv("KRONE_RUN_DEADLINE_HOURS", "8")
+    deadline = run_deadline()
+    assert deadline is not None and deadline.callback.path == "krone_common.run_overdue"
+    assert (deadline.reference, deadline.interval) == (DeadlineReference.DAGRUN_QUEUED_AT, timedelta(hours=8))
+    monkeypatch.setenv("KRONE_RUN_DEADLINE_HOURS", "0")
+    assert run_deadline() is None
+    monkeypatch.setenv("KRONE_RUN_DEADLINE_HOURS", "-1")
+    with pytest.raises(ValueError, match="KRONE_RUN_DEADLINE_HOURS must lie between 0 and 336"):
+        run_deadline()
+    monkeypatch.delenv("AIRFLOW_CONN_KRONE_ALERTS", raising=False)
+    monkeypatch.setenv("KRONE_ALERT_URLS", alert_inbox.url)
+    run = {"dag_id": "krone_parse_web", "dag_run_id": "scheduled__2026-12-06T00:00:00+00:00", "state": "running",
+           "queued_at": "2026-12-07T00:00:04Z"}  # what the scheduler hands the callback (DAGRunResponse)
+    run_overdue({"dag_run": run, "deadline": {"id": "d1", "deadline_time": "2026-12-07T08:00:04Z"}})
+    [alert] = alert_inbox.received
+    assert (alert["title"], alert["type"]) == ("krone: krone_parse_web not done by its deadline", "warning")
+    assert alert["message"].splitlines()[0] == (
+        "krone_parse_web run scheduled__2026-12-06T00:00:00+00:00 is running, queued at 2026-12-07T00:00:04Z, "
+        "due by 2026-12-07T08:00:04Z (KRONE_RUN_DEADLINE_HOURS)")
+    assert alert["message"].endswith("/dags/krone_parse_web/runs/scheduled__2026-12-06T00%3A00%3A00%2B00%3A00")
 
 
 def test_alert_targets_come_from_the_krone_alerts_connection_before_the_environment(
