@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
         inbox = AlertInbox().start()
         env |= {"KRONE_ALERT_URLS": inbox.url, "KRONE_ALERT_DIGEST": "always"}  # Airflow's tasks only
-        if a.via == "late":  # the held-back day's run is overdue while it waits (about 3 minutes)
+        if a.via == "late":  # 108 s: the held-back day's run is overdue while it waits (until that alert came)
             env["KRONE_RUN_DEADLINE_HOURS"] = "0.03"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([str(airflow), "standalone"], cwd=home, env=env, stdout=log,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # Must be set before anything imports airflow, mlflow, pyspark or great_expectations.
@@ -18,8 +19,6 @@ os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 import pytest  # noqa: E402
-
-from collections.abc import Iterator  # noqa: E402
 
 from krone_jobs.datasets import default_data_dir  # noqa: E402
 from krone_jobs.hierarchy.model import Hierarchy  # noqa: E402
