@@ -16,7 +16,8 @@ Deployment notes (nothing of this lives in code):
   ``KRONE_LLM_BASE_URL``, ``KRONE_LLM_API_KEY`` and ``KRONE_LLM_MODEL``. Connections win over the
   environment, so secrets can stay in Airflow's secrets backend.
 * **Alerts** (:mod:`krone_jobs.alerts`) go to the targets of a connection ``krone_alerts`` (type ``apprise``:
-  ``{"config": {"path": "<Apprise URL>"}}`` in its extra, or a list of such) or else of ``KRONE_ALERT_URLS``:
+  ``{"config": {"path": "<Apprise URL>", "tag": "failure"}}`` in its extra, or a list of such; the tag, which
+  routes, is optional) or else of ``KRONE_ALERT_URLS``:
   every task that fails for good sends one (``on_failure_callback``), and ``krone_score`` ends with the
   night's digest (``KRONE_ALERT_DIGEST``). With neither, nothing is sent. A run not done
   ``KRONE_RUN_DEADLINE_HOURS`` after it was queued sends one too (a deadline alert), to ``KRONE_ALERT_URLS``

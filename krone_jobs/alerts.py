@@ -7,6 +7,11 @@ list of them) or, outside Airflow, from ``KRONE_ALERT_URLS``. Both hold credenti
 with neither, nothing is sent. A target Apprise cannot read is an error that names its position and scheme,
 never the URL (it may hold a password): an alert that silently goes nowhere is worse than none.
 
+Alerts are routed by the targets' tags (:data:`KINDS`): a target tagged ``failure`` gets the failures, one
+tagged ``digest`` the digests, ``deadline`` the runs not done by their deadline (``"failure, deadline"``: both),
+so that the pager hears of failures and the team chat of the night. A target with no tag of these (none, or
+the provider example's ``alerts``) gets every alert.
+
 Every alert is built here from figures (counts, levels, detector names, the report's path). Text that comes
 from logs (a KRONE Seq key, a reason, an error message) is redacted (:class:`~krone_jobs.llm.redact.Redactor`)
 and cut to plain ASCII (``×`` as ``x``, a backtick as ``'``), with ``<`` and ``@`` replaced by look-alikes.
@@ -37,14 +42,20 @@ _NOT_PLAIN = re.compile(r"[^A-Za-z0-9 .,:;/#=+\-_()'\"%\[\]{}|!?>\u2039\uff20]")
 _SPACE = re.compile(r"\s+")
 
 
+KINDS = ("failure", "digest", "deadline")
+"""What an alert is about, and the target tags that route it."""
+
+
 @dataclass(frozen=True)
 class Alert:
-    """One message: a title, a plain-text body and its kind (Apprise's notify types: ``info``, ``success``,
-    ``warning``, ``failure``; a service shows them as colours or icons)."""
+    """One message: a title, a plain-text body, what it is about (:data:`KINDS`, the tag it is routed by) and
+    its level (Apprise's notify types: ``info``, ``success``, ``warning``, ``failure``; a service shows them as
+    colours or icons)."""
 
     title: str
     body: str
-    kind: str = "info"
+    about: str
+    level: str = "info"
 
 
 class AlertNotSent(RuntimeError):
@@ -66,7 +77,7 @@ def targets(entries: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = No
     ``KRONE_ALERT_URLS``); ``None`` when neither names one. Raises ``ValueError`` for a target Apprise cannot
     read."""
     import apprise
-    from apprise.utils.parse import parse_urls
+    from apprise.utils.parse import parse_list, parse_urls
 
     if isinstance(entries, Mapping):
         entries = [entries]
@@ -78,7 +89,8 @@ def targets(entries: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = No
     found = apprise.Apprise()
     for n, entry in enumerate(entries, 1):
         path = entry.get("path") if isinstance(entry, Mapping) else None
-        if not isinstance(path, str) or not found.add(path, tag=entry.get("tag")):
+        kinds = sorted(set(parse_list(entry.get("tag"))) & set(KINDS)) if isinstance(entry, Mapping) else []
+        if not isinstance(path, str) or not found.add(path, tag=kinds or "always"):  # "always": every alert
             scheme = path.split("://", 1)[0] if isinstance(path, str) and "://" in path else "no scheme"
             raise ValueError(f"alert target {n} of {len(entries)} ({scheme}://...) is not a URL Apprise can send to "
                              "(https://github.com/caronc/apprise/wiki lists them)")
@@ -86,10 +98,14 @@ def targets(entries: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = No
 
 
 def send(alert: Alert, to: apprise.Apprise) -> int:
-    """Send ``alert`` to every target; returns how many took it. Raises :class:`AlertNotSent` when any did not."""
+    """Send ``alert`` to the targets it is routed to; returns how many took it (0: none is meant to get it).
+    Raises :class:`AlertNotSent` when any did not take it."""
     from apprise import NotifyFormat
 
-    result = to.notify(body=alert.body, title=alert.title, notify_type=alert.kind, body_format=NotifyFormat.TEXT)
+    result = to.notify(body=alert.body, title=alert.title, notify_type=alert.level, body_format=NotifyFormat.TEXT,
+                       tag=alert.about)
+    if not result and not result.failed_count:  # no target is tagged for this kind of alert
+        return 0
     if not result:
         raise AlertNotSent(f"alert {alert.title!r} reached {result.success_count} of {len(to)} target(s): "
                            f"{result.failed_count} failed (Apprise's log says which)")
@@ -118,8 +134,8 @@ def digest(reports: Iterable[Mapping[str, Any]], *, expected: int | None = None,
     what = f"{anomalous:,} anomalous session{'s' if anomalous != 1 else ''}" if anomalous else "no anomalous sessions"
     where = (f"{safe_text(reports[0].get('source'), 64)} {safe_text(reports[0].get('dt'), 10)}" if len(days) == 1
              else f"{len(days)} days")
-    return Alert(title=f"krone: {what}, {where}", body="\n".join(lines) or "no day was reported",
-                 kind="warning" if anomalous or failed_before else "info")
+    return Alert(title=f"krone: {what}, {where}", body="\n".join(lines) or "no day was reported", about="digest",
+                 level="warning" if anomalous or failed_before else "info")
 
 
 def _day_lines(report: Mapping[str, Any]) -> list[str]:
@@ -153,7 +169,7 @@ def failure(task: str, error: object, *, run: str | None = None, day: str | None
     lines += [f"run: {safe_text(run, 200, redact=False)}"] if run else []
     lines += [f"log: {safe_text(log_url, 500, redact=False)}"] if log_url else []
     return Alert(title=f"krone: {safe_text(task, 200)} failed" + (f", {safe_text(day, 40)}" if day else ""),
-                 body="\n".join(lines), kind="failure")
+                 body="\n".join(lines), about="failure", level="failure")
 
 
 def _error_text(error: object) -> str:
@@ -170,4 +186,4 @@ def late(dag_id: str, run_id: str, *, state: str, queued: str, deadline: str, li
                      f"queued at {safe_text(queued, 40)}, due by {safe_text(deadline, 40)} (KRONE_RUN_DEADLINE_HOURS)",
                      "it may wait for late logs (raw_ready, window_ready), retry a task, or find no worker free",
                      f"run: {safe_text(link, 500, redact=False)}"]),
-                 kind="warning")
+                 about="deadline", level="warning")

@@ -49,16 +49,16 @@ def test_the_digest_is_sent_when_a_day_has_anomalies_or_always_or_never() -> Non
     assert digest([clean], policy="anomalies") is None
     assert digest([clean, flagged], policy="never") is None
     calm = digest([clean], policy="always")
-    assert calm is not None and (calm.title, calm.kind) == ("krone: no anomalous sessions, web 2026-12-01", "info")
+    assert calm is not None and (calm.title, calm.level) == ("krone: no anomalous sessions, web 2026-12-01", "info")
     loud = digest([flagged, clean], expected=3, policy="anomalies")
-    assert loud is not None and (loud.title, loud.kind) == ("krone: 3 anomalous sessions, 2 days", "warning")
+    assert loud is not None and (loud.title, loud.level) == ("krone: 3 anomalous sessions, 2 days", "warning")
     lines = loud.body.splitlines()
     assert lines[0].startswith("web 2026-12-01: 1,000 sessions, 0 anomalous (status 0, action 0, entity 0)")
     assert lines[2] == "  top: status S:job/start (nested): never seen"
     assert safe_text("status|A:job/run|S:job/run/ok") == "status|A:job/run|S:job/run/ok"
     assert lines[-1].startswith("1 of 3 day(s) have no report from this run")
     failed = report("2026-12-03", 0, earlier_days_failed=[{"dt": "2026-11-30", "error": "DamagedPartition"}])
-    assert digest([failed], policy="anomalies").kind == "warning"  # type: ignore[union-attr]
+    assert digest([failed], policy="anomalies").level == "warning"  # type: ignore[union-attr]
     many = digest([report(f"2026-11-{d:02d}", 1) for d in range(1, 31)], policy="anomalies")
     assert many is not None and many.body.splitlines()[-1] == f"... and {30 - DAYS_SHOWN} more day(s)"
 
@@ -85,4 +85,25 @@ def test_an_alert_reaches_the_webhook_and_one_not_taken_is_an_error(alert_inbox:
         f"log: {log}"]  # Airflow's own link, not log text: not taken for an address and a key
     alert_inbox.status = 503
     with pytest.raises(AlertNotSent, match=r"reached 0 of 1 target\(s\): 1 failed"):
-        send(Alert("t", "b"), targets(urls=alert_inbox.url))  # type: ignore[arg-type]
+        send(Alert("t", "b", "digest"), targets(urls=alert_inbox.url))  # type: ignore[arg-type]
+
+
+def test_alerts_are_routed_by_the_targets_tags() -> None:
+    """The pager tagged ``failure`` hears of failures only, the chat tagged ``digest`` of the nights; a target
+    with no routing tag (none, or the provider example's ``alerts``) of everything; no target for a kind: no
+    alert, and no error."""
+    inboxes = {name: AlertInbox().start() for name in ("all", "pager", "chat", "ops")}
+    try:
+        to = targets([{"path": inboxes["all"].url}, {"path": inboxes["pager"].url, "tag": "failure, deadline"},
+                      {"path": inboxes["chat"].url, "tag": ["digest"]}, {"path": inboxes["ops"].url, "tag": "alerts"}])
+        assert send(failure("krone_score.notify", "boom"), to) == 3  # type: ignore[arg-type]
+        assert send(digest([report("2026-12-02", 1)], policy="always"), to) == 3  # type: ignore[arg-type]
+        got = {name: [m["title"].split(",")[0] for m in inbox.received] for name, inbox in inboxes.items()}
+        assert got == {"all": ["krone: krone_score.notify failed", "krone: 1 anomalous session"],
+                       "pager": ["krone: krone_score.notify failed"], "chat": ["krone: 1 anomalous session"],
+                       "ops": ["krone: krone_score.notify failed", "krone: 1 anomalous session"]}
+        only_pager = targets([{"path": inboxes["pager"].url, "tag": "failure"}])
+        assert send(digest([report("2026-12-02", 1)], policy="always"), only_pager) == 0  # type: ignore[arg-type]
+    finally:
+        for inbox in inboxes.values():
+            inbox.stop()
