@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
 from krone_jobs.llm.redact import Redactor
+from krone_jobs.report import FAILED_DAYS_SHOWN
 
 if TYPE_CHECKING:
     import apprise
@@ -36,14 +37,12 @@ DAYS_SHOWN = 20
 """Days a digest lists one by one; a catch-up over more says how many more."""
 TEXT_CHARS = 300
 """The most characters of one piece of log-derived text (a reason, an error) an alert carries."""
+KINDS = ("failure", "digest", "deadline")
+"""What an alert is about, and the target tags that route it."""
 
 _LOOK_ALIKES = str.maketrans({"<": "\u2039", "@": "\uff20", "`": "'", "\u00d7": "x", "\u2192": "->"})
 _NOT_PLAIN = re.compile(r"[^A-Za-z0-9 .,:;/#=+\-_()'\"%\[\]{}|!?>\u2039\uff20]")
 _SPACE = re.compile(r"\s+")
-
-
-KINDS = ("failure", "digest", "deadline")
-"""What an alert is about, and the target tags that route it."""
 
 
 @dataclass(frozen=True)
@@ -150,9 +149,10 @@ def _day_lines(report: Mapping[str, Any]) -> list[str]:
         lines.append(f"  top: {safe_text(first.get('level'), 16)} {safe_text(first.get('kseq_key'), 120)} "
                      f"({safe_text(first.get('detector'), 32)}): {safe_text(first.get('reason'))}")
     if failed := f.get("earlier_days_failed"):
-        shown = ", ".join(f"{safe_text(d.get('dt'), 10)} ({safe_text(d.get('error'), 120)})" for d in failed[:5])
+        shown = ", ".join(f"{safe_text(d.get('dt'), 10)} ({safe_text(d.get('error'), 120)})"
+                          for d in failed[:FAILED_DAYS_SHOWN])
         lines.append(f"  earlier days whose score failed for good: {shown}"
-                     + (" ..." if len(failed) > 5 else "") + " (`krone status` says what to do)")
+                     + (" ..." if len(failed) > FAILED_DAYS_SHOWN else "") + " (`krone status` says what to do)")
     return lines
 
 
