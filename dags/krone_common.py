@@ -17,11 +17,11 @@ Deployment notes (nothing of this lives in code):
   environment, so secrets can stay in Airflow's secrets backend.
 * **Alerts** (:mod:`krone_jobs.alerts`) go to the targets of a connection ``krone_alerts`` (type ``apprise``:
   ``{"config": {"path": "<Apprise URL>", "tag": "failure"}}`` in its extra, or a list of such; the tag, which
-  routes, is optional) or else of ``KRONE_ALERT_URLS``:
-  every task that fails for good sends one (``on_failure_callback``), and ``krone_score`` ends with the
-  night's digest (``KRONE_ALERT_DIGEST``). With neither, nothing is sent. A run not done
-  ``KRONE_RUN_DEADLINE_HOURS`` after it was queued sends one too (a deadline alert), to ``KRONE_ALERT_URLS``
-  only: the scheduler's executor runs it, and Airflow 3.3 denies such a callback the connections.
+  routes, is optional) or else of ``KRONE_ALERT_URLS`` and ``KRONE_ALERT_CONFIG`` (an Apprise configuration
+  file, whose tags route): every task that fails for good sends one (``on_failure_callback``), and
+  ``krone_score`` ends with the night's digest (``KRONE_ALERT_DIGEST``). With none, nothing is sent. A run not done
+  ``KRONE_RUN_DEADLINE_HOURS`` after it was queued sends one too (a deadline alert), to the environment's
+  targets only: the scheduler's executor runs it, and Airflow 3.3 denies such a callback the connections.
 * **Start date** of the daily DAG (how far ``catchup`` reaches back) is ``KRONE_START_DATE``
   (``YYYY-MM-DD``, default :data:`DEFAULT_START_DATE`).
 * **Sources** are ``KRONE_SOURCES``: ``source:format`` entries separated by commas (format ``krone`` when
@@ -247,7 +247,7 @@ def begin_task(part: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
 
 def alert_targets() -> Any | None:
     """The alert targets (``apprise.Apprise``) of the ``krone_alerts`` connection (read the Apprise provider's
-    way), else of ``KRONE_ALERT_URLS``; ``None`` with neither."""
+    way), else of ``KRONE_ALERT_URLS`` and ``KRONE_ALERT_CONFIG``; ``None`` with none."""
     from krone_jobs.alerts import targets
 
     conn = _connection(ALERTS_CONN)
@@ -281,8 +281,8 @@ def alert_failure(context: Mapping[str, Any]) -> None:
 def run_overdue(context: Mapping[str, Any], **_: Any) -> None:
     """The callback of :func:`run_deadline` (run by the scheduler's executor; ``context`` holds the run and the
     deadline): an alert naming the run, what it may be waiting for and where to look, to the targets of
-    ``KRONE_ALERT_URLS``: Airflow 3.3 denies a callback the connections (``krone_alerts`` included). Not sent
-    is logged."""
+    ``KRONE_ALERT_URLS`` and ``KRONE_ALERT_CONFIG``: Airflow 3.3 denies a callback the connections
+    (``krone_alerts`` included). Not sent is logged."""
     run, deadline = context["dag_run"], context["deadline"]
     try:
         from urllib.parse import quote
@@ -294,8 +294,8 @@ def run_overdue(context: Mapping[str, Any], **_: Any) -> None:
         to = targets()
         if to is None:
             log.warning("%s %s is not done by its deadline; no alert sent: deadline alerts go to KRONE_ALERT_URLS "
-                        "of the scheduler (a callback may not read the %s connection)", run.get("dag_id"),
-                        run.get("dag_run_id"), ALERTS_CONN)
+                        "or KRONE_ALERT_CONFIG of the scheduler (a callback may not read the %s connection)",
+                        run.get("dag_id"), run.get("dag_run_id"), ALERTS_CONN)
             return
         base = conf.get("api", "base_url", fallback="").rstrip("/")
         link = f"{base}/dags/{run['dag_id']}/runs/{quote(run['dag_run_id'], safe='')}"

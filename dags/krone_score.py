@@ -22,9 +22,9 @@ the *reports* Great Expectations gate, then anomaly_reports, kseq_cache and run_
 transaction, so a rerun replaces the day; *skipped* while the source has no champion) -> `reports_gate`
 (the recorded *reports* verdict of the day, if it has reports) -> `night_report` (the operators' HTML
 page), which updates the asset `krone_reports`. Each mapped task is labelled with its source and day. Last,
-`notify` sends the night's digest to the alert targets (`krone_alerts` connection or `KRONE_ALERT_URLS`;
-`KRONE_ALERT_DIGEST`: when there are anomalies, always or never), also when some days failed: every task
-that fails for good sends its own alert.
+`notify` sends the night's digest to the alert targets (`krone_alerts` connection, or `KRONE_ALERT_URLS` and
+`KRONE_ALERT_CONFIG`; `KRONE_ALERT_DIGEST`: when there are anomalies, always or never), also when some days
+failed: every task that fails for good sends its own alert.
 
 `score` runs in pool `krone_llm` (it may call the LLM; the budget is per run, the pool caps how many
 runs spend it at once) and starts Spark: give `krone_llm` no more slots than `krone_spark`.
@@ -151,7 +151,8 @@ def notify(parts: list[dict[str, Any]] | None, reports: Any) -> dict[str, Any]:
     begin_task()
     to = alert_targets()
     if to is None:
-        return {"sent": False, "reason": f"no alert targets (connection {ALERTS_CONN}, KRONE_ALERT_URLS)"}
+        return {"sent": False,
+                "reason": f"no alert targets (connection {ALERTS_CONN}, KRONE_ALERT_URLS, KRONE_ALERT_CONFIG)"}
     # the reports of the days that wrote one: one day's comes as itself, not as a list of one
     reports = [reports] if isinstance(reports, Mapping) else [r for r in reports or () if r]
     note = alerts.digest(reports, expected=len(parts or ()))

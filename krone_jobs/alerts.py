@@ -3,14 +3,16 @@
 One library, Apprise, reaches about a hundred services, each addressed by a URL (``mailto://``, ``slack://``,
 ``msteams://``, ``pagerduty://``, ``json://`` for a plain webhook, ...). The targets come from the Airflow
 connection ``krone_alerts`` (type ``apprise``: the Apprise provider's format, ``{"path": URL, "tag": ...}`` or a
-list of them) or, outside Airflow, from ``KRONE_ALERT_URLS``. Both hold credentials, so neither lives in code;
-with neither, nothing is sent. A target Apprise cannot read is an error that names its position and scheme,
-never the URL (it may hold a password): an alert that silently goes nowhere is worse than none.
+list of them) or, outside Airflow, from ``KRONE_ALERT_URLS`` and an Apprise configuration file
+``KRONE_ALERT_CONFIG`` (Apprise's TEXT lines ``tag[, tag]=URL`` or YAML). All hold credentials, so none lives in
+code; with none, nothing is sent. A target Apprise cannot read is an error that names its position and scheme
+(or the file's lines), never the URL (it may hold a password): an alert that silently goes nowhere is worse
+than none.
 
 Alerts are routed by the targets' tags (:data:`KINDS`): a target tagged ``failure`` gets the failures, one
 tagged ``digest`` the digests, ``deadline`` the runs not done by their deadline (``"failure, deadline"``: both),
 so that the pager hears of failures and the team chat of the night. A target with no tag of these (none, or
-the provider example's ``alerts``) gets every alert.
+the provider example's ``alerts``, and every ``KRONE_ALERT_URLS`` target) gets every alert.
 
 Every alert is built here from figures (counts, levels, detector names, the report's path). Text that comes
 from logs (a KRONE Seq key, a reason, an error message) is redacted (:class:`~krone_jobs.llm.redact.Redactor`)
@@ -39,6 +41,9 @@ TEXT_CHARS = 300
 """The most characters of one piece of log-derived text (a reason, an error) an alert carries."""
 KINDS = ("failure", "digest", "deadline")
 """What an alert is about, and the target tags that route it."""
+ALWAYS = "always"
+"""Apprise's tag of a target that every alert reaches, whatever it is about: given to those with no tag of
+:data:`KINDS`."""
 
 _LOOK_ALIKES = str.maketrans({"<": "\u2039", "@": "\uff20", "`": "'", "\u00d7": "x", "\u2192": "->"})
 _NOT_PLAIN = re.compile(r"[^A-Za-z0-9 .,:;/#=+\-_()'\"%\[\]{}|!?>\u2039\uff20]")
@@ -71,29 +76,59 @@ def safe_text(value: object, limit: int = TEXT_CHARS, *, redact: bool = True) ->
 
 
 def targets(entries: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
-            urls: str | None = None) -> apprise.Apprise | None:
-    """The alert targets: the ``entries`` of a ``krone_alerts`` connection when given, else ``urls`` (default
-    ``KRONE_ALERT_URLS``); ``None`` when neither names one. Raises ``ValueError`` for a target Apprise cannot
+            urls: str | None = None, config: str | None = None) -> apprise.Apprise | None:
+    """The alert targets: the ``entries`` of a ``krone_alerts`` connection when given, else those of ``urls``
+    (default ``KRONE_ALERT_URLS``) and of the Apprise configuration file ``config`` (default
+    ``KRONE_ALERT_CONFIG``); ``None`` when none is named. Raises ``ValueError`` for a target Apprise cannot
     read."""
     import apprise
     from apprise.utils.parse import parse_list, parse_urls
 
     if isinstance(entries, Mapping):
         entries = [entries]
+    found = apprise.Apprise()
     if entries is None:
         urls = urls if urls is not None else settings().alert_urls
         entries = [{"path": url} for url in parse_urls(urls or "")]
-    if not entries:
-        return None
-    found = apprise.Apprise()
+        config = config if config is not None else settings().alert_config
+        for service in _configured(config) if config else []:
+            found.add(service)
     for n, entry in enumerate(entries, 1):
         path = entry.get("path") if isinstance(entry, Mapping) else None
         kinds = sorted(set(parse_list(entry.get("tag"))) & set(KINDS)) if isinstance(entry, Mapping) else []
-        if not isinstance(path, str) or not found.add(path, tag=kinds or "always"):  # "always": every alert
-            scheme = path.split("://", 1)[0] if isinstance(path, str) and "://" in path else "no scheme"
-            raise ValueError(f"alert target {n} of {len(entries)} ({scheme}://...) is not a URL Apprise can send to "
-                             "(https://github.com/caronc/apprise/wiki lists them)")
-    return found
+        if not isinstance(path, str) or not found.add(path, tag=kinds or ALWAYS):
+            raise ValueError(f"alert target {n} of {len(entries)} ({_scheme(path)}://...) is not a URL Apprise can "
+                             "send to (https://github.com/caronc/apprise/wiki lists them)")
+    return found if len(found) else None
+
+
+def _configured(config: str) -> list[Any]:
+    """The targets of an Apprise configuration file, those without a tag of :data:`KINDS` tagged to get every
+    alert. A file that cannot be read, holds no target or has entries Apprise skipped (it only logs them) is an
+    error naming those entries' lines, never their text (a URL may hold a password)."""
+    import logging
+
+    import apprise
+
+    with apprise.LogCapture(level=logging.WARNING) as said:
+        loaded = apprise.AppriseConfig()
+        services = loaded.services() if loaded.add(config) else []
+    where = config if "://" not in config or config.startswith("file://") else f"{_scheme(config)}://..."
+    problems = [line for line in said.getvalue().splitlines() if line.strip()]
+    if problems or not services:
+        lines = sorted({int(n) for n in re.findall(r"\bline (\d+)", "\n".join(problems))})
+        what = ("cannot be read or holds no target" if not services else
+                "has entries Apprise could not read" + (f" (line {', '.join(map(str, lines))})" if lines else ""))
+        raise ValueError(f"the alert configuration {where} (KRONE_ALERT_CONFIG) {what}: "
+                         "https://github.com/caronc/apprise/wiki/config says how to write one")
+    for service in services:
+        if not set(service.tags) & set(KINDS):
+            service.tags.add(ALWAYS)
+    return list(services)
+
+
+def _scheme(path: object) -> str:
+    return path.split("://", 1)[0] if isinstance(path, str) and "://" in path else "no scheme"
 
 
 def send(alert: Alert, to: apprise.Apprise) -> int:

@@ -172,8 +172,17 @@ class Settings:
     @property
     def alert_urls(self) -> str | None:
         """Where alerts go (``KRONE_ALERT_URLS``): Apprise URLs, separated by commas or spaces, as for Apprise's
-        own ``APPRISE_URLS``; unset: none are sent (in Airflow the ``krone_alerts`` connection wins)."""
+        own ``APPRISE_URLS``, each getting every alert (tags route those of ``KRONE_ALERT_CONFIG``); unset: none
+        (in Airflow the ``krone_alerts`` connection wins)."""
         return os.environ.get("KRONE_ALERT_URLS", "").strip() or None
+
+    @property
+    def alert_config(self) -> str | None:
+        """An Apprise configuration file of alert targets (``KRONE_ALERT_CONFIG``: a path, ``file://`` or
+        ``https://`` URL; TEXT lines ``tag[, tag]=URL`` or YAML), whose tags route them; its targets join those of
+        ``KRONE_ALERT_URLS``. Unset: none (in Airflow the ``krone_alerts`` connection wins but for deadline
+        alerts)."""
+        return os.environ.get("KRONE_ALERT_CONFIG", "").strip() or None
 
     @property
     def alert_digest(self) -> str:

@@ -17,6 +17,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+for _name in ("KRONE_ALERT_URLS", "KRONE_ALERT_CONFIG", "AIRFLOW_CONN_KRONE_ALERTS"):
+    os.environ.pop(_name, None)  # the tests never alert the developer's own targets
 
 import pytest  # noqa: E402
 

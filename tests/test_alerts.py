@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,3 +108,49 @@ def test_alerts_are_routed_by_the_targets_tags() -> None:
     finally:
         for inbox in inboxes.values():
             inbox.stop()
+
+
+@pytest.mark.parametrize("form", ["text", "yaml"])
+def test_an_apprise_configuration_file_gives_tagged_targets_outside_airflow(
+        form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KRONE_ALERT_CONFIG`` (Apprise's own TEXT or YAML format) routes by tag where no connection can be read
+    (``krone night``, deadline callbacks); its targets join ``KRONE_ALERT_URLS``'s, which get every alert."""
+    inboxes = {name: AlertInbox().start() for name in ("pager", "chat", "ops", "env")}
+    try:
+        pager, chat, ops = inboxes["pager"].url, inboxes["chat"].url, inboxes["ops"].url
+        config = tmp_path / f"alerts.{'txt' if form == 'text' else 'yml'}"
+        config.write_text(f"# the on-call pager\nfailure, deadline={pager}\ndigest={chat}\nalerts={ops}\n"
+                          if form == "text" else
+                          f"urls:\n  - {pager}:\n      tag: failure, deadline\n  - {chat}:\n      tag: digest\n"
+                          f"  - {ops}\n")
+        monkeypatch.setenv("KRONE_ALERT_CONFIG", str(config))
+        monkeypatch.setenv("KRONE_ALERT_URLS", inboxes["env"].url)
+        to = targets()
+        assert send(failure("krone night --source web", "boom"), to) == 3  # type: ignore[arg-type]
+        assert send(digest([report("2026-12-02", 1)], policy="always"), to) == 3  # type: ignore[arg-type]
+        got = {name: [m["type"] for m in inbox.received] for name, inbox in inboxes.items()}
+        assert got == {"pager": ["failure"], "chat": ["warning"], "ops": ["failure", "warning"],
+                       "env": ["failure", "warning"]}
+        monkeypatch.delenv("KRONE_ALERT_URLS")
+        assert len(targets()) == 3  # type: ignore[arg-type]
+    finally:
+        for inbox in inboxes.values():
+            inbox.stop()
+
+
+def test_a_configuration_file_apprise_cannot_read_whole_is_named_without_its_secrets(tmp_path: Path) -> None:
+    """Apprise only logs the entries it skips; an alert target silently lost is worse than an error."""
+    config = tmp_path / "alerts.txt"
+    config.write_text("failure=json://127.0.0.1:9/a\nmailto://u:s3cret@mail.example.com x\nnot an entry\n")
+    unread = r"alerts.txt \(KRONE_ALERT_CONFIG\) has entries Apprise could not read \(line 2, 3\)"
+    with pytest.raises(ValueError, match=unread) as caught:
+        targets(urls="", config=str(config))
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(ValueError, match="nowhere.yml .* cannot be read or holds no target"):
+        targets(urls="", config=str(tmp_path / "nowhere.yml"))
+    config.write_text("# nothing yet\n")
+    with pytest.raises(ValueError, match="cannot be read or holds no target"):
+        targets(urls="", config=str(config))
+    with pytest.raises(ValueError, match=r"configuration https://\.\.\. ") as caught:
+        targets(urls="", config="https://user:s3cret@127.0.0.1:9/alerts.yml")
+    assert "s3cret" not in str(caught.value)

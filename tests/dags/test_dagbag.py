@@ -304,7 +304,7 @@ def test_every_task_alerts_when_it_fails_and_the_score_dag_ends_with_a_digest(ba
 
 
 def test_every_run_has_a_deadline_whose_miss_is_an_alert(bag: Any, monkeypatch: pytest.MonkeyPatch,
-                                                       alert_inbox: AlertInbox) -> None:
+                                                       alert_inbox: AlertInbox, tmp_path: Path) -> None:
     from airflow.sdk import DeadlineReference
 
     from krone_common import run_deadline, run_overdue
@@ -330,6 +330,16 @@ def test_every_run_has_a_deadline_whose_miss_is_an_alert(bag: Any, monkeypatch: 
         "krone_parse_web run scheduled__2026-12-06T00:00:00+00:00 is running, queued at 2026-12-07T00:00:04Z, "
         "due by 2026-12-07T08:00:04Z (KRONE_RUN_DEADLINE_HOURS)")
     assert alert["message"].endswith("/dags/krone_parse_web/runs/scheduled__2026-12-06T00%3A00%3A00%2B00%3A00")
+    config = tmp_path / "alerts.txt"  # routed by the tags of an Apprise configuration file: not to the pager
+    pager = AlertInbox().start()
+    try:
+        config.write_text(f"failure={pager.url}\ndeadline={alert_inbox.url}\n")
+        monkeypatch.delenv("KRONE_ALERT_URLS")
+        monkeypatch.setenv("KRONE_ALERT_CONFIG", str(config))
+        run_overdue({"dag_run": run, "deadline": {"id": "d1", "deadline_time": "2026-12-07T08:00:04Z"}})
+        assert (len(alert_inbox.received), pager.received) == (2, [])
+    finally:
+        pager.stop()
 
 
 def test_alert_targets_come_from_the_krone_alerts_connection_before_the_environment(
