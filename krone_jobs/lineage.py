@@ -1,12 +1,12 @@
 """Lineage: which inputs a partition was built from, so that one whose input changed since is called stale.
 
 Each stage records in its partitions' manifests (:mod:`krone_jobs.manifests`) what it read, as found when it
-ran: the raw log files of the day with their sizes (parse), the miner state it was seeded from (parse), the
-partitions it read by their content (sessionize: the day's parsed rows and the sessions the day before left
-open; kseqs: the day's sessions). A partition is *stale* when one of those is no longer what it was:
+ran: the raw log files of the day with their sizes, times and digests (parse), the miner state it was seeded
+from (parse), the partitions it read by their content (sessionize: the day's parsed rows and the sessions the
+day before left open; kseqs: the day's sessions). A partition is *stale* when one of those is no longer what it was:
 
-* a log file delivered after the day was parsed (or one grown or shrunk) was never read (one compressed in
-  place does not count);
+* a log file delivered after the day was parsed (or one grown, shrunk or rewritten) was never read (one
+  compressed in place does not count; one only touched or copied again, with the same content, neither);
 * the day before was run again with another result, so this day was seeded or carried from what is gone;
 * a day before it was parsed after it (a backfill of earlier days), so it was not seeded from that day's
   miner state;
@@ -18,6 +18,11 @@ Nothing is rebuilt on its own: ``krone status`` names the stale partitions and t
 date. Days build on the day before (miner state, open sessions), so that run starts at the earliest stale day.
 A rerun that writes the same bytes leaves the same content ids, so it makes nothing stale. Inputs that were
 written before manifests existed are not compared.
+
+A raw file is hashed (SHA-256, 0.8 GB/s here) when the day is parsed, and again only where its size is the same and its
+modification time is not (as ``git status`` does with its index): a day's scan reads no log unless one was
+written since, and a rewrite that keeps the size (a shipper's corrected re-delivery) is still found. Manifests
+written before the digests were recorded (sizes only) are compared by size.
 """
 
 from __future__ import annotations
@@ -80,15 +85,15 @@ def _file_id(path: Path) -> str | None:
 def inputs(root: Path, *, partitions: Iterable[Path] = (), files: Iterable[Path | None] = (),
            raw: Iterable[Path] | None = None, seed: tuple[Path, Path | None] | None = None) -> dict[str, Any]:
     """What a stage read, for its manifest: ``partitions`` by content id, state ``files`` by SHA-256 (``None``:
-    there was none), and for the parse stage the day's ``raw`` log files by size (the whole list: a file
-    delivered later is then one it did not read) and its ``seed``: (the miner states' folder, the newest state
-    before the day it was seeded from, or ``None``), so that a state written later for a day in between (a
-    backfill of earlier days) is one it was not seeded from. Paths are kept relative to ``root``, so a moved
-    data root keeps its lineage."""
+    there was none), and for the parse stage the day's ``raw`` log files by size, modification time and digest
+    (the whole list: a file delivered later is then one it did not read) and its ``seed``: (the miner states'
+    folder, the newest state before the day it was seeded from, or ``None``), so that a state written later for
+    a day in between (a backfill of earlier days) is one it was not seeded from. Paths are kept relative to
+    ``root``, so a moved data root keeps its lineage."""
     read: dict[str, Any] = {"partitions": {_rel(root, p): content_id(p) for p in partitions},
                             "files": {_rel(root, p): _file_id(p) for p in files if p is not None}}
     if raw is not None:
-        read["raw"] = _sizes(root, raw)
+        read["raw"] = {_rel(root, p): _fingerprint(p) for p in raw}
     if seed is not None:
         folder, used = seed
         read["seed"] = {"folder": _rel(root, folder), "file": _rel(root, used) if used is not None else None}
@@ -99,8 +104,37 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _sizes(root: Path, raw: Iterable[Path]) -> dict[str, int | None]:
-    return {_rel(root, p): p.stat().st_size if p.exists() else None for p in raw}
+def _fingerprint(path: Path) -> dict[str, Any] | None:
+    """A raw file as the parse found it: size, modification time (ns) and digest (``None`` where it cannot be
+    read: the parse names it); ``None`` where it is gone (a link to a rotated-away file)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _readable_sha256(path)}
+
+
+def _readable_sha256(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+def _raw_change(path: Path, recorded: Any) -> str | None:
+    """How the raw file ``path`` differs from the ``recorded`` fingerprint (or bare size, as manifests
+    recorded before digests hold): ``"resized"``, ``"rewritten"`` (same size, other bytes) or ``None``."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    size = recorded.get("size") if isinstance(recorded, dict) else recorded
+    if size != stat.st_size:
+        return "resized"
+    if not isinstance(recorded, dict) or recorded.get("sha256") is None or recorded.get("mtime_ns") == stat.st_mtime_ns:
+        return None
+    now = _readable_sha256(path)
+    return "rewritten" if now is not None and now != recorded["sha256"] else None
 
 
 def _changed(what: str, recorded: str | None, now: str | None) -> str | None:
@@ -111,15 +145,19 @@ def _changed(what: str, recorded: str | None, now: str | None) -> str | None:
     return f"{what} was written after it" if recorded is None else f"{what} was written anew after it"
 
 
-def _raw_changes(recorded: dict[str, int | None], now: dict[str, int | None]) -> list[str]:
-    """Raw files delivered or resized since the parse. Files removed since are not: raw logs are removed on
-    purpose (retention, log shippers) without changing what was parsed from them; nor is ``X.gz`` where ``X``
-    was read and is gone (compressed in place)."""
+def _raw_changes(root: Path, recorded: dict[str, Any], raw: Iterable[Path]) -> list[str]:
+    """Raw files delivered, resized or rewritten since the parse. Files removed since are not: raw logs are
+    removed on purpose (retention, log shippers) without changing what was parsed from them; nor is ``X.gz``
+    where ``X`` was read and is gone (compressed in place)."""
+    now = {_rel(root, p): p for p in raw}
     compressed = {f"{name}.gz" for name in recorded.keys() - now.keys()}
     added = sorted(now.keys() - recorded.keys() - compressed)
-    resized = sorted(k for k in recorded.keys() & now.keys() if recorded[k] != now[k])
+    changed = {k: _raw_change(now[k], recorded[k]) for k in sorted(recorded.keys() & now.keys())}
     found = []
-    for paths, how in ((added, "delivered after it was parsed"), (resized, "changed size after it was parsed")):
+    for paths, how in ((added, "delivered after it was parsed"),
+                       ([k for k, c in changed.items() if c == "resized"], "changed size after it was parsed"),
+                       ([k for k, c in changed.items() if c == "rewritten"],
+                        "rewritten after it was parsed (same size, other content)")):
         if paths:
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
             found.append(f"{len(paths)} raw file{'s' if len(paths) > 1 else ''} {how}: {shown}")
@@ -137,7 +175,7 @@ def stale_reasons(root: Path, folder: Path, source: str, dt: str) -> list[str]:
     changes += [_changed(rel, was, _file_id(root / rel)) for rel, was in sorted(recorded.get("files", {}).items())]
     found = [c for c in changes if c is not None]
     if isinstance(recorded.get("raw"), dict):
-        found += _raw_changes(recorded["raw"], _sizes(root, raw_files(root, source, dt)))
+        found += _raw_changes(root, recorded["raw"], raw_files(root, source, dt))
     if isinstance(recorded.get("seed"), dict):
         found += _seed_changes(root, recorded["seed"], dt)
     return found

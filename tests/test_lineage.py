@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -63,6 +64,38 @@ def test_a_late_log_file_makes_the_parsed_day_stale_and_then_what_was_built_from
         f"sessions/source={SOURCE}/dt={DAY} is stale: parsed/source={SOURCE}/dt={DAY} was written anew after it"]
     _write(sessions, ["s1", "s2"], inputs(tmp_path, partitions=[parsed]))
     assert stale_partitions(tmp_path, SOURCE) == []
+
+
+def test_a_raw_file_rewritten_with_its_size_is_found_and_one_only_touched_or_copied_again_is_not(
+        tmp_path: Path) -> None:
+    """A shipper's corrected re-delivery may keep the size; a file touched, or copied in again with the same
+    bytes (a new modification time), changed nothing that was parsed."""
+    raw, parsed, _ = _day(tmp_path)
+    log = raw / "a.log"
+    stamp = log.stat().st_mtime_ns
+    os.utime(log, ns=(stamp + 10**9, stamp + 10**9))
+    shutil.copyfile(log, raw / "copy")
+    (raw / "copy").replace(log)
+    assert log.stat().st_mtime_ns != stamp and stale_partitions(tmp_path, SOURCE) == []
+    log.write_text("line 1\nline X\n", encoding="utf-8")
+    os.utime(log, ns=(stamp + 2 * 10**9, stamp + 2 * 10**9))
+    assert stale_reasons(tmp_path, parsed, SOURCE, DAY) == [
+        f"1 raw file rewritten after it was parsed (same size, other content): raw/{SOURCE}/dt={DAY}/a.log"]
+    os.utime(log, ns=(stamp, stamp))  # the same time as when it was parsed: taken as unchanged, not read
+    assert stale_reasons(tmp_path, parsed, SOURCE, DAY) == []
+
+
+def test_a_manifest_from_before_raw_digests_is_compared_by_size(tmp_path: Path) -> None:
+    raw, parsed, _ = _day(tmp_path)
+    staged = temp_dir_for(parsed)
+    shutil.copytree(parsed, staged)
+    (staged / MANIFEST).unlink()
+    swap_in(staged, parsed, {"partitions": {}, "files": {}, "raw": {f"raw/{SOURCE}/dt={DAY}/a.log": 14}})
+    (raw / "a.log").write_text("line 1\nline X\n", encoding="utf-8")
+    assert stale_reasons(tmp_path, parsed, SOURCE, DAY) == []
+    (raw / "a.log").write_text("line 1\nline 2\nline 3\n", encoding="utf-8")
+    assert stale_reasons(tmp_path, parsed, SOURCE, DAY) == [
+        f"1 raw file changed size after it was parsed: raw/{SOURCE}/dt={DAY}/a.log"]
 
 
 def test_a_changed_seed_or_input_partition_is_named_but_not_inputs_removed_since(tmp_path: Path) -> None:
