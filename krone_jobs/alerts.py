@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from krone_jobs.config import settings
 from krone_jobs.llm.redact import Redactor
-from krone_jobs.report import FAILED_DAYS_SHOWN
+from krone_jobs.report import FAILED_DAYS_SHOWN, delivery_note
 
 if TYPE_CHECKING:
     import apprise
@@ -39,6 +39,9 @@ DAYS_SHOWN = 20
 """Days a digest lists one by one; a catch-up over more says how many more."""
 TEXT_CHARS = 300
 """The most characters of one piece of log-derived text (a reason, an error) an alert carries."""
+STALE_KEYS = ("stale_earlier_days", "stale_later_days")
+"""Report figures of days whose partitions are behind their inputs (a log delivered late, a backfill): a digest
+is sent for them as for anomalies, since their reports stand on incomplete data until they are run again."""
 KINDS = ("failure", "digest", "deadline")
 """What an alert is about, and the target tags that route it."""
 ALWAYS = "always"
@@ -156,7 +159,8 @@ def digest(reports: Iterable[Mapping[str, Any]], *, expected: int | None = None,
     reports = sorted(reports, key=lambda r: (str(r.get("dt")), str(r.get("source"))))
     anomalous = sum(int(r["figures"].get("anomalies") or 0) for r in reports)
     failed_before = any(r["figures"].get("earlier_days_failed") for r in reports)
-    if policy == "never" or (policy == "anomalies" and not anomalous and not failed_before):
+    stale = any(r["figures"].get(key) for r in reports for key in STALE_KEYS)
+    if policy == "never" or (policy == "anomalies" and not anomalous and not failed_before and not stale):
         return None
     lines = [line for r in reports[:DAYS_SHOWN] for line in _day_lines(r)]
     if len(reports) > DAYS_SHOWN:
@@ -169,7 +173,7 @@ def digest(reports: Iterable[Mapping[str, Any]], *, expected: int | None = None,
     where = (f"{safe_text(reports[0].get('source'), 64)} {safe_text(reports[0].get('dt'), 10)}" if len(days) == 1
              else f"{len(days)} days")
     return Alert(title=f"krone: {what}, {where}", body="\n".join(lines) or "no day was reported", about="digest",
-                 level="warning" if anomalous or failed_before else "info")
+                 level="warning" if anomalous or failed_before or stale else "info")
 
 
 def _day_lines(report: Mapping[str, Any]) -> list[str]:
@@ -179,6 +183,8 @@ def _day_lines(report: Mapping[str, Any]) -> list[str]:
              f"sessions, {_count(f.get('anomalies'))} anomalous ({levels}); new templates "
              f"{_count(f.get('new_templates'))}, quarantined lines {_count(f.get('quarantined'))}; report: "
              f"{safe_text(report.get('path'))}"]
+    if read := delivery_note(f).removeprefix(", "):
+        lines.append(f"  read: {safe_text(read, 600)}")
     if top := f.get("top_chunks"):
         first = top[0]
         lines.append(f"  top: {safe_text(first.get('level'), 16)} {safe_text(first.get('kseq_key'), 120)} "

@@ -186,8 +186,9 @@ class Settings:
 
     @property
     def alert_digest(self) -> str:
-        """When a night's digest is sent (``KRONE_ALERT_DIGEST``): ``anomalies`` (a day with anomalous sessions
-        or an earlier day whose score failed for good), ``always`` or ``never``. Failures are always sent."""
+        """When a night's digest is sent (``KRONE_ALERT_DIGEST``): ``anomalies`` (a day with anomalous sessions,
+        an earlier day whose score failed for good, or stale days), ``always`` or ``never``. Failures are always
+        sent."""
         value = _env("KRONE_ALERT_DIGEST", ALERT_DIGESTS[0]).strip().lower()
         if value not in ALERT_DIGESTS:
             raise ValueError(f"KRONE_ALERT_DIGEST must be one of {', '.join(ALERT_DIGESTS)}, not {value!r}")

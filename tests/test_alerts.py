@@ -60,6 +60,13 @@ def test_the_digest_is_sent_when_a_day_has_anomalies_or_always_or_never() -> Non
     assert lines[-1].startswith("1 of 3 day(s) have no report from this run")
     failed = report("2026-12-03", 0, earlier_days_failed=[{"dt": "2026-11-30", "error": "DamagedPartition"}])
     assert digest([failed], policy="anomalies").level == "warning"  # type: ignore[union-attr]
+    late = digest([report("2026-12-04", 0, stale_earlier_days=2, duplicate_files=1, duplicate_lines=10)],
+                  policy="anomalies")
+    assert late is not None and late.level == "warning"  # the default policy: its reports stand on missing lines
+    assert late.body.splitlines()[1] == (
+        "  read: duplicate files skipped 1 (10 lines), earlier days stale 2 (a log file delivered late? 'krone "
+        "status' says what to run)")
+    assert digest([report("2026-12-04", 0, duplicate_files=1, duplicate_lines=10)], policy="anomalies") is None
     many = digest([report(f"2026-11-{d:02d}", 1) for d in range(1, 31)], policy="anomalies")
     assert many is not None and many.body.splitlines()[-1] == f"... and {30 - DAYS_SHOWN} more day(s)"
 
