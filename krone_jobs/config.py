@@ -45,6 +45,9 @@ RAW_MARKER = "_SUCCESS"
 RAW_GRACE_MINUTES = 60.0
 """Default of ``KRONE_RAW_GRACE_MINUTES``: how long after a day ends its late log files are waited for before a
 scheduled run parses it without a marker."""
+LOCK_WAIT_MINUTES = 60.0
+"""Default of ``KRONE_LOCK_WAIT_MINUTES``: a night's stage of one source rarely runs longer, and a longer wait
+only hides a run that hangs (Airflow's task timeout is 6 hours)."""
 ALERT_DIGESTS = ("anomalies", "always", "never")
 """Values of ``KRONE_ALERT_DIGEST``, when a night's digest is sent (:mod:`krone_jobs.alerts`); the first is the
 default."""
@@ -167,6 +170,15 @@ class Settings:
         value = float(_env("KRONE_RAW_GRACE_MINUTES", str(RAW_GRACE_MINUTES)))
         if not 0.0 <= value <= 7 * 24 * 60:
             raise ValueError(f"KRONE_RAW_GRACE_MINUTES must lie between 0 and a week, not {value}")
+        return value
+
+    @property
+    def lock_wait_minutes(self) -> float:
+        """How long a stage waits for another run of its source to let the source's lock go
+        (``KRONE_LOCK_WAIT_MINUTES``, :mod:`krone_jobs.source_lock`) before it fails."""
+        value = float(_env("KRONE_LOCK_WAIT_MINUTES", str(LOCK_WAIT_MINUTES)))
+        if not 0.0 <= value <= 24 * 60:
+            raise ValueError(f"KRONE_LOCK_WAIT_MINUTES must lie between 0 and a day, not {value}")
         return value
 
     @property

@@ -253,17 +253,20 @@ def gate_verdict(source: str, dt: str, suite: str, *, data_root: str | Path | No
 def parse_day(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
               run_id: str | None = None, **parse_options: Any) -> dict[str, Any]:
     """Everything ``krone_parse_<source>`` does for one day, in its order: parse, gate, sessionize, gate,
-    hierarchy, kseqs, retention (``parse_options`` as for :func:`parse_stage`). Returns each step's result by
-    name."""
+    hierarchy, kseqs, retention (``parse_options`` as for :func:`parse_stage`), holding the source's lock
+    throughout. Returns each step's result by name."""
+    from krone_jobs.source_lock import source_lock
+
     run_id = run_id or new_run_id()
     kw: dict[str, Any] = {"data_root": data_root, "run_id": run_id}
-    out = {"parse": parse_stage(source, dt, fmt, **kw, **parse_options)}
-    out["parsed_gate"] = gate_verdict(source, dt, "parsed", data_root=data_root)
-    out["sessionize"] = sessionize_stage(source, dt, **kw)
-    out["sessions_gate"] = gate_verdict(source, dt, "sessions", data_root=data_root)
-    out["hierarchy"] = hierarchy_stage(source, dt, **kw)
-    out["kseqs"] = kseqs_stage(source, dt, **kw)
-    out["retention"] = retention_stage(source, dt, **kw)
+    with source_lock(_root(data_root), source, f"night {dt}"):
+        out = {"parse": parse_stage(source, dt, fmt, **kw, **parse_options)}
+        out["parsed_gate"] = gate_verdict(source, dt, "parsed", data_root=data_root)
+        out["sessionize"] = sessionize_stage(source, dt, **kw)
+        out["sessions_gate"] = gate_verdict(source, dt, "sessions", data_root=data_root)
+        out["hierarchy"] = hierarchy_stage(source, dt, **kw)
+        out["kseqs"] = kseqs_stage(source, dt, **kw)
+        out["retention"] = retention_stage(source, dt, **kw)
     return out
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from krone_jobs.partitions import STAGES, check_date, check_source, dated_files, stage_dir, state_dir
+from krone_jobs.source_lock import source_lock
 
 STATE_FOLDERS = ("templates", "open", "hierarchy")
 MIN_DAYS = 2
@@ -149,24 +150,25 @@ def _remove(path: Path) -> None:
 
 def run_retention(source: str, dt: str, *, data_root: Path, keep_days: int | None,
                   keep_raw_days: int | None = None, dry_run: bool = False) -> RetentionMetrics:
-    """Remove what :func:`plan_retention` names (nothing with ``dry_run``, or when ``keep_days`` is None)."""
+    """Remove what :func:`plan_retention` names (nothing with ``dry_run``, or when ``keep_days`` is None),
+    holding the source's lock (a dry run does not wait for it)."""
     t0 = time.perf_counter()
     metrics = RetentionMetrics(source, dt, keep_days, keep_raw_days, dry_run)
     if keep_days is None:
         return metrics
-    removals = plan_retention(data_root, source, dt, keep_days, keep_raw_days)
-    for r in removals:
-        if not dry_run:
-            try:
-                _remove(r.path)
-            except OSError as exc:  # housekeeping: one stuck entry must not stop the rest, nor the night
-                metrics.failed += 1
-                metrics.errors.append(f"{r.path}: {exc.strerror or exc}")
-                continue
-        metrics.removed += 1
-        metrics.bytes_freed += r.bytes
-        metrics.by_kind[r.kind] = metrics.by_kind.get(r.kind, 0) + 1
-        metrics.paths.append(str(r.path))
+    with contextlib.nullcontext() if dry_run else source_lock(data_root, source, f"retention {dt}"):
+        for r in plan_retention(data_root, source, dt, keep_days, keep_raw_days):
+            if not dry_run:
+                try:
+                    _remove(r.path)
+                except OSError as exc:  # housekeeping: one stuck entry must not stop the rest, nor the night
+                    metrics.failed += 1
+                    metrics.errors.append(f"{r.path}: {exc.strerror or exc}")
+                    continue
+            metrics.removed += 1
+            metrics.bytes_freed += r.bytes
+            metrics.by_kind[r.kind] = metrics.by_kind.get(r.kind, 0) + 1
+            metrics.paths.append(str(r.path))
     metrics.oldest_kept = _window_start(dt, keep_days, "the retention window")
     metrics.seconds = time.perf_counter() - t0
     return metrics

@@ -3,7 +3,8 @@ before a backfill: which days are parsed (and which raw days are not yet, with w
 there: :mod:`krone_jobs.raw_readiness`), which are scored, which wait for a model, which model is champion;
 which partitions are not what their run wrote (:mod:`krone_jobs.manifests`), which are stale and which days
 were scored from sessions written anew since (:mod:`krone_jobs.lineage`), which days' score failed for good
-and are set aside by the catch-up (:mod:`krone_jobs.score_failures`), with the run that mends each.
+and are set aside by the catch-up (:mod:`krone_jobs.score_failures`), with the run that mends each; and which
+run holds the source's lock now (:mod:`krone_jobs.source_lock`), whose days may look unfinished meanwhile.
 
 Every part is read where it lives (partitions on disk, ``run_metrics`` in the warehouse, the registry in MLflow)
 and fails soft: a warehouse or tracking server that does not answer is reported as such, the rest still shows.
@@ -35,6 +36,7 @@ from krone_jobs.partitions import (
 )
 from krone_jobs.raw_readiness import raw_readiness
 from krone_jobs.score_failures import ScoreFailure, recorded, set_aside
+from krone_jobs.source_lock import running
 
 UNSCORED_SHOWN = 5
 STALE_SHOWN = 10
@@ -59,7 +61,7 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
                               "open_sessions_after_last_day": None,
                               "days_scored": None, "last_scored": None, "unscored": None, "scored_from_older": None,
                               "unparsed": [], "champion": None, "score_failures": [],
-                              "stale": [], "rerun_from": None, "problems": []}
+                              "stale": [], "rerun_from": None, "running": None, "problems": []}
     try:
         status["format"], status["timezone"] = source_format(root, source), source_timezone(root, source)
     except FileNotFoundError as exc:
@@ -67,6 +69,7 @@ def source_status(root: Path, source: str, *, warehouse_url: str | None = None,
             status["problems"].append(str(exc))
     except SourceRecordError as exc:
         status["problems"].append(str(exc))
+    status["running"] = running(root, source)  # a run in progress: what it is writing may look unfinished
     if not check:  # --check compares every partition with its manifest, hashes included
         status["problems"] += _not_as_written(root, source)
     try:
@@ -214,6 +217,8 @@ def render(status: dict[str, Any]) -> str:
     days = f"{_days(s['days_parsed'])} parsed" + (f" ({s['first_day']} .. {s['last_day']})" if s["days_parsed"] else "")
     lines = [f"{s['source']}: format {s['format'] or '?'}" + (f", timezone {s['timezone']}" if s["timezone"] else "")
              + f"; {days}"]
+    if s["running"]:
+        lines.append(f"  in progress: {s['running']}")
     if s["open_sessions_after_last_day"] is not None:
         lines.append(f"  {s['open_sessions_after_last_day']:,} events of open sessions carried past {s['last_day']}")
     if unparsed := s["unparsed"]:

@@ -38,6 +38,8 @@ def test_a_source_with_one_day_scored_and_no_model(tmp_path: Path) -> None:
                                                                                              3, DAYS[0], DAYS[2])
     assert (s["days_scored"], s["last_scored"], s["unscored"]) == (1, DAYS[1], [DAYS[0], DAYS[2]])
     assert s["open_sessions_after_last_day"] == 3 and s["champion"] is None and s["problems"] == []
+    assert s["running"] is None and "in progress" not in render(s)
+    assert "  in progress: night 2026-11-04 holds it" in render({**s, "running": "night 2026-11-04 holds it"})
     text = render(s)
     assert "1 day scored (last 2026-11-02); 2 days parsed but not scored: 2026-11-01, 2026-11-03" in text
     assert "champion: none yet (`krone train --source web --end <day>`)" in text

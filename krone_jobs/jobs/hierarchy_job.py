@@ -19,6 +19,7 @@ from krone_jobs.hierarchy.extractor import HierarchyExtractor, build_hierarchy
 from krone_jobs.hierarchy.model import Hierarchy, HierarchyError, load_overrides
 from krone_jobs.miner_state import read_state, templates_dir
 from krone_jobs.partitions import atomic_write_text, check_date, check_source, latest_before, state_dir
+from krone_jobs.source_lock import holds_source_lock
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def _save(hierarchy: Hierarchy, path: Path) -> None:
     atomic_write_text(path, hierarchy.csv_text())
 
 
+@holds_source_lock("hierarchy")
 def run_hierarchy(
     source: str,
     date: str | None = None,

@@ -36,6 +36,7 @@ from krone_jobs.partitions import (
     read_table,
     write_partition,
 )
+from krone_jobs.source_lock import holds_source_lock
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,6 +90,7 @@ def _cutter(payload: Any) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Re
     return run
 
 
+@holds_source_lock("kseqs")
 def run_kseqs(
     source: str, date: str, *, data_root: str | Path | None = None, spark: SparkSession | None = None
 ) -> KseqMetrics:

@@ -98,6 +98,7 @@ from krone_jobs.partitions import (
 )
 from krone_jobs.raw_duplicates import check_deliveries
 from krone_jobs.raw_readiness import NoLogFilesError, no_log_files
+from krone_jobs.source_lock import holds_source_lock
 from krone_jobs.templates import MinerSettings, TemplateStore, masker, template_id
 from krone_jobs.timestamps import local_to_utc, nearest_year, zone_of
 
@@ -751,6 +752,7 @@ def _finish_quarantine(staging: Path, out: Path) -> Counter[str]:
     return reasons
 
 
+@holds_source_lock("parse")
 def run_parse(
     source: str,
     date: str,

@@ -60,6 +60,7 @@ from krone_jobs.partitions import (
     state_dir,
     write_partition,
 )
+from krone_jobs.source_lock import holds_source_lock
 from krone_jobs.timestamps import day_end_utc
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ def _session_spec(root: Path, source: str, fmt_name: str | None) -> SessionSpec:
     return SessionSpec(**recorded) if recorded is not None else get_format(source_format(root, source)).session
 
 
+@holds_source_lock("sessionize")
 def run_sessionize(
     source: str,
     date: str,

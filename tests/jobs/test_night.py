@@ -138,6 +138,7 @@ def test_a_day_parsed_after_the_days_that_follow_it_leaves_them_stale_until_they
     from krone_jobs.status import source_status
 
     monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # status asks for a champion
     generate(tmp_path, days=2, sessions_per_day=60, seed=6, start_date=DAYS[0], source=SOURCE)
     said: list[str] = []
     run_night(SOURCE, "krone", DAYS[1], data_root=tmp_path, score=False, say=said.append)
@@ -165,6 +166,7 @@ def test_a_retention_window_removes_old_days_and_the_oldest_kept_day_reruns_the_
     from krone_jobs.partitions import partition_dir
 
     monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # status asks for a champion
     monkeypatch.setenv("KRONE_RETAIN_DAYS", "2")
     days = ("2026-11-01", "2026-11-02", "2026-11-03")
     generate(tmp_path, days=3, sessions_per_day=60, seed=5, start_date=days[0], source=SOURCE)
