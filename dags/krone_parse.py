@@ -8,7 +8,8 @@ interval (UTC midnight to midnight, `dt` = the interval's start day) of its sour
 are all there: the day's marker `KRONE_RAW_MARKER`, default `_SUCCESS`, or a log file once
 `KRONE_RAW_GRACE_MINUTES`, default 60, have passed since the day ended on the log's clock; a day with neither
 fails after `KRONE_RAW_WAIT_HOURS`, default 24, or at once when it was due longer ago than that, and the
-days after it wait) ->
+days after it wait) -> `late_days` (with `KRONE_REPARSE_LATE=true`: the stale days of the week before, a log
+file delivered after its day was parsed, are parsed again in order first) ->
 `parse` (Spark: fields, session keys, Drain3 template ids; bad lines to quarantine) ->
 `parsed_gate` (Great Expectations suite *parsed*) -> `sessionize` (Spark; sessions that cross midnight
 are carried to the next day) -> `sessions_gate` (suite *sessions*) -> `hierarchy` (new templates only,
@@ -24,8 +25,9 @@ in date order (parse seeds from the previous day's miner state; sessionize reads
 `max_active_runs=1` and `depends_on_past`. `catchup` reaches back to `KRONE_START_DATE`.
 
 A log file delivered for a day already parsed is never read by that day's run: the next parse runs name the
-day as stale (a warning in the `parse` task's log, `stale_earlier_days` in `run_metrics`, the night report);
-clear this DAG's runs from that day on to take it in (`krone status` prints the day).
+day as stale (a warning in the `parse` task's log, `stale_earlier_days` in `run_metrics`, the night report,
+the digest); clear this DAG's runs from that day on to take it in (`krone status` prints the day), or set
+`KRONE_REPARSE_LATE=true` and the next run's `late_days` does it (within a week).
 
 Params: `source` (fixed: the DAG's own), `format` (krone | hdfs | bgl | thunderbird, or a format of
 `KRONE_FORMATS_FILE`; default: the one `KRONE_SOURCES` names), `data_root` (default `KRONE_DATA_ROOT`),
@@ -76,6 +78,19 @@ def raw_ready() -> PokeReturnValue:
     log.info("%s", verdict["reason"])
     give_up_if_overdue(verdict, context)
     return PokeReturnValue(is_done=verdict["ready"], xcom_value=verdict)
+
+
+@task(pool=SPARK_POOL)
+@fail_fast
+def late_days() -> dict[str, Any]:
+    """With KRONE_REPARSE_LATE, parse again the stale days of the week before (a log file delivered after its
+    day was parsed), in order, so that the day is seeded from what they hold now and krone_score's catch-up
+    scores them again; without it, nothing (``parse`` names them)."""
+    from krone_jobs import pipeline
+
+    context = begin_task()
+    p = day_partition(context)
+    return pipeline.late_days(p.source, p.dt, context["params"]["format"], data_root=p.data_root, run_id=p.run_id)
 
 
 @task(pool=SPARK_POOL)
@@ -166,7 +181,8 @@ def parse_dag(source: str, fmt: str) -> Any:
         tags=["krone", "spark", "parse"],
     )
     def krone_parse() -> None:
-        chain(raw_ready(), parse(), parsed_gate(), sessionize(), sessions_gate(), hierarchy(), kseqs(), retention())
+        chain(raw_ready(), late_days(), parse(), parsed_gate(), sessionize(), sessions_gate(), hierarchy(), kseqs(),
+              retention())
 
     return krone_parse()
 

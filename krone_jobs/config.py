@@ -173,6 +173,12 @@ class Settings:
         return value
 
     @property
+    def reparse_late(self) -> bool:
+        """Whether a night first parses again the stale days of the week before it (``KRONE_REPARSE_LATE``: a
+        log file delivered after its day was parsed), instead of only naming them."""
+        return _env("KRONE_REPARSE_LATE", "false").strip().lower() in ("1", "true", "yes", "on")
+
+    @property
     def lock_wait_minutes(self) -> float:
         """How long a stage waits for another run of its source to let the source's lock go
         (``KRONE_LOCK_WAIT_MINUTES``, :mod:`krone_jobs.source_lock`) before it fails."""

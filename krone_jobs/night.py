@@ -7,10 +7,12 @@ exactly those of the DAGs. Days run in order because sessionize carries a day's 
 next one, holding the source's lock (:mod:`krone_jobs.source_lock`) from the first to the last, so that a
 second run of the source waits for this one whole instead of interleaving with it day by day. The first
 failing day stops the run (the next day would read its carry-over), and as every stage overwrites its own
-partition, running the range again resumes cleanly. A score that fails for good
-(``pipeline.permanent_failures``: the reports gate, a damaged sessions file) does not stop it: no later day
-reads a day's score, so, as under Airflow, it holds up no other day; it is said, recorded for the catch-up
-(:mod:`krone_jobs.score_failures`) and in the day's result (``score_failed``), and ``krone night`` exits 1.
+partition, running the range again resumes cleanly. With ``KRONE_REPARSE_LATE``, a range whose week before
+has stale days (a log file delivered after its day was parsed) starts at the earliest of them. A score that
+fails for good (``pipeline.permanent_failures``: the reports gate, a damaged sessions file) does not stop it:
+no later day reads a day's score, so, as under Airflow, it holds up no other day; it is said, recorded for the
+catch-up (:mod:`krone_jobs.score_failures`) and in the day's result (``score_failed``), and ``krone night``
+exits 1.
 When it scores, it ends by naming the earlier days that have KRONE Seqs but no score run
 (``pipeline.backlog``: days parsed before the first model, a score that failed), which ``krone score
 --unscored`` takes up; ``krone_score`` scores them on its own. For a backfill before the first training, or
@@ -51,6 +53,10 @@ def run_night(
             f"{days[-1]}`)")
     root = Path(data_root) if data_root is not None else settings().data_root
     with source_lock(root, source, f"night {days[0]}" + (f"..{days[-1]}" if len(days) > 1 else "")):
+        if settings().reparse_late and (first := pipeline.late_rerun_from(source, days[0], fmt, data_root=data_root)):
+            say(f"{source}: days from {first} are stale (a log file delivered after they were parsed?): parsing them "
+                "again first (KRONE_REPARSE_LATE)")
+            days = day_range(first, days[-1])
         results = [_night_day(source, dt, fmt, data_root=data_root, scoring=scoring, say=say, **parse_options)
                    for dt in days]
     if scoring and (earlier := pipeline.backlog(source, before=days[0], data_root=data_root)):

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,6 +133,47 @@ def window_ready(source: str, end: str, *, data_root: str | Path | None = None) 
     why = (f"its logs are there and its krone_parse_{source} run has not got that far yet" if raw.ready
            else raw.reason)
     return {**raw.to_dict(), "ready": False, "reason": f"the window's last day {end} has no sessions partition: {why}"}
+
+
+def late_days(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
+              run_id: str | None = None) -> dict[str, Any]:
+    """With ``KRONE_REPARSE_LATE``: run the parse stages again, in date order, from the earliest stale day of the
+    week before ``dt`` (:func:`late_rerun_from`) to the day before, so that ``dt`` is seeded and carried from
+    what they hold now; the score catch-up then scores them again (their sessions were written anew). Without
+    it, nothing is run and the parse stage names the stale days. Holds the source's lock throughout."""
+    from krone_jobs.night import day_range
+    from krone_jobs.source_lock import source_lock
+
+    if not settings().reparse_late:
+        return _result("late_days", source, dt, run_id or "", {"enabled": False, "days_parsed_again": 0})
+    with source_lock(_root(data_root), source, f"late days before {dt}"):
+        first = late_rerun_from(source, dt, fmt, data_root=data_root)
+        days = day_range(first, (date.fromisoformat(dt) - timedelta(days=1)).isoformat()) if first else []
+        for day in days:
+            parse_day(source, day, fmt, data_root=data_root, run_id=run_id)
+    metrics = {"enabled": True, "days_parsed_again": len(days), "first_day_parsed_again": first}
+    return _recorded("late_days", source, dt, run_id, metrics)
+
+
+def late_rerun_from(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None) -> str | None:
+    """The earliest day of the week before ``dt`` with a stale partition (:func:`krone_jobs.lineage.stale_before`:
+    a log file delivered after its day was parsed, a day run again since), from which the days up to ``dt`` run
+    again; ``None`` with none, or when a day of that run has no logs to parse any more (raw retention): then
+    the parse stage only names them."""
+    from krone_jobs.lineage import stale_before
+    from krone_jobs.night import day_range
+
+    stale = stale_before(_root(data_root), source, dt)
+    if not stale:
+        return None
+    days = day_range(stale[0].dt, (date.fromisoformat(dt) - timedelta(days=1)).isoformat())
+    if gone := [d for d in days if not raw_ready(source, d, fmt, data_root=data_root)["ready"]]:
+        log.warning("%s %s: the stale days from %s are not parsed again: %s has no logs to parse any more (raw "
+                    "retention?)", source, dt, days[0], gone[0])
+        return None
+    log.warning("%s %s: parsing again from %s, whose partitions are stale: %s", source, dt, days[0],
+                "; ".join(str(s) for s in stale[:5]))
+    return days[0]
 
 
 def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,

@@ -445,6 +445,8 @@ def delivery_note(figures: Mapping[str, Any]) -> str:
         note += f", files continued from the day before {_fmt(n)} ({_fmt(figures.get('continued_lines'))} lines read then)"
     if n := figures.get("repeated_hour_lines"):
         note += f", lines in the second run of a repeated hour {_fmt(n)}"
+    if n := figures.get("days_parsed_again"):
+        note += f", earlier days parsed again {_fmt(n)} (stale: a log file delivered late; KRONE_REPARSE_LATE)"
     if n := figures.get("stale_earlier_days"):
         note += f", earlier days stale {_fmt(n)} (a log file delivered late? `krone status` says what to run)"
     if n := figures.get("stale_later_days"):
@@ -461,7 +463,7 @@ def parse_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 DELIVERY_KEYS = ("duplicate_files", "duplicate_lines", "continued_files", "continued_lines", "repeated_hour_lines",
-                 "stale_earlier_days", "stale_later_days")
+                 "days_parsed_again", "stale_earlier_days", "stale_later_days")
 
 
 def _summary(figures: Mapping[str, Any], data: _DayData, path: Path) -> str:

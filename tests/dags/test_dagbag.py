@@ -25,7 +25,7 @@ TRAIN_IDS = tuple(f"krone_train_{s}" for s in SOURCES)
 DAG_IDS = (*PARSE_IDS, *TRAIN_IDS, "krone_score")
 POOLS = {"default_pool", "krone_spark", "krone_llm"}
 HEAVY = ("pyspark", "torch", "mlflow", "great_expectations", "duckdb", "pandas", "pyarrow", "krone_jobs")
-SPARK_TASKS = {(d, t) for d in PARSE_IDS for t in ("parse", "sessionize", "kseqs")}
+SPARK_TASKS = {(d, t) for d in PARSE_IDS for t in ("late_days", "parse", "sessionize", "kseqs")}
 LLM_TASKS = {("krone_score", "partition.score")}
 MAX_PARSE_SECONDS = 5.0
 """Per file, once airflow is imported (the dag-processor's import timeout is 30 s)."""
@@ -116,7 +116,8 @@ def test_stage_tasks_fail_at_once_on_what_no_retry_mends(bag: Any) -> None:
     from krone_jobs.partitions import PartitionUnreadable
     from krone_jobs.warehouse import WarehouseUnavailable
 
-    stages = {(d, t) for d in PARSE_IDS for t in ("parse", "sessionize", "hierarchy", "kseqs", "retention")}
+    stages = {(d, t) for d in PARSE_IDS
+              for t in ("late_days", "parse", "sessionize", "hierarchy", "kseqs", "retention")}
     stages |= {(d, "train") for d in TRAIN_IDS} | {("krone_score", "partition.score"),
                                                   ("krone_score", "partition.night_report")}
     wrapped = {(dag_id, t.task_id) for dag_id, t in tasks(bag) if hasattr(t.python_callable, "__wrapped__")}
@@ -145,7 +146,8 @@ def test_parse_runs_days_in_order_and_catches_up(bag: Any) -> None:
     assert past.pop("retention") is False  # housekeeping: a failed one never holds up the next day
     assert all(past.values())  # sessionize carries open sessions day to day
     assert [t.task_id for t in dag.topological_sort()] == [
-        "raw_ready", "parse", "parsed_gate", "sessionize", "sessions_gate", "hierarchy", "kseqs", "retention"]
+        "raw_ready", "late_days", "parse", "parsed_gate", "sessionize", "sessions_gate", "hierarchy", "kseqs",
+        "retention"]
     assert dag.params["format"] == "krone"
     fmt = dag.params.get_param("format")
     assert set(fmt.schema["examples"]) == {"krone", "hdfs", "bgl", "thunderbird"}  # proposals; file formats too

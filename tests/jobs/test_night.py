@@ -234,3 +234,56 @@ def test_a_late_log_file_leaves_its_day_stale_until_the_days_from_it_run_again(
     assert main(argv) == 0
     capsys.readouterr()
     assert source_status(tmp_path, SOURCE)["stale"] == []
+
+
+def test_with_reparse_late_a_night_first_parses_again_the_stale_days_of_the_week_before(
+        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KRONE_REPARSE_LATE``: a late log file is taken in by the next night, in Airflow (``late_days``, before
+    the day's ``parse``) and under ``krone night`` (the range starts at the stale day), unless a day of that run
+    has no logs any more; unset, the stale days are only named."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from krone_jobs.partitions import partition_dir, raw_dir
+    from krone_jobs.status import source_status
+
+    monkeypatch.setenv("KRONE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    monkeypatch.setenv("KRONE_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    days = ("2026-11-01", "2026-11-02", "2026-11-03")
+    generate(tmp_path, days=3, sessions_per_day=40, seed=12, start_date=days[0], source=SOURCE)
+    run_night(SOURCE, "krone", days[0], days[-1], data_root=tmp_path, score=False, say=lambda _: None)
+
+    def deliver_late(dt: str, job: int) -> None:
+        (raw_dir(tmp_path, SOURCE, dt) / f"late-{job}.log").write_text(
+            f"{dt} 23:10:00.000 INFO [node-07] worker: job_{job} started on node-07\n", encoding="utf-8")
+
+    def parsed_jobs(dt: str) -> set[str]:
+        contents = pq.read_table(partition_dir(tmp_path, "parsed", SOURCE, dt), columns=["content"]).column(0)
+        return {c.split("job_")[1].split()[0] for c in contents.to_pylist() if "job_99999" in c}
+
+    deliver_late(days[0], 999991)
+    assert pipeline.late_days(SOURCE, days[2], "krone", data_root=tmp_path)["metrics"] == {
+        "enabled": False, "days_parsed_again": 0}  # off unless set: only named
+    monkeypatch.setenv("KRONE_REPARSE_LATE", "true")
+    late = pipeline.late_days(SOURCE, days[2], "krone", data_root=tmp_path)  # what the DAG runs before `parse`
+    assert late["metrics"] == {"enabled": True, "days_parsed_again": 2, "first_day_parsed_again": days[0]}
+    assert parsed_jobs(days[0]) == {"999991"}
+    assert {s.split(" is stale")[0] for s in source_status(tmp_path, SOURCE)["stale"]} == {
+        f"{stage}/source={SOURCE}/dt={days[2]}" for stage in ("parsed", "quarantine")}  # its `parse` comes next
+    pipeline.parse_day(SOURCE, days[2], "krone", data_root=tmp_path)
+    assert source_status(tmp_path, SOURCE)["stale"] == []
+
+    deliver_late(days[1], 999992)
+    said: list[str] = []
+    results = run_night(SOURCE, "krone", days[2], data_root=tmp_path, score=False, say=said.append)
+    assert said[0] == (f"{SOURCE}: days from {days[1]} are stale (a log file delivered after they were parsed?): "
+                       "parsing them again first (KRONE_REPARSE_LATE)")
+    assert [r["parse"]["dt"] for r in results] == list(days[1:]) and parsed_jobs(days[1]) == {"999992"}
+    assert source_status(tmp_path, SOURCE)["stale"] == []
+
+    deliver_late(days[0], 999993)
+    shutil.rmtree(raw_dir(tmp_path, SOURCE, days[1]))  # raw retention: the day between cannot be parsed again
+    assert pipeline.late_rerun_from(SOURCE, days[2], "krone", data_root=tmp_path) is None
+    [only] = run_night(SOURCE, "krone", days[2], data_root=tmp_path, score=False, say=lambda _: None)
+    assert only["parse"]["metrics"]["stale_earlier_days"] == 1 and parsed_jobs(days[0]) == {"999991"}
