@@ -148,7 +148,7 @@ def late_days(source: str, dt: str, fmt: str, *, data_root: str | Path | None = 
         return _result("late_days", source, dt, run_id or "", {"enabled": False, "days_parsed_again": 0})
     with source_lock(_root(data_root), source, f"late days before {dt}"):
         first = late_rerun_from(source, dt, fmt, data_root=data_root)
-        days = day_range(first, (date.fromisoformat(dt) - timedelta(days=1)).isoformat()) if first else []
+        days = day_range(first, _day_before(dt)) if first else []
         for day in days:
             parse_day(source, day, fmt, data_root=data_root, run_id=run_id)
     metrics = {"enabled": True, "days_parsed_again": len(days), "first_day_parsed_again": first}
@@ -166,7 +166,7 @@ def late_rerun_from(source: str, dt: str, fmt: str, *, data_root: str | Path | N
     stale = stale_before(_root(data_root), source, dt)
     if not stale:
         return None
-    days = day_range(stale[0].dt, (date.fromisoformat(dt) - timedelta(days=1)).isoformat())
+    days = day_range(stale[0].dt, _day_before(dt))
     if gone := [d for d in days if not raw_ready(source, d, fmt, data_root=data_root)["ready"]]:
         log.warning("%s %s: the stale days from %s are not parsed again: %s has no logs to parse any more (raw "
                     "retention?)", source, dt, days[0], gone[0])
@@ -174,6 +174,10 @@ def late_rerun_from(source: str, dt: str, fmt: str, *, data_root: str | Path | N
     log.warning("%s %s: parsing again from %s, whose partitions are stale: %s", source, dt, days[0],
                 "; ".join(str(s) for s in stale[:5]))
     return days[0]
+
+
+def _day_before(dt: str) -> str:
+    return (date.fromisoformat(dt) - timedelta(days=1)).isoformat()
 
 
 def parse_stage(source: str, dt: str, fmt: str, *, data_root: str | Path | None = None,
